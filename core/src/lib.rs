@@ -1,0 +1,3 @@
+//! The backplan runner.
+pub mod digest;
+pub mod plan;

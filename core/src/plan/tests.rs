@@ -1,0 +1,197 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Plan, PlanError> {
+    Plan::parse(Path::new("/plans/p.toml"), text.to_owned())
+}
+
+fn first_problem(text: &str) -> Located {
+    parse(text).unwrap_err().problems.remove(0)
+}
+
+const GOOD: &str = r#"
+[plan]
+name = "services"
+concurrency = 2
+timeout = "1h"
+
+[[steps]]
+id = "launch"
+plugin = "exec"
+[steps.config]
+command = ["true"]
+
+[[steps]]
+id = "fixup"
+plugin = "exec"
+after = ["launch"]
+retries = 5
+[steps.config]
+command = ["echo", "${steps.launch.outputs.ip}"]
+"#;
+
+#[test]
+fn a_good_plan_is_ordered_and_resolved() {
+    let plan = parse(GOOD).unwrap();
+    assert_eq!(plan.name, "services");
+    assert_eq!(plan.concurrency, 2);
+    let ids: Vec<_> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["launch", "fixup"]);
+    let fixup = plan.step("fixup").unwrap();
+    assert_eq!(fixup.policy.retries, 5);
+    assert_eq!(fixup.policy.timeout, Duration::from_secs(3600));
+    assert!(fixup.ancestors.contains("launch"));
+    assert!(plan.digest.starts_with("sha256:"));
+}
+
+#[test]
+fn steps_are_reordered_to_respect_after() {
+    let plan = parse(
+        r#"
+[plan]
+name = "p"
+[[steps]]
+id = "b"
+plugin = "exec"
+after = ["a"]
+[[steps]]
+id = "a"
+plugin = "exec"
+"#,
+    )
+    .unwrap();
+    let ids: Vec<_> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[test]
+fn a_syntax_error_names_line_and_column() {
+    let p = first_problem("[plan]\nname = = \"x\"\n");
+    assert_eq!(p.line, Some(2));
+    assert!(p.to_string().starts_with("/plans/p.toml:2:"), "{p}");
+}
+
+#[test]
+fn an_unknown_key_is_an_error_at_its_line() {
+    let p = first_problem("[plan]\nname = \"x\"\nconcurency = 3\n");
+    assert_eq!(p.line, Some(3));
+    assert!(p.message.contains("unknown field `concurency`"), "{}", p.message);
+}
+
+#[test]
+fn a_wrong_type_is_an_error_at_its_value() {
+    let p = first_problem("[plan]\nname = \"x\"\nconcurrency = \"four\"\n");
+    assert_eq!((p.line, p.column), (Some(3), Some(15)));
+    assert!(p.message.contains("invalid type"), "{}", p.message);
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_path() {
+    let p = first_problem(
+        r#"[plan]
+name = "x"
+[[steps]]
+id = "a"
+plugin = "exec"
+after = ["b"]
+[[steps]]
+id = "b"
+plugin = "exec"
+after = ["a"]
+"#,
+    );
+    assert!(p.message.contains("cycle: a → b → a"), "{}", p.message);
+    assert_eq!(p.line, Some(6));
+}
+
+#[test]
+fn unknown_and_duplicate_ids_are_all_reported_at_once() {
+    let err = parse(
+        r#"[plan]
+name = "x"
+[[steps]]
+id = "a"
+plugin = "exec"
+after = ["nope"]
+[[steps]]
+id = "a"
+plugin = "exec"
+"#,
+    )
+    .unwrap_err();
+    let messages: Vec<_> = err.problems.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("unknown step `nope`"));
+    assert!(messages[1].contains("used twice"));
+}
+
+#[test]
+fn an_output_reference_must_point_at_an_earlier_step() {
+    let p = first_problem(
+        r#"[plan]
+name = "x"
+[[steps]]
+id = "a"
+plugin = "exec"
+[[steps]]
+id = "b"
+plugin = "exec"
+[steps.config]
+command = ["echo", "${steps.a.outputs.ip}"]
+"#,
+    );
+    assert!(p.message.contains("add it to `after`"), "{}", p.message);
+}
+
+#[test]
+fn bad_numbers_and_durations_are_rejected() {
+    let p = first_problem("[plan]\nname = \"x\"\ntimeout = \"soon\"\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n");
+    assert!(p.message.contains("not a duration"), "{}", p.message);
+    let p = first_problem("[plan]\nname = \"x\"\nconcurrency = 0\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n");
+    assert!(p.message.contains("between 1 and 256"), "{}", p.message);
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let err = Plan::load(Path::new("/nonexistent/plan.toml")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/plan.toml: cannot read the plan"), "{err}");
+}
+
+struct OnlyExec;
+
+impl SchemaSource for OnlyExec {
+    fn has_plugin(&self, name: &str) -> bool {
+        name == "exec"
+    }
+    fn config_problems(&self, _: &str, config: &Value) -> Vec<(String, String)> {
+        match config.pointer("/command/1") {
+            Some(Value::String(s)) if s == "bad" => {
+                vec![("/command/1".into(), "\"bad\" is not allowed".into())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn config_problems_point_into_the_config_table() {
+    let plan = parse(
+        r#"[plan]
+name = "x"
+[[steps]]
+id = "a"
+plugin = "exec"
+[steps.config]
+command = ["echo", "bad"]
+[[steps]]
+id = "b"
+plugin = "nosuch"
+"#,
+    )
+    .unwrap();
+    let err = plan.check_configs(&OnlyExec).unwrap_err();
+    assert_eq!(err.problems.len(), 2);
+    let bad = &err.problems[0];
+    assert_eq!((bad.line, bad.column), (Some(7), Some(20)));
+    assert!(bad.message.contains("config at `command.1`"), "{}", bad.message);
+    assert!(err.problems[1].message.contains("unknown plugin `nosuch`"));
+}

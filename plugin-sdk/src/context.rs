@@ -1,0 +1,97 @@
+//! What an action can see and say while it runs.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::abi::HostLink;
+use crate::protocol::{Level, Outputs, Progress, Request};
+use crate::PluginError;
+
+/// Progress updates closer together than this are dropped (the last one always goes through).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Handed to every action: the request, and the way back to the host for progress, logs and
+/// cancellation.
+#[derive(Debug)]
+pub struct Context {
+    request: Request,
+    host: HostLink,
+    last_progress: Mutex<Option<Instant>>,
+}
+
+impl Context {
+    pub(crate) fn new(request: Request, host: HostLink) -> Self {
+        Self {
+            request,
+            host,
+            last_progress: Mutex::new(None),
+        }
+    }
+
+    /// The whole request: action, ids, earlier record, history, options.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The outputs of an earlier step this one depends on.
+    pub fn input(&self, step_id: &str) -> Option<&Outputs> {
+        self.request.inputs.get(step_id)
+    }
+
+    /// The record this step returned at backup time (verify, restore), decoded.
+    pub fn record<T: serde::de::DeserializeOwned>(&self) -> Result<T, PluginError> {
+        let record = self.request.record.clone().ok_or_else(|| {
+            PluginError::permanent("no backup record was given for this step")
+        })?;
+        serde_json::from_value(record)
+            .map_err(|e| PluginError::permanent(format!("the backup record is unreadable: {e}")))
+    }
+
+    /// Whether the action should stop now (Ctrl-C, step timeout). Long loops check it often.
+    pub fn is_cancelled(&self) -> bool {
+        self.host.is_cancelled()
+    }
+
+    /// `Err(cancelled)` when the action should stop, for use with `?` in loops.
+    pub fn check_cancelled(&self) -> Result<(), PluginError> {
+        if self.is_cancelled() {
+            Err(PluginError::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reports progress. Cheap to call often: updates are rate-limited here, and one that
+    /// completes the work (`done == total`) is always sent.
+    pub fn progress(&self, progress: Progress) {
+        let finished = progress.total.is_some_and(|t| progress.done >= t);
+        let mut last = self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if !finished && last.is_some_and(|t| now.duration_since(t) < PROGRESS_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.host.progress(&progress);
+    }
+
+    /// Sends a log record to the host; it appears in the host's `tracing` output.
+    pub fn log(&self, level: Level, message: impl AsRef<str>) {
+        self.host.log(level, message.as_ref());
+    }
+
+    /// A debug-level log record.
+    pub fn debug(&self, message: impl AsRef<str>) {
+        self.log(Level::Debug, message);
+    }
+
+    /// An info-level log record.
+    pub fn info(&self, message: impl AsRef<str>) {
+        self.log(Level::Info, message);
+    }
+
+    /// A warning-level log record.
+    pub fn warn(&self, message: impl AsRef<str>) {
+        self.log(Level::Warn, message);
+    }
+}

@@ -1,0 +1,62 @@
+//! The one trait every plugin implements, built-in or third-party.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::{Action, Context, PluginError, PluginResult, StepOutput};
+
+/// A kind of data backplan can back up, verify, restore and prune.
+///
+/// Each action receives the step's configuration already deserialised into [`Plugin::Config`]
+/// (a configuration that does not deserialise is reported as a config error before the action
+/// runs) and a [`Context`] for progress, logs, cancellation and the outputs of earlier steps.
+/// Actions are called from a blocking thread: plain blocking code is right here, and a plugin
+/// that needs async (an SDK client) runs its own runtime inside the action.
+///
+/// Actions not listed in [`Plugin::ACTIONS`] are never called; their default bodies answer
+/// "unsupported" all the same.
+pub trait Plugin: Send + Sync + 'static {
+    /// The step's `config` table. Derive `Deserialize` and `JsonSchema`, and use
+    /// `#[serde(deny_unknown_fields)]` so that a typo in a plan is an error, not a silent default.
+    type Config: DeserializeOwned + JsonSchema;
+
+    /// The name plans use in `plugin = "..."`: lower case, digits and dashes.
+    const NAME: &'static str;
+    /// One line: what the plugin backs up.
+    const SUMMARY: &'static str;
+    /// Longer Markdown documentation shown by `backplan plugins info`.
+    const DOCS: &'static str = "";
+    /// The actions this plugin implements. `check` is always callable.
+    const ACTIONS: &'static [Action];
+
+    /// Validates the configuration and preflights (credentials, permissions, paths).
+    /// Must change nothing. The default accepts any configuration that deserialised.
+    fn check(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Ok(StepOutput::new("configuration is valid"))
+    }
+
+    /// Makes a backup and returns its record.
+    fn backup(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Backup))
+    }
+
+    /// Confirms that the backup described by `ctx.request().record` is intact.
+    fn verify(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Verify))
+    }
+
+    /// Puts back the backup described by `ctx.request().record`.
+    fn restore(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Restore))
+    }
+
+    /// Applies retention to the backups listed in `ctx.request().history`.
+    fn prune(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Prune))
+    }
+}

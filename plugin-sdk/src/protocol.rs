@@ -1,0 +1,249 @@
+//! The messages that cross the plugin boundary, as plain serde types.
+//!
+//! Everything here is serialised to UTF-8 JSON before it crosses the C ABI, so a plugin built with
+//! another compiler or other crate versions reads the same bytes. Unknown fields are ignored on
+//! both sides and new fields are only ever added with defaults, which keeps old plugins working
+//! with a newer host and the reverse. Nothing in this module does I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::PluginError;
+
+/// What the runner asks a plugin to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Validate the configuration and preflight (credentials, permissions, paths). Changes nothing.
+    Check,
+    /// Make a backup and return a record of it.
+    Backup,
+    /// Confirm that an earlier backup (given as its record) is intact and usable.
+    Verify,
+    /// Put an earlier backup back.
+    Restore,
+    /// Apply retention: remove what the plan no longer needs to keep.
+    Prune,
+}
+
+impl Action {
+    /// Every action, in the order a backup's life goes through them.
+    pub const ALL: [Action; 5] = [
+        Action::Check,
+        Action::Backup,
+        Action::Verify,
+        Action::Restore,
+        Action::Prune,
+    ];
+
+    /// The lower-case name used in plans, records and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Check => "check",
+            Action::Backup => "backup",
+            Action::Verify => "verify",
+            Action::Restore => "restore",
+            Action::Prune => "prune",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A plugin's self-description: what `backplan plugins info` shows and what the plan is checked
+/// against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// The name plans use in `plugin = "..."`.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// One line: what the plugin backs up.
+    pub summary: String,
+    /// Longer documentation (Markdown): configuration notes, what the record holds.
+    #[serde(default)]
+    pub docs: String,
+    /// The actions it implements.
+    pub actions: Vec<Action>,
+    /// A JSON Schema of the step's `config` table.
+    pub config_schema: Value,
+    /// The version of the SDK the plugin was built with.
+    #[serde(default)]
+    pub sdk_version: String,
+}
+
+/// The outputs of one earlier step, as a later step sees them.
+pub type Outputs = BTreeMap<String, Value>;
+
+/// One earlier backup of this step, as prune sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The run that made it.
+    pub run_id: String,
+    /// When that run started (RFC 3339).
+    pub started_at: String,
+    /// Whether a restore drill or verify proved this backup usable.
+    #[serde(default)]
+    pub verified: bool,
+    /// The record the plugin returned then.
+    pub record: Value,
+}
+
+/// Everything a plugin is told about one action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// What to do.
+    pub action: Action,
+    /// The plan's name (used e.g. to tag what the plugin makes).
+    pub plan: String,
+    /// The id of the run this action belongs to.
+    pub run_id: String,
+    /// The step's id in the plan.
+    pub step_id: String,
+    /// The step's `config` table, with references to other steps' outputs resolved (in `check`
+    /// they may still be unresolved `${...}` strings; see [`Request::is_unresolved`]).
+    pub config: Value,
+    /// Outputs of the steps this one depends on, by step id.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Outputs>,
+    /// For verify and restore: the record this step returned when the backup was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Value>,
+    /// For prune: every earlier backup of this step that the catalog knows, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// Show what would be done, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The operator asked to override a safety refusal (e.g. overwrite newer files).
+    #[serde(default)]
+    pub force: bool,
+    /// Free-form options from the command line (e.g. a restore target or sub-path).
+    #[serde(default)]
+    pub options: Value,
+    /// A folder this step may keep state in between runs (caches, indexes). Created by the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+}
+
+impl Request {
+    /// Whether a config string is still a reference to another step's output (as in `check`).
+    pub fn is_unresolved(value: &str) -> bool {
+        value.contains("${steps.")
+    }
+}
+
+/// What a plugin action returns on success: the catalog stores it in the run record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StepOutput {
+    /// One line for the report, e.g. `ami-0abc available (3 snapshots)`.
+    #[serde(default)]
+    pub summary: String,
+    /// What was made (ids, paths, sizes, checksums): handed back to verify, restore and prune.
+    #[serde(default)]
+    pub record: Value,
+    /// Values later steps may read, e.g. `instance_id` or `private_ip`.
+    #[serde(default)]
+    pub outputs: Outputs,
+    /// Bytes read or written, for the report.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Things the operator should know that did not fail the step.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl StepOutput {
+    /// An output with the given summary line.
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self {
+            summary: summary.into(),
+            ..Self::default()
+        }
+    }
+    /// Sets the record (anything serialisable).
+    pub fn record(mut self, record: impl Serialize) -> Self {
+        self.record = serde_json::to_value(record).unwrap_or(Value::Null);
+        self
+    }
+    /// Adds an output later steps may read.
+    pub fn output(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.outputs.insert(
+            key.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+    /// Sets the byte count.
+    pub fn bytes(mut self, bytes: u64) -> Self {
+        self.bytes = bytes;
+        self
+    }
+    /// Adds a warning.
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+}
+
+/// The answer to a request: exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The action succeeded.
+    Ok(StepOutput),
+    /// The action failed.
+    Error(PluginError),
+}
+
+/// Severity of a log record sent to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum Level {
+    /// Very detailed.
+    Trace = 0,
+    /// Detailed.
+    Debug = 1,
+    /// Normal progress.
+    Info = 2,
+    /// Something worth attention.
+    Warn = 3,
+    /// A failure.
+    Error = 4,
+}
+
+impl Level {
+    /// The level for a number received over the ABI (unknown numbers become `Info`).
+    pub fn from_u32(n: u32) -> Level {
+        match n {
+            0 => Level::Trace,
+            1 => Level::Debug,
+            3 => Level::Warn,
+            4 => Level::Error,
+            _ => Level::Info,
+        }
+    }
+}
+
+/// A progress update for long work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done so far.
+    pub done: u64,
+    /// Units in all, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// What is counted: `bytes`, `files`, `percent`, ...
+    #[serde(default)]
+    pub unit: String,
+    /// What is happening now, e.g. `waiting for snap-123`.
+    #[serde(default)]
+    pub message: String,
+}
