@@ -118,6 +118,10 @@ pub struct Request {
     /// For prune: every earlier backup of this step that the catalog knows, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// For `check`: the action the run will perform after the checks pass (a plugin may check
+    /// differently before a restore on a new machine than before a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_for: Option<Action>,
     /// Show what would be done, change nothing.
     #[serde(default)]
     pub dry_run: bool,

@@ -72,6 +72,7 @@ impl Harness {
             inputs: Default::default(),
             record: None,
             history: Vec::new(),
+            check_for: None,
             dry_run: false,
             force: false,
             options: Value::Null,
