@@ -175,6 +175,16 @@ impl Catalog {
         Ok((records, problems))
     }
 
+    /// Marks backup run `run_id` as proven usable by run `by_run`.
+    pub fn mark_verified(&self, run_id: &str, by_run: &str) -> Result<(), CatalogError> {
+        let mut record = self.load(run_id)?;
+        record.verified = Some(crate::record::Verification {
+            at: jiff::Timestamp::now(),
+            by_run: by_run.to_owned(),
+        });
+        self.save(&record)
+    }
+
     /// Takes the plan's lock for `run_id`, reclaiming it if stale.
     pub fn lock(&self, run_id: &str) -> Result<LockGuard, CatalogError> {
         let path = self.root.join("lock");

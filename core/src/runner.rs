@@ -25,7 +25,7 @@ use backplan_plugin_sdk::{
 use jiff::Timestamp;
 use serde_json::Value;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError, HEARTBEAT, LockGuard};
 use crate::host::PluginHost;
@@ -233,6 +233,7 @@ impl<'a> Runner<'a> {
             step_id: step.id.clone(),
             config: step.config.clone(),
             inputs: BTreeMap::new(),
+            source_run_id: req.source.as_ref().map(|s| s.run_id.clone()),
             record: req
                 .source
                 .as_ref()
@@ -445,6 +446,15 @@ impl<'a> Runner<'a> {
             }
         }
         let mut call = self.base_request(step, action, &record.run_id, request);
+        if let Some(dir) = &call.state_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                (
+                    StepStatus::Failed,
+                    Some(PluginError::permanent(format!("cannot create the state folder {dir}: {e}")).into()),
+                    String::new(),
+                )
+            })?;
+        }
         if request.kind == RunKind::Prune {
             call.history = request
                 .history
@@ -483,7 +493,16 @@ impl<'a> Runner<'a> {
         record: &mut RunRecord,
     ) -> Result<(), RunError> {
         let selected: BTreeSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
-        let mut outputs: BTreeMap<String, Outputs> = request.prior_outputs.clone();
+        // References resolve to this run's outputs; for verify and restore, a step that has not
+        // produced new ones still offers those of the backup it acts on.
+        let mut outputs: BTreeMap<String, Outputs> = request
+            .source
+            .iter()
+            .flat_map(|source| &source.steps)
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .map(|s| (s.id.clone(), s.outputs.clone()))
+            .collect();
+        outputs.extend(request.prior_outputs.clone());
         let mut waiting: Vec<usize> = (0..steps.len()).collect();
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut interrupted = false;
@@ -552,7 +571,10 @@ impl<'a> Runner<'a> {
                 joined = running.join_next() => {
                     if let Some(Ok((i, finished))) = joined {
                         if finished.status == StepStatus::Succeeded {
-                            outputs.insert(finished.id.clone(), finished.outputs.clone());
+                            outputs
+                                .entry(finished.id.clone())
+                                .or_default()
+                                .extend(finished.outputs.clone());
                         }
                         self.observer.step_finished(&finished);
                         record.steps[i] = finished;

@@ -112,6 +112,9 @@ pub struct Request {
     /// Outputs of the steps this one depends on, by step id.
     #[serde(default)]
     pub inputs: BTreeMap<String, Outputs>,
+    /// For verify and restore: the id of the backup run acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_run_id: Option<String>,
     /// For verify and restore: the record this step returned when the backup was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Value>,

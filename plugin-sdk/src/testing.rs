@@ -70,6 +70,7 @@ impl Harness {
             step_id: "test-step".into(),
             config,
             inputs: Default::default(),
+            source_run_id: None,
             record: None,
             history: Vec::new(),
             check_for: None,

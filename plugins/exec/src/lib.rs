@@ -183,7 +183,9 @@ impl Plugin for ExecPlugin {
                 process::find_program(&argv[0], config.cwd.as_deref()).map_err(|e| {
                     PluginError::config(format!("{action} command: {e}"))
                 })?;
-                checked.push(argv[0].clone());
+                if !checked.contains(&argv[0]) {
+                    checked.push(argv[0].clone());
+                }
             }
         }
         if config.check_command.is_some() && !ctx.request().dry_run {
@@ -228,6 +230,9 @@ impl ExecPlugin {
         env.insert("BACKPLAN_RUN_ID".into(), request.run_id.clone());
         env.insert("BACKPLAN_STEP_ID".into(), request.step_id.clone());
         env.insert("BACKPLAN_ACTION".into(), action.to_string());
+        if let Some(source) = &request.source_run_id {
+            env.insert("BACKPLAN_SOURCE_RUN_ID".into(), source.clone());
+        }
         if let Some(dir) = &request.state_dir {
             env.insert("BACKPLAN_STATE_DIR".into(), dir.clone());
         }
@@ -259,7 +264,7 @@ impl ExecPlugin {
             stderr: finished.stderr.text(),
             truncated: finished.stdout.truncated || finished.stderr.truncated,
         };
-        let program = shell_words(&record.argv);
+        let program = record.argv[0].clone();
         let code = record.exit_code;
         if !code.is_some_and(|c| config.success_codes.contains(&c)) {
             let what = match code {

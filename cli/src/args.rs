@@ -1,0 +1,174 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Plugin-based backups for self-hosted CircleCI Server: AMIs, artifact trees, buckets.
+#[derive(Debug, Parser)]
+#[command(name = "backplan", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Print machine-readable JSON on stdout instead of a report.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Where local state and the default catalog live [default: $XDG_STATE_HOME/backplan]
+    #[arg(long, global = true, env = "BACKPLAN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Load every plugin library in this folder too (repeatable).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors in the log.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Never draw progress bars, even on a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up: check every step, then run the plan's graph.
+    Run(RunArgs),
+    /// Verify a recorded backup is intact (default: the latest).
+    Verify(SourceArgs),
+    /// Restore a recorded backup, in the plan's order.
+    Restore(RestoreArgs),
+    /// Apply retention: remove what the plan no longer keeps.
+    Prune(PruneArgs),
+    /// Look at a plan without running it.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// The runs recorded in a plan's catalog.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// The plugins available.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArg {
+    /// The plan file (TOML).
+    #[arg(env = "BACKPLAN_PLAN", value_name = "PLAN")]
+    pub plan: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// Run only these steps (repeatable).
+    #[arg(long = "step", value_name = "ID")]
+    pub steps: Vec<String>,
+    /// Ask every plugin to show what it would do, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Plugin options as KEY=VALUE (repeatable); VALUE may be JSON.
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// The backup run to act on, or `latest`.
+    #[arg(long = "run", value_name = "ID", default_value = "latest")]
+    pub run: String,
+    /// Only these steps (repeatable).
+    #[arg(long = "step", value_name = "ID")]
+    pub steps: Vec<String>,
+    /// Plugin options as KEY=VALUE (repeatable); VALUE may be JSON.
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// The backup run to restore, or `latest`.
+    #[arg(long = "run", value_name = "ID")]
+    pub run: String,
+    /// Only these steps (repeatable): e.g. the launch from an admin machine, the rest on the
+    /// new host.
+    #[arg(long = "step", value_name = "ID")]
+    pub steps: Vec<String>,
+    /// Print every change that would be made, make none.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override safety refusals (e.g. overwrite newer files).
+    #[arg(long)]
+    pub force: bool,
+    /// Plugin options as KEY=VALUE (repeatable), e.g. `-o target=/tmp/drill`.
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these steps (repeatable).
+    #[arg(long = "step", value_name = "ID")]
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Validate the plan and run every step's check (a dry run that touches nothing).
+    Check(PlanArg),
+    /// Show the plan's steps as a graph.
+    Show(PlanArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Every recorded run, oldest first.
+    List(PlanArg),
+    /// One run's record.
+    Show {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// The run id, or `latest`.
+        run: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Every plugin: built-ins, and those a plan loads.
+    List {
+        /// Also load the plugins this plan names.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+    },
+    /// A plugin's documentation and config schema.
+    Info {
+        /// The plugin's name.
+        name: String,
+        /// Also load the plugins this plan names.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+    },
+}
