@@ -502,7 +502,9 @@ impl<'a> Runner<'a> {
             .filter(|s| s.status == StepStatus::Succeeded)
             .map(|s| (s.id.clone(), s.outputs.clone()))
             .collect();
-        outputs.extend(request.prior_outputs.clone());
+        for (step, prior) in &request.prior_outputs {
+            outputs.entry(step.clone()).or_default().extend(prior.clone());
+        }
         let mut waiting: Vec<usize> = (0..steps.len()).collect();
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut interrupted = false;

@@ -140,9 +140,23 @@ pub struct Request {
 }
 
 impl Request {
-    /// Whether a config string is still a reference to another step's output (as in `check`).
+    /// Whether a config string still holds a reference to another step's output: always in
+    /// `check`, and in other actions when that step produced no such output in this run (nor in
+    /// the backup acted upon). A plugin must not use such a value as if it were real.
     pub fn is_unresolved(value: &str) -> bool {
         value.contains("${steps.")
+    }
+
+    /// A config error naming the first unresolved reference among `values`, if any.
+    pub fn require_resolved<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), crate::PluginError> {
+        match values.into_iter().find(|v| Self::is_unresolved(v)) {
+            Some(value) => Err(crate::PluginError::config(format!(
+                "{value:?} refers to a step output that does not exist in this run"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

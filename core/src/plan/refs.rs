@@ -104,24 +104,25 @@ pub struct Scope {
     pub plan_dir: String,
     /// Outputs of the steps that finished, by id.
     pub outputs: BTreeMap<String, BTreeMap<String, Value>>,
-    /// Leave step references as they are (for `check`, which runs before any output exists).
+    /// Leave every step reference as written (for `check`, which runs before any output
+    /// exists). Otherwise only references to outputs that do not exist are left as written.
     pub keep_step_references: bool,
 }
 
 impl Scope {
-    fn resolve(&self, reference: &Reference, original: &str) -> Result<String, String> {
+    fn resolve(&self, reference: &Reference) -> Result<String, String> {
         Ok(match reference {
             Reference::StepOutput { step, key } => {
                 if self.keep_step_references {
                     return Ok(format!("${{steps.{step}.outputs.{key}}}"));
                 }
-                let value = self
-                    .outputs
-                    .get(step)
-                    .and_then(|o| o.get(key))
-                    .ok_or_else(|| {
-                        format!("step `{step}` has no output `{key}` (needed by {original:?})")
-                    })?;
+                // A config may hold fields for several actions (`command`, `restore_command`):
+                // an output one action lacks may belong to a field it never reads, so it stays
+                // as written and the plugin refuses it if it does use it (see
+                // `Request::is_unresolved`).
+                let Some(value) = self.outputs.get(step).and_then(|o| o.get(key)) else {
+                    return Ok(format!("${{steps.{step}.outputs.{key}}}"));
+                };
                 match value {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -143,7 +144,7 @@ impl Scope {
                 for piece in pieces(text)? {
                     match piece {
                         Piece::Text(t) => out.push_str(t),
-                        Piece::Ref(r) => out.push_str(&self.resolve(&r, text)?),
+                        Piece::Ref(r) => out.push_str(&self.resolve(&r)?),
                     }
                 }
                 Value::String(out)
@@ -202,7 +203,8 @@ mod tests {
             json!({"hosts": ["10.0.0.9:8800"], "tag": "${run.id}-r1"})
         );
         let missing = scope.resolve_config(&json!("${steps.launch.outputs.nope}"));
-        assert!(missing.unwrap_err().contains("has no output `nope`"));
+        assert_eq!(missing.unwrap(), json!("${steps.launch.outputs.nope}"));
+        assert!(scope.resolve_config(&json!("${env.BACKPLAN_SURELY_UNSET}")).is_err());
         scope.keep_step_references = true;
         assert_eq!(
             scope.resolve_config(&json!("${steps.x.outputs.y}")).unwrap(),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use backplan_plugin_sdk::schemars::{self, JsonSchema};
 use backplan_plugin_sdk::{
-    Action, Context, Plugin, PluginError, PluginResult, StepOutput, declare_plugin,
+    Action, Context, Plugin, PluginError, PluginResult, Request, StepOutput, declare_plugin,
 };
 use serde::{Deserialize, Serialize};
 
@@ -223,8 +223,15 @@ impl ExecPlugin {
         let argv = config.argv(command)?;
         let request = ctx.request();
         if request.dry_run && action != Action::Check {
+            // Earlier steps did not really run either, so their outputs may be missing here.
             return Ok(StepOutput::new(format!("would run {}", shell_words(&argv))));
         }
+        Request::require_resolved(
+            argv.iter()
+                .chain(config.env.values())
+                .map(String::as_str)
+                .chain(config.cwd.iter().filter_map(|c| c.to_str())),
+        )?;
         let mut env = config.env.clone();
         env.insert("BACKPLAN_PLAN".into(), request.plan.clone());
         env.insert("BACKPLAN_RUN_ID".into(), request.run_id.clone());
