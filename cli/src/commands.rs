@@ -35,7 +35,8 @@ struct Session {
 }
 
 pub async fn dispatch(cli: Cli) -> i32 {
-    let bars = output::bars_wanted(cli.global.json, cli.global.no_progress).then(MultiProgress::new);
+    let bars =
+        output::bars_wanted(cli.global.json, cli.global.no_progress).then(MultiProgress::new);
     output::init_logging(cli.global.verbose, cli.global.quiet, bars.clone());
     let observer: Arc<dyn Observer> = match bars {
         Some(bars) => Arc::new(output::BarObserver::new(bars)),
@@ -60,7 +61,12 @@ pub async fn dispatch(cli: Cli) -> i32 {
             session.plugins_info(&name, plan.as_deref())
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "backplan", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "backplan",
+                &mut std::io::stdout(),
+            );
             Ok(exit::SUCCEEDED)
         }
     };
@@ -80,7 +86,8 @@ fn exit_code_for(error: &anyhow::Error) -> i32 {
         if let Some(CatalogError::Busy { .. }) = cause.downcast_ref::<CatalogError>() {
             return exit::BUSY;
         }
-        if let Some(RunError::Catalog(CatalogError::Busy { .. })) = cause.downcast_ref::<RunError>()
+        if let Some(RunError::Catalog(error)) = cause.downcast_ref::<RunError>()
+            && matches!(**error, CatalogError::Busy { .. })
         {
             return exit::BUSY;
         }
@@ -163,7 +170,10 @@ impl Session {
     ) -> anyhow::Result<(RunRecord, i32)> {
         let catalog = self.catalog(plan)?;
         let record = self.runner(plan, host).run(&catalog, &request).await?;
-        let path = catalog.root().join("runs").join(format!("{}.json", record.run_id));
+        let path = catalog
+            .root()
+            .join("runs")
+            .join(format!("{}.json", record.run_id));
         if self.global.json {
             println!("{}", serde_json::to_string_pretty(&record)?);
         } else {
@@ -214,7 +224,10 @@ impl Session {
         let (record, code) = self.execute(&plan, &host, request).await?;
         let verified_all = record.status == RunStatus::Succeeded
             && record.steps.len() == plan.steps.len()
-            && record.steps.iter().all(|s| s.status == StepStatus::Succeeded);
+            && record
+                .steps
+                .iter()
+                .all(|s| s.status == StepStatus::Succeeded);
         if verified_all {
             catalog
                 .mark_verified(&source.run_id, &record.run_id)
@@ -255,7 +268,10 @@ impl Session {
             .runner(&plan, &host)
             .check(&RunRequest::new(RunKind::Backup))
             .await?;
-        let failures: Vec<_> = results.iter().filter_map(|c| c.result.as_ref().err()).collect();
+        let failures: Vec<_> = results
+            .iter()
+            .filter_map(|c| c.result.as_ref().err())
+            .collect();
         if self.global.json {
             let checks: Vec<Value> = results
                 .iter()
@@ -266,7 +282,9 @@ impl Session {
                 .collect();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json!({"plan": plan.name, "digest": plan.digest, "checks": checks}))?
+                serde_json::to_string_pretty(
+                    &json!({"plan": plan.name, "digest": plan.digest, "checks": checks})
+                )?
             );
         } else {
             println!("plan `{}` is valid ({} steps)", plan.name, plan.steps.len());
@@ -286,7 +304,12 @@ impl Session {
         // Levels: a step sits one below the deepest step it runs after.
         let mut level: BTreeMap<&str, usize> = BTreeMap::new();
         for step in &plan.steps {
-            let depth = step.after.iter().filter_map(|a| level.get(a.as_str())).max().map_or(0, |d| d + 1);
+            let depth = step
+                .after
+                .iter()
+                .filter_map(|a| level.get(a.as_str()))
+                .max()
+                .map_or(0, |d| d + 1);
             level.insert(&step.id, depth);
         }
         if self.global.json {
@@ -297,7 +320,9 @@ impl Session {
                 .collect();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json!({"plan": plan.name, "digest": plan.digest, "concurrency": plan.concurrency, "steps": steps}))?
+                serde_json::to_string_pretty(
+                    &json!({"plan": plan.name, "digest": plan.digest, "concurrency": plan.concurrency, "steps": steps})
+                )?
             );
             return Ok(exit::SUCCEEDED);
         }
@@ -311,7 +336,10 @@ impl Session {
         for d in 0..=depth {
             println!("stage {}:", d + 1);
             for step in plan.steps.iter().filter(|s| level[s.id.as_str()] == d) {
-                let origin = host.get(&step.plugin).map(|p| p.origin.to_string()).unwrap_or_default();
+                let origin = host
+                    .get(&step.plugin)
+                    .map(|p| p.origin.to_string())
+                    .unwrap_or_default();
                 let after = if step.after.is_empty() {
                     String::new()
                 } else {
@@ -333,21 +361,31 @@ impl Session {
         if self.global.json {
             let runs: Vec<Value> = records
                 .iter()
-                .map(|r| json!({
-                    "run_id": r.run_id, "kind": r.kind, "status": r.status,
-                    "started_at": r.started_at, "finished_at": r.finished_at,
-                    "dry_run": r.dry_run, "verified": r.verified.is_some(),
-                    "source_run": r.source_run,
-                }))
+                .map(|r| {
+                    json!({
+                        "run_id": r.run_id, "kind": r.kind, "status": r.status,
+                        "started_at": r.started_at, "finished_at": r.finished_at,
+                        "dry_run": r.dry_run, "verified": r.verified.is_some(),
+                        "source_run": r.source_run,
+                    })
+                })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&runs)?);
             return Ok(exit::SUCCEEDED);
         }
         if records.is_empty() {
-            println!("no runs recorded for plan `{}` in {}", plan.name, catalog.root().display());
+            println!(
+                "no runs recorded for plan `{}` in {}",
+                plan.name,
+                catalog.root().display()
+            );
         }
         for r in &records {
-            let ok = r.steps.iter().filter(|s| s.status == StepStatus::Succeeded).count();
+            let ok = r
+                .steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Succeeded)
+                .count();
             let bytes: u64 = r.steps.iter().map(|s| s.bytes).sum();
             println!(
                 "{:<26} {:<8} {:<16} {ok}/{} steps  {bytes:>12} B{}{}",
@@ -355,7 +393,11 @@ impl Session {
                 format!("{:?}", r.kind).to_lowercase(),
                 format!("{:?}", r.status),
                 r.steps.len(),
-                if r.verified.is_some() { "  verified" } else { "" },
+                if r.verified.is_some() {
+                    "  verified"
+                } else {
+                    ""
+                },
                 if r.dry_run { "  dry-run" } else { "" },
             );
         }
@@ -366,14 +408,21 @@ impl Session {
         let plan = Plan::load(path)?;
         let catalog = self.catalog(&plan)?;
         let record = if run == "latest" {
-            catalog.list()?.0.pop().ok_or_else(|| anyhow!("no runs recorded yet"))?
+            catalog
+                .list()?
+                .0
+                .pop()
+                .ok_or_else(|| anyhow!("no runs recorded yet"))?
         } else {
             catalog.load(run)?
         };
         if self.global.json {
             println!("{}", serde_json::to_string_pretty(&record)?);
         } else {
-            let path = catalog.root().join("runs").join(format!("{}.json", record.run_id));
+            let path = catalog
+                .root()
+                .join("runs")
+                .join(format!("{}.json", record.run_id));
             print!("{}", output::run_report(&record, &path));
         }
         Ok(exit::SUCCEEDED)
@@ -410,11 +459,21 @@ impl Session {
             println!("{}", serde_json::to_string_pretty(d)?);
         } else {
             let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
-            println!("{} {} ({})\n{}\nactions: {}\n", d.name, d.version, plugin.origin, d.summary, actions.join(", "));
+            println!(
+                "{} {} ({})\n{}\nactions: {}\n",
+                d.name,
+                d.version,
+                plugin.origin,
+                d.summary,
+                actions.join(", ")
+            );
             if !d.docs.is_empty() {
                 println!("{}\n", d.docs.trim_end());
             }
-            println!("config schema:\n{}", serde_json::to_string_pretty(&d.config_schema)?);
+            println!(
+                "config schema:\n{}",
+                serde_json::to_string_pretty(&d.config_schema)?
+            );
         }
         Ok(exit::SUCCEEDED)
     }
@@ -429,7 +488,8 @@ fn earlier_restore_outputs(
 ) -> anyhow::Result<BTreeMap<String, backplan_plugin_sdk::Outputs>> {
     let mut outputs = BTreeMap::new();
     for run in catalog.list()?.0 {
-        if run.kind != RunKind::Restore || run.source_run.as_deref() != Some(source) || run.dry_run {
+        if run.kind != RunKind::Restore || run.source_run.as_deref() != Some(source) || run.dry_run
+        {
             continue;
         }
         for step in run.steps {

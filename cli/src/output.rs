@@ -119,8 +119,9 @@ impl Observer for BarObserver {
     }
 
     fn step_retrying(&self, step: &str, attempt: u32, delay: Duration, error: &PluginError) {
-        self.bar(step)
-            .set_message(format!("attempt {attempt} failed ({error}); retrying in {delay:.0?}"));
+        self.bar(step).set_message(format!(
+            "attempt {attempt} failed ({error}); retrying in {delay:.0?}"
+        ));
     }
 
     fn step_finished(&self, step: &StepRecord) {
@@ -149,7 +150,11 @@ impl Observer for LogObserver {
         let mut last = self.last.lock().unwrap();
         let now = Instant::now();
         let finished = progress.total.is_some_and(|t| progress.done >= t);
-        if !finished && last.get(step).is_some_and(|t| now - *t < LOG_PROGRESS_EVERY) {
+        if !finished
+            && last
+                .get(step)
+                .is_some_and(|t| now - *t < LOG_PROGRESS_EVERY)
+        {
             return;
         }
         last.insert(step.to_owned(), now);
@@ -212,7 +217,11 @@ pub fn run_report(record: &RunRecord, record_path: &std::path::Path) -> String {
         id = record.run_id,
         plan = record.plan.name,
         status = record.status,
-        interrupted = if record.interrupted { " (interrupted)" } else { "" },
+        interrupted = if record.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        },
         dry = if record.dry_run { " (dry run)" } else { "" },
     );
     for step in &record.steps {

@@ -84,7 +84,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+    let temp = dir.join(format!(
+        ".{name}.tmp-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
     let result = (|| {
         let mut file = File::create(&temp)?;
         file.write_all(bytes)?;
@@ -230,9 +234,11 @@ impl Catalog {
     /// Moves a stale lock aside. If what was moved is not the lock judged stale (someone
     /// reclaimed it first and took it), it is put back.
     fn reclaim(&self, path: &Path, judged: Option<Vec<u8>>) -> Result<(), CatalogError> {
-        let aside = self
-            .root
-            .join(format!(".lock.stale-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        let aside = self.root.join(format!(
+            ".lock.stale-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
         match fs::rename(path, &aside) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -354,17 +360,33 @@ mod tests {
         let catalog = Catalog::open(dir.path(), "p").unwrap();
         catalog.save(&record("20260102T000000Z-000002")).unwrap();
         catalog.save(&record("20260101T000000Z-000001")).unwrap();
-        fs::write(catalog.root().join("runs/20260103T000000Z-broken.json"), b"{ half").unwrap();
+        fs::write(
+            catalog.root().join("runs/20260103T000000Z-broken.json"),
+            b"{ half",
+        )
+        .unwrap();
         let (records, problems) = catalog.list().unwrap();
         let ids: Vec<_> = records.iter().map(|r| r.run_id.as_str()).collect();
         assert_eq!(ids, ["20260101T000000Z-000001", "20260102T000000Z-000002"]);
         assert_eq!(problems.len(), 1);
-        assert!(matches!(catalog.load("nope"), Err(CatalogError::NoSuchRun(_))));
-        assert!(matches!(catalog.load("../x"), Err(CatalogError::NoSuchRun(_))));
+        assert!(matches!(
+            catalog.load("nope"),
+            Err(CatalogError::NoSuchRun(_))
+        ));
+        assert!(matches!(
+            catalog.load("../x"),
+            Err(CatalogError::NoSuchRun(_))
+        ));
         // No temp files are left behind.
         let leftovers = fs::read_dir(catalog.root().join("runs"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .count();
         assert_eq!(leftovers, 0);
     }
@@ -375,7 +397,10 @@ mod tests {
         let catalog = Catalog::open(dir.path(), "p").unwrap();
         let guard = catalog.lock("run-a").unwrap();
         let err = catalog.lock("run-b").unwrap_err();
-        assert!(matches!(err, CatalogError::Busy { ref run_id, .. } if run_id == "run-a"), "{err}");
+        assert!(
+            matches!(err, CatalogError::Busy { ref run_id, .. } if run_id == "run-a"),
+            "{err}"
+        );
         drop(guard);
         assert!(catalog.lock("run-b").is_ok());
     }
@@ -390,7 +415,11 @@ mod tests {
             run_id: "ghost".into(),
             since: "2020-01-01T00:00:00Z".into(),
         };
-        fs::write(catalog.root().join("lock"), serde_json::to_vec(&dead).unwrap()).unwrap();
+        fs::write(
+            catalog.root().join("lock"),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
         let guard = catalog.lock("run-new").unwrap();
         assert_eq!(read_lock(&guard.path).unwrap().0.run_id, "run-new");
     }
@@ -407,9 +436,17 @@ mod tests {
         };
         let path = catalog.root().join("lock");
         fs::write(&path, serde_json::to_vec(&other).unwrap()).unwrap();
-        assert!(matches!(catalog.lock("mine"), Err(CatalogError::Busy { .. })));
+        assert!(matches!(
+            catalog.lock("mine"),
+            Err(CatalogError::Busy { .. })
+        ));
         let old = SystemTime::now() - STALE_AFTER - Duration::from_secs(5);
-        File::options().append(true).open(&path).unwrap().set_modified(old).unwrap();
+        File::options()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert!(catalog.lock("mine").is_ok());
     }
 }

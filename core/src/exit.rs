@@ -37,7 +37,11 @@ pub fn for_run(record: &RunRecord) -> i32 {
                     .as_ref()
                     .is_some_and(|e| e.kind == backplan_plugin_sdk::ErrorKind::Config)
             });
-            if config_only && any_error { CONFIG } else { FAILED }
+            if config_only && any_error {
+                CONFIG
+            } else {
+                FAILED
+            }
         }
     }
 }

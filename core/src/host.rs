@@ -132,7 +132,10 @@ impl PluginHost {
     }
 
     /// Registers a statically linked plugin.
-    pub fn register_builtin(&mut self, descriptor: &'static PluginDescriptor) -> Result<(), HostError> {
+    pub fn register_builtin(
+        &mut self,
+        descriptor: &'static PluginDescriptor,
+    ) -> Result<(), HostError> {
         // SAFETY: a `&'static` descriptor lives for the whole process.
         let plugin = unsafe { PluginRef::from_raw(descriptor) }.map_err(|e| HostError::Abi {
             origin: Origin::Builtin,
@@ -259,7 +262,17 @@ impl SchemaSource for PluginHost {
         plugin
             .validator
             .iter_errors(config)
-            .map(|e| (e.instance_path().as_str().to_owned(), e.to_string()))
+            .map(|e| {
+                let mut pointer = e.instance_path().as_str().to_owned();
+                // Point an unknown key at the key itself, not at its table.
+                if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                    e.kind()
+                    && let Some(key) = unexpected.first()
+                {
+                    pointer = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
+                }
+                (pointer, e.to_string())
+            })
             .collect()
     }
 }
@@ -298,8 +311,8 @@ fn check_ownership(path: &Path, file: &File) -> Result<(), HostError> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned))
         .ok_or_else(|| refuse("cannot find its folder".into()))?;
-    let folder_meta = std::fs::metadata(&folder)
-        .map_err(|e| refuse(format!("cannot stat its folder: {e}")))?;
+    let folder_meta =
+        std::fs::metadata(&folder).map_err(|e| refuse(format!("cannot stat its folder: {e}")))?;
     judge(&format!("its folder {}", folder.display()), &folder_meta)
 }
 
@@ -356,7 +369,10 @@ mod tests {
         let err = host
             .register_builtin(backplan_plugin_exec::plugin_descriptor())
             .unwrap_err();
-        assert!(matches!(err, HostError::Duplicate { ref name, .. } if name == "exec"), "{err}");
+        assert!(
+            matches!(err, HostError::Duplicate { ref name, .. } if name == "exec"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -367,7 +383,10 @@ mod tests {
         std::fs::write(&lib, b"not really a library").unwrap();
         std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o664)).unwrap();
         let err = host().load_library(&lib, None).unwrap_err();
-        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
         assert!(err.to_string().contains("libx.so"), "{err}");
 
         std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -381,7 +400,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lib = dir.path().join("libx.so");
         std::fs::write(&lib, b"bytes").unwrap();
-        let err = host().load_library(&lib, Some(&"0".repeat(64))).unwrap_err();
+        let err = host()
+            .load_library(&lib, Some(&"0".repeat(64)))
+            .unwrap_err();
         assert!(matches!(err, HostError::PinMismatch { .. }), "{err}");
     }
 

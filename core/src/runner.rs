@@ -118,10 +118,16 @@ impl RunRequest {
 pub enum RunError {
     /// The catalog could not be written or locked.
     #[error(transparent)]
-    Catalog(#[from] CatalogError),
+    Catalog(Box<CatalogError>),
     /// `--step` named a step the plan does not have.
     #[error("the plan has no step `{0}`")]
     UnknownStep(String),
+}
+
+impl From<CatalogError> for RunError {
+    fn from(error: CatalogError) -> Self {
+        RunError::Catalog(Box::new(error))
+    }
 }
 
 /// The result of the check phase for one step.
@@ -144,7 +150,9 @@ pub struct Runner<'a> {
 
 impl std::fmt::Debug for Runner<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner").field("plan", &self.plan.name).finish()
+        f.debug_struct("Runner")
+            .field("plan", &self.plan.name)
+            .finish()
     }
 }
 
@@ -225,7 +233,11 @@ impl<'a> Runner<'a> {
     }
 
     fn base_request(&self, step: &Step, action: Action, run_id: &str, req: &RunRequest) -> Request {
-        let state_dir = self.state_root.join(&self.plan.name).join("steps").join(&step.id);
+        let state_dir = self
+            .state_root
+            .join(&self.plan.name)
+            .join("steps")
+            .join(&step.id);
         Request {
             action,
             plan: self.plan.name.clone(),
@@ -350,7 +362,11 @@ impl<'a> Runner<'a> {
     }
 
     /// Takes the plan's lock, checks every step, runs the graph and records it all in `catalog`.
-    pub async fn run(&self, catalog: &Catalog, request: &RunRequest) -> Result<RunRecord, RunError> {
+    pub async fn run(
+        &self,
+        catalog: &Catalog,
+        request: &RunRequest,
+    ) -> Result<RunRecord, RunError> {
         let steps = self.selected(request)?;
         let mut record = self.new_record(request, &steps);
         let lock = catalog.lock(&record.run_id)?;
@@ -388,7 +404,8 @@ impl<'a> Runner<'a> {
             return Ok(record);
         }
 
-        self.run_graph(catalog, request, &steps, &mut record).await?;
+        self.run_graph(catalog, request, &steps, &mut record)
+            .await?;
         record.interrupted = self.cancel.is_cancelled();
         record.conclude();
         catalog.save(&record)?;
@@ -450,7 +467,12 @@ impl<'a> Runner<'a> {
             std::fs::create_dir_all(dir).map_err(|e| {
                 (
                     StepStatus::Failed,
-                    Some(PluginError::permanent(format!("cannot create the state folder {dir}: {e}")).into()),
+                    Some(
+                        PluginError::permanent(format!(
+                            "cannot create the state folder {dir}: {e}"
+                        ))
+                        .into(),
+                    ),
                     String::new(),
                 )
             })?;
@@ -464,7 +486,10 @@ impl<'a> Runner<'a> {
                     run_id: r.run_id.clone(),
                     started_at: r.started_at.to_string(),
                     verified: r.verified.is_some(),
-                    record: r.step(&step.id).map(|s| s.record.clone()).unwrap_or_default(),
+                    record: r
+                        .step(&step.id)
+                        .map(|s| s.record.clone())
+                        .unwrap_or_default(),
                 })
                 .collect();
         }
@@ -503,7 +528,10 @@ impl<'a> Runner<'a> {
             .map(|s| (s.id.clone(), s.outputs.clone()))
             .collect();
         for (step, prior) in &request.prior_outputs {
-            outputs.entry(step.clone()).or_default().extend(prior.clone());
+            outputs
+                .entry(step.clone())
+                .or_default()
+                .extend(prior.clone());
         }
         let mut waiting: Vec<usize> = (0..steps.len()).collect();
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
@@ -520,7 +548,9 @@ impl<'a> Runner<'a> {
                         .filter(|d| selected.contains(d.as_str()))
                         .filter_map(|d| record.step(d))
                         .collect();
-                    if deps.iter().any(|d| !d.status.is_final()) || running.len() >= self.plan.concurrency {
+                    if deps.iter().any(|d| !d.status.is_final())
+                        || running.len() >= self.plan.concurrency
+                    {
                         still_waiting.push(i);
                         continue;
                     }
@@ -650,11 +680,13 @@ impl StepJob {
                     return entry;
                 }
                 Attempt::Failed(error) => {
-                    let cancelled = self.cancel.is_cancelled() || error.kind == ErrorKind::Cancelled;
+                    let cancelled =
+                        self.cancel.is_cancelled() || error.kind == ErrorKind::Cancelled;
                     if error.is_retryable() && attempt_no <= retries && !cancelled {
                         let delay = backoff(self.policy.retry_delay, attempt_no);
                         tracing::warn!(step = %self.step, attempt = attempt_no, "{error}; retrying in {delay:?}");
-                        self.observer.step_retrying(&self.step, attempt_no, delay, &error);
+                        self.observer
+                            .step_retrying(&self.step, attempt_no, delay, &error);
                         tokio::select! {
                             () = tokio::time::sleep(delay) => continue,
                             () = self.cancel.cancelled() => {}
@@ -764,7 +796,10 @@ mod tests {
         for attempt in 1..=10 {
             let d = backoff(base, attempt);
             let full = (base * 2u32.pow(attempt - 1)).min(MAX_RETRY_DELAY);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
         }
         let samples: BTreeSet<_> = (0..20).map(|_| backoff(base, 3)).collect();
         assert!(samples.len() > 1, "no jitter");

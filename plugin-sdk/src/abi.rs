@@ -393,11 +393,11 @@ impl PluginRef {
         }
         // SAFETY: version and size checked; the caller guarantees the lifetime.
         let descriptor: &'static PluginDescriptor = unsafe { &*descriptor };
-        // SAFETY: the ABI requires NUL-terminated static strings for both fields.
         let text = |p: *const c_char| -> Result<&'static str, AbiError> {
             if p.is_null() {
                 return Err(AbiError::InvalidName);
             }
+            // SAFETY: the ABI requires NUL-terminated strings that live as long as the plugin.
             unsafe { CStr::from_ptr(p) }
                 .to_str()
                 .map_err(|_| AbiError::InvalidName)
@@ -460,9 +460,8 @@ impl PluginRef {
         let mut out = Buffer::empty();
         // SAFETY: all pointers are valid for the duration of the call; `api` and `hooks_ref`
         // live on this stack frame until `invoke` returns.
-        let status = unsafe {
-            (self.descriptor.invoke)(request.as_ptr(), request.len(), &api, &mut out)
-        };
+        let status =
+            unsafe { (self.descriptor.invoke)(request.as_ptr(), request.len(), &api, &mut out) };
         let bytes = self.take_answer(status, out)?;
         serde_json::from_slice(&bytes).map_err(|e| AbiError::InvalidAnswer(e.to_string()))
     }

@@ -3,9 +3,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::PluginError;
 use crate::abi::HostLink;
 use crate::protocol::{Level, Outputs, Progress, Request};
-use crate::PluginError;
 
 /// Progress updates closer together than this are dropped (the last one always goes through).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,9 +40,10 @@ impl Context {
 
     /// The record this step returned at backup time (verify, restore), decoded.
     pub fn record<T: serde::de::DeserializeOwned>(&self) -> Result<T, PluginError> {
-        let record = self.request.record.clone().ok_or_else(|| {
-            PluginError::permanent("no backup record was given for this step")
-        })?;
+        let record =
+            self.request.record.clone().ok_or_else(|| {
+                PluginError::permanent("no backup record was given for this step")
+            })?;
         serde_json::from_value(record)
             .map_err(|e| PluginError::permanent(format!("the backup record is unreadable: {e}")))
     }

@@ -126,8 +126,10 @@ struct Problems<'a> {
 impl Problems<'_> {
     fn add(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         let at = span.as_ref().map_or(0, |s| s.start);
-        self.found
-            .push((at, Located::new(self.file, self.source, span, message.into())));
+        self.found.push((
+            at,
+            Located::new(self.file, self.source, span, message.into()),
+        ));
     }
 
     fn finish(mut self) -> Result<(), PlanError> {
@@ -159,7 +161,10 @@ fn parse_duration(problems: &mut Problems<'_>, value: &toml::Spanned<String>) ->
         Err(e) => {
             problems.add(
                 Some(value.span()),
-                format!("{:?} is not a duration ({e}); write e.g. \"90s\", \"15m\", \"2h\"", value.get_ref()),
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"90s\", \"15m\", \"2h\"",
+                    value.get_ref()
+                ),
             );
             None
         }
@@ -178,7 +183,11 @@ fn parse_count(
     } else {
         problems.add(
             Some(value.span()),
-            format!("{what} must be between {} and {}", range.start(), range.end()),
+            format!(
+                "{what} must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
         );
         None
     }
@@ -261,7 +270,12 @@ impl Plan {
     pub fn parse(path: &Path, source: String) -> Result<Plan, PlanError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let raw: RawPlan = toml::from_str(&source).map_err(|e| {
-            PlanError::one(Located::new(&path, &source, e.span(), e.message().to_owned()))
+            PlanError::one(Located::new(
+                &path,
+                &source,
+                e.span(),
+                e.message().to_owned(),
+            ))
         })?;
         let digest = format!("sha256:{}", crate::digest::sha256_hex(source.as_bytes()));
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
@@ -334,12 +348,12 @@ impl Plan {
                 let at = if pointer.is_empty() {
                     String::new()
                 } else {
-                    format!(" at `{}`", pointer.trim_start_matches('/').replace('/', "."))
+                    format!(
+                        " at `{}`",
+                        pointer.trim_start_matches('/').replace('/', ".")
+                    )
                 };
-                problems.add(
-                    span,
-                    format!("step `{}`: config{at}: {message}", step.id),
-                );
+                problems.add(span, format!("step `{}`: config{at}: {message}", step.id));
             }
         }
         problems.finish()
@@ -356,7 +370,10 @@ fn config_span(doc: &toml::de::DeTable<'_>, index: usize, pointer: &str) -> Opti
     for segment in pointer.split('/').skip(1) {
         let key = segment.replace("~1", "/").replace("~0", "~");
         let next = match node.get_ref() {
-            DeValue::Array(_) => key.parse::<usize>().ok().and_then(|i| node.get_ref().get(i)),
+            DeValue::Array(_) => key
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| node.get_ref().get(i)),
             _ => node.get_ref().get(key.as_str()),
         };
         match next {
@@ -433,7 +450,10 @@ fn plugin_spec(
 ) -> Option<PluginSpec> {
     let sha256 = match &raw.sha256 {
         Some(pin) => {
-            let hex = pin.get_ref().trim_start_matches("sha256:").to_ascii_lowercase();
+            let hex = pin
+                .get_ref()
+                .trim_start_matches("sha256:")
+                .to_ascii_lowercase();
             if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
                 problems.add(Some(pin.span()), "sha256 must be 64 hex digits");
                 return None;
@@ -484,7 +504,9 @@ fn validate_steps(
     for (i, step) in raw.iter().enumerate() {
         for dep in &step.get_ref().after {
             match seen.get(dep.get_ref().as_str()) {
-                Some(&j) if j == i => problems.add(Some(dep.span()), "a step cannot run after itself"),
+                Some(&j) if j == i => {
+                    problems.add(Some(dep.span()), "a step cannot run after itself")
+                }
                 Some(&j) => edges[i].push(j),
                 None => problems.add(
                     Some(dep.span()),
@@ -523,7 +545,13 @@ fn validate_steps(
                 after: step.after.iter().map(|a| a.get_ref().clone()).collect(),
                 ancestors: ancestors[i].clone(),
                 config,
-                policy: policy(problems, base, &step.timeout, &step.retries, &step.retry_delay),
+                policy: policy(
+                    problems,
+                    base,
+                    &step.timeout,
+                    &step.retries,
+                    &step.retry_delay,
+                ),
                 index: i,
                 plugin_span: step.plugin.span(),
             }

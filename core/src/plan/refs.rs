@@ -184,7 +184,11 @@ mod tests {
                 Reference::Env("HOME".into())
             ]
         );
-        assert!(references("${steps.a.ip}").unwrap_err().contains("unknown reference"));
+        assert!(
+            references("${steps.a.ip}")
+                .unwrap_err()
+                .contains("unknown reference")
+        );
         assert!(references("${run.id").unwrap_err().contains("unclosed"));
     }
 
@@ -194,20 +198,28 @@ mod tests {
             run_id: "r1".into(),
             ..Scope::default()
         };
-        scope
-            .outputs
-            .insert("launch".into(), [("ip".to_owned(), json!("10.0.0.9"))].into());
-        let config = json!({"hosts": ["${steps.launch.outputs.ip}:8800"], "tag": "$${run.id}-${run.id}"});
+        scope.outputs.insert(
+            "launch".into(),
+            [("ip".to_owned(), json!("10.0.0.9"))].into(),
+        );
+        let config =
+            json!({"hosts": ["${steps.launch.outputs.ip}:8800"], "tag": "$${run.id}-${run.id}"});
         assert_eq!(
             scope.resolve_config(&config).unwrap(),
             json!({"hosts": ["10.0.0.9:8800"], "tag": "${run.id}-r1"})
         );
         let missing = scope.resolve_config(&json!("${steps.launch.outputs.nope}"));
         assert_eq!(missing.unwrap(), json!("${steps.launch.outputs.nope}"));
-        assert!(scope.resolve_config(&json!("${env.BACKPLAN_SURELY_UNSET}")).is_err());
+        assert!(
+            scope
+                .resolve_config(&json!("${env.BACKPLAN_SURELY_UNSET}"))
+                .is_err()
+        );
         scope.keep_step_references = true;
         assert_eq!(
-            scope.resolve_config(&json!("${steps.x.outputs.y}")).unwrap(),
+            scope
+                .resolve_config(&json!("${steps.x.outputs.y}"))
+                .unwrap(),
             json!("${steps.x.outputs.y}")
         );
     }

@@ -74,7 +74,11 @@ fn a_syntax_error_names_line_and_column() {
 fn an_unknown_key_is_an_error_at_its_line() {
     let p = first_problem("[plan]\nname = \"x\"\nconcurency = 3\n");
     assert_eq!(p.line, Some(3));
-    assert!(p.message.contains("unknown field `concurency`"), "{}", p.message);
+    assert!(
+        p.message.contains("unknown field `concurency`"),
+        "{}",
+        p.message
+    );
 }
 
 #[test]
@@ -144,16 +148,24 @@ command = ["echo", "${steps.a.outputs.ip}"]
 
 #[test]
 fn bad_numbers_and_durations_are_rejected() {
-    let p = first_problem("[plan]\nname = \"x\"\ntimeout = \"soon\"\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n");
+    let p = first_problem(
+        "[plan]\nname = \"x\"\ntimeout = \"soon\"\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n",
+    );
     assert!(p.message.contains("not a duration"), "{}", p.message);
-    let p = first_problem("[plan]\nname = \"x\"\nconcurrency = 0\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n");
+    let p = first_problem(
+        "[plan]\nname = \"x\"\nconcurrency = 0\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n",
+    );
     assert!(p.message.contains("between 1 and 256"), "{}", p.message);
 }
 
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
     let err = Plan::load(Path::new("/nonexistent/plan.toml")).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/plan.toml: cannot read the plan"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/plan.toml: cannot read the plan"),
+        "{err}"
+    );
 }
 
 struct OnlyExec;
@@ -192,6 +204,10 @@ plugin = "nosuch"
     assert_eq!(err.problems.len(), 2);
     let bad = &err.problems[0];
     assert_eq!((bad.line, bad.column), (Some(7), Some(20)));
-    assert!(bad.message.contains("config at `command.1`"), "{}", bad.message);
+    assert!(
+        bad.message.contains("config at `command.1`"),
+        "{}",
+        bad.message
+    );
     assert!(err.problems[1].message.contains("unknown plugin `nosuch`"));
 }
