@@ -140,6 +140,8 @@ pub enum PlanCommand {
     Check(PlanArg),
     /// Show the plan's steps as a graph.
     Show(PlanArg),
+    /// Print the minimal AWS IAM policy the plan's steps need.
+    Permissions(PlanArg),
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Prune(args) => session.prune(args).await,
         Command::Plan(PlanCommand::Check(args)) => session.plan_check(&args.plan).await,
         Command::Plan(PlanCommand::Show(args)) => session.plan_show(&args.plan),
+        Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
         Command::Runs(RunsCommand::Show { plan, run }) => session.runs_show(&plan.plan, &run),
         Command::Plugins(PluginsCommand::List { plan }) => session.plugins_list(plan.as_deref()),
@@ -297,6 +298,30 @@ impl Session {
         } else {
             exit::FAILED
         })
+    }
+
+    async fn plan_permissions(&self, path: &Path) -> anyhow::Result<i32> {
+        let (plan, host) = self.load(path)?;
+        let answers = self
+            .runner(&plan, &host)
+            .permissions(&RunRequest::new(RunKind::Backup))
+            .await?;
+        let mut statements: Vec<Value> = Vec::new();
+        for answer in answers {
+            let output = answer
+                .result
+                .map_err(|e| anyhow!("step `{}`: {e}", answer.step))?;
+            let permissions: backplan_plugin_sdk::Permissions =
+                serde_json::from_value(output.record).unwrap_or_default();
+            for statement in permissions.aws_iam_statements {
+                if !statements.contains(&statement) {
+                    statements.push(statement);
+                }
+            }
+        }
+        let policy = json!({"Version": "2012-10-17", "Statement": statements});
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+        Ok(exit::SUCCEEDED)
     }
 
     fn plan_show(&self, path: &Path) -> anyhow::Result<i32> {

@@ -104,9 +104,10 @@ pub struct HostedPlugin {
 }
 
 impl HostedPlugin {
-    /// Whether the plugin implements `action` (check always counts).
+    /// Whether the plugin implements `action` (check and permissions always count).
     pub fn supports(&self, action: Action) -> bool {
-        action == Action::Check || self.description.actions.contains(&action)
+        matches!(action, Action::Check | Action::Permissions)
+            || self.description.actions.contains(&action)
     }
 }
 

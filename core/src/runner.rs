@@ -272,6 +272,21 @@ impl<'a> Runner<'a> {
 
     /// Runs `check` of the selected steps, concurrently. Changes nothing.
     pub async fn check(&self, request: &RunRequest) -> Result<Vec<CheckResult>, RunError> {
+        self.ask_each(request, Action::Check).await
+    }
+
+    /// Asks every selected step which cloud permissions its configuration needs.
+    pub async fn permissions(&self, request: &RunRequest) -> Result<Vec<CheckResult>, RunError> {
+        self.ask_each(request, Action::Permissions).await
+    }
+
+    /// Calls a side-effect-free action (`check`, `permissions`) of every selected step,
+    /// concurrently, before any output exists.
+    async fn ask_each(
+        &self,
+        request: &RunRequest,
+        action: Action,
+    ) -> Result<Vec<CheckResult>, RunError> {
         let run_id = new_run_id();
         let steps = self.selected(request)?;
         self.observer.checks_started(steps.len());
@@ -283,8 +298,8 @@ impl<'a> Runner<'a> {
             let Some(hosted) = self.host.get(&step.plugin) else {
                 continue;
             };
-            let mut call = self.base_request(step, Action::Check, &run_id, request);
-            call.check_for = Some(request.kind.action());
+            let mut call = self.base_request(step, action, &run_id, request);
+            call.check_for = (action == Action::Check).then(|| request.kind.action());
             let hooks = self.hooks(step, self.cancel.child_token());
             let plugin = hosted.plugin;
             let permit = semaphore.clone();
@@ -300,7 +315,7 @@ impl<'a> Runner<'a> {
                             Attempt::Done(output) => Ok(output),
                             Attempt::Failed(error) => Err(error.into()),
                             Attempt::TimedOut => Err(StepError::from(PluginError::transient(
-                                "the check did not finish in time",
+                                format!("{action} did not finish in time"),
                             ))),
                         }
                     }

@@ -57,7 +57,8 @@ pub use context::Context;
 pub use error::{ErrorKind, PluginError, PluginResult};
 pub use plugin::Plugin;
 pub use protocol::{
-    Action, Description, HistoryEntry, Level, Outputs, Progress, Request, Response, StepOutput,
+    Action, Description, HistoryEntry, Level, Outputs, Permissions, Progress, Request, Response,
+    StepOutput,
 };
 
 /// Re-exported so plugin crates derive the same traits the SDK expects.
@@ -87,10 +88,14 @@ fn run_action<P: Plugin>(plugin: &P, ctx: &Context) -> PluginResult<StepOutput> 
     let config: P::Config = serde_json::from_value(request.config.clone()).map_err(|e| {
         PluginError::config(format!("step `{}`: invalid config: {e}", request.step_id))
     })?;
-    if request.action != Action::Check && !P::ACTIONS.contains(&request.action) {
+    let always = [Action::Check, Action::Permissions];
+    if !always.contains(&request.action) && !P::ACTIONS.contains(&request.action) {
         return Err(PluginError::unsupported(request.action));
     }
     match request.action {
+        Action::Permissions => {
+            Ok(StepOutput::new("permissions").record(plugin.permissions(&config)))
+        }
         Action::Check => plugin.check(ctx, &config),
         Action::Backup => plugin.backup(ctx, &config),
         Action::Verify => plugin.verify(ctx, &config),

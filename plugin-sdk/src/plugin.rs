@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::{Action, Context, PluginError, PluginResult, StepOutput};
+use crate::{Action, Context, Permissions, PluginError, PluginResult, StepOutput};
 
 /// A kind of data backplan can back up, verify, restore and prune.
 ///
@@ -14,7 +14,7 @@ use crate::{Action, Context, PluginError, PluginResult, StepOutput};
 /// that needs async (an SDK client) runs its own runtime inside the action.
 ///
 /// Actions not listed in [`Plugin::ACTIONS`] are never called; their default bodies answer
-/// "unsupported" all the same.
+/// "unsupported" all the same. `check` and `permissions` are always callable.
 pub trait Plugin: Send + Sync + 'static {
     /// The step's `config` table. Derive `Deserialize` and `JsonSchema`, and use
     /// `#[serde(deny_unknown_fields)]` so that a typo in a plan is an error, not a silent default.
@@ -52,6 +52,13 @@ pub trait Plugin: Send + Sync + 'static {
     fn restore(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
         let _ = (ctx, config);
         Err(PluginError::unsupported(Action::Restore))
+    }
+
+    /// The cloud permissions this configuration needs, for `backplan plan permissions`.
+    /// Calls nothing. The default: none.
+    fn permissions(&self, config: &Self::Config) -> Permissions {
+        let _ = config;
+        Permissions::default()
     }
 
     /// Applies retention to the backups listed in `ctx.request().history`.

@@ -26,10 +26,13 @@ pub enum Action {
     Restore,
     /// Apply retention: remove what the plan no longer needs to keep.
     Prune,
+    /// Say which cloud permissions the step's configuration needs, without calling anything.
+    /// Always callable, like `check`; the answer's record is a [`Permissions`].
+    Permissions,
 }
 
 impl Action {
-    /// Every action, in the order a backup's life goes through them.
+    /// Every action that acts on backups, in the order a backup's life goes through them.
     pub const ALL: [Action; 5] = [
         Action::Check,
         Action::Backup,
@@ -46,6 +49,7 @@ impl Action {
             Action::Verify => "verify",
             Action::Restore => "restore",
             Action::Prune => "prune",
+            Action::Permissions => "permissions",
         }
     }
 }
@@ -222,6 +226,14 @@ pub enum Response {
     Ok(StepOutput),
     /// The action failed.
     Error(PluginError),
+}
+
+/// The cloud permissions a step needs (the record of a `permissions` answer).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Permissions {
+    /// AWS IAM policy statements (`{"Effect": "Allow", "Action": [...], "Resource": ...}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_iam_statements: Vec<Value>,
 }
 
 /// Severity of a log record sent to the host.

@@ -111,6 +111,7 @@ impl ExecConfig {
             Action::Verify => self.verify_command.as_ref(),
             Action::Restore => self.restore_command.as_ref(),
             Action::Prune => self.prune_command.as_ref(),
+            Action::Permissions => None,
         }
     }
 
@@ -131,9 +132,7 @@ impl ExecConfig {
                 Err(PluginError::config("the command list is empty"))
             }
             (CommandLine::Args(args), false) => Ok(args.clone()),
-            (CommandLine::Shell(line), true) => {
-                Ok(vec!["sh".into(), "-c".into(), line.clone()])
-            }
+            (CommandLine::Shell(line), true) => Ok(vec!["sh".into(), "-c".into(), line.clone()]),
             (CommandLine::Shell(line), false) => Err(PluginError::config(format!(
                 "the command {line:?} is a string, which would need a shell: give a list \
                  [\"program\", \"arg\", ...] or set shell = true"
@@ -180,9 +179,8 @@ impl Plugin for ExecPlugin {
         for action in Action::ALL {
             if let Some(command) = config.command_for(action) {
                 let argv = config.argv(command)?;
-                process::find_program(&argv[0], config.cwd.as_deref()).map_err(|e| {
-                    PluginError::config(format!("{action} command: {e}"))
-                })?;
+                process::find_program(&argv[0], config.cwd.as_deref())
+                    .map_err(|e| PluginError::config(format!("{action} command: {e}")))?;
                 if !checked.contains(&argv[0]) {
                     checked.push(argv[0].clone());
                 }
@@ -320,7 +318,10 @@ fn last_line(text: &str) -> Option<String> {
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|w| {
-            if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
                 w.clone()
             } else {
                 format!("'{}'", w.replace('\'', r"'\''"))

@@ -109,9 +109,9 @@ pub(crate) fn run(ctx: &Context, inv: &Invocation<'_>) -> PluginResult<Finished>
         command.current_dir(dir);
     }
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|e| {
-        PluginError::permanent(format!("cannot start `{}`: {e}", inv.argv[0]))
-    })?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| PluginError::permanent(format!("cannot start `{}`: {e}", inv.argv[0])))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let limit = inv.capture_bytes;
@@ -169,7 +169,11 @@ fn wait(
         match child.try_wait() {
             Ok(Some(status)) => return Ok(status),
             Ok(None) => {}
-            Err(e) => return Err(PluginError::permanent(format!("waiting for the command: {e}"))),
+            Err(e) => {
+                return Err(PluginError::permanent(format!(
+                    "waiting for the command: {e}"
+                )));
+            }
         }
         let timed_out = timeout.is_some_and(|t| started.elapsed() >= t);
         if timed_out || ctx.is_cancelled() {
