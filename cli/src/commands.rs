@@ -25,7 +25,10 @@ use crate::output;
 
 /// The built-in plugins linked into this binary.
 fn builtins() -> Vec<&'static backplan_plugin_sdk::abi::PluginDescriptor> {
-    vec![backplan_plugin_exec::plugin_descriptor()]
+    vec![
+        backplan_plugin_exec::plugin_descriptor(),
+        backplan_plugin_nfs_objects::plugin_descriptor(),
+    ]
 }
 
 struct Session {

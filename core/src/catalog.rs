@@ -176,6 +176,8 @@ impl Catalog {
                 Err(problem) => problems.push(problem),
             }
         }
+        // Ids sort by the second they were made; two runs within one second sort by start time.
+        records.sort_by(|a, b| (a.started_at, &a.run_id).cmp(&(b.started_at, &b.run_id)));
         Ok((records, problems))
     }
 
@@ -358,8 +360,12 @@ mod tests {
     fn records_round_trip_and_list_in_order_skipping_broken_ones() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path(), "p").unwrap();
-        catalog.save(&record("20260102T000000Z-000002")).unwrap();
-        catalog.save(&record("20260101T000000Z-000001")).unwrap();
+        let mut later = record("20260102T000000Z-000002");
+        later.started_at = "2026-01-02T00:00:00Z".parse().unwrap();
+        let mut earlier = record("20260101T000000Z-000001");
+        earlier.started_at = "2026-01-01T00:00:00Z".parse().unwrap();
+        catalog.save(&later).unwrap();
+        catalog.save(&earlier).unwrap();
         fs::write(
             catalog.root().join("runs/20260103T000000Z-broken.json"),
             b"{ half",

@@ -265,6 +265,7 @@ impl<'a> Runner<'a> {
             run_id: run_id.to_owned(),
             plan_name: self.plan.name.clone(),
             plan_dir: self.plan.dir.to_string_lossy().into_owned(),
+            state_dir: self.state_root.to_string_lossy().into_owned(),
             outputs: BTreeMap::new(),
             keep_step_references: false,
         }

@@ -105,10 +105,17 @@ impl Sandbox {
             .unwrap_or_default();
         paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
         paths.sort();
-        paths
+        let mut records: Vec<serde_json::Value> = paths
             .iter()
             .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-            .collect()
+            .collect();
+        // Oldest first: ids only sort by the second they were made in.
+        records.sort_by_key(|r| {
+            r["started_at"]
+                .as_str()
+                .and_then(|at| at.parse::<jiff::Timestamp>().ok())
+        });
+        records
     }
 }
 
@@ -131,8 +138,13 @@ impl Outcome {
     }
     /// Stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.0.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout(), self.stderr()))
+        serde_json::from_slice(&self.0.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
     }
     /// Panics with both streams unless the exit code is `code`.
     #[track_caller]
@@ -169,7 +181,10 @@ pub fn build_plugin(fixture: Fixture, lib_name: &str) -> PathBuf {
     let target = root.join("target").join("fixtures");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--target-dir").arg(&target).current_dir(&root);
+    cmd.arg("build")
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(&root);
     match fixture {
         Fixture::WorkspacePackage(package) => {
             cmd.args(["-p", package]);

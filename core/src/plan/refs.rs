@@ -1,5 +1,5 @@
 //! References inside step configuration: `${steps.ID.outputs.KEY}`, `${run.id}`, `${plan.name}`,
-//! `${plan.dir}`, `${env.NAME}`; `$$` is a literal `$`.
+//! `${plan.dir}`, `${state.dir}`, `${env.NAME}`; `$$` is a literal `$`.
 //!
 //! They are parsed when the plan is loaded (a malformed reference, or one to a step that does not
 //! run before this one, is a plan error) and resolved when the step runs, because outputs exist
@@ -25,6 +25,8 @@ pub enum Reference {
     PlanName,
     /// The folder holding the plan file.
     PlanDir,
+    /// backplan's local state folder (`--state-dir`, `$BACKPLAN_STATE_DIR`, ...).
+    StateDir,
     /// An environment variable of the backplan process.
     Env(String),
 }
@@ -46,10 +48,12 @@ fn parse_reference(inner: &str) -> Result<Reference, String> {
         ["run", "id"] => Ok(Reference::RunId),
         ["plan", "name"] => Ok(Reference::PlanName),
         ["plan", "dir"] => Ok(Reference::PlanDir),
+        ["state", "dir"] => Ok(Reference::StateDir),
         ["env", name] if !name.is_empty() => Ok(Reference::Env((*name).to_owned())),
         _ => Err(format!(
             "unknown reference `${{{inner}}}`: use ${{steps.ID.outputs.KEY}}, ${{run.id}}, \
-             ${{plan.name}}, ${{plan.dir}} or ${{env.NAME}} (write $$ for a literal $)"
+             ${{plan.name}}, ${{plan.dir}}, ${{state.dir}} or ${{env.NAME}} (write $$ for a \
+             literal $)"
         )),
     }
 }
@@ -102,6 +106,8 @@ pub struct Scope {
     pub plan_name: String,
     /// The plan's folder.
     pub plan_dir: String,
+    /// The local state folder.
+    pub state_dir: String,
     /// Outputs of the steps that finished, by id.
     pub outputs: BTreeMap<String, BTreeMap<String, Value>>,
     /// Leave every step reference as written (for `check`, which runs before any output
@@ -131,6 +137,7 @@ impl Scope {
             Reference::RunId => self.run_id.clone(),
             Reference::PlanName => self.plan_name.clone(),
             Reference::PlanDir => self.plan_dir.clone(),
+            Reference::StateDir => self.state_dir.clone(),
             Reference::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
         })

@@ -29,11 +29,31 @@ fn statuses(record: &Value) -> Vec<(String, String)> {
 fn plan_errors_name_file_line_and_column_and_run_nothing() {
     let cases = [
         ("syntax", "[[steps]]\nid = = \"a\"\n", ":4:"),
-        ("unknown key", "[[steps]]\nid = \"a\"\nplugin = \"exec\"\nafterr = []\n", ":6:1: unknown field `afterr`"),
-        ("wrong type", "[[steps]]\nid = \"a\"\nplugin = \"exec\"\nretries = \"many\"\n", ":6:11: invalid type"),
-        ("cycle", "[[steps]]\nid = \"a\"\nplugin = \"exec\"\nafter = [\"b\"]\n[[steps]]\nid = \"b\"\nplugin = \"exec\"\nafter = [\"a\"]\n", "cycle: a → b → a"),
-        ("unknown plugin", "[[steps]]\nid = \"a\"\nplugin = \"tape\"\n", ":5:10: unknown plugin `tape`"),
-        ("bad config", "[[steps]]\nid = \"a\"\nplugin = \"exec\"\n[steps.config]\ncommand = [\"true\"]\ntimeout = 5\n", ":8:11: step `a`: config at `timeout`"),
+        (
+            "unknown key",
+            "[[steps]]\nid = \"a\"\nplugin = \"exec\"\nafterr = []\n",
+            ":6:1: unknown field `afterr`",
+        ),
+        (
+            "wrong type",
+            "[[steps]]\nid = \"a\"\nplugin = \"exec\"\nretries = \"many\"\n",
+            ":6:11: invalid type",
+        ),
+        (
+            "cycle",
+            "[[steps]]\nid = \"a\"\nplugin = \"exec\"\nafter = [\"b\"]\n[[steps]]\nid = \"b\"\nplugin = \"exec\"\nafter = [\"a\"]\n",
+            "cycle: a → b → a",
+        ),
+        (
+            "unknown plugin",
+            "[[steps]]\nid = \"a\"\nplugin = \"tape\"\n",
+            ":5:10: unknown plugin `tape`",
+        ),
+        (
+            "bad config",
+            "[[steps]]\nid = \"a\"\nplugin = \"exec\"\n[steps.config]\ncommand = [\"true\"]\ntimeout = 5\n",
+            ":8:11: step `a`: config at `timeout`",
+        ),
     ];
     for (what, body, expected) in cases {
         let sandbox = Sandbox::new();
@@ -47,14 +67,24 @@ fn plan_errors_name_file_line_and_column_and_run_nothing() {
             out.expect_code(CONFIG_ERROR);
             let stderr = out.stderr();
             assert!(stderr.contains("plan.toml:"), "{what}: {stderr}");
-            assert!(stderr.contains(expected), "{what}: expected {expected:?} in\n{stderr}");
+            assert!(
+                stderr.contains(expected),
+                "{what}: expected {expected:?} in\n{stderr}"
+            );
         }
-        assert!(sandbox.records("t").is_empty(), "{what}: a broken plan must not record a run");
+        assert!(
+            sandbox.records("t").is_empty(),
+            "{what}: a broken plan must not record a run"
+        );
     }
     let sandbox = Sandbox::new();
     let out = sandbox.run(["run", "missing.toml"]);
     out.expect_code(CONFIG_ERROR);
-    assert!(out.stderr().contains("missing.toml: cannot read the plan"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("missing.toml: cannot read the plan"),
+        "{}",
+        out.stderr()
+    );
 }
 
 #[test]
@@ -83,7 +113,12 @@ command = ["sh", "-c", "echo \"$1 $BACKPLAN_STEP_ID\"", "sh", "new-ip=${steps.la
     let record = out.json();
     assert_eq!(record["status"], "Succeeded");
     assert_eq!(record["kind"], "backup");
-    assert!(record["plan"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        record["plan"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let fixup = &record["steps"][1];
     assert_eq!(fixup["record"]["stdout"], "new-ip=10.1.2.3 fixup\n");
     assert_eq!(sandbox.records("t"), vec![record]);
@@ -130,8 +165,16 @@ command = ["true"]
     let error = &record["steps"][0]["error"];
     assert_eq!(error["message"], "`sh` exited with code 4");
     assert_eq!(error["detail"], "stderr: disk full");
-    assert!(record["steps"][1]["error"]["message"].as_str().unwrap().contains("`broken` did not succeed"));
-    assert_eq!(record["steps"][0]["attempts"], 1, "a permanent error is not retried");
+    assert!(
+        record["steps"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`broken` did not succeed")
+    );
+    assert_eq!(
+        record["steps"][0]["attempts"], 1,
+        "a permanent error is not retried"
+    );
 }
 
 #[test]
@@ -187,7 +230,12 @@ command = ["no-such-program-backplan"]
     let record = out.json();
     assert_eq!(record["status"], "Failed");
     assert!(!marker.exists(), "a step ran although a check failed");
-    assert!(record["steps"][1]["error"]["message"].as_str().unwrap().contains("not found on PATH"));
+    assert!(
+        record["steps"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found on PATH")
+    );
     assert_eq!(record["steps"][0]["status"], "Skipped");
 }
 
@@ -251,7 +299,10 @@ command = ["true"]
     unsafe { libc_kill(child.id() as i32, 2) };
     let started = Instant::now();
     let output = child.wait_with_output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20), "cancellation took too long");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cancellation took too long"
+    );
     assert_eq!(output.status.code(), Some(130));
     let records = sandbox.records("t");
     assert_eq!(records.len(), 1);
@@ -259,9 +310,15 @@ command = ["true"]
     assert_eq!(record["interrupted"], true);
     assert_eq!(
         statuses(record),
-        [("long".into(), "Cancelled".into()), ("later".into(), "Cancelled".into())]
+        [
+            ("long".into(), "Cancelled".into()),
+            ("later".into(), "Cancelled".into())
+        ]
     );
-    assert!(!sandbox.state_dir().join("catalog/t/lock").exists(), "the lock was not released");
+    assert!(
+        !sandbox.state_dir().join("catalog/t/lock").exists(),
+        "the lock was not released"
+    );
 }
 
 unsafe extern "C" {
@@ -299,7 +356,11 @@ command = ["sh", "-c", "touch {}; sleep 3"]
     }
     let second = sandbox.run(["run", path.to_str().unwrap()]);
     second.expect_code(75);
-    assert!(second.stderr().contains("already being run by pid"), "{}", second.stderr());
+    assert!(
+        second.stderr().contains("already being run by pid"),
+        "{}",
+        second.stderr()
+    );
     let first = first.wait_with_output().unwrap();
     assert_eq!(first.status.code(), Some(0));
     let records = sandbox.records("t");
@@ -348,18 +409,35 @@ restore_command = ["sh", "-c", "mkdir -p {dir} && echo \"$0 -> $1 from $BACKPLAN
     let dry = sandbox.run(["--json", "restore", path, "--run", "latest", "--dry-run"]);
     dry.expect_code(0);
     assert!(!out_dir.exists(), "a dry run changed something");
-    assert!(dry.json()["steps"][1]["summary"].as_str().unwrap().starts_with("would run"));
+    assert!(
+        dry.json()["steps"][1]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("would run")
+    );
 
     // The launch from "an admin machine", then the rest "on the new host".
-    sandbox.run(["restore", path, "--run", &backup_id, "--step", "launch"]).expect_code(0);
-    sandbox.run(["restore", path, "--run", &backup_id, "--step", "rewrite"]).expect_code(0);
+    sandbox
+        .run(["restore", path, "--run", &backup_id, "--step", "launch"])
+        .expect_code(0);
+    sandbox
+        .run(["restore", path, "--run", &backup_id, "--step", "rewrite"])
+        .expect_code(0);
     let log = std::fs::read_to_string(out_dir.join("log")).unwrap();
     assert_eq!(log, format!("10.0.0.1 -> 10.0.0.2 from {backup_id}\n"));
 
     let list = sandbox.run(["--json", "runs", "list", path]);
     let runs = list.json();
-    let backup_entry = runs.as_array().unwrap().iter().find(|r| r["run_id"] == backup_id.as_str()).unwrap();
-    assert_eq!(backup_entry["verified"], true, "a passing verify marks the backup verified");
+    let backup_entry = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == backup_id.as_str())
+        .unwrap();
+    assert_eq!(
+        backup_entry["verified"], true,
+        "a passing verify marks the backup verified"
+    );
 
     let prune = sandbox.run(["--json", "prune", path, "--dry-run"]);
     prune.expect_code(0);
@@ -376,19 +454,37 @@ fn plan_show_runs_show_plugins_and_completions() {
     let path = path.to_str().unwrap();
     let show = sandbox.run(["--json", "plan", "show", path]);
     show.expect_code(0);
-    let levels: Vec<_> = show.json()["steps"].as_array().unwrap().iter().map(|s| s["level"].as_u64().unwrap()).collect();
+    let levels: Vec<_> = show.json()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["level"].as_u64().unwrap())
+        .collect();
     assert_eq!(levels, [0, 1]);
     let human = sandbox.run(["plan", "show", path]);
-    assert!(human.stdout().contains("stage 2:\n  b"), "{}", human.stdout());
+    assert!(
+        human.stdout().contains("stage 2:\n  b"),
+        "{}",
+        human.stdout()
+    );
 
     sandbox.run(["run", path]).expect_code(0);
     let shown = sandbox.run(["--json", "runs", "show", path, "latest"]);
     shown.expect_code(0);
     assert_eq!(shown.json()["status"], "Succeeded");
-    sandbox.run(["runs", "show", path, "no-such-run"]).expect_code(1);
+    sandbox
+        .run(["runs", "show", path, "no-such-run"])
+        .expect_code(1);
 
     let plugins = sandbox.run(["--json", "plugins", "list"]);
-    assert!(plugins.json().as_array().unwrap().iter().any(|p| p["name"] == "exec"));
+    assert!(
+        plugins
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "exec")
+    );
     let info = sandbox.run(["--json", "plugins", "info", "exec"]);
     assert!(info.json()["config_schema"]["properties"]["command"].is_object());
 
@@ -421,8 +517,27 @@ fn the_local_example_backs_up_verifies_and_restores() {
     let run = sandbox.run(["--json", "run", plan]);
     run.expect_code(0);
     sandbox.run(["verify", plan]).expect_code(0);
-    let restore = sandbox.run(["--json", "restore", plan, "--run", "latest"]);
+    // Restored into a drill folder: the example's source tree stays untouched.
+    let target = sandbox.path().join("restored");
+    let target_option = format!("target={}", target.display());
+    let restore = sandbox.run([
+        "--json",
+        "restore",
+        plan,
+        "--run",
+        "latest",
+        "-o",
+        target_option.as_str(),
+    ]);
     restore.expect_code(0);
-    let listing = restore.json()["steps"][1]["record"]["stdout"].as_str().unwrap().to_owned();
-    assert!(listing.contains("builds/1042/report.txt"), "{listing}");
+    let record = &restore.json()["steps"][1]["record"];
+    assert_eq!(record["files"], 2, "{record:#}");
+    let source = backplan_e2e::workspace_root().join("examples/demo-artifacts");
+    for file in ["builds/1042/report.txt", "caches/deps-v1.txt"] {
+        assert_eq!(
+            std::fs::read(target.join(file)).unwrap(),
+            std::fs::read(source.join(file)).unwrap(),
+            "{file}"
+        );
+    }
 }

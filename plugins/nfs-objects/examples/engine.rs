@@ -1,0 +1,90 @@
+//! A minimal command line over the engine, for benchmarks and manual drills without a plan:
+//!
+//! ```text
+//! engine backup  REPO SOURCE
+//! engine restore REPO TARGET [SNAPSHOT]
+//! engine verify  REPO [SNAPSHOT]
+//! ```
+//! SNAPSHOT defaults to the latest. Prints one JSON line with the result.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use backplan_plugin_nfs_objects::backend::{Backend, LocalBackend};
+use backplan_plugin_nfs_objects::backup::{BackupOptions, backup};
+use backplan_plugin_nfs_objects::control::Control;
+use backplan_plugin_nfs_objects::error::{Error, Result};
+use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository};
+use backplan_plugin_nfs_objects::restore::{RestoreOptions, restore};
+use backplan_plugin_nfs_objects::snapshot::{self, Snapshot};
+use backplan_plugin_nfs_objects::verify::{VerifyOptions, verify};
+use serde_json::json;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<serde_json::Value> {
+    let usage = || Error::Invalid("usage: engine backup|restore|verify REPO ...".into());
+    let (command, repo_path) = match args {
+        [command, repo, ..] => (command.as_str(), PathBuf::from(repo)),
+        _ => return Err(usage()),
+    };
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&repo_path)?);
+    match (command, &args[2..]) {
+        ("backup", [source]) => {
+            let repo = Repository::open_or_init(backend, RepoConfig::default())?;
+            let report = backup(&repo, &BackupOptions::new(source), Control::silent())?;
+            Ok(
+                json!({"snapshot": report.snapshot.id, "stats": report.snapshot.stats,
+                      "skipped": report.skipped.len(), "torn": report.snapshot.torn}),
+            )
+        }
+        ("restore", [target, rest @ ..]) => {
+            let repo = Repository::open(backend)?;
+            let snapshot = pick(&repo, rest.first())?;
+            let options = RestoreOptions::new(target);
+            let report = restore(&repo, &snapshot, &options, Control::silent())?;
+            Ok(
+                json!({"snapshot": snapshot.id, "files": report.files, "bytes": report.bytes,
+                      "failed": report.failed.len(), "kept_newer": report.kept_newer.len()}),
+            )
+        }
+        ("verify", rest) => {
+            let repo = Repository::open(backend)?;
+            let snapshot = pick(&repo, rest.first())?;
+            let report = verify(
+                &repo,
+                &snapshot,
+                &VerifyOptions::default(),
+                Control::silent(),
+            )?;
+            let damaged: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
+            Ok(
+                json!({"snapshot": snapshot.id, "files": report.files_checked,
+                      "bytes": report.bytes_checked, "damaged": damaged}),
+            )
+        }
+        _ => Err(usage()),
+    }
+}
+
+fn pick(repo: &Repository, id: Option<&String>) -> Result<Snapshot> {
+    match id {
+        Some(id) => snapshot::load(repo.backend().as_ref(), id),
+        None => snapshot::list(repo.backend().as_ref())?
+            .pop()
+            .ok_or_else(|| Error::SnapshotNotFound("latest".into())),
+    }
+}

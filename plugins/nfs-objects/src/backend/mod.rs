@@ -1,0 +1,60 @@
+//! Where repository objects live, behind one small trait.
+//!
+//! The engine only ever needs whole named objects ("data/ab/abcd….pack", "snapshots/….json"),
+//! written once and never modified, so the same code can run against a local folder today and an
+//! S3 bucket later. Every `put` is atomic and durable when it returns: that is what lets a
+//! backup publish its snapshot last and survive a crash at any moment.
+
+mod local;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::SystemTime;
+
+pub use local::LocalBackend;
+
+use crate::error::Result;
+
+/// One object as seen by [`Backend::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full object name, `/`-separated, e.g. `data/ab/ab12….pack`.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification (creation, since objects are immutable).
+    pub modified: SystemTime,
+}
+
+/// A store of immutable named objects.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// A local folder where callers build large objects before handing them to
+    /// [`Backend::put_file`]; for a local repository it is on the same filesystem, so publishing
+    /// is a rename, not a copy.
+    fn staging_dir(&self) -> &Path;
+
+    /// Publishes the finished local file `staged` as object `name`, consuming the file.
+    /// Atomic (readers see all or nothing) and durable when it returns.
+    fn put_file(&self, name: &str, staged: &Path) -> Result<()>;
+
+    /// Publishes `data` as object `name`; atomic and durable like [`Backend::put_file`].
+    fn put_bytes(&self, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Reads a whole object.
+    fn get(&self, name: &str) -> Result<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset`; an object shorter than that is corrupt.
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Opens an object as a stream (manifests are read this way so they never sit whole in memory).
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>>;
+
+    /// Every object whose name starts with `prefix` (a folder such as `snapshots/`), in name order.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Whether object `name` exists.
+    fn exists(&self, name: &str) -> Result<bool>;
+
+    /// Removes object `name`; removing an absent object is not an error.
+    fn delete(&self, name: &str) -> Result<()>;
+}

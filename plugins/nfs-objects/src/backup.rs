@@ -1,0 +1,710 @@
+//! Incremental backup: walk the tree, reuse what did not change, store the rest, publish last.
+//!
+//! The walking thread merge-joins the sorted walk with the previous snapshot's sorted manifest.
+//! A file whose size, mtime, ctime and inode all match its previous entry keeps its blob
+//! references without being opened (CircleCI artifacts are write-once, so this is nearly every
+//! file on a routine run). New and changed files are read by a few worker threads; small files
+//! travel in batches, and large files are split into `chunk_size` pieces handled in parallel.
+//! Results are put back in walk order in a bounded window, so the new manifest is written as a
+//! stream too.
+//!
+//! After a file is read it is `lstat`ed again: if it changed meanwhile it is read once more, and
+//! if it changed again it is stored marked `torn` and named in the report. Only when every pack
+//! is sealed and durable is the manifest published, then the snapshot header: a crash at any
+//! earlier point leaves the previous snapshots untouched and, at most, unreferenced packs.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io;
+use std::iter::Peekable;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::blob::{BlobRef, Encoder};
+use crate::control::{Control, Reporter};
+use crate::dedup::DedupIndex;
+use crate::error::{Error, Result};
+use crate::id::ContentId;
+use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
+use crate::pack::PackWriter;
+use crate::pool::{Pool, Worker};
+use crate::repo::{Repository, manifest_object};
+use crate::snapshot::{self, Snapshot, SnapshotStats};
+use crate::walk::{Found, Step, Walk};
+
+/// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
+/// repository-wide dedup index.
+const DEDUP_MIN_LENGTH: u64 = 256 * 1024;
+/// Small files are sent to the workers in batches of about this many bytes...
+const BATCH_BYTES: u64 = 1 << 20;
+/// ...or this many files, whichever comes first.
+const BATCH_FILES: usize = 64;
+/// Entries waiting to be written in order; bounds memory whatever the tree's size.
+const WINDOW: usize = 4096;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The folder to back up (the mount point, for an NFS volume).
+    pub source: PathBuf,
+    /// Worker threads reading, hashing, compressing and writing.
+    pub workers: usize,
+    /// zstd level for compressible data.
+    pub compression_level: i32,
+    /// Do not descend into other filesystems mounted below `source`.
+    pub one_file_system: bool,
+    /// Accept an empty source although the previous snapshot had files (normally the sign of
+    /// a volume that is not mounted).
+    pub allow_empty: bool,
+}
+
+impl BackupOptions {
+    /// Defaults for backing up `source`: one worker per core plus one to cover I/O waits.
+    pub fn new(source: impl Into<PathBuf>) -> Self {
+        Self {
+            source: source.into(),
+            workers: default_workers(),
+            compression_level: 1,
+            one_file_system: true,
+            allow_empty: false,
+        }
+    }
+}
+
+/// Threads for I/O-and-CPU work: the cores, plus one to keep the disk busy while they hash.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+}
+
+/// A path left out of the snapshot, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The outcome of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub snapshot: Snapshot,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Backs up `options.source` into `repo` and publishes a new snapshot.
+pub fn backup(
+    repo: &Repository,
+    options: &BackupOptions,
+    control: Control<'_>,
+) -> Result<BackupReport> {
+    let backend = repo.backend();
+    let source = options.source.display().to_string();
+    let parent = snapshot::list(backend.as_ref())?
+        .into_iter()
+        .rev()
+        .find(|snapshot| snapshot.source == source);
+    let previous = parent
+        .as_ref()
+        .map(|p| ManifestReader::open(backend.as_ref(), &p.manifest, p.manifest_blake3))
+        .transpose()?
+        .map(Iterator::peekable);
+    let walk = Walk::new(&options.source, options.one_file_system)?;
+
+    let time = jiff::Timestamp::now();
+    let id = snapshot::new_id(time);
+    let staged = StagedFile(backend.staging_dir().join(format!("{id}.manifest")));
+    let shared = Shared {
+        dedup: DedupIndex::new(
+            Arc::clone(backend),
+            DEDUP_MIN_LENGTH.min(repo.config().chunk_size),
+        ),
+        bytes_stored: AtomicU64::new(0),
+        packs_written: AtomicU64::new(0),
+    };
+    let workers = (0..options.workers.max(1))
+        .map(|_| {
+            Ok(FileReader {
+                packs: PackWriter::new(Arc::clone(backend), repo.config().pack_size),
+                encoder: Encoder::new(options.compression_level)?,
+                shared: &shared,
+                buffer: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let reporter = Reporter::new(control, "backup", parent.as_ref().map(|p| p.stats.bytes));
+
+    let mut run = std::thread::scope(|scope| -> Result<Finished> {
+        let mut run = Run {
+            pool: Pool::start(scope, workers),
+            chunk_size: repo.config().chunk_size,
+            manifest: ManifestWriter::create(&staged.0)?,
+            previous,
+            slots: VecDeque::new(),
+            first_slot: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            hardlinks: HashMap::new(),
+            stats: SnapshotStats::default(),
+            skipped: Vec::new(),
+            torn: Vec::new(),
+            reporter,
+        };
+        for step in walk {
+            control.check_cancelled()?;
+            match step {
+                Step::Found(found) => run.add(found)?,
+                Step::Skipped { path, reason } => run.skip(&path, reason),
+            }
+            run.collect_ready()?;
+        }
+        run.drain()?;
+        let Run {
+            pool,
+            manifest,
+            stats,
+            skipped,
+            torn,
+            ..
+        } = run;
+        pool.finish()?;
+        Ok(Finished {
+            manifest,
+            stats,
+            skipped,
+            torn,
+        })
+    })?;
+
+    let entries = run.stats.files + run.stats.dirs + run.stats.symlinks + run.stats.hardlinks;
+    if entries <= 1 && !options.allow_empty {
+        if let Some(parent) = parent.as_ref().filter(|p| p.stats.files > 0) {
+            return Err(Error::Mount(format!(
+                "{source} is empty but snapshot {} had {} files; is the volume mounted?",
+                parent.id, parent.stats.files
+            )));
+        }
+    }
+    run.stats.bytes_stored = shared.bytes_stored.load(Ordering::Relaxed);
+    run.stats.packs_written = shared.packs_written.load(Ordering::Relaxed);
+    let manifest = run.manifest.finish()?;
+    let manifest_name = manifest_object(&id);
+    backend.put_file(&manifest_name, &manifest.staged)?;
+    let snapshot = Snapshot {
+        id,
+        time,
+        source,
+        host: snapshot::host_name(),
+        parent: parent.map(|p| p.id),
+        manifest: manifest_name,
+        manifest_blake3: manifest.digest,
+        stats: run.stats,
+        torn: run.torn,
+    };
+    snapshot::publish(backend.as_ref(), &snapshot)?;
+    Ok(BackupReport {
+        snapshot,
+        skipped: run.skipped,
+    })
+}
+
+/// A staging file removed when the backup does not get to publish it.
+struct StagedFile(PathBuf);
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// State shared by the worker threads.
+struct Shared {
+    dedup: DedupIndex,
+    bytes_stored: AtomicU64,
+    packs_written: AtomicU64,
+}
+
+/// One piece of one file to read.
+struct ReadTask {
+    slot: u64,
+    chunk: usize,
+    path: Arc<Path>,
+    offset: u64,
+    length: u64,
+}
+
+/// What reading a task gave.
+enum TaskResult {
+    /// Stored (or found already stored); `short` if the file ended before `length` bytes.
+    Stored { blob: BlobRef, short: bool },
+    /// The file could not be read; `vanished` when it no longer exists.
+    Failed { vanished: bool, reason: String },
+}
+
+struct TaskOutcome {
+    slot: u64,
+    chunk: usize,
+    result: TaskResult,
+}
+
+/// A worker: reads file pieces, hashes, deduplicates, compresses and packs them.
+struct FileReader<'a> {
+    packs: PackWriter,
+    encoder: Encoder,
+    shared: &'a Shared,
+    buffer: Vec<u8>,
+}
+
+impl Worker for FileReader<'_> {
+    type Job = Vec<ReadTask>;
+    type Output = Vec<TaskOutcome>;
+
+    fn run(&mut self, tasks: Vec<ReadTask>) -> Result<Vec<TaskOutcome>> {
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let result = match read_piece(&task, &mut self.buffer) {
+                Ok(short) => TaskResult::Stored {
+                    blob: self.store()?,
+                    short,
+                },
+                Err(err) => TaskResult::Failed {
+                    vanished: err.kind() == io::ErrorKind::NotFound,
+                    reason: err.to_string(),
+                },
+            };
+            outcomes.push(TaskOutcome {
+                slot: task.slot,
+                chunk: task.chunk,
+                result,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    fn finish(self) -> Result<()> {
+        let packs = self.packs.finish()?;
+        self.shared
+            .packs_written
+            .fetch_add(packs, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl FileReader<'_> {
+    /// Stores the bytes in `self.buffer` unless the repository already has them.
+    fn store(&mut self) -> Result<BlobRef> {
+        let raw = &self.buffer;
+        let id = ContentId::of(raw);
+        let raw_length = raw.len() as u64;
+        let dedup = &self.shared.dedup;
+        if dedup.tracks(raw_length) {
+            if let Some(existing) = dedup.find(&id)? {
+                return Ok(existing);
+            }
+        }
+        let blob = match self.encoder.compress(raw) {
+            Some(compressed) => self.packs.add(id, &compressed, raw_length, true)?,
+            None => self.packs.add(id, raw, raw_length, false)?,
+        };
+        self.shared
+            .bytes_stored
+            .fetch_add(blob.length, Ordering::Relaxed);
+        dedup.remember(&blob)?;
+        Ok(blob)
+    }
+}
+
+/// Reads `task.length` bytes at `task.offset` into `buffer`; `Ok(true)` if the file was shorter.
+fn read_piece(task: &ReadTask, buffer: &mut Vec<u8>) -> io::Result<bool> {
+    let file = File::open(&task.path)?;
+    let length = usize::try_from(task.length).map_err(io::Error::other)?;
+    buffer.clear();
+    buffer.resize(length, 0);
+    let mut filled = 0;
+    while filled < length {
+        match file.read_at(&mut buffer[filled..], task.offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    buffer.truncate(filled);
+    Ok(filled < length)
+}
+
+/// An entry waiting for its turn to be written to the manifest.
+struct Slot {
+    entry: Entry,
+    state: SlotState,
+}
+
+enum SlotState {
+    Ready,
+    /// Left out of the snapshot (already reported).
+    Dropped,
+    Reading {
+        path: Arc<Path>,
+        chunks: Vec<Option<BlobRef>>,
+        missing: usize,
+        /// 0 for the first read, 1 for the re-read after a change.
+        attempt: u8,
+        short: bool,
+        failure: Option<(bool, String)>,
+    },
+}
+
+/// The walking thread's state during one backup.
+struct Run<'scope, 'env> {
+    pool: Pool<'scope, FileReader<'env>>,
+    chunk_size: u64,
+    manifest: ManifestWriter,
+    previous: Option<Peekable<ManifestReader>>,
+    slots: VecDeque<Slot>,
+    first_slot: u64,
+    batch: Vec<ReadTask>,
+    batch_bytes: u64,
+    /// First path seen of each multiply-linked inode, by (device, inode).
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    stats: SnapshotStats,
+    skipped: Vec<Skipped>,
+    torn: Vec<String>,
+    reporter: Reporter<'env>,
+}
+
+/// What is left of a [`Run`] once the workers are done.
+struct Finished {
+    manifest: ManifestWriter,
+    stats: SnapshotStats,
+    skipped: Vec<Skipped>,
+    torn: Vec<String>,
+}
+
+impl<'scope, 'env: 'scope> Run<'scope, 'env> {
+    fn skip(&mut self, path: &Path, reason: String) {
+        self.skipped.push(Skipped {
+            path: path.display().to_string(),
+            reason,
+        });
+    }
+
+    /// Takes one walked entry: decides between reuse and reading, and queues it in order.
+    fn add(&mut self, found: Found) -> Result<()> {
+        let Some(mut entry) = entry_from(&found)? else {
+            self.skip(&found.absolute, "not a file, folder or symlink".into());
+            return Ok(());
+        };
+        let previous = self.previous_entry(&entry.path)?;
+        let mut state = SlotState::Ready;
+        if entry.kind == Kind::File {
+            let meta = &found.metadata;
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.hardlinks.get(&key) {
+                    entry.kind = Kind::Hardlink;
+                    entry.target = Some(first.clone());
+                } else {
+                    self.hardlinks.insert(key, entry.path.clone());
+                }
+            }
+            if entry.kind == Kind::File && entry.size > 0 {
+                let unchanged =
+                    previous.filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry));
+                match unchanged {
+                    Some(previous) => {
+                        entry.chunks = previous.chunks;
+                        self.stats.files_reused += 1;
+                    }
+                    None => state = self.start_reading(&entry, found.absolute.into(), 0)?,
+                }
+            }
+        }
+        self.slots.push_back(Slot { entry, state });
+        self.write_ready()?;
+        while self.slots.len() >= WINDOW && self.wait_for_one()? {}
+        Ok(())
+    }
+
+    /// The previous snapshot's entry for `path`, if it has one (entries before it are skipped).
+    fn previous_entry(&mut self, path: &[u8]) -> Result<Option<Entry>> {
+        let Some(previous) = self.previous.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            let order = match previous.peek() {
+                None => return Ok(None),
+                Some(Err(_)) => return previous.next().transpose(),
+                Some(Ok(entry)) => path_order(&entry.path, path),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    previous.next();
+                }
+                std::cmp::Ordering::Equal => return previous.next().transpose(),
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+
+    /// Queues the reading of the file of `entry` (the slot about to be pushed, or re-read).
+    fn start_reading(&mut self, entry: &Entry, path: Arc<Path>, attempt: u8) -> Result<SlotState> {
+        let slot = self.first_slot + self.slots.len() as u64;
+        self.queue_reads(slot, entry.size, &path)?;
+        Ok(reading_state(entry.size, self.chunk_size, path, attempt))
+    }
+
+    fn queue_reads(&mut self, slot: u64, size: u64, path: &Arc<Path>) -> Result<()> {
+        let pieces = size.div_ceil(self.chunk_size);
+        for chunk in 0..pieces {
+            let offset = chunk * self.chunk_size;
+            let task = ReadTask {
+                slot,
+                chunk: chunk as usize,
+                path: Arc::clone(path),
+                offset,
+                length: self.chunk_size.min(size - offset),
+            };
+            if pieces > 1 {
+                self.pool.submit(vec![task])?;
+            } else {
+                self.batch_bytes += task.length;
+                self.batch.push(task);
+                if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FILES {
+                    self.flush_batch()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<()> {
+        if !self.batch.is_empty() {
+            self.batch_bytes = 0;
+            self.pool.submit(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    /// Applies every output already available.
+    fn collect_ready(&mut self) -> Result<()> {
+        while let Some(output) = self.pool.ready() {
+            self.apply(output?)?;
+        }
+        Ok(())
+    }
+
+    /// Sends any queued batch, then waits for one output; `false` if nothing was pending.
+    fn wait_for_one(&mut self) -> Result<bool> {
+        self.flush_batch()?;
+        match self.pool.wait() {
+            Some(output) => {
+                self.apply(output?)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Waits for all outstanding work (including re-reads it triggers) and writes the rest.
+    fn drain(&mut self) -> Result<()> {
+        while self.wait_for_one()? {}
+        self.write_ready()?;
+        debug_assert!(self.slots.is_empty());
+        self.reporter
+            .report(self.stats_entries(), self.stats.bytes, true);
+        Ok(())
+    }
+
+    fn stats_entries(&self) -> u64 {
+        self.stats.files + self.stats.dirs + self.stats.symlinks + self.stats.hardlinks
+    }
+
+    fn apply(&mut self, outcomes: Vec<TaskOutcome>) -> Result<()> {
+        for outcome in outcomes {
+            let index = (outcome.slot - self.first_slot) as usize;
+            let SlotState::Reading {
+                chunks,
+                missing,
+                short,
+                failure,
+                ..
+            } = &mut self.slots[index].state
+            else {
+                return Err(Error::Internal(
+                    "read result for an entry not being read".into(),
+                ));
+            };
+            match outcome.result {
+                TaskResult::Stored {
+                    blob,
+                    short: was_short,
+                } => {
+                    chunks[outcome.chunk] = Some(blob);
+                    *short |= was_short;
+                }
+                TaskResult::Failed { vanished, reason } => {
+                    failure.get_or_insert((vanished, reason));
+                }
+            }
+            *missing -= 1;
+            if *missing == 0 {
+                self.settle(index)?;
+            }
+        }
+        self.write_ready()
+    }
+
+    /// All pieces of slot `index` are in: accept the file, re-read it, or leave it out.
+    fn settle(&mut self, index: usize) -> Result<()> {
+        let slot = &mut self.slots[index];
+        let SlotState::Reading {
+            path,
+            chunks,
+            attempt,
+            short,
+            failure,
+            ..
+        } = std::mem::replace(&mut slot.state, SlotState::Dropped)
+        else {
+            return Ok(());
+        };
+        if let Some((vanished, reason)) = failure {
+            let reason = if vanished {
+                "deleted while being backed up".to_owned()
+            } else {
+                reason
+            };
+            self.skip(&path, reason);
+            return Ok(());
+        }
+        let now = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => {
+                self.skip(&path, "deleted or replaced while being backed up".into());
+                return Ok(());
+            }
+        };
+        let chunks: Vec<BlobRef> = chunks.into_iter().flatten().collect();
+        let read_bytes: u64 = chunks.iter().map(|c| c.raw_length).sum();
+        self.stats.files_read += 1;
+        self.stats.bytes_read += read_bytes;
+        let mut current = slot.entry.clone();
+        fill_metadata(&mut current, &now);
+        let stable = !short && same_version(&current, &slot.entry);
+        if stable {
+            slot.entry.chunks = chunks;
+            slot.state = SlotState::Ready;
+        } else if attempt == 0 {
+            slot.entry = current;
+            let slot_number = self.first_slot + index as u64;
+            let size = self.slots[index].entry.size;
+            self.slots[index].state = reading_state(size, self.chunk_size, Arc::clone(&path), 1);
+            if size == 0 {
+                self.slots[index].state = SlotState::Ready;
+            } else {
+                self.queue_reads(slot_number, size, &path)?;
+            }
+        } else {
+            slot.entry.chunks = chunks;
+            slot.entry.size = read_bytes;
+            slot.entry.torn = true;
+            slot.state = SlotState::Ready;
+            self.torn.push(path.display().to_string());
+        }
+        Ok(())
+    }
+
+    /// Writes the entries at the front of the window that are complete.
+    fn write_ready(&mut self) -> Result<()> {
+        while let Some(slot) = self.slots.front() {
+            match slot.state {
+                SlotState::Reading { .. } => break,
+                SlotState::Dropped => {}
+                SlotState::Ready => {
+                    let entry = &slot.entry;
+                    match entry.kind {
+                        Kind::File => {
+                            self.stats.files += 1;
+                            self.stats.bytes += entry.size;
+                        }
+                        Kind::Dir => self.stats.dirs += 1,
+                        Kind::Symlink => self.stats.symlinks += 1,
+                        Kind::Hardlink => self.stats.hardlinks += 1,
+                    }
+                    self.manifest.push(entry)?;
+                }
+            }
+            self.slots.pop_front();
+            self.first_slot += 1;
+        }
+        let entries = self.stats_entries();
+        self.reporter.report(entries, self.stats.bytes, false);
+        Ok(())
+    }
+}
+
+fn reading_state(size: u64, chunk_size: u64, path: Arc<Path>, attempt: u8) -> SlotState {
+    let pieces = size.div_ceil(chunk_size) as usize;
+    SlotState::Reading {
+        path,
+        chunks: vec![None; pieces],
+        missing: pieces,
+        attempt,
+        short: false,
+        failure: None,
+    }
+}
+
+/// Whether two entries describe the same version of a file.
+fn same_version(a: &Entry, b: &Entry) -> bool {
+    a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns && a.inode == b.inode
+}
+
+/// The manifest entry for a walked path; `None` for sockets, FIFOs and device nodes.
+fn entry_from(found: &Found) -> Result<Option<Entry>> {
+    let file_type = found.metadata.file_type();
+    let (kind, target) = if file_type.is_file() {
+        (Kind::File, None)
+    } else if file_type.is_dir() {
+        (Kind::Dir, None)
+    } else if file_type.is_symlink() {
+        let target = fs::read_link(&found.absolute).map_err(|source| Error::Io {
+            path: found.absolute.clone(),
+            source,
+        })?;
+        (Kind::Symlink, Some(target.as_os_str().as_bytes().to_vec()))
+    } else {
+        return Ok(None);
+    };
+    let mut entry = Entry {
+        path: found.relative.clone(),
+        kind,
+        size: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        inode: 0,
+        target,
+        chunks: Vec::new(),
+        torn: false,
+    };
+    fill_metadata(&mut entry, &found.metadata);
+    Ok(Some(entry))
+}
+
+fn fill_metadata(entry: &mut Entry, meta: &fs::Metadata) {
+    entry.size = if entry.kind == Kind::Dir {
+        0
+    } else {
+        meta.size()
+    };
+    entry.mode = meta.mode() & 0o7777;
+    entry.uid = meta.uid();
+    entry.gid = meta.gid();
+    entry.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    entry.ctime_ns = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
+    entry.inode = meta.ino();
+}

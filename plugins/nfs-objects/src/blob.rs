@@ -1,0 +1,145 @@
+//! Turning raw bytes into stored blobs and back.
+//!
+//! Artifacts are often already compressed, so compression must not cost space: a blob is stored
+//! zstd-compressed only when that saves at least 1/16 of its size, otherwise raw. The check is
+//! "compress into a buffer 1/16 smaller than the input": zstd gives up when the output does not
+//! fit, so incompressible data costs one attempt and no extra copy. Decoding always checks
+//! the result against the content id, so no corrupt byte is ever handed to a caller.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::ContentId;
+
+/// Blobs shorter than this are never worth a compression attempt.
+const MIN_COMPRESS_LEN: usize = 128;
+
+/// Where a blob is stored and how to turn it back into raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// blake3 of the raw bytes.
+    pub id: ContentId,
+    /// Name of the pack holding it (32 hex digits; object `data/<first 2>/<name>.pack`).
+    pub pack: String,
+    /// Byte offset of the stored form inside the pack.
+    pub offset: u64,
+    /// Length of the stored form.
+    pub length: u64,
+    /// Length of the raw bytes.
+    pub raw_length: u64,
+    /// Whether the stored form is one zstd frame (otherwise it is the raw bytes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zstd: bool,
+}
+
+/// Reusable compression state of one worker thread.
+pub struct Encoder {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// An encoder at zstd `level` (1 is fast and already gets most of the gain on logs).
+    pub fn new(level: i32) -> Result<Self> {
+        let compressor = zstd::bulk::Compressor::new(level)
+            .map_err(|err| Error::Invalid(format!("zstd level {level}: {err}")))?;
+        Ok(Self { compressor })
+    }
+
+    /// The compressed form of `raw`, or `None` when compression does not save 1/16.
+    pub fn compress(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+        if raw.len() < MIN_COMPRESS_LEN {
+            return None;
+        }
+        // A buffer of exactly the largest worthwhile size: zstd stops as soon as it is full.
+        let limit = raw.len() - raw.len() / 16;
+        let mut out = Vec::with_capacity(limit);
+        match self.compressor.compress_to_buffer(raw, &mut out) {
+            Ok(len) if len < limit => Some(out),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a stored blob back into raw bytes and checks them against `blob.id`.
+pub fn decode(blob: &BlobRef, stored: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::Corrupt {
+        name: crate::repo::pack_object(&blob.pack),
+        reason: format!("blob {} at offset {}: {reason}", blob.id, blob.offset),
+    };
+    if stored.len() as u64 != blob.length {
+        return Err(corrupt(format!(
+            "{} bytes instead of {}",
+            stored.len(),
+            blob.length
+        )));
+    }
+    let raw = if blob.zstd {
+        let capacity = usize::try_from(blob.raw_length)
+            .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
+        zstd::bulk::decompress(stored, capacity).map_err(|err| corrupt(err.to_string()))?
+    } else {
+        stored.to_vec()
+    };
+    if raw.len() as u64 != blob.raw_length {
+        return Err(corrupt(format!(
+            "{} raw bytes instead of {}",
+            raw.len(),
+            blob.raw_length
+        )));
+    }
+    if ContentId::of(&raw) != blob.id {
+        return Err(corrupt("content does not match its id".into()));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(raw: &[u8], stored: &[u8], zstd: bool) -> BlobRef {
+        BlobRef {
+            id: ContentId::of(raw),
+            pack: "00".repeat(16),
+            offset: 0,
+            length: stored.len() as u64,
+            raw_length: raw.len() as u64,
+            zstd,
+        }
+    }
+
+    #[test]
+    fn compressible_data_is_compressed_and_round_trips() {
+        let raw = b"INFO build step finished\n".repeat(400);
+        let mut encoder = Encoder::new(1).unwrap();
+        let out = encoder.compress(&raw).expect("text compresses");
+        assert!(out.len() < raw.len() / 4);
+        assert_eq!(decode(&stored(&raw, &out, true), &out).unwrap(), raw);
+    }
+
+    #[test]
+    fn random_data_is_stored_raw() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let raw: Vec<u8> = (0..100_000).map(|_| rng.u8(..)).collect();
+        let mut encoder = Encoder::new(1).unwrap();
+        assert_eq!(encoder.compress(&raw), None);
+        assert_eq!(encoder.compress(b"short"), None);
+    }
+
+    #[test]
+    fn decode_rejects_flipped_bytes() {
+        let raw = b"some artifact".to_vec();
+        let mut bad = raw.clone();
+        bad[3] ^= 1;
+        let err = decode(&stored(&raw, &bad, false), &bad).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let err = decode(&stored(&raw, &raw, false), &raw[..5]).unwrap_err();
+        assert!(err.to_string().contains("5 bytes instead of 13"), "{err}");
+    }
+}

@@ -1,0 +1,67 @@
+//! The one error type of the repository engine.
+//!
+//! Callers (the SDK glue, the bench CLI) need to tell a broken repository apart from a broken
+//! source tree or a refused operation, so each failure keeps its own variant and the path or object
+//! it concerns; an I/O error without the path it happened on is useless to an operator.
+
+use std::path::PathBuf;
+
+/// Anything the engine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder on the local side (source tree, restore target) failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A repository object could not be read or written.
+    #[error("repository object {name}: {source}")]
+    Backend {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A repository object that must exist does not.
+    #[error("repository object {0} is missing")]
+    MissingObject(String),
+    /// A repository object exists but its content is not what its name or reference promises.
+    #[error("repository object {name} is corrupt: {reason}")]
+    Corrupt { name: String, reason: String },
+    /// The folder or prefix is not a repository of this format (or of a newer version).
+    #[error("not a usable repository: {0}")]
+    NotARepository(String),
+    /// No snapshot matches what was asked for.
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    /// A mount-safety rule refused the operation.
+    #[error("mount check failed: {0}")]
+    Mount(String),
+    /// The caller asked for something contradictory or impossible.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A bug, such as a worker thread that panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The operation was cancelled from outside before it finished.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error: `fs::read(&p).at(&p)?`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

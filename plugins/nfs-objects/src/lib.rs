@@ -1,0 +1,27 @@
+//! `nfs-objects`: incremental, deduplicated backup of a local or NFS artifact tree into a
+//! content-addressed repository, restored at the same mount path.
+//!
+//! The repository engine (everything except `plugin`) does not depend on the plugin SDK, so it
+//! can be tested and benchmarked on its own; the format it writes is described in FORMAT.md.
+
+pub mod backend;
+pub mod backup;
+pub mod blob;
+pub mod control;
+pub mod dedup;
+pub mod error;
+pub mod fetch;
+pub mod id;
+pub mod manifest;
+pub mod mount;
+pub mod pack;
+pub mod plugin;
+pub mod pool;
+pub mod prune;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;
+pub mod walk;
+
+pub use plugin::plugin_descriptor;

@@ -1,0 +1,473 @@
+//! The `nfs-objects` plugin: the SDK's actions mapped onto the repository engine.
+//!
+//! This module only translates: step configuration and request options into engine options,
+//! engine reports into records and warnings, engine errors into error kinds the runner acts on.
+//! The backup record names the repository and snapshot, which is all that verify, restore and
+//! prune need on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use backplan_plugin_sdk::{
+    Action, Context, ErrorKind, Plugin, PluginError, PluginResult, Progress, Request, StepOutput,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, LocalBackend};
+use crate::backup::{BackupOptions, Skipped, backup, default_workers};
+use crate::control::{self, Control};
+use crate::error::Error;
+use crate::mount::{MountExpectation, SourceKind, check_current};
+use crate::prune::{PruneOptions, Retention, prune};
+use crate::repo::{CONFIG_OBJECT, RepoConfig, Repository};
+use crate::restore::{RestoreOptions, restore};
+use crate::snapshot;
+use crate::verify::{VerifyOptions, verify};
+
+/// What the source is stored on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// An NFS mount: backup and restore refuse to run unless it is mounted.
+    Nfs,
+    /// A folder on a local disk.
+    #[default]
+    Local,
+}
+
+/// Retention applied by `prune`; no rule keeps everything.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+}
+
+/// The step's `config` table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The folder to back up; restore puts files back here.
+    pub source: PathBuf,
+    /// The repository: a local folder (S3 support comes later).
+    pub repository: String,
+    /// `nfs` or `local` (default).
+    #[serde(default)]
+    pub kind: Kind,
+    /// Exact filesystem type the source must be on, e.g. `nfs4`.
+    pub expect_fs_type: Option<String>,
+    /// Exact mount source the source must be on, e.g. `10.0.0.5:/exports/circleci`.
+    pub expect_device: Option<String>,
+    /// Worker threads (default: cores + 1).
+    pub workers: Option<usize>,
+    /// zstd level for compressible data (default 1).
+    pub compression_level: Option<i32>,
+    /// Share of files `verify` re-reads, in (0, 1] (default 1: all).
+    pub verify_fraction: Option<f64>,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+impl Config {
+    fn expectation(&self) -> MountExpectation {
+        MountExpectation {
+            kind: match self.kind {
+                Kind::Nfs => SourceKind::Nfs,
+                Kind::Local => SourceKind::Local,
+            },
+            fs_type: self.expect_fs_type.clone(),
+            device: self.expect_device.clone(),
+        }
+    }
+
+    fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(default_workers).max(1)
+    }
+
+    fn backend(&self) -> PluginResult<Arc<dyn Backend>> {
+        Request::require_resolved([self.repository.as_str()])?;
+        backend_at(&self.repository)
+    }
+}
+
+/// What a backup returns, and verify/restore read back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub repository: String,
+    pub snapshot: String,
+    pub source: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub manifest_blake3: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub torn: Vec<String>,
+}
+
+/// Request options understood by `restore` (`backplan restore ... --option target=...`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    /// Restore into this folder instead of the source (a drill); no mount check.
+    target: Option<PathBuf>,
+    /// Only this path, relative to the source.
+    path: Option<String>,
+}
+
+/// Request options understood by `verify`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    fraction: Option<f64>,
+    seed: Option<u64>,
+}
+
+/// The plugin.
+#[derive(Debug, Default)]
+pub struct NfsObjects;
+
+impl Plugin for NfsObjects {
+    type Config = Config;
+    const NAME: &'static str = "nfs-objects";
+    const SUMMARY: &'static str =
+        "Incremental, deduplicated backup of a local or NFS folder, restored at the same path.";
+    const DOCS: &'static str = include_str!("../FORMAT.md");
+    const ACTIONS: &'static [Action] = &[
+        Action::Check,
+        Action::Backup,
+        Action::Verify,
+        Action::Restore,
+        Action::Prune,
+    ];
+
+    fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        if let Some(fraction) = config.verify_fraction {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(PluginError::config("verify_fraction must be in (0, 1]"));
+            }
+        }
+        let restoring = ctx.request().check_for == Some(Action::Restore);
+        // A source or repository made by an earlier step (`${steps...}`) is only known once that
+        // step has run; the action itself validates it then.
+        let source_known = !Request::is_unresolved(&config.source.to_string_lossy());
+        if Request::is_unresolved(&config.repository) {
+            return Ok(StepOutput::new(format!(
+                "repository {} comes from an earlier step; checked when the step runs",
+                config.repository
+            )));
+        }
+        if source_known && (!restoring || !ctx.request().force) {
+            if !restoring && !config.source.is_dir() {
+                return Err(PluginError::config(format!(
+                    "source {} is not a folder",
+                    config.source.display()
+                )));
+            }
+            check_current(&config.source, &config.expectation()).map_err(to_plugin_error)?;
+        }
+        let folder = local_path(&config.repository)?;
+        let repository = if folder.join(CONFIG_OBJECT).exists() {
+            Repository::open(config.backend()?).map_err(to_plugin_error)?;
+            "repository is readable"
+        } else if restoring {
+            return Err(PluginError::config(format!(
+                "{} is not a repository",
+                config.repository
+            )));
+        } else if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(PluginError::config(format!(
+                "{} is neither a repository nor empty",
+                config.repository
+            )));
+        } else {
+            "repository will be created"
+        };
+        Ok(StepOutput::new(format!(
+            "{} ready; {repository}",
+            config.source.display()
+        )))
+    }
+
+    fn backup(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        Request::require_resolved([&*config.source.to_string_lossy()])?;
+        check_current(&config.source, &config.expectation()).map_err(to_plugin_error)?;
+        let repo = Repository::open_or_init(config.backend()?, RepoConfig::default())
+            .map_err(to_plugin_error)?;
+        let mut options = BackupOptions::new(&config.source);
+        options.workers = config.workers();
+        options.allow_empty = ctx.request().force;
+        if let Some(level) = config.compression_level {
+            options.compression_level = level;
+        }
+        let report = with_control(ctx, |control| backup(&repo, &options, control))?;
+        let snapshot = &report.snapshot;
+        let stats = &snapshot.stats;
+        let summary = format!(
+            "snapshot {}: {} files, {} read ({} bytes), {} bytes stored",
+            snapshot.id, stats.files, stats.files_read, stats.bytes_read, stats.bytes_stored
+        );
+        let mut output = StepOutput::new(summary)
+            .record(Record {
+                repository: config.repository.clone(),
+                snapshot: snapshot.id.clone(),
+                source: snapshot.source.clone(),
+                files: stats.files,
+                bytes: stats.bytes,
+                manifest_blake3: snapshot.manifest_blake3.to_hex(),
+                torn: snapshot.torn.clone(),
+            })
+            .output("snapshot", &snapshot.id)
+            .bytes(stats.bytes_read);
+        for torn in &snapshot.torn {
+            output = output.warning(format!(
+                "{torn} kept changing while read; stored marked torn"
+            ));
+        }
+        Ok(with_warnings(output, &report.skipped, "skipped"))
+    }
+
+    fn verify(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        let record: Record = ctx.record()?;
+        let request: VerifyRequest = options(ctx)?;
+        let repo = Repository::open(backend_at(&record.repository)?).map_err(to_plugin_error)?;
+        let snapshot =
+            snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
+        let options = VerifyOptions {
+            fraction: request.fraction.or(config.verify_fraction).unwrap_or(1.0),
+            seed: request.seed,
+            workers: config.workers(),
+        };
+        let report = with_control(ctx, |control| verify(&repo, &snapshot, &options, control))?;
+        if !report.damaged.is_empty() {
+            let names: Vec<String> = report
+                .damaged
+                .iter()
+                .map(|d| format!("{}: {}", d.path, d.reason))
+                .collect();
+            return Err(PluginError::permanent(format!(
+                "snapshot {}: {} damaged file(s)",
+                snapshot.id,
+                report.damaged.len()
+            ))
+            .with_detail(names.join("\n")));
+        }
+        Ok(StepOutput::new(format!(
+            "snapshot {}: {} files ({} bytes) verified",
+            snapshot.id, report.files_checked, report.bytes_checked
+        ))
+        .bytes(report.bytes_checked))
+    }
+
+    fn restore(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        let record: Record = ctx.record()?;
+        // The same mount path as at backup time: the configured one, or, when an earlier step
+        // names it and has not run in this restore, the one the backup recorded.
+        let source = if Request::is_unresolved(&config.source.to_string_lossy()) {
+            PathBuf::from(&record.source)
+        } else {
+            config.source.clone()
+        };
+        let request: RestoreRequest = options(ctx)?;
+        let force = ctx.request().force;
+        let target = match request.target {
+            Some(target) => target,
+            None => {
+                if !force {
+                    check_current(&source, &config.expectation()).map_err(to_plugin_error)?;
+                }
+                source
+            }
+        };
+        let repo = Repository::open(backend_at(&record.repository)?).map_err(to_plugin_error)?;
+        let snapshot =
+            snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
+        let mut options = RestoreOptions::new(&target);
+        options.force = force;
+        options.workers = config.workers();
+        options.subpath = request
+            .path
+            .map(|p| p.trim_matches('/').as_bytes().to_vec())
+            .unwrap_or_default();
+        if ctx.request().dry_run {
+            return Ok(StepOutput::new(format!(
+                "would restore snapshot {} ({} files) into {}",
+                snapshot.id,
+                snapshot.stats.files,
+                target.display()
+            )));
+        }
+        let report = with_control(ctx, |control| restore(&repo, &snapshot, &options, control))?;
+        if !report.failed.is_empty() {
+            let lines: Vec<String> = report
+                .failed
+                .iter()
+                .map(|f| format!("{}: {}", f.path, f.reason))
+                .collect();
+            return Err(PluginError::permanent(format!(
+                "{} entries could not be restored into {}",
+                report.failed.len(),
+                target.display()
+            ))
+            .with_detail(lines.join("\n")));
+        }
+        let mut output = StepOutput::new(format!(
+            "snapshot {} restored into {}: {} files ({} bytes), {} already up to date",
+            snapshot.id,
+            target.display(),
+            report.files,
+            report.bytes,
+            report.unchanged
+        ))
+        .bytes(report.bytes)
+        .record(serde_json::json!({
+            "snapshot": snapshot.id,
+            "target": target.display().to_string(),
+            "files": report.files,
+            "bytes": report.bytes,
+            "unchanged": report.unchanged,
+            "kept_newer": report.kept_newer,
+        }));
+        for kept in &report.kept_newer {
+            output = output.warning(format!(
+                "{kept} is newer than the backup; kept (use --force)"
+            ));
+        }
+        Ok(output)
+    }
+
+    fn prune(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+        let retention = &config.retention;
+        // Only this step's snapshots are pruned. A source made by an earlier step is not known
+        // at prune time; the backups this step recorded say which it was.
+        let source = config.source.display().to_string();
+        let source = if Request::is_unresolved(&source) {
+            let recorded = ctx.request().history.iter().rev().find_map(|entry| {
+                serde_json::from_value::<Record>(entry.record.clone())
+                    .ok()
+                    .map(|record| record.source)
+            });
+            match recorded {
+                Some(source) => source,
+                None => {
+                    return Ok(StepOutput::new(
+                        "nothing to prune: the catalog has no backup of this step",
+                    ));
+                }
+            }
+        } else {
+            source
+        };
+        let options = PruneOptions {
+            retention: Retention {
+                keep_last: retention.keep_last,
+                keep_daily: retention.keep_daily,
+                keep_weekly: retention.keep_weekly,
+                keep_monthly: retention.keep_monthly,
+            },
+            source: Some(source),
+            dry_run: ctx.request().dry_run,
+            // A backup of another plan sharing the repository may be writing right now.
+            min_age: std::time::Duration::from_secs(3600),
+        };
+        let report = with_control(ctx, |control| prune(&repo, &options, control))?;
+        let verb = if report.dry_run {
+            "would forget"
+        } else {
+            "forgot"
+        };
+        let mut output = StepOutput::new(format!(
+            "{verb} {} snapshot(s), kept {}; {} object(s), {} bytes",
+            report.forgotten.len(),
+            report.kept.len(),
+            report.deleted_objects.len(),
+            report.freed_bytes
+        ))
+        .record(serde_json::json!({
+            "forgotten": report.forgotten,
+            "kept": report.kept,
+            "deleted_objects": report.deleted_objects,
+            "dry_run": report.dry_run,
+        }));
+        if report.dry_run {
+            for name in &report.deleted_objects {
+                output = output.warning(format!("would delete {name}"));
+            }
+        }
+        Ok(output)
+    }
+}
+
+backplan_plugin_sdk::declare_plugin!(NfsObjects);
+
+/// Runs `action` with the context's cancellation flag and progress reporting.
+fn with_control<T>(
+    ctx: &Context,
+    action: impl FnOnce(Control<'_>) -> crate::error::Result<T>,
+) -> PluginResult<T> {
+    let cancelled = || ctx.is_cancelled();
+    let progress = |p: &control::Progress| {
+        let seconds = p.elapsed.as_secs_f64().max(0.001);
+        let rate = p.bytes as f64 / seconds / 1e6;
+        let eta = p
+            .total_bytes
+            .filter(|&total| total > p.bytes && p.bytes > 0)
+            .map(|total| format!(", ETA {:.0} s", (total - p.bytes) as f64 / (rate * 1e6)))
+            .unwrap_or_default();
+        ctx.progress(Progress {
+            done: p.bytes,
+            total: p.total_bytes,
+            unit: "bytes".into(),
+            message: format!("{}: {} entries, {rate:.0} MB/s{eta}", p.action, p.entries),
+        });
+    };
+    action(Control::new(&cancelled, &progress)).map_err(to_plugin_error)
+}
+
+fn with_warnings(mut output: StepOutput, skipped: &[Skipped], what: &str) -> StepOutput {
+    for item in skipped {
+        output = output.warning(format!("{what} {}: {}", item.path, item.reason));
+    }
+    output
+}
+
+fn options<T: for<'de> Deserialize<'de> + Default>(ctx: &Context) -> PluginResult<T> {
+    match &ctx.request().options {
+        serde_json::Value::Null => Ok(T::default()),
+        value => serde_json::from_value(value.clone())
+            .map_err(|err| PluginError::config(format!("options: {err}"))),
+    }
+}
+
+fn backend_at(repository: &str) -> PluginResult<Arc<dyn Backend>> {
+    let backend = LocalBackend::new(local_path(repository)?).map_err(to_plugin_error)?;
+    Ok(Arc::new(backend))
+}
+
+/// The folder of a local repository; other kinds are refused until their backend exists.
+fn local_path(repository: &str) -> PluginResult<&Path> {
+    if repository.contains("://") {
+        return Err(PluginError::config(format!(
+            "{repository}: only local folders are supported so far (S3 comes later)"
+        )));
+    }
+    Ok(Path::new(repository))
+}
+
+/// The runner's view of an engine error: may a retry help, or is it the plan's fault?
+fn to_plugin_error(err: Error) -> PluginError {
+    let kind = match &err {
+        Error::Cancelled => return PluginError::cancelled(),
+        Error::Backend { .. } => ErrorKind::Transient,
+        Error::Invalid(_) | Error::NotARepository(_) => ErrorKind::Config,
+        Error::Internal(_) => ErrorKind::Internal,
+        Error::Io { .. }
+        | Error::MissingObject(_)
+        | Error::Corrupt { .. }
+        | Error::SnapshotNotFound(_)
+        | Error::Mount(_) => ErrorKind::Permanent,
+    };
+    PluginError::new(kind, err.to_string())
+}

@@ -1,0 +1,284 @@
+//! Prune: forget snapshots by a retention policy, then delete data nothing references.
+//!
+//! Order matters for crash safety: snapshot headers go first (a snapshot either exists whole or
+//! not at all), then their manifests, then packs that no remaining manifest references, each pack's
+//! index before the pack itself (so deduplication never points into a deleted pack).
+//! Unreferenced objects younger than `min_age` are left alone: they may belong to a backup that is
+//! still running. Packs holding some live blobs are kept whole; artifacts are write-once and age out
+//! together, so rewriting packs is not worth its risk.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use jiff::tz::TimeZone;
+
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::manifest::ManifestReader;
+use crate::repo::{
+    DATA_PREFIX, INDEX_PREFIX, MANIFEST_PREFIX, Repository, index_object, manifest_object,
+    object_stem, snapshot_object,
+};
+use crate::snapshot::{self, Snapshot};
+
+/// Which snapshots to keep; a snapshot kept by any rule stays. No rule at all keeps everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest N snapshots.
+    pub keep_last: Option<u32>,
+    /// The newest snapshot of each of the last N days (UTC) that have one.
+    pub keep_daily: Option<u32>,
+    /// The newest snapshot of each of the last N ISO weeks that have one.
+    pub keep_weekly: Option<u32>,
+    /// The newest snapshot of each of the last N months that have one.
+    pub keep_monthly: Option<u32>,
+}
+
+impl Retention {
+    fn has_rules(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+    }
+}
+
+/// What to prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub retention: Retention,
+    /// Only apply the retention to snapshots of this source (others are kept).
+    pub source: Option<String>,
+    /// Report what would go; delete nothing.
+    pub dry_run: bool,
+    /// Unreferenced objects younger than this are kept.
+    pub min_age: Duration,
+}
+
+/// What prune removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub kept: Vec<String>,
+    pub forgotten: Vec<String>,
+    /// Deleted objects: packs, their indexes, orphaned manifests.
+    pub deleted_objects: Vec<String>,
+    pub freed_bytes: u64,
+    pub dry_run: bool,
+}
+
+/// The calendar periods of the retention rules (UTC).
+#[derive(Debug, Clone, Copy)]
+enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// A key equal for snapshots in the same period.
+    fn of(self, snapshot: &Snapshot) -> (i16, i8, i8) {
+        let date = snapshot.time.to_zoned_datetime(TimeZone::UTC).date();
+        match self {
+            Period::Day => (date.year(), date.month(), date.day()),
+            Period::Week => {
+                let week = date.iso_week_date();
+                (week.year(), week.week(), 0)
+            }
+            Period::Month => (date.year(), date.month(), 0),
+        }
+    }
+}
+
+/// The ids of `snapshots` (any order) that `retention` keeps.
+pub fn select(snapshots: &[Snapshot], retention: &Retention) -> HashSet<String> {
+    let mut newest_first: Vec<&Snapshot> = snapshots.iter().collect();
+    newest_first.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+    if !retention.has_rules() {
+        return newest_first.iter().map(|s| s.id.clone()).collect();
+    }
+    let mut kept = HashSet::new();
+    let last = retention.keep_last.unwrap_or(0) as usize;
+    kept.extend(newest_first.iter().take(last).map(|s| s.id.clone()));
+    let rules = [
+        (retention.keep_daily, Period::Day),
+        (retention.keep_weekly, Period::Week),
+        (retention.keep_monthly, Period::Month),
+    ];
+    for (count, bucket) in rules {
+        let Some(count) = count else { continue };
+        let mut seen = Vec::new();
+        for snapshot in &newest_first {
+            if seen.len() >= count as usize {
+                break;
+            }
+            let key = bucket.of(snapshot);
+            if !seen.contains(&key) {
+                seen.push(key);
+                kept.insert(snapshot.id.clone());
+            }
+        }
+    }
+    kept
+}
+
+/// Applies `options` to `repo`.
+pub fn prune(
+    repo: &Repository,
+    options: &PruneOptions,
+    control: Control<'_>,
+) -> Result<PruneReport> {
+    let backend = repo.backend().as_ref();
+    let snapshots = snapshot::list(backend)?;
+    let (candidates, others): (Vec<Snapshot>, Vec<Snapshot>) =
+        snapshots.into_iter().partition(|s| {
+            options
+                .source
+                .as_ref()
+                .is_none_or(|source| &s.source == source)
+        });
+    let keep = select(&candidates, &options.retention);
+    if keep.is_empty() && !candidates.is_empty() {
+        return Err(Error::Invalid(
+            "the retention rules keep no snapshot at all; refusing to forget everything".into(),
+        ));
+    }
+    let mut report = PruneReport {
+        dry_run: options.dry_run,
+        ..PruneReport::default()
+    };
+    let mut live = Vec::new();
+    for snapshot in candidates {
+        if keep.contains(&snapshot.id) {
+            report.kept.push(snapshot.id.clone());
+            live.push(snapshot);
+        } else {
+            report.forgotten.push(snapshot.id);
+        }
+    }
+    live.extend(others);
+
+    // Every pack a remaining snapshot needs. An unreadable manifest stops the prune: deleting on
+    // an incomplete picture could destroy live data.
+    let mut live_packs = HashSet::new();
+    for snapshot in &live {
+        control.check_cancelled()?;
+        for entry in ManifestReader::open(backend, &snapshot.manifest, snapshot.manifest_blake3)? {
+            live_packs.extend(entry?.chunks.into_iter().map(|blob| blob.pack));
+        }
+    }
+    let live_manifests: HashSet<String> = live.iter().map(|s| s.manifest.clone()).collect();
+
+    for id in &report.forgotten {
+        if !options.dry_run {
+            backend.delete(&snapshot_object(id))?;
+            backend.delete(&manifest_object(id))?;
+        }
+    }
+    let old_enough =
+        |modified: SystemTime| modified.elapsed().is_ok_and(|age| age >= options.min_age);
+    let mut doomed = Vec::new();
+    for object in backend.list(DATA_PREFIX)? {
+        let Some(pack) = object_stem(&object.name, ".pack") else {
+            continue;
+        };
+        if !live_packs.contains(pack) && old_enough(object.modified) {
+            doomed.push(index_object(pack));
+            doomed.push(object.name.clone());
+            report.freed_bytes += object.size;
+        }
+    }
+    let present: HashSet<String> = backend
+        .list(DATA_PREFIX)?
+        .into_iter()
+        .filter_map(|o| object_stem(&o.name, ".pack").map(str::to_owned))
+        .collect();
+    for object in backend.list(INDEX_PREFIX)? {
+        let orphan = object_stem(&object.name, ".json").is_some_and(|pack| !present.contains(pack));
+        if orphan && old_enough(object.modified) {
+            doomed.push(object.name);
+        }
+    }
+    for object in backend.list(MANIFEST_PREFIX)? {
+        let forgotten_now = report
+            .forgotten
+            .iter()
+            .any(|id| manifest_object(id) == object.name);
+        if !live_manifests.contains(&object.name) && !forgotten_now && old_enough(object.modified) {
+            report.freed_bytes += object.size;
+            doomed.push(object.name);
+        }
+    }
+    for name in doomed {
+        control.check_cancelled()?;
+        if !options.dry_run {
+            backend.delete(&name)?;
+        }
+        report.deleted_objects.push(name);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ContentId;
+    use crate::snapshot::SnapshotStats;
+
+    fn at(id: &str, time: &str) -> Snapshot {
+        Snapshot {
+            id: id.into(),
+            time: time.parse().unwrap(),
+            source: "/data".into(),
+            host: String::new(),
+            parent: None,
+            manifest: String::new(),
+            manifest_blake3: ContentId::of(b""),
+            stats: SnapshotStats::default(),
+            torn: Vec::new(),
+        }
+    }
+
+    fn kept(snapshots: &[Snapshot], retention: Retention) -> Vec<String> {
+        let keep = select(snapshots, &retention);
+        let mut ids: Vec<String> = keep.into_iter().collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn calendar_rules_keep_the_newest_of_each_period() {
+        let snapshots = [
+            at("a", "2024-01-31T10:00:00Z"),
+            at("b", "2024-02-05T10:00:00Z"), // Monday, ISO week 6
+            at("c", "2024-02-07T09:00:00Z"), // same week
+            at("d", "2024-02-07T18:00:00Z"), // same day as c, later
+            at("e", "2024-02-12T08:00:00Z"), // week 7
+        ];
+        let daily = Retention {
+            keep_daily: Some(2),
+            ..Retention::default()
+        };
+        assert_eq!(kept(&snapshots, daily), ["d", "e"]);
+        let weekly = Retention {
+            keep_weekly: Some(3),
+            ..Retention::default()
+        };
+        assert_eq!(kept(&snapshots, weekly), ["a", "d", "e"]);
+        let monthly = Retention {
+            keep_monthly: Some(5),
+            ..Retention::default()
+        };
+        assert_eq!(kept(&snapshots, monthly), ["a", "e"]);
+        let combined = Retention {
+            keep_last: Some(1),
+            keep_monthly: Some(2),
+            ..Retention::default()
+        };
+        assert_eq!(kept(&snapshots, combined), ["a", "e"]);
+        assert_eq!(
+            kept(&snapshots, Retention::default()).len(),
+            5,
+            "no rule keeps all"
+        );
+    }
+}

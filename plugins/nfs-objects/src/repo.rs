@@ -1,0 +1,183 @@
+//! The repository: its object layout, its format marker, and the handle every action starts from.
+//!
+//! All object names are built here, so FORMAT.md and the code can be checked against one place.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+/// The object that marks a folder or prefix as a repository.
+pub const CONFIG_OBJECT: &str = "config.json";
+/// Folder of pack files.
+pub const DATA_PREFIX: &str = "data/";
+/// Folder of per-pack indexes.
+pub const INDEX_PREFIX: &str = "index/";
+/// Folder of snapshot manifests.
+pub const MANIFEST_PREFIX: &str = "manifests/";
+/// Folder of snapshot headers; a snapshot exists exactly when its header does.
+pub const SNAPSHOT_PREFIX: &str = "snapshots/";
+
+const FORMAT_NAME: &str = "backplan-nfs-objects";
+const FORMAT_VERSION: u32 = 1;
+
+/// Object name of pack `name`.
+pub fn pack_object(name: &str) -> String {
+    format!("{DATA_PREFIX}{}/{name}.pack", &name[..2.min(name.len())])
+}
+
+/// Object name of the index of pack `name`.
+pub fn index_object(name: &str) -> String {
+    format!("{INDEX_PREFIX}{name}.json")
+}
+
+/// Object name of the manifest of snapshot `id`.
+pub fn manifest_object(id: &str) -> String {
+    format!("{MANIFEST_PREFIX}{id}.jsonl.zst")
+}
+
+/// Object name of the header of snapshot `id`.
+pub fn snapshot_object(id: &str) -> String {
+    format!("{SNAPSHOT_PREFIX}{id}.json")
+}
+
+/// The last path component of `object` without `suffix`, if it ends with it.
+pub fn object_stem<'a>(object: &'a str, suffix: &str) -> Option<&'a str> {
+    object.rsplit('/').next()?.strip_suffix(suffix)
+}
+
+/// Tunables fixed when the repository is created (recorded in `config.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Always `backplan-nfs-objects`.
+    pub format: String,
+    /// Format version; this code reads version 1.
+    pub version: u32,
+    /// Files larger than this are split into chunks of exactly this size (the last one shorter).
+    pub chunk_size: u64,
+    /// A pack is sealed once it holds at least this many bytes.
+    pub pack_size: u64,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        Self {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            chunk_size: 4 << 20,
+            pack_size: 32 << 20,
+        }
+    }
+}
+
+/// An opened repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+}
+
+impl Repository {
+    /// Opens the repository in `backend`, creating it with `defaults` when the backend is empty.
+    pub fn open_or_init(backend: Arc<dyn Backend>, defaults: RepoConfig) -> Result<Self> {
+        match backend.get(CONFIG_OBJECT) {
+            Ok(bytes) => Self::from_config_bytes(backend, &bytes),
+            Err(Error::MissingObject(_)) => {
+                if !backend.list(SNAPSHOT_PREFIX)?.is_empty() {
+                    return Err(Error::NotARepository(format!(
+                        "{CONFIG_OBJECT} is missing but snapshots exist"
+                    )));
+                }
+                let bytes = serde_json::to_vec_pretty(&defaults).expect("config serialises");
+                backend.put_bytes(CONFIG_OBJECT, &bytes)?;
+                Ok(Self {
+                    backend,
+                    config: defaults,
+                })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Opens an existing repository; never creates one (restore, verify and prune use this).
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        match backend.get(CONFIG_OBJECT) {
+            Ok(bytes) => Self::from_config_bytes(backend, &bytes),
+            Err(Error::MissingObject(_)) => {
+                Err(Error::NotARepository(format!("{CONFIG_OBJECT} not found")))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn from_config_bytes(backend: Arc<dyn Backend>, bytes: &[u8]) -> Result<Self> {
+        let config: RepoConfig = serde_json::from_slice(bytes)
+            .map_err(|err| Error::NotARepository(format!("{CONFIG_OBJECT}: {err}")))?;
+        if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
+            return Err(Error::NotARepository(format!(
+                "format {} version {} (this is {FORMAT_NAME} version {FORMAT_VERSION})",
+                config.format, config.version
+            )));
+        }
+        if config.chunk_size == 0 || config.pack_size == 0 {
+            return Err(Error::NotARepository(
+                "chunk_size and pack_size must be > 0".into(),
+            ));
+        }
+        Ok(Self { backend, config })
+    }
+
+    /// The store holding the objects.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The tunables recorded at creation.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+
+    #[test]
+    fn init_then_open_and_refuse_foreign_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
+        assert!(matches!(
+            Repository::open(backend.clone()),
+            Err(Error::NotARepository(_))
+        ));
+        let custom = RepoConfig {
+            chunk_size: 1024,
+            ..RepoConfig::default()
+        };
+        Repository::open_or_init(backend.clone(), custom.clone()).unwrap();
+        assert_eq!(Repository::open(backend.clone()).unwrap().config(), &custom);
+        // Defaults given later do not override what the repository was created with.
+        let again = Repository::open_or_init(backend.clone(), RepoConfig::default()).unwrap();
+        assert_eq!(again.config().chunk_size, 1024);
+
+        backend
+            .put_bytes(CONFIG_OBJECT, br#"{"format":"restic"}"#)
+            .unwrap();
+        assert!(matches!(
+            Repository::open(backend),
+            Err(Error::NotARepository(_))
+        ));
+    }
+
+    #[test]
+    fn object_names() {
+        assert_eq!(pack_object("ab12"), "data/ab/ab12.pack");
+        assert_eq!(object_stem("data/ab/ab12.pack", ".pack"), Some("ab12"));
+        assert_eq!(object_stem(&snapshot_object("s1"), ".json"), Some("s1"));
+        assert_eq!(object_stem("index/x.json", ".pack"), None);
+    }
+}

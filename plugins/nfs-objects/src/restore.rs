@@ -1,0 +1,533 @@
+//! Restore: put a snapshot (or a sub-path of it) back, byte-checked, with its metadata.
+//!
+//! The manifest is streamed three times, each pass cheap next to the data: first folders,
+//! symlinks and file contents (workers fetch, verify against the content id and write pieces in
+//! parallel; all-zero blocks are skipped so sparse files stay sparse); then hard links, which
+//! need their first name in place; last folder modes, owners and mtimes, which every earlier
+//! write into the folder would have changed. A file is written under a temporary name and renamed
+//! over its final name only once complete and checked, so an interrupted restore never leaves a
+//! truncated file under a real name. An existing file newer than the snapshot's is kept unless
+//! `force`; one identical in size and mtime is not rewritten.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::backup::Skipped;
+use crate::blob::BlobRef;
+use crate::control::{Control, Reporter};
+use crate::error::{Error, IoContext, Result};
+use crate::fetch::fetch_each;
+use crate::manifest::{Entry, Kind, ManifestReader, is_within};
+use crate::pool::{Pool, Worker};
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+
+/// Files being written at once; bounds open descriptors and memory.
+const OPEN_FILES: usize = 256;
+/// Small-file pieces per job.
+const BATCH_PIECES: usize = 64;
+/// Zero runs shorter than this are written, not skipped.
+const HOLE_BLOCK: usize = 64 * 1024;
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The folder the snapshot's root maps to (the original source, or another folder for a drill).
+    pub target: PathBuf,
+    /// Only entries at or below this relative path (`/`-separated; empty for everything).
+    pub subpath: Vec<u8>,
+    /// Overwrite existing files even when they are newer than the snapshot's.
+    pub force: bool,
+    /// Restore owners and groups (needs root).
+    pub owners: bool,
+    pub workers: usize,
+}
+
+impl RestoreOptions {
+    /// Everything into `target`; owners restored when running as root.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        Self {
+            target: target.into(),
+            subpath: Vec::new(),
+            force: false,
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            owners: unsafe { libc::geteuid() } == 0,
+            workers: crate::backup::default_workers(),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Files already identical (size and mtime) and left alone.
+    pub unchanged: u64,
+    /// Existing files newer than the snapshot's, kept because `force` was off.
+    pub kept_newer: Vec<String>,
+    /// Entries that could not be restored (damaged data, conflicts), with the reason.
+    pub failed: Vec<Skipped>,
+}
+
+/// Restores `snapshot` from `repo` as `options` say.
+pub fn restore(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    control: Control<'_>,
+) -> Result<RestoreReport> {
+    let backend = repo.backend();
+    let open_manifest = || {
+        ManifestReader::open(
+            backend.as_ref(),
+            &snapshot.manifest,
+            snapshot.manifest_blake3,
+        )
+    };
+    let target = &options.target;
+    let subpath = options.subpath.as_slice();
+    fs::create_dir_all(target.join(Path::new(std::ffi::OsStr::from_bytes(subpath)))).at(target)?;
+
+    let workers = (0..options.workers.max(1))
+        .map(|_| PieceWriter {
+            backend: backend.as_ref(),
+        })
+        .collect();
+    let mut report = RestoreReport::default();
+    let reporter = Reporter::new(control, "restore", Some(snapshot.stats.bytes));
+    let has_hardlinks = std::thread::scope(|scope| -> Result<bool> {
+        let mut run = Run {
+            pool: Pool::start(scope, workers),
+            options,
+            files: HashMap::new(),
+            next_slot: 0,
+            batch: Vec::new(),
+            report: &mut report,
+            reporter,
+            has_hardlinks: false,
+        };
+        for entry in open_manifest()? {
+            control.check_cancelled()?;
+            let entry = entry?;
+            if is_within(&entry.path, subpath) {
+                run.restore_entry(entry)?;
+            }
+            run.collect_ready()?;
+        }
+        while run.wait_for_one()? {}
+        let has_hardlinks = run.has_hardlinks;
+        run.pool.finish()?;
+        Ok(has_hardlinks)
+    })?;
+
+    if has_hardlinks {
+        for entry in open_manifest()? {
+            let entry = entry?;
+            if entry.kind == Kind::Hardlink && is_within(&entry.path, subpath) {
+                restore_hardlink(&entry, options, &mut report)?;
+            }
+        }
+    }
+    for entry in open_manifest()? {
+        let entry = entry?;
+        if entry.kind == Kind::Dir && is_within(&entry.path, subpath) {
+            let path = destination(target, &entry.path)?;
+            if let Err(err) = apply_metadata(&path, None, &entry, options.owners) {
+                report.failed.push(failure(&path, err.to_string()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A file whose pieces are being written.
+struct OpenFile {
+    entry: Entry,
+    temporary: PathBuf,
+    destination: PathBuf,
+    file: Arc<File>,
+    missing: usize,
+    failure: Option<String>,
+}
+
+/// One piece to fetch and write.
+struct Piece {
+    slot: u64,
+    file: Arc<File>,
+    blob: BlobRef,
+    offset: u64,
+}
+
+/// A worker: fetches pieces, checks them and writes them into their files.
+struct PieceWriter<'a> {
+    backend: &'a dyn Backend,
+}
+
+impl Worker for PieceWriter<'_> {
+    type Job = Vec<Piece>;
+    type Output = Vec<(u64, Option<String>)>;
+
+    fn run(&mut self, pieces: Vec<Piece>) -> Result<Self::Output> {
+        let mut outcomes = Vec::with_capacity(pieces.len());
+        let wanted = pieces
+            .into_iter()
+            .map(|piece| ((piece.slot, piece.file, piece.offset), piece.blob))
+            .collect();
+        fetch_each(self.backend, wanted, |(slot, file, offset), _, raw| {
+            let problem = match raw {
+                Ok(raw) => write_sparse(&file, offset, &raw)
+                    .err()
+                    .map(|e| e.to_string()),
+                Err(reason) => Some(reason),
+            };
+            outcomes.push((slot, problem));
+        });
+        Ok(outcomes)
+    }
+
+    fn finish(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `data` at `offset`, leaving all-zero blocks as holes (the file is pre-sized).
+fn write_sparse(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + HOLE_BLOCK).min(data.len());
+        if data[start..end].iter().all(|&byte| byte == 0) {
+            start = end;
+            continue;
+        }
+        // Extend the write over following non-zero blocks.
+        let mut stop = end;
+        while stop < data.len() {
+            let next = (stop + HOLE_BLOCK).min(data.len());
+            if data[stop..next].iter().all(|&byte| byte == 0) {
+                break;
+            }
+            stop = next;
+        }
+        file.write_all_at(&data[start..stop], offset + start as u64)?;
+        start = stop;
+    }
+    Ok(())
+}
+
+/// The coordinating thread's state during the first pass.
+struct Run<'scope, 'env> {
+    pool: Pool<'scope, PieceWriter<'env>>,
+    options: &'env RestoreOptions,
+    files: HashMap<u64, OpenFile>,
+    next_slot: u64,
+    batch: Vec<Piece>,
+    report: &'env mut RestoreReport,
+    reporter: Reporter<'env>,
+    has_hardlinks: bool,
+}
+
+impl<'scope, 'env: 'scope> Run<'scope, 'env> {
+    fn restore_entry(&mut self, entry: Entry) -> Result<()> {
+        let path = destination(&self.options.target, &entry.path)?;
+        match entry.kind {
+            Kind::Dir => {
+                self.report.dirs += 1;
+                if let Err(err) = make_dir(&path, self.options.force) {
+                    self.report.failed.push(failure(&path, err));
+                }
+            }
+            Kind::Symlink => {
+                self.report.symlinks += 1;
+                if self.may_replace(&path, &entry)? {
+                    if let Err(err) = make_symlink(&path, &entry, self.options.owners) {
+                        self.report.failed.push(failure(&path, err.to_string()));
+                    }
+                }
+            }
+            Kind::Hardlink => {
+                self.report.hardlinks += 1;
+                self.has_hardlinks = true;
+            }
+            Kind::File => {
+                self.report.files += 1;
+                self.report.bytes += entry.size;
+                self.restore_file(entry, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an existing entry at `path` may be replaced by `entry` (records why not).
+    fn may_replace(&mut self, path: &Path, entry: &Entry) -> Result<bool> {
+        let existing = match fs::symlink_metadata(path) {
+            Ok(existing) => existing,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(err) => return Err(err).at(path),
+        };
+        if existing.is_dir() {
+            self.report
+                .failed
+                .push(failure(path, "a folder is in the way".into()));
+            return Ok(false);
+        }
+        let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
+        if existing_mtime > entry.mtime_ns && !self.options.force {
+            self.report.kept_newer.push(path.display().to_string());
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn restore_file(&mut self, entry: Entry, path: PathBuf) -> Result<()> {
+        if let Ok(existing) = fs::symlink_metadata(&path) {
+            let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
+            if existing.is_file()
+                && existing.len() == entry.size
+                && existing_mtime == entry.mtime_ns
+            {
+                self.report.unchanged += 1;
+                if let Err(err) = apply_metadata(&path, None, &entry, self.options.owners) {
+                    self.report.failed.push(failure(&path, err.to_string()));
+                }
+                return Ok(());
+            }
+        }
+        if !self.may_replace(&path, &entry)? {
+            return Ok(());
+        }
+        let temporary = temporary_name(&path);
+        let file = File::create(&temporary)
+            .and_then(|file| file.set_len(entry.size).map(|()| file))
+            .at(&temporary)?;
+        let file = Arc::new(file);
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let mut offset = 0;
+        for blob in &entry.chunks {
+            self.batch.push(Piece {
+                slot,
+                file: Arc::clone(&file),
+                blob: blob.clone(),
+                offset,
+            });
+            offset += blob.raw_length;
+            if self.batch.len() >= BATCH_PIECES || entry.chunks.len() > 1 {
+                self.flush_batch()?;
+            }
+        }
+        if offset != entry.size {
+            return Err(Error::Corrupt {
+                name: path.display().to_string(),
+                reason: format!(
+                    "manifest chunks hold {offset} bytes, size is {}",
+                    entry.size
+                ),
+            });
+        }
+        self.files.insert(
+            slot,
+            OpenFile {
+                missing: entry.chunks.len(),
+                entry,
+                temporary,
+                destination: path,
+                file,
+                failure: None,
+            },
+        );
+        if self.files[&slot].missing == 0 {
+            self.complete(slot);
+        }
+        while self.files.len() >= OPEN_FILES && self.wait_for_one()? {}
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<()> {
+        if !self.batch.is_empty() {
+            self.pool.submit(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    fn collect_ready(&mut self) -> Result<()> {
+        while let Some(output) = self.pool.ready() {
+            self.apply(output?);
+        }
+        Ok(())
+    }
+
+    fn wait_for_one(&mut self) -> Result<bool> {
+        self.flush_batch()?;
+        match self.pool.wait() {
+            Some(output) => {
+                self.apply(output?);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn apply(&mut self, outcomes: Vec<(u64, Option<String>)>) {
+        for (slot, problem) in outcomes {
+            let Some(open) = self.files.get_mut(&slot) else {
+                continue;
+            };
+            if let Some(problem) = problem {
+                open.failure.get_or_insert(problem);
+            }
+            open.missing -= 1;
+            if open.missing == 0 {
+                self.complete(slot);
+            }
+        }
+        self.reporter
+            .report(self.report.files, self.report.bytes, false);
+    }
+
+    /// Every piece of `slot` is written: set metadata and move it into place, or discard it.
+    fn complete(&mut self, slot: u64) {
+        let Some(open) = self.files.remove(&slot) else {
+            return;
+        };
+        let finished = match open.failure {
+            Some(reason) => Err(reason),
+            None => apply_metadata(
+                &open.temporary,
+                Some(&open.file),
+                &open.entry,
+                self.options.owners,
+            )
+            .and_then(|()| fs::rename(&open.temporary, &open.destination))
+            .map_err(|err| err.to_string()),
+        };
+        if let Err(reason) = finished {
+            let _ = fs::remove_file(&open.temporary);
+            self.report.failed.push(failure(&open.destination, reason));
+        }
+    }
+}
+
+/// Where relative manifest path `relative` goes below `target`; rejects paths that would escape.
+fn destination(target: &Path, relative: &[u8]) -> Result<PathBuf> {
+    if relative.is_empty() {
+        return Ok(target.to_owned());
+    }
+    let safe = relative
+        .split(|&byte| byte == b'/')
+        .all(|part| !part.is_empty() && part != b"." && part != b"..");
+    if !safe {
+        return Err(Error::Corrupt {
+            name: "manifest".into(),
+            reason: format!("unsafe path {:?}", String::from_utf8_lossy(relative)),
+        });
+    }
+    Ok(target.join(std::ffi::OsStr::from_bytes(relative)))
+}
+
+fn temporary_name(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let mut temporary = b".".to_vec();
+    temporary.extend_from_slice(name);
+    temporary.extend_from_slice(format!(".backplan-{}", std::process::id()).as_bytes());
+    path.with_file_name(std::ffi::OsStr::from_bytes(&temporary))
+}
+
+fn failure(path: &Path, reason: String) -> Skipped {
+    Skipped {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+fn make_dir(path: &Path, force: bool) -> std::result::Result<(), String> {
+    match fs::symlink_metadata(path) {
+        Ok(existing) if existing.is_dir() => return Ok(()),
+        Ok(_) if force => fs::remove_file(path).map_err(|e| e.to_string())?,
+        Ok(_) => return Err("a file or symlink is in the way (use force)".into()),
+        Err(_) => {}
+    }
+    fs::create_dir(path).map_err(|e| e.to_string())
+}
+
+fn make_symlink(path: &Path, entry: &Entry, owners: bool) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let target = entry.target.as_deref().unwrap_or_default();
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path)?;
+    apply_metadata(path, None, entry, owners)
+}
+
+fn restore_hardlink(
+    entry: &Entry,
+    options: &RestoreOptions,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let path = destination(&options.target, &entry.path)?;
+    let Some(first) = entry.target.as_deref() else {
+        report
+            .failed
+            .push(failure(&path, "hard link without target".into()));
+        return Ok(());
+    };
+    let first = destination(&options.target, first)?;
+    let _ = fs::remove_file(&path);
+    if let Err(err) = fs::hard_link(&first, &path) {
+        report.failed.push(failure(
+            &path,
+            format!("link to {}: {err}", first.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets owner (if `owners`), mode (not for symlinks) and mtime of `path` (through `file` if open).
+fn apply_metadata(path: &Path, file: Option<&File>, entry: &Entry, owners: bool) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let is_symlink = entry.kind == Kind::Symlink;
+    if owners {
+        // SAFETY: `c_path` is a valid NUL-terminated string for the duration of the call.
+        let result = unsafe { libc::lchown(c_path.as_ptr(), entry.uid, entry.gid) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if !is_symlink {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = fs::Permissions::from_mode(entry.mode);
+        match file {
+            Some(file) => file.set_permissions(permissions)?,
+            None => fs::set_permissions(path, permissions)?,
+        }
+    }
+    let mtime = libc::timespec {
+        tv_sec: entry.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: entry.mtime_ns.rem_euclid(1_000_000_000),
+    };
+    let times = [mtime, mtime];
+    // SAFETY: `c_path` is NUL-terminated and `times` points to two valid timespecs.
+    let result = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

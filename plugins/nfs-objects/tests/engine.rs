@@ -1,0 +1,610 @@
+//! End-to-end tests of the repository engine on real temporary folders.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use backplan_plugin_nfs_objects::backend::{Backend, LocalBackend, ObjectInfo};
+use backplan_plugin_nfs_objects::backup::{BackupOptions, BackupReport, backup};
+use backplan_plugin_nfs_objects::control::Control;
+use backplan_plugin_nfs_objects::error::{Error, Result};
+use backplan_plugin_nfs_objects::manifest::{Entry, ManifestReader};
+use backplan_plugin_nfs_objects::prune::{PruneOptions, Retention, prune};
+use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository, pack_object};
+use backplan_plugin_nfs_objects::restore::{RestoreOptions, restore};
+use backplan_plugin_nfs_objects::snapshot::{self, Snapshot};
+use backplan_plugin_nfs_objects::verify::{VerifyOptions, verify};
+
+const CHUNK: u64 = 64 * 1024;
+
+fn small_config() -> RepoConfig {
+    RepoConfig {
+        chunk_size: CHUNK,
+        pack_size: 256 * 1024,
+        ..RepoConfig::default()
+    }
+}
+
+fn open_repo(dir: &Path) -> Repository {
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir).unwrap());
+    Repository::open_or_init(backend, small_config()).unwrap()
+}
+
+fn run_backup(repo: &Repository, source: &Path) -> Result<BackupReport> {
+    backup(repo, &BackupOptions::new(source), Control::silent())
+}
+
+fn restore_to(repo: &Repository, snapshot: &Snapshot, target: &Path) {
+    let report = restore(
+        repo,
+        snapshot,
+        &RestoreOptions::new(target),
+        Control::silent(),
+    )
+    .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
+
+fn set_mtime(path: &Path, seconds: i64) {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds as u64);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(time)
+        .unwrap();
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+/// A tree with every kind of entry the format handles.
+fn build_tree(root: &Path) {
+    fs::create_dir_all(root.join("jobs/1/logs")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::write(
+        root.join("jobs/1/logs/build.log"),
+        b"INFO ok\n".repeat(5000),
+    )
+    .unwrap();
+    fs::write(root.join("jobs/1/empty"), b"").unwrap();
+    fs::write(root.join("jobs/1/random.bin"), pseudo_random(300_000, 1)).unwrap();
+    fs::write(root.join("jobs/1/copy.bin"), pseudo_random(300_000, 1)).unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"jobs/bad-\xff\xfe")),
+        b"x",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("1/logs/build.log", root.join("jobs/latest.log")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::hard_link(
+        root.join("jobs/1/logs/build.log"),
+        root.join("jobs/hard.log"),
+    )
+    .unwrap();
+    // Sparse: a hole, data, a hole, spread over several chunks.
+    let sparse = fs::File::create(root.join("sparse.img")).unwrap();
+    sparse.set_len(5 * CHUNK + 17).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 2 * CHUNK + 3).unwrap();
+    drop(sparse);
+    fs::set_permissions(
+        root.join("jobs/1/random.bin"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(root.join("jobs/1"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::lchown(root.join("jobs/1/empty"), Some(1234), Some(5678)).unwrap();
+    set_mtime(&root.join("jobs/1/random.bin"), 1_600_000_000);
+}
+
+/// Everything about a tree that a restore must reproduce, by relative path.
+fn describe(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let content = if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_owned()
+            } else if meta.file_type().is_symlink() {
+                format!("-> {:?}", fs::read_link(&path).unwrap())
+            } else {
+                let first = inodes.entry(meta.ino()).or_insert_with(|| relative.clone());
+                format!(
+                    "{} link-group {:?}",
+                    blake3::hash(&fs::read(&path).unwrap()),
+                    first
+                )
+            };
+            let mode = if meta.file_type().is_symlink() {
+                0
+            } else {
+                meta.mode() & 0o7777
+            };
+            let mtime = if meta.is_dir() {
+                0
+            } else {
+                meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+            };
+            out.insert(
+                relative,
+                format!(
+                    "{content} mode {mode:o} owner {}:{} mtime {mtime}",
+                    meta.uid(),
+                    meta.gid()
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn manifest_entries(repo: &Repository, snapshot: &Snapshot) -> Vec<Entry> {
+    ManifestReader::open(
+        repo.backend().as_ref(),
+        &snapshot.manifest,
+        snapshot.manifest_blake3,
+    )
+    .unwrap()
+    .collect::<Result<_>>()
+    .unwrap()
+}
+
+#[test]
+fn round_trip_reproduces_content_and_metadata() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let report = run_backup(&repo, source.path()).unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let stats = &report.snapshot.stats;
+    assert_eq!(stats.hardlinks, 1);
+    assert_eq!(stats.symlinks, 2);
+    // The two identical 300 kB files share their full chunks, which are deduplicated.
+    assert!(
+        stats.bytes_stored < 300_000 + 150_000,
+        "stored {}",
+        stats.bytes_stored
+    );
+
+    restore_to(&repo, &report.snapshot, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+    // Holes stay holes.
+    let sparse = fs::metadata(target.path().join("sparse.img")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 2 * CHUNK,
+        "{} blocks",
+        sparse.blocks()
+    );
+
+    let verified = verify(
+        &repo,
+        &report.snapshot,
+        &VerifyOptions::default(),
+        Control::silent(),
+    )
+    .unwrap();
+    assert!(verified.damaged.is_empty(), "{:?}", verified.damaged);
+    assert_eq!(verified.files_checked, 5, "files with content");
+}
+
+#[test]
+fn incremental_backup_reads_only_new_and_changed_files() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_eq!(
+        first.stats.files_read, 5,
+        "every non-empty file except the hard link"
+    );
+
+    let unchanged = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_eq!(unchanged.stats.files_read, 0);
+    assert_eq!(unchanged.stats.bytes_stored, 0);
+    assert_eq!(unchanged.parent.as_deref(), Some(first.id.as_str()));
+
+    fs::write(
+        source.path().join("jobs/1/random.bin"),
+        pseudo_random(300_000, 2),
+    )
+    .unwrap();
+    fs::write(source.path().join("jobs/new.txt"), b"new").unwrap();
+    fs::remove_file(source.path().join("jobs/1/copy.bin")).unwrap();
+    let changed = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_eq!(changed.stats.files_read, 2);
+    assert_eq!(changed.stats.bytes_read, 300_003);
+    let paths: Vec<Vec<u8>> = manifest_entries(&repo, &changed)
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(!paths.contains(&b"jobs/1/copy.bin".to_vec()));
+    assert!(paths.contains(&b"jobs/new.txt".to_vec()));
+
+    let target = tempfile::tempdir().unwrap();
+    restore_to(&repo, &changed, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+}
+
+/// A backend that fails every write after the first `allowed` ones, like a process killed there.
+struct CrashingBackend {
+    inner: LocalBackend,
+    allowed: usize,
+    writes: AtomicUsize,
+    on_write: Mutex<Option<Box<dyn FnMut() + Send>>>,
+}
+
+impl std::fmt::Debug for CrashingBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashingBackend")
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+impl CrashingBackend {
+    fn wrap(dir: &Path, allowed: usize) -> Self {
+        Self {
+            inner: LocalBackend::new(dir).unwrap(),
+            allowed,
+            writes: AtomicUsize::new(0),
+            on_write: Mutex::new(None),
+        }
+    }
+    fn write(&self, name: &str) -> Result<()> {
+        if let Some(hook) = self.on_write.lock().unwrap().as_mut() {
+            hook();
+        }
+        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.allowed {
+            return Err(Error::Backend {
+                name: name.into(),
+                source: std::io::Error::other("simulated crash"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CrashingBackend {
+    fn staging_dir(&self) -> &Path {
+        self.inner.staging_dir()
+    }
+    fn put_file(&self, name: &str, staged: &Path) -> Result<()> {
+        self.write(name)?;
+        self.inner.put_file(name, staged)
+    }
+    fn put_bytes(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.write(name)?;
+        self.inner.put_bytes(name, data)
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        self.inner.get(name)
+    }
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(name, offset, len)
+    }
+    fn open(&self, name: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        self.inner.open(name)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.inner.exists(name)
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        self.inner.delete(name)
+    }
+}
+
+#[test]
+fn a_crash_at_any_write_leaves_earlier_snapshots_intact() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    fs::write(
+        source.path().join("jobs/1/random.bin"),
+        pseudo_random(900_000, 3),
+    )
+    .unwrap();
+    fs::write(
+        source.path().join("jobs/more.bin"),
+        pseudo_random(200_000, 4),
+    )
+    .unwrap();
+
+    let mut crashes = 0;
+    for allowed in 0.. {
+        let crashing: Arc<dyn Backend> = Arc::new(CrashingBackend::wrap(repo_dir.path(), allowed));
+        let crashing_repo = Repository::open(crashing).unwrap();
+        match run_backup(&crashing_repo, source.path()) {
+            Err(_) => crashes += 1,
+            Ok(_) => break,
+        }
+        let snapshots = snapshot::list(repo.backend().as_ref()).unwrap();
+        assert_eq!(
+            snapshots,
+            std::slice::from_ref(&first),
+            "after a crash at write {allowed}"
+        );
+        let check = verify(&repo, &first, &VerifyOptions::default(), Control::silent()).unwrap();
+        assert!(check.damaged.is_empty());
+    }
+    assert!(
+        crashes >= 4,
+        "the backup has several writes: packs, indexes, manifest, snapshot"
+    );
+
+    let snapshots = snapshot::list(repo.backend().as_ref()).unwrap();
+    assert_eq!(snapshots.len(), 2);
+    let latest = snapshots.last().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    restore_to(&repo, latest, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+
+    // The crashed attempts left unreferenced packs; prune removes them and nothing else.
+    let options = PruneOptions {
+        retention: Retention::default(),
+        source: None,
+        dry_run: false,
+        min_age: std::time::Duration::ZERO,
+    };
+    let pruned = prune(&repo, &options, Control::silent()).unwrap();
+    assert!(!pruned.deleted_objects.is_empty());
+    assert!(pruned.forgotten.is_empty());
+    for snapshot in snapshot::list(repo.backend().as_ref()).unwrap() {
+        let check = verify(
+            &repo,
+            &snapshot,
+            &VerifyOptions::default(),
+            Control::silent(),
+        )
+        .unwrap();
+        assert!(check.damaged.is_empty(), "{:?}", check.damaged);
+    }
+}
+
+#[test]
+fn a_file_changing_while_read_is_reread_then_reported_torn() {
+    for (changes, expect_torn) in [(1, false), (usize::MAX, true)] {
+        let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let growing = source.path().join("growing.log");
+        fs::write(&growing, b"line\n").unwrap();
+        let config = RepoConfig {
+            pack_size: 1, // every blob seals a pack: one backend write per file read
+            ..small_config()
+        };
+        let backend = CrashingBackend::wrap(repo_dir.path(), usize::MAX);
+        let path = growing.clone();
+        let mut left = changes;
+        *backend.on_write.lock().unwrap() = Some(Box::new(move || {
+            if left > 0 && path.exists() {
+                left -= 1;
+                let mut content = fs::read(&path).unwrap();
+                content.extend_from_slice(b"more\n");
+                fs::write(&path, content).unwrap();
+            }
+        }));
+        let backend: Arc<dyn Backend> = Arc::new(backend);
+        let repo = Repository::open_or_init(backend, config).unwrap();
+        let mut options = BackupOptions::new(source.path());
+        options.workers = 1;
+        let report = backup(&repo, &options, Control::silent()).unwrap();
+        let entry = manifest_entries(&repo, &report.snapshot).pop().unwrap();
+        assert_eq!(entry.path, b"growing.log");
+        assert_eq!(entry.torn, expect_torn);
+        assert_eq!(report.snapshot.torn.len(), usize::from(expect_torn));
+        if !expect_torn {
+            // The re-read stored the version that no longer changed.
+            assert_eq!(entry.size, fs::metadata(&growing).unwrap().len());
+            assert_eq!(report.snapshot.stats.files_read, 1);
+        }
+    }
+}
+
+#[test]
+fn verify_names_the_damaged_files() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let snapshot = run_backup(&repo, source.path()).unwrap().snapshot;
+    let entries = manifest_entries(&repo, &snapshot);
+    let log = entries
+        .iter()
+        .find(|e| e.path == b"jobs/1/logs/build.log")
+        .unwrap();
+    let blob = &log.chunks[0];
+    let pack_path: PathBuf = repo_dir.path().join(pack_object(&blob.pack));
+    let mut bytes = fs::read(&pack_path).unwrap();
+    bytes[blob.offset as usize + 5] ^= 0x40;
+    fs::write(&pack_path, bytes).unwrap();
+
+    let report = verify(
+        &repo,
+        &snapshot,
+        &VerifyOptions::default(),
+        Control::silent(),
+    )
+    .unwrap();
+    let damaged: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(damaged, ["jobs/1/logs/build.log"]);
+
+    // A missing pack names every file with data in it.
+    let sparse = entries.iter().find(|e| e.path == b"sparse.img").unwrap();
+    let sparse_pack = &sparse.chunks[0].pack;
+    let sharing: Vec<String> = entries
+        .iter()
+        .filter(|e| e.chunks.iter().any(|c| &c.pack == sparse_pack))
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
+    fs::remove_file(repo_dir.path().join(pack_object(sparse_pack))).unwrap();
+    let report = verify(
+        &repo,
+        &snapshot,
+        &VerifyOptions::default(),
+        Control::silent(),
+    )
+    .unwrap();
+    for path in &sharing {
+        assert!(
+            report.damaged.iter().any(|d| &d.path == path),
+            "{path} not named"
+        );
+    }
+
+    // A damaged file is not restored under its name.
+    let target = tempfile::tempdir().unwrap();
+    let restored = restore(
+        &repo,
+        &snapshot,
+        &RestoreOptions::new(target.path()),
+        Control::silent(),
+    )
+    .unwrap();
+    assert!(
+        restored
+            .failed
+            .iter()
+            .any(|f| f.path.ends_with("build.log"))
+    );
+    assert!(!target.path().join("jobs/1/logs/build.log").exists());
+}
+
+#[test]
+fn restore_keeps_newer_files_and_handles_sub_paths() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let snapshot = run_backup(&repo, source.path()).unwrap().snapshot;
+
+    let mut options = RestoreOptions::new(target.path());
+    options.subpath = b"jobs/1/logs".to_vec();
+    restore(&repo, &snapshot, &options, Control::silent()).unwrap();
+    let restored: Vec<_> = describe(target.path()).into_keys().collect();
+    assert_eq!(
+        restored,
+        [
+            b"jobs".to_vec(),
+            b"jobs/1".to_vec(),
+            b"jobs/1/logs".to_vec(),
+            b"jobs/1/logs/build.log".to_vec()
+        ]
+    );
+
+    let log = target.path().join("jobs/1/logs/build.log");
+    fs::write(&log, b"edited after the backup").unwrap();
+    let report = restore(&repo, &snapshot, &options, Control::silent()).unwrap();
+    assert_eq!(report.kept_newer.len(), 1);
+    assert_eq!(fs::read(&log).unwrap(), b"edited after the backup");
+    options.force = true;
+    let report = restore(&repo, &snapshot, &options, Control::silent()).unwrap();
+    assert!(report.kept_newer.is_empty());
+    assert_eq!(
+        fs::read(&log).unwrap(),
+        fs::read(source.path().join("jobs/1/logs/build.log")).unwrap()
+    );
+    // Identical files are not rewritten.
+    let report = restore(&repo, &snapshot, &options, Control::silent()).unwrap();
+    assert_eq!(report.unchanged, 1);
+}
+
+#[test]
+fn an_emptied_source_is_refused_after_a_full_snapshot() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    run_backup(&repo, source.path()).unwrap();
+    for entry in fs::read_dir(source.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.is_symlink() {
+            fs::remove_dir_all(path).unwrap();
+        } else {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    let err = run_backup(&repo, source.path()).unwrap_err();
+    assert!(matches!(err, Error::Mount(_)), "{err}");
+    assert_eq!(snapshot::list(repo.backend().as_ref()).unwrap().len(), 1);
+    let mut options = BackupOptions::new(source.path());
+    options.allow_empty = true;
+    backup(&repo, &options, Control::silent()).unwrap();
+}
+
+#[test]
+fn prune_keeps_by_retention_and_deletes_only_unreferenced_data() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    for round in 0..3u64 {
+        fs::write(
+            source.path().join("jobs/round.bin"),
+            pseudo_random(100_000, 10 + round),
+        )
+        .unwrap();
+        run_backup(&repo, source.path()).unwrap();
+    }
+    let before = snapshot::list(repo.backend().as_ref()).unwrap();
+    let mut options = PruneOptions {
+        retention: Retention {
+            keep_last: Some(1),
+            ..Retention::default()
+        },
+        source: None,
+        dry_run: true,
+        min_age: std::time::Duration::ZERO,
+    };
+    let dry = prune(&repo, &options, Control::silent()).unwrap();
+    assert_eq!(dry.forgotten.len(), 2);
+    assert!(
+        !dry.deleted_objects.is_empty(),
+        "the old round.bin data would go"
+    );
+    assert_eq!(
+        snapshot::list(repo.backend().as_ref()).unwrap(),
+        before,
+        "dry run changes nothing"
+    );
+
+    options.dry_run = false;
+    let done = prune(&repo, &options, Control::silent()).unwrap();
+    assert_eq!(done.forgotten, dry.forgotten);
+    assert_eq!(done.deleted_objects, dry.deleted_objects);
+    let after = snapshot::list(repo.backend().as_ref()).unwrap();
+    assert_eq!(after, [before[2].clone()]);
+    let target = tempfile::tempdir().unwrap();
+    restore_to(&repo, &after[0], target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+
+    options.retention = Retention {
+        keep_last: Some(0),
+        ..Retention::default()
+    };
+    assert!(matches!(
+        prune(&repo, &options, Control::silent()),
+        Err(Error::Invalid(_))
+    ));
+}

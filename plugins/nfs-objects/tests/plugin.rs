@@ -1,0 +1,77 @@
+//! The plugin through the SDK's in-process harness (the real ABI), as the runner drives it.
+
+use std::fs;
+
+use backplan_plugin_nfs_objects::plugin::plugin_descriptor;
+use backplan_plugin_sdk::testing::Harness;
+use backplan_plugin_sdk::{Action, ErrorKind};
+use serde_json::json;
+
+#[test]
+fn backup_verify_restore_prune_through_the_abi() {
+    let (source, repo, drill) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    fs::create_dir(source.path().join("job")).unwrap();
+    fs::write(source.path().join("job/out.log"), b"built\n".repeat(1000)).unwrap();
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({
+        "source": source.path(),
+        "repository": repo.path().join("repo"),
+        "retention": {"keep_last": 1},
+    });
+    assert!(harness.describe().actions.contains(&Action::Prune));
+    harness.run(Action::Check, config.clone()).unwrap();
+    assert!(!repo.path().join("repo").exists(), "check changes nothing");
+
+    let backup = harness.run(Action::Backup, config.clone()).unwrap();
+    assert_eq!(backup.record["files"], 1);
+    let snapshot = backup.record["snapshot"].as_str().unwrap().to_owned();
+    assert_eq!(backup.outputs["snapshot"], snapshot);
+
+    let mut verify = harness.request(Action::Verify, config.clone());
+    verify.record = Some(backup.record.clone());
+    harness.run_request(&verify).unwrap();
+
+    let mut restore = harness.request(Action::Restore, config.clone());
+    restore.record = Some(backup.record.clone());
+    restore.options = json!({"target": drill.path()});
+    harness.run_request(&restore).unwrap();
+    assert_eq!(
+        fs::read(drill.path().join("job/out.log")).unwrap(),
+        fs::read(source.path().join("job/out.log")).unwrap()
+    );
+
+    harness.run(Action::Backup, config.clone()).unwrap();
+    let mut prune = harness.request(Action::Prune, config.clone());
+    prune.dry_run = true;
+    let pruned = harness.run_request(&prune).unwrap();
+    assert_eq!(pruned.record["forgotten"], json!([snapshot]));
+    assert_eq!(pruned.record["dry_run"], true);
+}
+
+#[test]
+fn an_nfs_source_that_is_not_mounted_is_refused() {
+    let (source, repo) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({"source": source.path(), "repository": repo.path(), "kind": "nfs"});
+    for action in [Action::Check, Action::Backup] {
+        let err = harness.run(action, config.clone()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Permanent, "{err:?}");
+        assert!(
+            err.message.contains("is the volume mounted"),
+            "{}",
+            err.message
+        );
+    }
+    assert!(
+        fs::read_dir(repo.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+
+    let typo = json!({"source": source.path(), "repository": repo.path(), "knd": "nfs"});
+    let err = harness.run(Action::Check, typo).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+}
