@@ -17,7 +17,8 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// The `backplan` binary built by `cargo test --workspace` (or `cargo build`).
+/// The `backplan` binary built by `cargo test --workspace` (the cli crate's own integration
+/// test makes cargo build it) or by `cargo build`.
 pub fn backplan_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-exe> → target/<profile>/backplan
