@@ -5,6 +5,10 @@
 //! libraries are built with a nested `cargo build` into `target/fixtures`, a separate target
 //! folder, so the nested build never waits on the lock the outer `cargo test` holds.
 
+mod aws;
+
+pub use aws::LocalAws;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};

@@ -1,4 +1,6 @@
 //! End-to-end tests: one test binary, one module per area.
 
+mod ebs;
 mod plugins;
 mod runs;
+mod s3_verify;

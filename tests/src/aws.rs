@@ -1,0 +1,117 @@
+//! A private local AWS endpoint per test (moto for EC2, ministack for S3), started by the
+//! project's own `scripts/local-aws/start` and stopped when dropped.
+//!
+//! Each test gets its own servers, ports and fault settings, so tests run in parallel without
+//! seeing each other's images, buckets or injected faults. There is no skipping: if the
+//! endpoint cannot be started (no Python, no PyPI), the test fails and says why.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::workspace_root;
+
+/// A running local endpoint and the environment that points the AWS SDK at it.
+#[derive(Debug)]
+pub struct LocalAws {
+    env: BTreeMap<String, String>,
+    state: PathBuf,
+}
+
+impl LocalAws {
+    /// Starts an endpoint; `options` are `start`'s (e.g. `["--pending", "3"]`, `["--proxy"]`).
+    pub fn start(options: &[&str]) -> LocalAws {
+        let script = workspace_root().join("scripts/local-aws/start");
+        let out = Command::new(&script)
+            .args(options)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "the local AWS endpoint did not start ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut env = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(assignment) = line.trim().strip_prefix("export ") else {
+                continue;
+            };
+            if let Some((key, value)) = assignment.split_once('=') {
+                env.insert(key.to_owned(), unquote(value));
+            }
+        }
+        let state = PathBuf::from(
+            env.get("BACKPLAN_LOCAL_AWS_STATE")
+                .expect("start exports BACKPLAN_LOCAL_AWS_STATE"),
+        );
+        LocalAws { env, state }
+    }
+
+    /// The exported variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, credentials, region,
+    /// `BACKPLAN_MOTO_URL`, `BACKPLAN_FAULT_PROXY_URL`...).
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    /// One exported variable.
+    pub fn var(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not exported by the local endpoint"))
+    }
+
+    /// Points `cmd` (the binary, or a Python/boto3 fixture script) at this endpoint, with no
+    /// trace of the caller's own AWS settings.
+    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        for key in [
+            "AWS_PROFILE",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_SESSION_TOKEN",
+        ] {
+            cmd.env_remove(key);
+        }
+        cmd.envs(&self.env).env("AWS_EC2_METADATA_DISABLED", "true")
+    }
+
+    /// The virtualenv's Python, which has boto3: for setting up fixtures the way a user's
+    /// account would look (instances, buckets), through the same wire protocol.
+    pub fn python(&self) -> Command {
+        let venv = std::env::var_os("BACKPLAN_LOCAL_AWS_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("scripts/local-aws/.venv"));
+        let mut cmd = Command::new(venv.join("bin/python"));
+        self.apply(&mut cmd);
+        cmd
+    }
+}
+
+impl Drop for LocalAws {
+    fn drop(&mut self) {
+        let _ = Command::new(workspace_root().join("scripts/local-aws/stop"))
+            .arg(&self.state)
+            .output();
+    }
+}
+
+fn unquote(value: &str) -> String {
+    let value = value.trim();
+    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        inner.replace("'\\''", "'")
+    } else if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        inner.to_owned()
+    } else {
+        // `printf %q` style: backslash escapes.
+        let mut out = String::new();
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            out.push(if c == '\\' {
+                chars.next().unwrap_or(c)
+            } else {
+                c
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,1 @@
+//! The ebs plugin through the real binary against a local AWS endpoint (being written).

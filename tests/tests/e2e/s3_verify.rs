@@ -1,0 +1,1 @@
+//! The s3-verify plugin through the real binary against a local AWS endpoint (being written).
