@@ -101,6 +101,7 @@ fn run_action<P: Plugin>(plugin: &P, ctx: &Context) -> PluginResult<StepOutput> 
         Action::Verify => plugin.verify(ctx, &config),
         Action::Restore => plugin.restore(ctx, &config),
         Action::Prune => plugin.prune(ctx, &config),
+        Action::Teardown => plugin.teardown(ctx, &config),
     }
 }
 

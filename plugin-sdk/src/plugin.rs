@@ -66,4 +66,11 @@ pub trait Plugin: Send + Sync + 'static {
         let _ = (ctx, config);
         Err(PluginError::unsupported(Action::Prune))
     }
+
+    /// Undoes the drill restore described by `ctx.request().record` (what `restore` returned):
+    /// `backplan drill` calls it after the restored system answered its health check.
+    fn teardown(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Teardown))
+    }
 }

@@ -29,6 +29,9 @@ pub enum Action {
     /// Say which cloud permissions the step's configuration needs, without calling anything.
     /// Always callable, like `check`; the answer's record is a [`Permissions`].
     Permissions,
+    /// Undo a restore made only to prove the backup works (a restore drill): e.g. terminate the
+    /// instance launched from the image. The request's `record` is what that restore returned.
+    Teardown,
 }
 
 impl Action {
@@ -50,6 +53,7 @@ impl Action {
             Action::Restore => "restore",
             Action::Prune => "prune",
             Action::Permissions => "permissions",
+            Action::Teardown => "teardown",
         }
     }
 }

@@ -111,7 +111,7 @@ impl ExecConfig {
             Action::Verify => self.verify_command.as_ref(),
             Action::Restore => self.restore_command.as_ref(),
             Action::Prune => self.prune_command.as_ref(),
-            Action::Permissions => None,
+            Action::Permissions | Action::Teardown => None,
         }
     }
 

@@ -2,5 +2,6 @@
 
 mod ebs;
 mod plugins;
+mod postgres;
 mod runs;
 mod s3_verify;
