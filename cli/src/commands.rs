@@ -193,6 +193,7 @@ impl Session {
         request.dry_run = args.dry_run;
         request.only_steps = args.steps;
         request.options = parse_options(&args.options)?;
+        request.history = self.catalog(&plan)?.list()?.0;
         Ok(self.execute(&plan, &host, request).await?.1)
     }
 

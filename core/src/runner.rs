@@ -89,7 +89,7 @@ pub struct RunRequest {
     pub only_steps: Vec<String>,
     /// Verify and restore: the backup run to act on.
     pub source: Option<RunRecord>,
-    /// Prune: every backup run in the catalog, oldest first.
+    /// Backup and prune: every backup run in the catalog, oldest first.
     pub history: Vec<RunRecord>,
     /// Outputs of steps left out by `only_steps`, from an earlier run (e.g. the launch of a
     /// restore done from another machine).
@@ -493,7 +493,7 @@ impl<'a> Runner<'a> {
                 )
             })?;
         }
-        if request.kind == RunKind::Prune {
+        if matches!(request.kind, RunKind::Backup | RunKind::Prune) {
             call.history = request
                 .history
                 .iter()

@@ -126,7 +126,8 @@ pub struct Request {
     /// For verify and restore: the record this step returned when the backup was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Value>,
-    /// For prune: every earlier backup of this step that the catalog knows, oldest first.
+    /// For backup and prune: every earlier backup of this step that the catalog knows, oldest
+    /// first (a backup may compare itself with the last one; prune applies retention).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
     /// For `check`: the action the run will perform after the checks pass (a plugin may check
