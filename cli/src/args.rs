@@ -47,6 +47,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Apply retention: remove what the plan no longer keeps.
     Prune(PruneArgs),
+    /// Restore drill: restore some steps (e.g. launch from the AMI), wait until the result
+    /// answers a TCP health check, record the time to recovery, tear it down, and mark the
+    /// backup verified.
+    Drill(DrillArgs),
     /// Look at a plan without running it.
     #[command(subcommand)]
     Plan(PlanCommand),
@@ -120,6 +124,31 @@ pub struct RestoreArgs {
     /// Plugin options as KEY=VALUE (repeatable), e.g. `-o target=/tmp/drill`.
     #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// The backup run to drill, or `latest`.
+    #[arg(long = "run", value_name = "ID", default_value = "latest")]
+    pub run: String,
+    /// The steps to restore (repeatable), typically the launch from the AMI.
+    #[arg(long = "step", value_name = "ID", required = true)]
+    pub steps: Vec<String>,
+    /// `HOST:PORT` that must accept a TCP connection, e.g.
+    /// `${steps.machine.outputs.private_ip}:8800` (the Management Console).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub health: String,
+    /// How long to wait for the health check.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub health_timeout: std::time::Duration,
+    /// Plugin options as KEY=VALUE (repeatable), e.g. `-o subnet_id=subnet-0abc`.
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Say what would be launched, launch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use backplan_core::exit;
 use backplan_core::host::{HostError, PluginHost};
 use backplan_core::plan::{Plan, PlanError};
 use backplan_core::record::{RunKind, RunRecord, RunStatus, StepStatus};
-use backplan_core::runner::{CancellationToken, Observer, RunError, RunRequest, Runner};
+use backplan_core::runner::{CancellationToken, DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
 use backplan_plugin_sdk::ErrorKind;
 use clap::CommandFactory;
@@ -18,7 +18,7 @@ use indicatif::MultiProgress;
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, Global, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs,
+    Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs,
     RunsCommand, SourceArgs,
 };
 use crate::output;
@@ -55,6 +55,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Verify(args) => session.verify(args).await,
         Command::Restore(args) => session.restore(args).await,
         Command::Prune(args) => session.prune(args).await,
+        Command::Drill(args) => session.drill(args).await,
         Command::Plan(PlanCommand::Check(args)) => session.plan_check(&args.plan).await,
         Command::Plan(PlanCommand::Show(args)) => session.plan_show(&args.plan),
         Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
@@ -255,6 +256,28 @@ impl Session {
         request.only_steps = args.steps;
         request.source = Some(source);
         Ok(self.execute(&plan, &host, request).await?.1)
+    }
+
+    async fn drill(&self, args: DrillArgs) -> anyhow::Result<i32> {
+        let (plan, host) = self.load(&args.plan.plan)?;
+        let catalog = self.catalog(&plan)?;
+        let source = self.source(&catalog, &args.run)?;
+        let mut request = RunRequest::new(RunKind::Drill);
+        request.dry_run = args.dry_run;
+        request.options = parse_options(&args.options)?;
+        request.only_steps = args.steps;
+        request.source = Some(source.clone());
+        request.drill = Some(DrillSpec {
+            health: args.health,
+            health_timeout: args.health_timeout,
+        });
+        let (record, code) = self.execute(&plan, &host, request).await?;
+        if record.status == RunStatus::Succeeded && !record.dry_run {
+            catalog
+                .mark_verified(&source.run_id, &record.run_id)
+                .context("recording the verification")?;
+        }
+        Ok(code)
     }
 
     async fn prune(&self, args: PruneArgs) -> anyhow::Result<i32> {

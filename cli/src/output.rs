@@ -231,6 +231,26 @@ pub fn run_report(record: &RunRecord, record_path: &std::path::Path) -> String {
             out.push_str(&format!("         warning: {warning}\n"));
         }
     }
+    if let Some(drill) = &record.drill {
+        match (drill.healthy, drill.time_to_recovery_secs) {
+            (true, Some(ttr)) => out.push_str(&format!(
+                "  health {} answered: time to recovery {ttr:.1}s\n",
+                drill.health_target
+            )),
+            _ => out.push_str(&format!(
+                "  health {}: {}\n",
+                drill.health_target,
+                drill.health_error.as_deref().unwrap_or("not checked")
+            )),
+        }
+        for teardown in &drill.teardown {
+            let mark = if teardown.ok { "ok  " } else { "FAIL" };
+            out.push_str(&format!(
+                "  {mark} teardown {:<11} {}\n",
+                teardown.step, teardown.message
+            ));
+        }
+    }
     out.push_str(&format!("record: {}\n", record_path.display()));
     out
 }

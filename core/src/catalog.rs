@@ -352,6 +352,7 @@ mod tests {
             host: hostname(),
             backplan_version: "test".into(),
             verified: None,
+            drill: None,
             steps: Vec::new(),
         }
     }

@@ -24,6 +24,8 @@ pub enum RunKind {
     Restore,
     /// `backplan prune`.
     Prune,
+    /// `backplan drill`: restore some steps, check the result answers, tear it down.
+    Drill,
 }
 
 impl RunKind {
@@ -35,7 +37,13 @@ impl RunKind {
             RunKind::Verify => Action::Verify,
             RunKind::Restore => Action::Restore,
             RunKind::Prune => Action::Prune,
+            RunKind::Drill => Action::Restore,
         }
+    }
+
+    /// Whether this kind of run restores, and so takes the plan's restore order.
+    pub fn restores(self) -> bool {
+        matches!(self, RunKind::Restore | RunKind::Drill)
     }
 }
 
@@ -234,8 +242,39 @@ pub struct RunRecord {
     /// For backups: set when a verify or drill proved it usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verification>,
-    /// Every step, in plan order.
+    /// For drills: the health check, the time to recovery and the teardown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillOutcome>,
+    /// Every step, in the order the run took them.
     pub steps: Vec<StepRecord>,
+}
+
+/// What a restore drill showed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillOutcome {
+    /// The `host:port` that had to accept a TCP connection.
+    pub health_target: String,
+    /// Whether it did before the deadline.
+    pub healthy: bool,
+    /// From the start of the run to the first successful health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_recovery_secs: Option<f64>,
+    /// Why the health check did not pass, if it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
+    /// The teardown of each restored step.
+    pub teardown: Vec<TeardownOutcome>,
+}
+
+/// The teardown of one restored step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeardownOutcome {
+    /// The step.
+    pub step: String,
+    /// Whether it was undone.
+    pub ok: bool,
+    /// The plugin's summary, or the error.
+    pub message: String,
 }
 
 impl RunRecord {
@@ -276,6 +315,15 @@ impl RunRecord {
             (0, _) => RunStatus::Failed,
             _ => RunStatus::PartiallyFailed,
         };
+        // A drill whose restored system never answered proved nothing; one that could not tear
+        // down what it launched left something running.
+        if let Some(drill) = &self.drill {
+            if !drill.healthy {
+                self.status = RunStatus::Failed;
+            } else if drill.teardown.iter().any(|t| !t.ok) && self.status == RunStatus::Succeeded {
+                self.status = RunStatus::PartiallyFailed;
+            }
+        }
         self.finished_at = Some(Timestamp::now());
     }
 }

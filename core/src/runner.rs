@@ -36,6 +36,9 @@ use crate::record::{
     new_run_id,
 };
 
+mod drill;
+pub use drill::DrillSpec;
+
 /// How long a timed-out or cancelled step may take to stop before it is abandoned.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The longest delay between retries.
@@ -77,7 +80,7 @@ impl Observer for Quiet {}
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    /// Backup, verify, restore or prune.
+    /// Backup, verify, restore, prune or drill.
     pub kind: RunKind,
     /// Ask plugins to show, not change.
     pub dry_run: bool,
@@ -94,6 +97,8 @@ pub struct RunRequest {
     /// Outputs of steps left out by `only_steps`, from an earlier run (e.g. the launch of a
     /// restore done from another machine).
     pub prior_outputs: BTreeMap<String, Outputs>,
+    /// Drills: what must answer before the restored steps are torn down.
+    pub drill: Option<DrillSpec>,
 }
 
 impl RunRequest {
@@ -108,6 +113,7 @@ impl RunRequest {
             source: None,
             history: Vec::new(),
             prior_outputs: BTreeMap::new(),
+            drill: None,
         }
     }
 }
@@ -226,8 +232,8 @@ impl<'a> Runner<'a> {
         }
         Ok(self
             .plan
-            .steps
-            .iter()
+            .steps_for(request.kind.restores())
+            .into_iter()
             .filter(|s| request.only_steps.is_empty() || request.only_steps.contains(&s.id))
             .collect())
     }
@@ -364,6 +370,7 @@ impl<'a> Runner<'a> {
             host: crate::catalog::hostname(),
             backplan_version: env!("CARGO_PKG_VERSION").to_owned(),
             verified: None,
+            drill: None,
             steps: steps
                 .iter()
                 .map(|s| {
@@ -422,6 +429,13 @@ impl<'a> Runner<'a> {
 
         self.run_graph(catalog, request, &steps, &mut record)
             .await?;
+        if let Some(spec) = request
+            .drill
+            .as_ref()
+            .filter(|_| request.kind == RunKind::Drill)
+        {
+            record.drill = Some(self.finish_drill(spec, request, &steps, &record).await);
+        }
         record.interrupted = self.cancel.is_cancelled();
         record.conclude();
         catalog.save(&record)?;
@@ -510,7 +524,7 @@ impl<'a> Runner<'a> {
                 .collect();
         }
         call.inputs = step
-            .ancestors
+            .ancestors_for(request.kind.restores())
             .iter()
             .filter_map(|a| outputs.get(a).map(|o| (a.clone(), o.clone())))
             .collect();
@@ -559,7 +573,7 @@ impl<'a> Runner<'a> {
                 for i in waiting {
                     let step = steps[i];
                     let deps: Vec<&StepRecord> = step
-                        .after
+                        .deps(request.kind.restores())
                         .iter()
                         .filter(|d| selected.contains(d.as_str()))
                         .filter_map(|d| record.step(d))

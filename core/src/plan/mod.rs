@@ -74,6 +74,12 @@ pub struct Step {
     pub after: Vec<String>,
     /// Every step this one depends on, directly or not.
     pub ancestors: BTreeSet<String>,
+    /// The steps that must finish first in a restore: `restore_after` as written, or `after`.
+    /// A restore often goes in another order than the backup (launch the machine, stop the app,
+    /// fix it up, put the data back, start the app).
+    pub restore_after: Vec<String>,
+    /// Every step this one depends on in a restore, directly or not.
+    pub restore_ancestors: BTreeSet<String>,
     /// The `config` table as JSON, references unresolved.
     pub config: Value,
     /// Limits and retries.
@@ -106,6 +112,8 @@ pub struct Plan {
     pub plugin_dirs: Vec<PathBuf>,
     /// The steps, dependencies first.
     pub steps: Vec<Step>,
+    /// Indices into `steps` in restore order (`restore_after` dependencies first).
+    restore_order: Vec<usize>,
     source: String,
 }
 
@@ -290,7 +298,7 @@ impl Plan {
             .iter()
             .filter_map(|p| plugin_spec(&mut problems, p, &dir))
             .collect();
-        let steps = validate_steps(&mut problems, &raw.steps, header.policy);
+        let (steps, restore_order) = validate_steps(&mut problems, &raw.steps, header.policy);
         problems.finish()?;
         let Header {
             name,
@@ -309,9 +317,20 @@ impl Plan {
             plugins,
             plugin_dirs,
             steps,
+            restore_order,
             source,
             path,
         })
+    }
+
+    /// The steps in the order a run of this kind takes them: restore order for restores and
+    /// drills, backup order otherwise.
+    pub fn steps_for(&self, restoring: bool) -> Vec<&Step> {
+        if restoring {
+            self.restore_order.iter().map(|&i| &self.steps[i]).collect()
+        } else {
+            self.steps.iter().collect()
+        }
     }
 
     /// The step with this id.
@@ -480,7 +499,7 @@ fn validate_steps(
     problems: &mut Problems<'_>,
     raw: &[toml::Spanned<RawStep>],
     base: StepPolicy,
-) -> Vec<Step> {
+) -> (Vec<Step>, Vec<usize>) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, step) in raw.iter().enumerate() {
         let id = step.get_ref().id.get_ref().as_str();
@@ -499,36 +518,27 @@ fn validate_steps(
     if raw.is_empty() {
         problems.add(None, "the plan has no [[steps]]");
     }
-    // Edges, with unknown ids reported where they are written.
-    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); raw.len()];
-    for (i, step) in raw.iter().enumerate() {
-        for dep in &step.get_ref().after {
-            match seen.get(dep.get_ref().as_str()) {
-                Some(&j) if j == i => {
-                    problems.add(Some(dep.span()), "a step cannot run after itself")
-                }
-                Some(&j) => edges[i].push(j),
-                None => problems.add(
-                    Some(dep.span()),
-                    format!("`after` names an unknown step `{}`", dep.get_ref()),
-                ),
-            }
-        }
-    }
-    let Some(order) = topological_order(problems, raw, &edges) else {
-        return Vec::new();
+    let lists = |step: &RawStep| step.after.clone();
+    let restore_lists = |step: &RawStep| {
+        step.restore_after
+            .clone()
+            .unwrap_or_else(|| step.after.clone())
     };
-    // Ancestors, in dependency order so each step's deps are complete before it.
-    let mut ancestors: Vec<BTreeSet<String>> = vec![BTreeSet::new(); raw.len()];
-    for &i in &order {
-        let mut set = BTreeSet::new();
-        for &j in &edges[i] {
-            set.insert(raw[j].get_ref().id.get_ref().clone());
-            set.extend(ancestors[j].iter().cloned());
-        }
-        ancestors[i] = set;
-    }
-    order
+    let edges = graph_edges(problems, raw, &seen, "after", &lists);
+    let restore_edges = graph_edges(problems, raw, &seen, "restore_after", &restore_lists);
+    let Some(order) = topological_order(problems, raw, &edges, "") else {
+        return (Vec::new(), Vec::new());
+    };
+    let Some(restore_order) = topological_order(problems, raw, &restore_edges, " in restore order")
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let ancestors = all_ancestors(raw, &edges, &order);
+    let restore_ancestors = all_ancestors(raw, &restore_edges, &restore_order);
+    // Steps are stored in backup order; the restore order is kept as positions in that list.
+    let position: BTreeMap<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+    let restore_order = restore_order.iter().map(|i| position[i]).collect();
+    let steps = order
         .into_iter()
         .map(|i| {
             let step = raw[i].get_ref();
@@ -537,13 +547,24 @@ fn validate_steps(
                 .as_ref()
                 .map(|c| toml_to_json(&toml::Value::Table(c.get_ref().clone())))
                 .unwrap_or_else(|| Value::Object(Default::default()));
-            check_references(problems, step, &config, &ancestors[i], &seen);
+            check_references(
+                problems,
+                step,
+                &config,
+                [&ancestors[i], &restore_ancestors[i]],
+                &seen,
+            );
             Step {
                 id: step.id.get_ref().clone(),
                 plugin: step.plugin.get_ref().clone(),
                 description: step.description.clone(),
                 after: step.after.iter().map(|a| a.get_ref().clone()).collect(),
                 ancestors: ancestors[i].clone(),
+                restore_after: restore_lists(step)
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
+                restore_ancestors: restore_ancestors[i].clone(),
                 config,
                 policy: policy(
                     problems,
@@ -556,7 +577,57 @@ fn validate_steps(
                 plugin_span: step.plugin.span(),
             }
         })
-        .collect()
+        .collect();
+    (steps, restore_order)
+}
+
+/// The dependency edges of one ordering (`after` or `restore_after`), with unknown ids
+/// reported where they are written.
+fn graph_edges(
+    problems: &mut Problems<'_>,
+    raw: &[toml::Spanned<RawStep>],
+    ids: &BTreeMap<&str, usize>,
+    key: &str,
+    lists: &dyn Fn(&RawStep) -> Vec<toml::Spanned<String>>,
+) -> Vec<Vec<usize>> {
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); raw.len()];
+    for (i, step) in raw.iter().enumerate() {
+        let written = step.get_ref().restore_after.is_some() || key == "after";
+        for dep in lists(step.get_ref()) {
+            match ids.get(dep.get_ref().as_str()) {
+                Some(&j) if j == i => {
+                    if written {
+                        problems.add(Some(dep.span()), "a step cannot run after itself")
+                    }
+                }
+                Some(&j) => edges[i].push(j),
+                None if written => problems.add(
+                    Some(dep.span()),
+                    format!("`{key}` names an unknown step `{}`", dep.get_ref()),
+                ),
+                None => {}
+            }
+        }
+    }
+    edges
+}
+
+/// Every step each step depends on, directly or not; `order` has dependencies first.
+fn all_ancestors(
+    raw: &[toml::Spanned<RawStep>],
+    edges: &[Vec<usize>],
+    order: &[usize],
+) -> Vec<BTreeSet<String>> {
+    let mut ancestors: Vec<BTreeSet<String>> = vec![BTreeSet::new(); raw.len()];
+    for &i in order {
+        let mut set = BTreeSet::new();
+        for &j in &edges[i] {
+            set.insert(raw[j].get_ref().id.get_ref().clone());
+            set.extend(ancestors[j].iter().cloned());
+        }
+        ancestors[i] = set;
+    }
+    ancestors
 }
 
 /// Kahn's algorithm, taking ready steps in file order. Reports a cycle with its path.
@@ -564,6 +635,7 @@ fn topological_order(
     problems: &mut Problems<'_>,
     raw: &[toml::Spanned<RawStep>],
     edges: &[Vec<usize>],
+    which: &str,
 ) -> Option<Vec<usize>> {
     let n = raw.len();
     let mut waiting: Vec<usize> = edges.iter().map(Vec::len).collect();
@@ -601,15 +673,18 @@ fn topological_order(
                 .map(|&i| raw[i].get_ref().id.get_ref().as_str())
                 .collect();
             let first = path[pos];
-            let span = raw[first]
-                .get_ref()
-                .after
+            let step = raw[first].get_ref();
+            let written = match &step.restore_after {
+                Some(list) if !which.is_empty() => list,
+                _ => &step.after,
+            };
+            let span = written
                 .first()
                 .map(|a| a.span())
-                .unwrap_or_else(|| raw[first].get_ref().id.span());
+                .unwrap_or_else(|| step.id.span());
             problems.add(
                 Some(span),
-                format!("the steps form a cycle: {}", cycle.join(" → ")),
+                format!("the steps form a cycle{which}: {}", cycle.join(" → ")),
             );
             return None;
         }
@@ -621,7 +696,7 @@ fn check_references(
     problems: &mut Problems<'_>,
     step: &RawStep,
     config: &Value,
-    ancestors: &BTreeSet<String>,
+    ancestors: [&BTreeSet<String>; 2],
     ids: &BTreeMap<&str, usize>,
 ) {
     let span = step
@@ -642,12 +717,12 @@ fn check_references(
                                 Some(span.clone()),
                                 format!("{text:?} refers to an unknown step `{other}`"),
                             );
-                        } else if !ancestors.contains(&other) {
+                        } else if !ancestors.iter().any(|a| a.contains(&other)) {
                             problems.add(
                                 Some(span.clone()),
                                 format!(
                                     "{text:?} uses an output of `{other}`, which does not run \
-                                     before `{}`: add it to `after`",
+                                     before `{}`: add it to `after` (or `restore_after`)",
                                     step.id.get_ref()
                                 ),
                             );
@@ -661,3 +736,23 @@ fn check_references(
 
 #[cfg(test)]
 mod tests;
+
+impl Step {
+    /// The steps that must finish before this one in a run that restores (or not).
+    pub fn deps(&self, restoring: bool) -> &[String] {
+        if restoring {
+            &self.restore_after
+        } else {
+            &self.after
+        }
+    }
+
+    /// Every step this one depends on in a run that restores (or not).
+    pub fn ancestors_for(&self, restoring: bool) -> &BTreeSet<String> {
+        if restoring {
+            &self.restore_ancestors
+        } else {
+            &self.ancestors
+        }
+    }
+}

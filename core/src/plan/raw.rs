@@ -54,6 +54,8 @@ pub(crate) struct RawStep {
     #[serde(default)]
     pub after: Vec<Spanned<String>>,
     #[serde(default)]
+    pub restore_after: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub retries: Option<Spanned<i64>>,

@@ -211,3 +211,85 @@ plugin = "nosuch"
     );
     assert!(err.problems[1].message.contains("unknown plugin `nosuch`"));
 }
+
+const RESTORE_ORDER: &str = r#"
+[plan]
+name = "services"
+
+[[steps]]
+id = "machine"
+plugin = "exec"
+
+[[steps]]
+id = "artifacts"
+plugin = "exec"
+restore_after = ["host-stop"]
+
+[[steps]]
+id = "host-stop"
+plugin = "exec"
+after = ["machine"]
+[steps.config]
+command = ["echo", "${steps.machine.outputs.private_ip}"]
+
+[[steps]]
+id = "host-start"
+plugin = "exec"
+after = ["machine"]
+restore_after = ["artifacts"]
+"#;
+
+#[test]
+fn a_restore_can_take_its_own_order() {
+    let plan = parse(RESTORE_ORDER).unwrap();
+    let ids = |restoring| -> Vec<String> {
+        plan.steps_for(restoring)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(false),
+        ["machine", "artifacts", "host-stop", "host-start"]
+    );
+    assert_eq!(
+        ids(true),
+        ["machine", "host-stop", "artifacts", "host-start"]
+    );
+    let start = plan.step("host-start").unwrap();
+    assert_eq!(start.deps(false), ["machine"]);
+    assert_eq!(start.deps(true), ["artifacts"]);
+    let in_restore: Vec<_> = start.ancestors_for(true).iter().cloned().collect();
+    assert_eq!(in_restore, ["artifacts", "host-stop", "machine"]);
+    // Without `restore_after`, a step keeps its backup dependencies.
+    assert_eq!(plan.step("host-stop").unwrap().deps(true), ["machine"]);
+}
+
+#[test]
+fn a_cycle_in_restore_order_is_located() {
+    let text = RESTORE_ORDER.replace(
+        "id = \"machine\"\nplugin = \"exec\"\n",
+        "id = \"machine\"\nplugin = \"exec\"\nrestore_after = [\"host-start\"]\n",
+    );
+    let problem = first_problem(&text);
+    assert!(
+        problem.message.contains("cycle in restore order"),
+        "{problem}"
+    );
+    assert!(problem.message.contains("machine"), "{problem}");
+}
+
+#[test]
+fn restore_after_names_must_exist() {
+    let text = RESTORE_ORDER.replace(
+        "restore_after = [\"host-stop\"]",
+        "restore_after = [\"host-stpo\"]",
+    );
+    let problem = first_problem(&text);
+    assert!(
+        problem
+            .message
+            .contains("`restore_after` names an unknown step `host-stpo`"),
+        "{problem}"
+    );
+}

@@ -3,5 +3,6 @@
 mod ebs;
 mod plugins;
 mod postgres;
+mod restore;
 mod runs;
 mod s3_verify;
