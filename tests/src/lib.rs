@@ -6,8 +6,10 @@
 //! folder, so the nested build never waits on the lock the outer `cargo test` holds.
 
 mod aws;
+mod postgres;
 
 pub use aws::LocalAws;
+pub use postgres::LocalPostgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
