@@ -1,3 +1,20 @@
-//! Proves the artifact bucket is redundant and intact: posture checks, replication status,
-//! sampled integrity. Filled in by the s3-verify work; an empty crate until then so the
-//! workspace layout is in place.
+//! `s3-verify`: proves the artifact bucket is really redundant and intact.
+//!
+//! A check that runs as a backup step (each run records its findings) and again in verify:
+//! bucket posture ([`posture`]), a parallel constant-memory listing with per-storage-class counts
+//! ([`listing`]), seeded samples read in full against their stored checksums and looked up for
+//! their replication status ([`sample`]), keys that must exist ([`expected`]), and a comparison
+//! with the last run ([`run`]). What is a warning and what fails the step is configuration
+//! ([`config`], [`findings`]); [`plugin`] maps it all onto the SDK's actions.
+
+pub mod aws;
+pub mod config;
+pub mod expected;
+pub mod findings;
+pub mod listing;
+pub mod plugin;
+pub mod posture;
+pub mod run;
+pub mod sample;
+
+pub use plugin::plugin_descriptor;
