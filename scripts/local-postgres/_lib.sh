@@ -56,8 +56,16 @@ lp_server_user() {
 
 # Stops the server recorded in STATE (fast shutdown, then the recorded PID if it still runs).
 lp_stop_state() {
-  local state="$1" pid="" user bin
+  local state="$1" pid="" user bin watcher
   [ -d "$state" ] || return 0
+  watcher="$(cat "$state/watcher.pid" 2>/dev/null || true)"
+  case "$watcher" in
+    ''|*[!0-9]*) ;;
+    "$$"|"$PPID") ;;   # stop run by the watcher itself
+    *) if tr '\0' ' ' <"/proc/$watcher/cmdline" 2>/dev/null | grep -qF "$state"; then
+         kill -TERM "$watcher" 2>/dev/null || true
+       fi ;;
+  esac
   bin="$(cat "$state/bin" 2>/dev/null || true)"
   user="$(cat "$state/user" 2>/dev/null || true)"
   if [ -n "$bin" ] && [ -n "$user" ] && [ -f "$state/data/postmaster.pid" ]; then

@@ -20,10 +20,13 @@ pub struct LocalPostgres {
 }
 
 impl LocalPostgres {
-    /// Starts a server (`scripts/local-postgres/start`).
+    /// Starts a server (`scripts/local-postgres/start`). It is stopped when this value is
+    /// dropped, and also when the test process dies without dropping it (`--watch-pid`).
     pub fn start() -> LocalPostgres {
         let script = workspace_root().join("scripts/local-postgres/start");
         let out = Command::new(&script)
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
@@ -110,11 +113,18 @@ impl LocalPostgres {
     }
 }
 
-impl Drop for LocalPostgres {
-    fn drop(&mut self) {
+impl LocalPostgres {
+    /// Stops the server now (a later drop does nothing more).
+    pub fn stop(&self) {
         let _ = Command::new(workspace_root().join("scripts/local-postgres/stop"))
             .arg(&self.state)
             .output();
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -214,6 +214,7 @@ impl backplan_plugin_sdk::Plugin for Postgres {
         let tools = Tools::new(config.bin_dir.clone());
         let server = ServerVersion::query(ctx, &tools, &conn, &config.maintenance_database)?;
         fs::create_dir_all(&run_dir).map_err(|e| io_error("cannot create", &run_dir, &e))?;
+        sync_dir(&config.destination)?;
 
         let mut dumps = Vec::new();
         match config.method {
@@ -671,11 +672,16 @@ fn write_atomically(
     }
     fs::rename(&temp, path).map_err(|e| io_error("cannot rename into", path, &e))?;
     if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("cannot sync", dir, &e))?;
+        sync_dir(dir)?;
     }
     Ok((size, sha256))
+}
+
+/// Makes a folder's entries (a new file, a rename) durable.
+fn sync_dir(dir: &Path) -> PluginResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync", dir, &e))
 }
 
 /// Passes bytes on while counting and hashing them, and reports progress.

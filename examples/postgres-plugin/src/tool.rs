@@ -112,13 +112,15 @@ impl Tools {
         }
         let status = status
             .map_err(|e| PluginError::permanent(format!("waiting for `{name}` failed: {e}")))?;
-        if !status.success() {
-            return Err(classify(conn, name, status, &stderr));
-        }
+        // A full disk first: the tool then only says its output pipe broke.
         if let Err(e) = copied {
             return Err(PluginError::permanent(format!(
                 "writing the output of `{name}` failed: {e}"
-            )));
+            ))
+            .with_detail(tail(&conn.scrub(&stderr), STDERR_TAIL_LINES)));
+        }
+        if !status.success() {
+            return Err(classify(conn, name, status, &stderr));
         }
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
             ctx.warn(format!("{name}: {}", conn.scrub(line)));

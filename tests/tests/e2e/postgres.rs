@@ -422,3 +422,24 @@ fn a_base_backup_of_the_cluster_is_recorded_and_verified() {
         restore.stderr()
     );
 }
+
+#[test]
+fn an_unreachable_server_is_a_transient_error() {
+    let pg = LocalPostgres::start();
+    seed(&pg, "app");
+    let setup = Setup::new(&pg, &["app"], "");
+    let password = pg.password();
+    setup
+        .run(&password, &["plan", "check", "PLAN"])
+        .expect_code(0);
+    pg.stop();
+
+    let out = setup.run(&password, &["run", "PLAN", "--json"]);
+    out.expect_code(1);
+    let step = only_step(&out.json()).clone();
+    assert_eq!(step["status"], "Failed", "{step:#}");
+    assert_eq!(step["error"]["kind"], "transient", "{step:#}");
+    let message = step["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot reach PostgreSQL"), "{message}");
+    assert_secret_absent(&password, "the record", step.to_string().as_bytes());
+}
