@@ -950,6 +950,29 @@ mod tests {
     }
 
     #[test]
+    fn cancelling_kills_the_dump_and_keeps_no_partial_file() {
+        let fake = Fake::new(15, "printf 'PGDMP start'; exec sleep 30");
+        let h = harness();
+        let started = std::time::Instant::now();
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                h.set_cancelled(true);
+            });
+            h.run(Action::Backup, fake.config())
+        });
+        let err = result.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
+        assert!(started.elapsed().as_secs() < 10, "the dump was not killed");
+        let run_dir = fake.destination().join("test-run");
+        assert_eq!(
+            fs::read_dir(&run_dir).unwrap().count(),
+            0,
+            "no partial file"
+        );
+    }
+
+    #[test]
     fn a_refused_login_is_a_config_error() {
         set_password();
         let fake = Fake::new(15, "");
