@@ -595,11 +595,10 @@ fn graph_edges(
         let written = step.get_ref().restore_after.is_some() || key == "after";
         for dep in lists(step.get_ref()) {
             match ids.get(dep.get_ref().as_str()) {
-                Some(&j) if j == i => {
-                    if written {
-                        problems.add(Some(dep.span()), "a step cannot run after itself")
-                    }
+                Some(&j) if j == i && written => {
+                    problems.add(Some(dep.span()), "a step cannot run after itself")
                 }
+                Some(&j) if j == i => {}
                 Some(&j) => edges[i].push(j),
                 None if written => problems.add(
                     Some(dep.span()),

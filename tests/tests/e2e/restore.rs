@@ -137,3 +137,355 @@ fn a_drill_that_never_answers_fails_and_proves_nothing() {
     let shown = sandbox.run(["--json", "runs", "show", &plan, &backup_id]);
     assert!(shown.expect_code(0).json()["verified"].is_null());
 }
+
+// ---------------------------------------------------------------------------------------------
+// services-host: the fix-ups on the new machine, against a fake root
+
+const DEBIAN_REPLICATED: &str = "RELEASE_CHANNEL=stable\nPRIVATE_ADDRESS=10.0.0.5\nSKIP_OPERATOR_INSTALL=0\nREPLICATED_OPTS=\"-e DAEMON_ENDPOINT=10.0.0.5:9879 -e NODENAME=54.1.2.3\"\n";
+const DEBIAN_OPERATOR: &str = "PRIVATE_ADDRESS=10.0.0.5\nDAEMON_ENDPOINT=10.0.0.5:9879\nPUBLIC_ADDRESS=54.1.2.3\nOTHER=10.0.0.55\n";
+
+/// A fake root with the Debian layout (`/etc/default`) or the RHEL one (`/etc/sysconfig`),
+/// nomad state, and a plan whose app commands append to `app.log` in the root.
+fn services_host_plan(sandbox: &Sandbox, layout: &str) -> (String, std::path::PathBuf) {
+    let root = sandbox.path().join("root");
+    std::fs::create_dir_all(root.join(format!("etc/{layout}"))).unwrap();
+    std::fs::write(
+        root.join(format!("etc/{layout}/replicated")),
+        DEBIAN_REPLICATED,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(format!("etc/{layout}/replicated-operator")),
+        DEBIAN_OPERATOR,
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("opt/nomad/data/alloc")).unwrap();
+    std::fs::write(root.join("opt/nomad/data/alloc/state"), "old machine").unwrap();
+    let log = root.join("app.log");
+    let plan = sandbox.write(
+        "host.toml",
+        &format!(
+            r#"[plan]
+name = "host"
+
+[[steps]]
+id = "host"
+plugin = "services-host"
+[steps.config]
+root = "{root}"
+private_ip = "10.0.0.5"
+public_ip = "54.1.2.3"
+use_imds = false
+stop_command = ["sh", "-c", "echo stop >> {log}"]
+restart_command = []
+start_command = ["sh", "-c", "echo start >> {log}"]
+"#,
+            root = root.display(),
+            log = log.display()
+        ),
+    );
+    (plan.to_str().unwrap().to_owned(), root)
+}
+
+fn restore_host(sandbox: &Sandbox, plan: &str, extra: &[&str]) -> backplan_e2e::Outcome {
+    let mut args = vec![
+        "--json",
+        "restore",
+        plan,
+        "--run",
+        "latest",
+        "-o",
+        "private_ip=10.0.9.9",
+        "-o",
+        "public_ip=3.3.3.3",
+    ];
+    args.extend_from_slice(extra);
+    sandbox.run(args)
+}
+
+#[test]
+fn services_host_records_the_identity_and_rewrites_after_showing_a_diff() {
+    let sandbox = Sandbox::new();
+    let (plan, root) = services_host_plan(&sandbox, "default");
+    let backup = sandbox.run(["--json", "run", &plan]);
+    let record = backup.expect_code(0).json();
+    let identity = &record["steps"][0]["record"];
+    assert_eq!(identity["private_ip"], "10.0.0.5", "{identity:#}");
+    assert_eq!(identity["public_ip"], "54.1.2.3");
+    let files = identity["files"].as_array().unwrap();
+    let present: Vec<&str> = files
+        .iter()
+        .filter(|f| f["exists"] == true)
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        present,
+        [
+            "/etc/default/replicated",
+            "/etc/default/replicated-operator"
+        ]
+    );
+
+    // Dry run: the diff of every replacement, nothing changed, nothing run.
+    let dry = restore_host(&sandbox, &plan, &["--dry-run"]);
+    let step = &dry.expect_code(0).json()["steps"][0];
+    let diff = step["record"]["diff"].as_str().unwrap();
+    assert!(
+        diff.contains(
+            "/etc/default/replicated:2\n- PRIVATE_ADDRESS=10.0.0.5\n+ PRIVATE_ADDRESS=10.0.9.9\n"
+        ),
+        "{diff}"
+    );
+    assert!(diff.contains("+ PUBLIC_ADDRESS=3.3.3.3"), "{diff}");
+    let operator = root.join("etc/default/replicated-operator");
+    assert_eq!(std::fs::read_to_string(&operator).unwrap(), DEBIAN_OPERATOR);
+    assert!(root.join("opt/nomad").exists());
+    assert!(!root.join("app.log").exists());
+
+    // The real thing, in the documented order.
+    let real = restore_host(&sandbox, &plan, &[]);
+    let step = &real.expect_code(0).json()["steps"][0];
+    assert_eq!(
+        std::fs::read_to_string(&operator).unwrap(),
+        "PRIVATE_ADDRESS=10.0.9.9\nDAEMON_ENDPOINT=10.0.9.9:9879\nPUBLIC_ADDRESS=3.3.3.3\nOTHER=10.0.0.55\n"
+    );
+    let replicated = std::fs::read_to_string(root.join("etc/default/replicated")).unwrap();
+    assert!(replicated.contains("DAEMON_ENDPOINT=10.0.9.9:9879 -e NODENAME=3.3.3.3"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/default/replicated-operator.backplan-orig"))
+            .unwrap(),
+        DEBIAN_OPERATOR,
+        "the original is kept"
+    );
+    assert!(!root.join("opt/nomad").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("app.log")).unwrap(),
+        "stop\nstart\n"
+    );
+    let tasks: Vec<&str> = step["record"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tasks[0].starts_with("stop-app"), "{tasks:?}");
+    assert!(
+        tasks[1].starts_with("rewrite-addresses: 6 replacement(s) in 2 file(s)"),
+        "{tasks:?}"
+    );
+    assert!(tasks[2].starts_with("reset-nomad: removed"), "{tasks:?}");
+    assert!(tasks[3].starts_with("start-app"), "{tasks:?}");
+    assert_eq!(step["outputs"]["private_ip"], "10.0.9.9");
+
+    // Twice: no file changes the second time, originals untouched.
+    let before = std::fs::metadata(&operator).unwrap().modified().unwrap();
+    let again = restore_host(&sandbox, &plan, &[]);
+    let step = &again.expect_code(0).json()["steps"][0];
+    assert_eq!(
+        step["record"]["files"].as_array().unwrap().len(),
+        0,
+        "{step:#}"
+    );
+    assert_eq!(step["record"]["diff"], "");
+    assert_eq!(
+        std::fs::metadata(&operator).unwrap().modified().unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/default/replicated-operator.backplan-orig"))
+            .unwrap(),
+        DEBIAN_OPERATOR
+    );
+}
+
+#[test]
+fn services_host_handles_the_rhel_layout_and_reports_missing_files() {
+    let sandbox = Sandbox::new();
+    let (plan, root) = services_host_plan(&sandbox, "sysconfig");
+    sandbox.run(["run", &plan]).expect_code(0);
+    let restore = restore_host(&sandbox, &plan, &[]);
+    let step = &restore.expect_code(0).json()["steps"][0];
+    let replicated = std::fs::read_to_string(root.join("etc/sysconfig/replicated")).unwrap();
+    assert!(replicated.contains("PRIVATE_ADDRESS=10.0.9.9"));
+    let warnings = step["warnings"].to_string();
+    assert!(warnings.contains("/etc/default/replicated"), "{warnings}");
+}
+
+#[test]
+fn services_host_stops_on_an_unreadable_file_with_nothing_rewritten() {
+    let sandbox = Sandbox::new();
+    let (plan, root) = services_host_plan(&sandbox, "default");
+    sandbox.run(["run", &plan]).expect_code(0);
+    // A folder where a configuration file should be: unreadable as a file, even by root.
+    std::fs::create_dir_all(root.join("etc/sysconfig/replicated")).unwrap();
+    let restore = restore_host(&sandbox, &plan, &[]);
+    let record = restore.expect_code(1).json();
+    let error = &record["steps"][0]["error"];
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("etc/sysconfig/replicated"), "{message}");
+    assert!(message.contains("no file was rewritten"), "{message}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/default/replicated-operator")).unwrap(),
+        DEBIAN_OPERATOR
+    );
+    assert!(
+        !root
+            .join("etc/default/replicated-operator.backplan-orig")
+            .exists()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// build-cleanup: in-flight builds against a local stand-in for the CircleCI API
+
+/// Serves `recent-builds` like CircleCI's v1.1 API: two unfinished builds among finished ones.
+/// Answers 401 unless the `Circle-Token` header carries `secret-token`. Records each request's
+/// first line.
+fn fake_circleci_api() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let host = base.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            reader.read_line(&mut first).unwrap();
+            let mut authorized = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if line.to_ascii_lowercase().starts_with("circle-token:") {
+                    authorized = line.trim_end().ends_with(": secret-token");
+                }
+            }
+            log.lock().unwrap().push(first.trim().to_owned());
+            let build = |num: u32, lifecycle: &str| {
+                format!(
+                    r#"{{"build_url": "{host}/gh/acme/api/{num}", "build_num": {num}, "lifecycle": "{lifecycle}", "status": "{lifecycle}"}}"#
+                )
+            };
+            let body = format!(
+                "[{}]",
+                [
+                    build(1045, "running"),
+                    build(1044, "finished"),
+                    build(1043, "queued"),
+                    build(1042, "finished"),
+                ]
+                .join(",")
+            );
+            let (status, body) = if authorized {
+                ("200 OK", body)
+            } else {
+                (
+                    "401 Unauthorized",
+                    r#"{"message": "You must log in first."}"#.to_owned(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (base, seen)
+}
+
+fn build_cleanup_plan(sandbox: &Sandbox, api: &str) -> String {
+    let console_log = sandbox.path().join("console.log");
+    sandbox
+        .write(
+            "builds.toml",
+            &format!(
+                r#"[plan]
+name = "builds"
+
+[[steps]]
+id = "builds"
+plugin = "build-cleanup"
+[steps.config]
+api_url = "{api}"
+token_env = "TEST_CIRCLE_TOKEN"
+console_command = ["sh", "-c", "cat > {log}; echo deleted"]
+"#,
+                log = console_log.display()
+            ),
+        )
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn build_cleanup_records_in_flight_builds_and_deletes_exactly_those() {
+    let sandbox = Sandbox::new();
+    let (api, seen) = fake_circleci_api();
+    let plan = build_cleanup_plan(&sandbox, &api);
+    let mut backup = sandbox.cmd(["--json", "run", &plan]);
+    backup.env("TEST_CIRCLE_TOKEN", "secret-token");
+    let backup = backplan_e2e::Outcome(backup.output().unwrap());
+    let record = backup.expect_code(0).json();
+    let builds = &record["steps"][0]["record"]["builds"];
+    assert_eq!(builds.as_array().unwrap().len(), 2, "{builds:#}");
+    assert_eq!(builds[0]["url"], format!("{api}/gh/acme/api/1045"));
+    assert_eq!(builds[1]["lifecycle"], "queued");
+    assert!(seen.lock().unwrap()[0].contains("/api/v1.1/recent-builds?limit=100"));
+    assert!(!backup.stdout().contains("secret-token"));
+    assert!(!backup.stderr().contains("secret-token"));
+
+    // Without `delete`: the lines, nothing fed to the console.
+    let listed = sandbox.run(["--json", "restore", &plan, "--run", "latest"]);
+    let step = &listed.expect_code(0).json()["steps"][0];
+    let expected = [
+        format!("(admin/delete-build \"{api}/gh/acme/api/1045\")"),
+        format!("(admin/delete-build \"{api}/gh/acme/api/1043\")"),
+    ];
+    assert_eq!(step["record"]["lines"][0], expected[0].as_str());
+    assert_eq!(step["record"]["deleted"], false);
+    assert!(!sandbox.path().join("console.log").exists());
+
+    // Asked to delete: exactly those lines reach the console.
+    let deleted = sandbox.run([
+        "--json",
+        "restore",
+        &plan,
+        "--run",
+        "latest",
+        "-o",
+        "delete=true",
+    ]);
+    let step = &deleted.expect_code(0).json()["steps"][0];
+    assert_eq!(step["record"]["deleted"], true, "{step:#}");
+    assert_eq!(step["record"]["console_output"], "deleted\n");
+    let fed = std::fs::read_to_string(sandbox.path().join("console.log")).unwrap();
+    assert_eq!(fed, format!("{}\n{}\n", expected[0], expected[1]));
+}
+
+#[test]
+fn build_cleanup_with_a_bad_token_fails_clearly_and_records_no_success() {
+    let sandbox = Sandbox::new();
+    let (api, _) = fake_circleci_api();
+    let plan = build_cleanup_plan(&sandbox, &api);
+    let mut backup = sandbox.cmd(["--json", "run", &plan]);
+    backup.env("TEST_CIRCLE_TOKEN", "wrong-token");
+    let backup = backplan_e2e::Outcome(backup.output().unwrap());
+    let record = backup.expect_code(1).json();
+    let message = record["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("HTTP 401"), "{message}");
+    assert!(!backup.stdout().contains("wrong-token"));
+
+    let no_token = sandbox.run(["plan", "check", &plan]);
+    no_token.expect_code(78);
+    assert!(
+        no_token.stdout().contains("TEST_CIRCLE_TOKEN"),
+        "{}",
+        no_token.stdout()
+    );
+}

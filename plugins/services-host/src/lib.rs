@@ -1,0 +1,18 @@
+//! `services-host`: the host side of restoring a CircleCI Services machine from its image.
+//!
+//! CircleCI's restore guide is a list of manual steps on the new machine: stop the app, make sure
+//! the hostname is right, replace the old public and private IP addresses in the Replicated
+//! configuration files, remove `/opt/nomad`, start the app. At backup time this plugin records
+//! the identity those steps need (hostname, addresses, which configuration files exist and their
+//! checksums); at restore time it performs the steps, showing every replacement first.
+//!
+//! Everything happens under a configurable `root`, so tests (and a cautious operator) can work on
+//! a copy of the filesystem instead of the real `/etc`.
+
+pub mod config;
+pub mod identity;
+pub mod imds;
+pub mod plugin;
+pub mod rewrite;
+
+pub use plugin::plugin_descriptor;
