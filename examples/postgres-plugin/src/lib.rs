@@ -100,6 +100,19 @@ pub struct DumpRecord {
     pub sha256: String,
 }
 
+/// One database a restore wrote (the restore's record lists them).
+#[derive(Debug, Clone, Serialize)]
+struct Restored {
+    /// The database that was dumped.
+    database: String,
+    /// The database it was restored into.
+    target: String,
+    /// Whether the restore created `target`.
+    created: bool,
+    /// The dump restored.
+    file: PathBuf,
+}
+
 /// The `postgres` plugin.
 #[derive(Debug, Default)]
 pub struct Postgres;
@@ -457,23 +470,17 @@ impl backplan_plugin_sdk::Plugin for Postgres {
             args.push(dump.file.display().to_string());
             ctx.info(format!("pg_restore {} into {target}", dump.file.display()));
             tools.run(ctx, &conn, "pg_restore", &args, &mut io::sink())?;
-            restored.push(serde_json::json!({
-                "database": dump.database,
-                "target": target,
-                "created": !exists,
-                "file": dump.file,
-            }));
+            restored.push(Restored {
+                database: dump.database.clone(),
+                target,
+                created: !exists,
+                file: dump.file.clone(),
+            });
         }
         let bytes = jobs.iter().map(|(d, _)| d.size).sum();
         let summary = restored
             .iter()
-            .map(|r| {
-                format!(
-                    "{} → {}",
-                    r["database"].as_str().unwrap_or(""),
-                    r["target"].as_str().unwrap_or("")
-                )
-            })
+            .map(|r| format!("{} → {}", r.database, r.target))
             .collect::<Vec<_>>()
             .join(", ");
         Ok(StepOutput::new(format!("restored {summary}"))
