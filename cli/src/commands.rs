@@ -107,6 +107,21 @@ fn exit_code_for(error: &anyhow::Error) -> i32 {
 }
 
 /// Parses `KEY=VALUE` options; a VALUE that parses as JSON is taken as JSON.
+/// Each step's stage: one below the deepest step it runs after (in backup or restore order).
+fn levels(plan: &Plan, restoring: bool) -> BTreeMap<&str, usize> {
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in plan.steps_for(restoring) {
+        let depth = step
+            .deps(restoring)
+            .iter()
+            .filter_map(|a| level.get(a.as_str()))
+            .max()
+            .map_or(0, |d| d + 1);
+        level.insert(&step.id, depth);
+    }
+    level
+}
+
 fn parse_options(pairs: &[String]) -> anyhow::Result<Value> {
     if pairs.is_empty() {
         return Ok(Value::Null);
@@ -356,22 +371,23 @@ impl Session {
 
     fn plan_show(&self, path: &Path) -> anyhow::Result<i32> {
         let (plan, host) = self.load(path)?;
-        // Levels: a step sits one below the deepest step it runs after.
-        let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-        for step in &plan.steps {
-            let depth = step
-                .after
-                .iter()
-                .filter_map(|a| level.get(a.as_str()))
-                .max()
-                .map_or(0, |d| d + 1);
-            level.insert(&step.id, depth);
-        }
+        let backup_levels = levels(&plan, false);
+        let restore_levels = levels(&plan, true);
         if self.global.json {
             let steps: Vec<Value> = plan
                 .steps
                 .iter()
-                .map(|s| json!({"id": s.id, "plugin": s.plugin, "after": s.after, "level": level[s.id.as_str()], "config": s.config}))
+                .map(|s| {
+                    json!({
+                        "id": s.id,
+                        "plugin": s.plugin,
+                        "after": s.after,
+                        "level": backup_levels[s.id.as_str()],
+                        "restore_after": s.restore_after,
+                        "restore_level": restore_levels[s.id.as_str()],
+                        "config": s.config,
+                    })
+                })
                 .collect();
             println!(
                 "{}",
@@ -387,20 +403,39 @@ impl Session {
             plan.steps.len(),
             plan.concurrency
         );
-        let depth = level.values().max().copied().unwrap_or(0);
-        for d in 0..=depth {
-            println!("stage {}:", d + 1);
-            for step in plan.steps.iter().filter(|s| level[s.id.as_str()] == d) {
-                let origin = host
-                    .get(&step.plugin)
-                    .map(|p| p.origin.to_string())
-                    .unwrap_or_default();
-                let after = if step.after.is_empty() {
-                    String::new()
-                } else {
-                    format!("  after {}", step.after.join(", "))
-                };
-                println!("  {:<20} {} ({origin}){after}", step.id, step.plugin);
+        let same_order = plan.steps.iter().all(|s| s.after == s.restore_after);
+        let orders: &[(bool, &str)] = if same_order {
+            &[(false, "backup, verify, prune and restore")]
+        } else {
+            &[(false, "backup, verify and prune"), (true, "restore")]
+        };
+        for &(restoring, title) in orders {
+            println!("{title}:");
+            let level = if restoring {
+                &restore_levels
+            } else {
+                &backup_levels
+            };
+            let depth = level.values().max().copied().unwrap_or(0);
+            for d in 0..=depth {
+                println!("  stage {}:", d + 1);
+                for step in plan
+                    .steps_for(restoring)
+                    .into_iter()
+                    .filter(|s| level[s.id.as_str()] == d)
+                {
+                    let origin = host
+                        .get(&step.plugin)
+                        .map(|p| p.origin.to_string())
+                        .unwrap_or_default();
+                    let deps = step.deps(restoring);
+                    let after = if deps.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  after {}", deps.join(", "))
+                    };
+                    println!("    {:<20} {} ({origin}){after}", step.id, step.plugin);
+                }
             }
         }
         Ok(exit::SUCCEEDED)
