@@ -202,7 +202,7 @@ impl Plugin for S3Verify {
             json!({
                 "Sid": "S3VerifyObjects",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject"],
+                "Action": ["s3:GetObject", "s3:GetObjectAttributes"],
                 "Resource": objects,
             }),
         ];

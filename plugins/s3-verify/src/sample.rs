@@ -9,10 +9,10 @@
 use std::collections::BinaryHeap;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::types::{ChecksumMode, ReplicationStatus};
+use aws_sdk_s3::types::{ChecksumMode, ObjectAttributes, ReplicationStatus};
 use aws_smithy_checksums::ChecksumAlgorithm;
 use backplan_plugin_sdk::PluginResult;
-use md5::Digest;
+use md5::Digest as _;
 use serde::Serialize;
 
 use crate::aws;
@@ -124,8 +124,8 @@ pub enum Verdict {
         stored: String,
         computed: String,
     },
-    /// No checksum the content can be checked against (e.g. a multipart upload without
-    /// additional checksums: its ETag is not an MD5 of the content).
+    /// No checksum the content can be checked against (no additional checksum and an ETag that
+    /// is not an MD5, as with SSE-KMS; or a multipart object whose part sizes are unknown).
     Unverifiable { reason: String },
     /// The object was listed but is gone now (deleted meanwhile).
     Gone,
@@ -153,26 +153,66 @@ pub struct Replication {
 /// What a stored checksum was computed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
-    /// One of S3's additional checksums (full-object).
+    /// One of S3's additional checksums.
     Stored(ChecksumAlgorithm),
-    /// The ETag of a single-part upload: the MD5 of the content, in hex.
+    /// The ETag: the MD5 of the content (single part), in hex.
     EtagMd5,
 }
 
 impl Algorithm {
-    fn name(self) -> String {
+    fn encode(self, raw: &[u8]) -> String {
         match self {
-            Algorithm::Stored(a) => a.as_str().to_owned(),
-            Algorithm::EtagMd5 => "etag-md5".to_owned(),
+            Algorithm::Stored(_) => aws_smithy_types::base64::encode(raw),
+            Algorithm::EtagMd5 => raw.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
 }
 
-/// The checksum to verify against: the strongest full-object checksum S3 returned, or the ETag
-/// when it is a plain MD5 (single-part upload without SSE-KMS).
-fn expected_checksum(
+/// The checksum a read is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expectation {
+    algorithm: Algorithm,
+    /// As S3 shows it, without the `-N` suffix.
+    value: String,
+    /// `Some(N)`: a multipart checksum (of the N part checksums), from the `-N` suffix.
+    parts: Option<u32>,
+}
+
+impl Expectation {
+    /// `crc32`, `crc32-composite`, `etag-md5`, `etag-md5-multipart`.
+    fn name(&self) -> String {
+        let base = match self.algorithm {
+            Algorithm::Stored(a) => a.as_str(),
+            Algorithm::EtagMd5 => "etag-md5",
+        };
+        match (self.parts, self.algorithm) {
+            (None, _) => base.to_owned(),
+            (Some(_), Algorithm::Stored(_)) => format!("{base}-composite"),
+            (Some(_), Algorithm::EtagMd5) => format!("{base}-multipart"),
+        }
+    }
+
+    fn shown(&self, value: &str) -> String {
+        match self.parts {
+            Some(n) => format!("{value}-{n}"),
+            None => value.to_owned(),
+        }
+    }
+}
+
+/// Splits `value-N` into the value and N.
+fn split_parts(value: &str) -> Option<(&str, Option<u32>)> {
+    match value.split_once('-') {
+        None => Some((value, None)),
+        Some((v, n)) => n.parse().ok().map(|n| (v, Some(n))),
+    }
+}
+
+/// The strongest checksum S3 returned (full-object before composite), else the ETag when it is
+/// an MD5 (of the content, or of the part MD5s for a multipart upload; not with SSE-KMS).
+fn expectation(
     out: &aws_sdk_s3::operation::get_object::GetObjectOutput,
-) -> Result<(Algorithm, String), String> {
+) -> Result<Expectation, String> {
     let stored = [
         (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
         (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
@@ -182,27 +222,32 @@ fn expected_checksum(
     ];
     let mut composite = None;
     for (algorithm, value) in stored {
-        let Some(value) = value else { continue };
-        match value.split_once('-') {
-            None => return Ok((Algorithm::Stored(algorithm), value.to_owned())),
-            Some((_, parts)) => composite = Some((algorithm, parts.to_owned())),
+        let Some((value, parts)) = value.and_then(split_parts) else {
+            continue;
+        };
+        let expectation = Expectation {
+            algorithm: Algorithm::Stored(algorithm),
+            value: value.to_owned(),
+            parts,
+        };
+        if parts.is_none() {
+            return Ok(expectation);
         }
+        composite.get_or_insert(expectation);
     }
-    if let Some((algorithm, parts)) = composite {
-        return Err(format!(
-            "only a composite {} checksum over {parts} parts is stored (a checksum of part checksums; part boundaries are not checked)",
-            algorithm.as_str()
-        ));
+    if let Some(composite) = composite {
+        return Ok(composite);
     }
-    match out.e_tag().map(|e| e.trim_matches('"')) {
-        Some(etag) if etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok((Algorithm::EtagMd5, etag.to_ascii_lowercase()))
+    let etag = out.e_tag().map(|e| e.trim_matches('"')).unwrap_or("");
+    match split_parts(etag) {
+        Some((md5, parts)) if md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(Expectation {
+                algorithm: Algorithm::EtagMd5,
+                value: md5.to_ascii_lowercase(),
+                parts,
+            })
         }
-        Some(etag) if etag.contains('-') => Err(
-            "multipart upload without an additional checksum: its ETag is not an MD5 of the content"
-                .to_owned(),
-        ),
-        _ => Err("no stored checksum and no MD5 ETag".to_owned()),
+        _ => Err("no stored checksum, and the ETag is not an MD5".to_owned()),
     }
 }
 
@@ -224,16 +269,133 @@ impl Hasher {
             Hasher::Smithy(h) => h.update(bytes),
         }
     }
-    /// The digest in the form S3 shows it: hex for an ETag, base64 for the others.
-    fn finish(self) -> String {
+    fn finish(self) -> Vec<u8> {
         match self {
-            Hasher::Md5(h) => h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-            Hasher::Smithy(h) => aws_smithy_types::base64::encode(h.finalize()),
+            Hasher::Md5(h) => h.finalize().to_vec(),
+            Hasher::Smithy(h) => h.finalize().to_vec(),
         }
     }
 }
 
-/// Reads `key` in full (streaming, constant memory) and checks it against its stored checksum.
+/// Hashes a stream whole, or part by part and then the concatenated part digests (how S3 builds
+/// a composite checksum and a multipart ETag).
+struct Digest {
+    algorithm: Algorithm,
+    current: Hasher,
+    /// Sizes of the parts still to come after the current one, and what is left of the current.
+    parts: Option<(std::vec::IntoIter<u64>, u64)>,
+    digests: Vec<u8>,
+}
+
+impl Digest {
+    fn new(algorithm: Algorithm, sizes: Option<Vec<u64>>) -> Self {
+        let parts = sizes.map(|sizes| {
+            let mut sizes = sizes.into_iter();
+            let first = sizes.next().unwrap_or(0);
+            (sizes, first)
+        });
+        Self {
+            algorithm,
+            current: Hasher::new(algorithm),
+            parts,
+            digests: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        let Some((rest, left)) = self.parts.as_mut() else {
+            self.current.update(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            if *left == 0 {
+                // The last part takes whatever remains.
+                let Some(next) = rest.next() else {
+                    self.current.update(bytes);
+                    return;
+                };
+                let done = std::mem::replace(&mut self.current, Hasher::new(self.algorithm));
+                self.digests.extend(done.finish());
+                *left = next;
+                continue;
+            }
+            let n = bytes
+                .len()
+                .min(usize::try_from(*left).unwrap_or(usize::MAX));
+            self.current.update(&bytes[..n]);
+            *left -= n as u64;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The digest as S3 shows it (without a `-N` suffix).
+    fn finish(mut self) -> String {
+        let last = self.current.finish();
+        if self.parts.is_none() {
+            return self.algorithm.encode(&last);
+        }
+        self.digests.extend(last);
+        let mut outer = Hasher::new(self.algorithm);
+        outer.update(&self.digests);
+        self.algorithm.encode(&outer.finish())
+    }
+}
+
+/// The part sizes of a multipart object (GetObjectAttributes), or why they are unknown.
+async fn part_sizes(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    parts: u32,
+) -> PluginResult<Result<Vec<u64>, String>> {
+    let mut sizes = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let mut request = client
+            .get_object_attributes()
+            .bucket(bucket)
+            .key(key)
+            .object_attributes(ObjectAttributes::ObjectParts)
+            .max_parts(1000);
+        if let Some(marker) = &marker {
+            request = request.part_number_marker(marker);
+        }
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = aws::error(bucket, &format!("GetObjectAttributes {key}"), e);
+                if err.is_retryable() {
+                    return Err(err);
+                }
+                return Ok(Err(format!("its part sizes are unknown: {}", err.message)));
+            }
+        };
+        let Some(listed) = out.object_parts() else {
+            break;
+        };
+        sizes.extend(
+            listed
+                .parts()
+                .iter()
+                .map(|p| p.size().unwrap_or(0).max(0) as u64),
+        );
+        match listed.next_part_number_marker() {
+            Some(next) if listed.is_truncated() == Some(true) => marker = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    if sizes.len() == parts as usize {
+        Ok(Ok(sizes))
+    } else {
+        Ok(Err(format!(
+            "its checksum covers {parts} parts but GetObjectAttributes lists {} part sizes",
+            sizes.len()
+        )))
+    }
+}
+
+/// Reads `key` in full (streaming, constant memory) and checks it against its stored checksum;
+/// a multipart checksum is recomputed part by part from the part sizes.
 pub async fn read(client: &Client, bucket: &str, key: &str) -> PluginResult<Read> {
     let out = match client
         .get_object()
@@ -258,28 +420,39 @@ pub async fn read(client: &Client, bucket: &str, key: &str) -> PluginResult<Read
         status: status.clone(),
         last_modified: out.last_modified().map(|t| t.secs()),
     });
-    let expected = expected_checksum(&out);
-    let mut hasher = expected.as_ref().ok().map(|(a, _)| Hasher::new(*a));
+    let expected = match expectation(&out) {
+        Ok(e) => match e.parts {
+            None => Ok((e, None)),
+            Some(n) => part_sizes(client, bucket, key, n)
+                .await?
+                .map(|sizes| (e, Some(sizes))),
+        },
+        Err(reason) => Err(reason),
+    };
+    let mut digest = expected
+        .as_ref()
+        .ok()
+        .map(|(e, sizes)| Digest::new(e.algorithm, sizes.clone()));
     let mut body = out.body;
     let mut bytes = 0u64;
-    let mut sdk_mismatch = None;
+    let mut sdk_mismatch = false;
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(chunk) => {
                 bytes += chunk.len() as u64;
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&chunk);
+                if let Some(d) = digest.as_mut() {
+                    d.update(&chunk);
                 }
             }
-            // The SDK validates the same checksum at the end of the stream; keep our own verdict,
-            // which says what was stored and what was computed.
+            // The SDK validates a full-object checksum at the end of the stream; keep our own
+            // verdict, which says what was stored and what was computed.
             Err(e)
                 if aws_sdk_s3::error::DisplayErrorContext(&e)
                     .to_string()
                     .to_lowercase()
                     .contains("checksum") =>
             {
-                sdk_mismatch = Some(e.to_string());
+                sdk_mismatch = true;
                 break;
             }
             Err(e) => {
@@ -289,23 +462,23 @@ pub async fn read(client: &Client, bucket: &str, key: &str) -> PluginResult<Read
             }
         }
     }
-    let verdict = match (expected, hasher) {
-        (Ok((algorithm, stored)), Some(hasher)) => {
-            let computed = hasher.finish();
-            if computed == stored && sdk_mismatch.is_none() {
+    let verdict = match (expected, digest) {
+        (Ok((expected, _)), Some(digest)) => {
+            let computed = digest.finish();
+            if computed == expected.value && !sdk_mismatch {
                 Verdict::Verified {
-                    algorithm: algorithm.name(),
+                    algorithm: expected.name(),
                 }
             } else {
                 Verdict::Mismatch {
-                    algorithm: algorithm.name(),
-                    stored,
-                    computed,
+                    algorithm: expected.name(),
+                    stored: expected.shown(&expected.value),
+                    computed: expected.shown(&computed),
                 }
             }
         }
         (Err(reason), _) => Verdict::Unverifiable { reason },
-        (Ok(_), None) => unreachable!("a hasher exists for every expected checksum"),
+        (Ok(_), None) => unreachable!("a digest exists for every expected checksum"),
     };
     Ok(Read {
         key: key.to_owned(),
@@ -383,13 +556,35 @@ mod tests {
     }
 
     #[test]
-    fn hashers_match_known_digests() {
-        let mut md5 = Hasher::new(Algorithm::EtagMd5);
+    fn digests_match_s3s_single_and_multipart_forms() {
+        let mut md5 = Digest::new(Algorithm::EtagMd5, None);
         md5.update(b"hello");
         assert_eq!(md5.finish(), "5d41402abc4b2a76b9719d911017c592");
-        let mut crc = Hasher::new(Algorithm::Stored(ChecksumAlgorithm::Crc32));
+        let crc32 = Algorithm::Stored(ChecksumAlgorithm::Crc32);
+        let mut crc = Digest::new(crc32, None);
         crc.update(b"hel");
         crc.update(b"lo");
         assert_eq!(crc.finish(), "NhCmhg==");
+        // A 5 MiB + 10 byte multipart upload, fed in chunks that straddle the part boundary:
+        // the composite CRC32 and the ETag S3 (and ministack) give it.
+        let body: Vec<u8> = [vec![b'a'; 5 << 20], vec![b'b'; 10]].concat();
+        for algorithm in [crc32, Algorithm::EtagMd5] {
+            let mut d = Digest::new(algorithm, Some(vec![5 << 20, 10]));
+            for chunk in body.chunks(1_000_003) {
+                d.update(chunk);
+            }
+            let expected = match algorithm {
+                Algorithm::EtagMd5 => "8b0be7847da5564ae08e97af63b60885",
+                Algorithm::Stored(_) => "meG8JQ==",
+            };
+            assert_eq!(d.finish(), expected);
+        }
+    }
+
+    #[test]
+    fn multipart_suffixes_are_parsed() {
+        assert_eq!(split_parts("abc==-12"), Some(("abc==", Some(12))));
+        assert_eq!(split_parts("abc=="), Some(("abc==", None)));
+        assert_eq!(split_parts("abc-x"), None);
     }
 }

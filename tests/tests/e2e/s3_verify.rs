@@ -77,8 +77,8 @@ fn findings(record: &Value) -> Vec<(String, String)> {
 
 /// A bucket with every protection: versioning, replication to another region, public access
 /// blocked, default encryption (ministack's own), a lifecycle rule longer than the retention,
-/// and 60 objects over three prefixes, half with a stored CRC32 checksum (boto3's default),
-/// half with only their MD5 ETag.
+/// and 62 objects: 60 over three prefixes, half with a stored CRC32 checksum (boto3's default),
+/// half with only their MD5 ETag, and two multipart uploads (composite CRC32; ETag only).
 const WELL_CONFIGURED: &str = r#"
 s3.create_bucket(Bucket='replica', CreateBucketConfiguration={'LocationConstraint': 'eu-west-1'})
 s3.put_bucket_versioning(Bucket='replica', VersioningConfiguration={'Status': 'Enabled'})
@@ -99,6 +99,18 @@ for i in range(60):
     body = ('artifact %d ' % i).encode() * (i + 1)
     client = s3 if i % 2 else raw
     client.put_object(Bucket='artifacts', Key='job-%d/step-%d/out.bin' % (i % 3, i), Body=body)
+# Two multipart uploads (5 MiB + 10 bytes): one with a composite CRC32, one with only its ETag.
+for client, key, extra in [(s3, 'bundles/with-crc.bin', {'ChecksumAlgorithm': 'CRC32'}),
+                           (raw, 'bundles/etag-only.bin', {})]:
+    up = client.create_multipart_upload(Bucket='artifacts', Key=key, **extra)
+    parts = []
+    for n, data in [(1, b'a' * (5 << 20)), (2, b'b' * 10)]:
+        part = client.upload_part(Bucket='artifacts', Key=key, UploadId=up['UploadId'],
+                                  PartNumber=n, Body=data, **extra)
+        parts.append({'PartNumber': n, 'ETag': part['ETag'],
+                      **({'ChecksumCRC32': part['ChecksumCRC32']} if extra else {})})
+    client.complete_multipart_upload(Bucket='artifacts', Key=key, UploadId=up['UploadId'],
+                                     MultipartUpload={'Parts': parts})
 "#;
 
 #[test]
@@ -145,14 +157,17 @@ fn a_well_configured_bucket_passes_and_a_drop_since_the_last_run_fails() {
             "{check} missing: {all:?}"
         );
     }
-    assert_eq!(record["objects"]["count"], 60);
-    assert_eq!(record["sample"]["read"], 60);
-    assert_eq!(record["sample"]["verified"], 60, "{record:#}");
-    assert_eq!(record["sample"]["algorithms"]["crc32"], 30);
-    assert_eq!(record["sample"]["algorithms"]["etag-md5"], 30);
+    assert_eq!(record["objects"]["count"], 62);
+    assert_eq!(record["sample"]["read"], 62);
+    assert_eq!(record["sample"]["verified"], 62, "{record:#}");
+    let algorithms = &record["sample"]["algorithms"];
+    assert_eq!(algorithms["crc32"], 30);
+    assert_eq!(algorithms["etag-md5"], 30);
+    assert_eq!(algorithms["crc32-composite"], 1, "{algorithms}");
+    assert_eq!(algorithms["etag-md5-multipart"], 1, "{algorithms}");
     assert_eq!(record["expected"]["checked"], 2);
     assert!(
-        step["summary"].as_str().unwrap().contains("60 objects"),
+        step["summary"].as_str().unwrap().contains("62 objects"),
         "{step:#}"
     );
     assert!(step["warnings"].as_array().is_none_or(Vec::is_empty));
@@ -176,7 +191,7 @@ fn a_well_configured_bucket_passes_and_a_drop_since_the_last_run_fails() {
         "{error:#}"
     );
     let detail = error["detail"].as_str().unwrap();
-    assert!(detail.contains("objects fell by 48.3%"), "{detail}");
+    assert!(detail.contains("objects fell by 46.8%"), "{detail}");
 }
 
 #[test]
