@@ -28,6 +28,7 @@ fn builtins() -> Vec<&'static backplan_plugin_sdk::abi::PluginDescriptor> {
     vec![
         backplan_plugin_build_cleanup::plugin_descriptor(),
         backplan_plugin_exec::plugin_descriptor(),
+        backplan_plugin_ebs::plugin_descriptor(),
         backplan_plugin_nfs_objects::plugin_descriptor(),
         backplan_plugin_s3_verify::plugin_descriptor(),
         backplan_plugin_services_host::plugin_descriptor(),

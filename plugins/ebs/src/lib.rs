@@ -1,3 +1,34 @@
-//! AMI and EBS snapshots of the Services machine: no-reboot images, waiting until usable,
-//! retention, cross-region copy, launch on restore. Filled in by the ebs work; an empty crate
-//! until then so the workspace layout is in place.
+//! `ebs`: AMI or EBS snapshots of the CircleCI Services machine (or any EC2 instance), waited on
+//! until usable, copied across regions, pruned by retention, and launched again on restore.
+//!
+//! The modules each do one job:
+//! - [`config`]: the step's table and `-o` options, validated before any AWS call;
+//! - [`client`]: the runtime, the standard AWS configuration, retries and error meaning;
+//! - [`instance`], [`image`], [`snapshot`]: the EC2 resources;
+//! - [`wait`] and [`throttle`]: polling, backoff and EC2's rate limits;
+//! - [`retention`]: which backups prune keeps (pure);
+//! - [`backup`], [`verify`], [`restore`], [`prune`], [`check`], [`permissions`]: the actions;
+//! - [`plugin`]: the SDK trait, mapping actions onto the above.
+//!
+//! Everything the plugin makes is tagged `backplan:plan`, `backplan:step` and `backplan:run`
+//! ([`tags`]): that is how a retried step finds its own work and how prune stays within it.
+
+pub mod backup;
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod image;
+pub mod instance;
+pub mod permissions;
+pub mod plugin;
+pub mod prune;
+pub mod record;
+pub mod restore;
+pub mod retention;
+pub mod snapshot;
+pub mod tags;
+pub mod throttle;
+pub mod verify;
+pub mod wait;
+
+backplan_plugin_sdk::declare_plugin!(plugin::Ebs);

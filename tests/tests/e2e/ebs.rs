@@ -1,1 +1,505 @@
-//! The ebs plugin through the real binary against a local AWS endpoint (being written).
+//! The ebs plugin through the real binary against a private local AWS endpoint (moto, patched:
+//! images and snapshots stay `pending` for a few describes, a volume tag makes its snapshot fail,
+//! a proxy injects throttling).
+//!
+//! Fixtures (VPC, subnet, security group, the "Services" instance) are made with boto3 through
+//! the wire protocol, the way a user's account looks; assertions about AWS state are read back
+//! the same way. Every test starts its own endpoint, so they run in parallel without seeing each
+//! other's images.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use backplan_e2e::{LocalAws, Outcome, Sandbox};
+use serde_json::Value;
+
+const FAILED: i32 = 1;
+
+/// The Services machine of a fixture account.
+struct Machine {
+    instance_id: String,
+    private_ip: String,
+    /// Its volume ids, root first.
+    volumes: Vec<String>,
+}
+
+/// Runs a boto3 script (with `ec2` for the default region, `west` for us-west-2 and `out` to
+/// print JSON) and returns what it printed, parsed.
+fn boto(aws: &LocalAws, script: &str) -> Value {
+    let prelude = "import json, sys, boto3\n\
+                   ec2 = boto3.client('ec2')\n\
+                   west = boto3.client('ec2', region_name='us-west-2')\n\
+                   def out(v): print(json.dumps(v, default=str))\n";
+    let output = aws
+        .python()
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        output.status.success(),
+        "fixture script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+/// A VPC with a running instance named `circleci-services` with a root and a data volume; with
+/// `failing`, its volumes carry the tag that makes their snapshots end in `error`.
+fn machine(aws: &LocalAws, failing: bool) -> Machine {
+    let volume_tags = if failing {
+        "[{'ResourceType': 'volume', 'Tags': [{'Key': 'backplan-test-fail', 'Value': 'snapshot'}]}]"
+    } else {
+        "[]"
+    };
+    let made = boto(
+        aws,
+        &format!(
+            "base = ec2.register_image(Name='base', RootDeviceName='/dev/sda1')['ImageId']\n\
+             vpc = ec2.create_vpc(CidrBlock='10.7.0.0/16')['Vpc']['VpcId']\n\
+             subnet = ec2.create_subnet(VpcId=vpc, CidrBlock='10.7.1.0/24')['Subnet']['SubnetId']\n\
+             sg = ec2.create_security_group(GroupName='services', Description='t', VpcId=vpc)['GroupId']\n\
+             i = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType='m5.xlarge',\n\
+                 SubnetId=subnet, SecurityGroupIds=[sg], KeyName='ops',\n\
+                 TagSpecifications=[{{'ResourceType': 'instance', 'Tags': [{{'Key': 'Name', 'Value': 'circleci-services'}}]}}] + {volume_tags},\n\
+             )['Instances'][0]\n\
+             az = i['Placement']['AvailabilityZone']\n\
+             data = ec2.create_volume(AvailabilityZone=az, Size=20, TagSpecifications={volume_tags})['VolumeId']\n\
+             ec2.attach_volume(VolumeId=data, InstanceId=i['InstanceId'], Device='/dev/sdf')\n\
+             d = ec2.describe_instances(InstanceIds=[i['InstanceId']])['Reservations'][0]['Instances'][0]\n\
+             vols = [m['Ebs']['VolumeId'] for m in sorted(d['BlockDeviceMappings'], key=lambda m: m['DeviceName'] != d['RootDeviceName'])]\n\
+             out({{'id': d['InstanceId'], 'ip': d['PrivateIpAddress'], 'volumes': vols}})\n"
+        ),
+    );
+    let volumes: Vec<String> = made["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(volumes.len(), 2, "the fixture needs two volumes: {made}");
+    Machine {
+        instance_id: made["id"].as_str().unwrap().to_owned(),
+        private_ip: made["ip"].as_str().unwrap().to_owned(),
+        volumes,
+    }
+}
+
+/// A plan `svc` with one ebs step `machine` whose config table is `config` (fast polling).
+fn plan(sandbox: &Sandbox, config: &str) -> String {
+    let path = sandbox.write(
+        "plan.toml",
+        &format!(
+            "[plan]\nname = \"svc\"\nretries = 0\n\n[[steps]]\nid = \"machine\"\nplugin = \"ebs\"\n\
+             [steps.config]\npoll_interval = \"100ms\"\nwait_timeout = \"2m\"\n{config}"
+        ),
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(sandbox: &Sandbox, aws: &LocalAws, args: &[&str]) -> Outcome {
+    let mut cmd: Command = sandbox.cmd(args);
+    aws.apply(&mut cmd);
+    Outcome(cmd.output().expect("run backplan"))
+}
+
+fn only_step(run: &Value) -> &Value {
+    let steps = run["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{run:#}");
+    &steps[0]
+}
+
+/// Backs up with `--json` and returns the step's entry of the run record.
+fn backup(sandbox: &Sandbox, aws: &LocalAws, plan: &str) -> Value {
+    let out = run(sandbox, aws, &["--json", "run", plan]);
+    only_step(&out.expect_code(0).json()).clone()
+}
+
+fn image(aws: &LocalAws, region: &str, id: &str) -> Value {
+    boto(
+        aws,
+        &format!(
+            "c = boto3.client('ec2', region_name='{region}')\n\
+             out(c.describe_images(Filters=[{{'Name': 'image-id', 'Values': ['{id}']}}])['Images'])"
+        ),
+    )
+}
+
+fn tag<'v>(resource: &'v Value, key: &str) -> Option<&'v str> {
+    resource["Tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["Key"] == key)
+        .and_then(|t| t["Value"].as_str())
+}
+
+#[test]
+fn an_ami_backup_waits_until_available_and_records_the_instance() {
+    let aws = LocalAws::start(&["--pending", "3"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        "instance_tags = { Name = \"circleci-services\" }\ntags = { team = \"platform\" }\n",
+    );
+    let out = run(&sandbox, &aws, &["--json", "-v", "run", &plan]);
+    let run_record = out.expect_code(0).json();
+    let step = only_step(&run_record);
+    assert_eq!(step["status"], "Succeeded", "{step:#}");
+    let record = &step["record"];
+    let image_id = record["image_id"].as_str().expect("image_id");
+    assert_eq!(step["outputs"]["image_id"], image_id);
+    assert_eq!(step["outputs"]["instance_id"], machine.instance_id.as_str());
+    let instance = &record["instance"];
+    assert_eq!(instance["instance_id"], machine.instance_id.as_str());
+    assert_eq!(instance["instance_type"], "m5.xlarge");
+    assert_eq!(instance["private_ip"], machine.private_ip.as_str());
+    assert_eq!(instance["key_name"], "ops");
+    for key in ["subnet_id", "vpc_id", "availability_zone", "hostname"] {
+        assert!(instance[key].is_string(), "{key} missing: {instance:#}");
+    }
+    assert_eq!(instance["security_group_ids"].as_array().unwrap().len(), 1);
+    let snapshots = record["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "one snapshot per volume: {record:#}");
+    let volumes: Vec<&str> = snapshots
+        .iter()
+        .map(|s| s["volume_id"].as_str().unwrap())
+        .collect();
+    assert!(volumes.contains(&machine.volumes[0].as_str()), "{record:#}");
+    assert_eq!(record["region"], "us-east-1");
+
+    // In AWS: available (moto kept it pending for 3 describes), tagged, snapshots completed.
+    let found = &image(&aws, "us-east-1", image_id)[0];
+    assert_eq!(found["State"], "available");
+    assert_eq!(tag(found, "backplan:plan"), Some("svc"));
+    assert_eq!(tag(found, "backplan:step"), Some("machine"));
+    assert_eq!(tag(found, "backplan:run"), run_record["run_id"].as_str());
+    assert_eq!(tag(found, "team"), Some("platform"));
+    // Progress was reported while it was pending.
+    assert!(out.stderr().contains("snapshots"), "{}", out.stderr());
+
+    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+}
+
+#[test]
+fn snapshots_mode_snapshots_each_volume_and_verify_names_a_deleted_one() {
+    let aws = LocalAws::start(&["--pending", "2"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\nmode = \"snapshots\"\nvolumes = \"all\"\n",
+            machine.instance_id
+        ),
+    );
+    let step = backup(&sandbox, &aws, &plan);
+    let record = &step["record"];
+    assert_eq!(record["mode"], "snapshots");
+    assert_eq!(step["outputs"]["image_id"], "");
+    let snapshots = record["snapshots"].as_array().unwrap();
+    let volumes: Vec<&str> = snapshots
+        .iter()
+        .map(|s| s["volume_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        volumes,
+        machine
+            .volumes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+
+    let gone = snapshots[1]["snapshot_id"].as_str().unwrap();
+    boto(&aws, &format!("ec2.delete_snapshot(SnapshotId='{gone}')"));
+    let out = run(&sandbox, &aws, &["verify", &plan]);
+    out.expect_code(FAILED);
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(
+        text.contains(&format!("snapshot {gone}")) && text.contains("no longer exists"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&machine.volumes[1]),
+        "the volume is named too: {text}"
+    );
+}
+
+#[test]
+fn a_failing_snapshot_fails_the_backup_with_aws_reason() {
+    let aws = LocalAws::start(&["--pending", "2"]);
+    let machine = machine(&aws, true);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!("instance = \"{}\"\n", machine.instance_id),
+    );
+    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    out.expect_code(FAILED);
+    let step = only_step(&out.json()).clone();
+    assert_eq!(step["status"], "Failed", "{step:#}");
+    let error = step["error"].to_string();
+    assert!(
+        error.contains("failed") && error.contains("injected"),
+        "AWS's reason: {error}"
+    );
+    assert_eq!(
+        step["attempts"], 1,
+        "a permanent error is not retried: {step:#}"
+    );
+}
+
+#[test]
+fn throttled_calls_are_retried_until_they_pass() {
+    // Five throttled CreateImage calls outlast the SDK's 4 attempts; the plugin's own retry
+    // gets through. A 500 on DescribeImages is retried too.
+    let aws = LocalAws::start(&["--faults", "CreateImage:throttle:5,DescribeImages:500:1"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!("instance = \"{}\"\n", machine.instance_id),
+    );
+    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let step = only_step(&out.expect_code(0).json()).clone();
+    assert_eq!(step["attempts"], 1, "retried inside the step: {step:#}");
+    assert!(
+        out.stderr().contains("RequestLimitExceeded"),
+        "{}",
+        out.stderr()
+    );
+    let faults = boto(
+        &aws,
+        &format!(
+            "import urllib.request\n\
+             out(json.load(urllib.request.urlopen('{}/__faults')))",
+            aws.var("BACKPLAN_FAULT_PROXY_URL")
+        ),
+    );
+    assert!(faults.to_string().contains("CreateImage"), "{faults:#}");
+    let images = boto(
+        &aws,
+        "out(ec2.describe_images(Owners=['self'], Filters=[{'Name': 'tag:backplan:step', 'Values': ['machine']}])['Images'])",
+    );
+    assert_eq!(
+        images.as_array().unwrap().len(),
+        1,
+        "one image, however many retries"
+    );
+}
+
+#[test]
+fn the_ami_is_copied_to_another_region_and_recorded_there() {
+    let aws = LocalAws::start(&["--pending", "2"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\ncopy_to = [{{ region = \"us-west-2\" }}]\n",
+            machine.instance_id
+        ),
+    );
+    let step = backup(&sandbox, &aws, &plan);
+    let copies = step["record"]["copies"].as_array().expect("copies");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0]["region"], "us-west-2");
+    let copy_id = copies[0]["image_id"].as_str().unwrap();
+    assert_ne!(Some(copy_id), step["record"]["image_id"].as_str());
+    let found = &image(&aws, "us-west-2", copy_id)[0];
+    assert_eq!(found["State"], "available");
+    assert_eq!(tag(found, "backplan:plan"), Some("svc"));
+    assert_eq!(tag(found, "backplan:step"), Some("machine"));
+    assert!(!copies[0]["snapshot_ids"].as_array().unwrap().is_empty());
+    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+}
+
+#[test]
+fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
+    let aws = LocalAws::start(&["--pending", "1"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!("instance = \"{}\"\n", machine.instance_id),
+    );
+    let backed_up = backup(&sandbox, &aws, &plan);
+    let image_id = backed_up["record"]["image_id"].as_str().unwrap().to_owned();
+
+    let dry = run(
+        &sandbox,
+        &aws,
+        &["--json", "restore", &plan, "--run", "latest", "--dry-run"],
+    );
+    let dry_step = only_step(&dry.expect_code(0).json()).clone();
+    assert!(
+        dry_step["summary"]
+            .as_str()
+            .unwrap()
+            .contains("would launch a m5.xlarge"),
+        "{dry_step:#}"
+    );
+
+    let restored = run(
+        &sandbox,
+        &aws,
+        &[
+            "--json",
+            "restore",
+            &plan,
+            "--run",
+            "latest",
+            "-o",
+            "instance_type=m5.2xlarge",
+        ],
+    );
+    let step = only_step(&restored.expect_code(0).json()).clone();
+    let outputs = &step["outputs"];
+    let new_id = outputs["instance_id"].as_str().unwrap();
+    assert_ne!(new_id, machine.instance_id);
+    assert_eq!(outputs["image_id"], image_id.as_str());
+    assert_eq!(outputs["old_private_ip"], machine.private_ip.as_str());
+    assert!(
+        outputs["old_hostname"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{outputs:#}"
+    );
+    assert!(
+        outputs["private_ip"]
+            .as_str()
+            .is_some_and(|ip| !ip.is_empty() && ip != machine.private_ip)
+    );
+    assert!(
+        outputs["hostname"].as_str().is_some_and(|h| !h.is_empty()),
+        "{outputs:#}"
+    );
+    assert!(
+        outputs["public_ip"].is_string(),
+        "public_ip is always a string: {outputs:#}"
+    );
+    let launched = boto(
+        &aws,
+        &format!(
+            "out(ec2.describe_instances(InstanceIds=['{new_id}'])['Reservations'][0]['Instances'][0])"
+        ),
+    );
+    assert_eq!(launched["State"]["Name"], "running");
+    assert_eq!(launched["ImageId"], image_id.as_str());
+    assert_eq!(launched["InstanceType"], "m5.2xlarge");
+    assert_eq!(
+        launched["SubnetId"],
+        backed_up["record"]["instance"]["subnet_id"]
+    );
+    assert_eq!(
+        tag(&launched, "backplan:restored-from"),
+        step_source(&sandbox).as_deref()
+    );
+
+    // A drill: restore, health check, teardown terminates what it launched.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let health = listener.local_addr().unwrap().to_string();
+    let drill = run(
+        &sandbox,
+        &aws,
+        &[
+            "--json", "drill", &plan, "--step", "machine", "--health", &health,
+        ],
+    );
+    let record = drill.expect_code(0).json();
+    assert_eq!(record["drill"]["teardown"][0]["ok"], true, "{record:#}");
+    let drilled = only_step(&record)["outputs"]["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = boto(
+        &aws,
+        &format!(
+            "out(ec2.describe_instances(InstanceIds=['{drilled}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
+        ),
+    );
+    assert_eq!(state, "terminated");
+}
+
+/// The run id of the latest backup.
+fn step_source(sandbox: &Sandbox) -> Option<String> {
+    sandbox
+        .records("svc")
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "backup")
+        .and_then(|r| r["run_id"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn prune_keeps_the_newest_and_never_the_newest_verified() {
+    let aws = LocalAws::start(&[]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\nretention = {{ keep_last = 1 }}\n",
+            machine.instance_id
+        ),
+    );
+    // Three backups (the plugin keeps 15 s between snapshots of a volume); the first is verified.
+    let first = backup(&sandbox, &aws, &plan)["record"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+    let second = backup(&sandbox, &aws, &plan)["record"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let third = backup(&sandbox, &aws, &plan)["record"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let unrelated = boto(
+        &aws,
+        &format!(
+            "out(ec2.create_image(InstanceId='{}', Name='by-hand', NoReboot=True)['ImageId'])",
+            machine.instance_id
+        ),
+    );
+
+    let dry = run(&sandbox, &aws, &["--json", "prune", &plan, "--dry-run"]);
+    let summary = only_step(&dry.expect_code(0).json())["summary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        summary.contains("would delete 1") && summary.contains(&second),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("newest verified {first}")),
+        "{summary}"
+    );
+    assert_eq!(
+        image(&aws, "us-east-1", &second).as_array().unwrap().len(),
+        1,
+        "dry run deletes nothing"
+    );
+
+    run(&sandbox, &aws, &["prune", &plan]).expect_code(0);
+    assert!(
+        image(&aws, "us-east-1", &second)
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{second} is deregistered"
+    );
+    for kept in [&first, &third, unrelated.as_str().unwrap()] {
+        assert_eq!(
+            image(&aws, "us-east-1", kept).as_array().unwrap().len(),
+            1,
+            "{kept} is kept"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The backup action: find the instance, make its AMI or snapshots (or find the ones an earlier
+//! attempt of this run made), wait until they are usable, copy the AMI to other regions, and
+//! record everything restore and the host fix-up steps need.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::Client;
+use backplan_plugin_sdk::{Context, PluginError, PluginResult, StepOutput};
+
+use crate::client::Aws;
+use crate::config::{Mode, Settings, Target, Volumes};
+use crate::image;
+use crate::instance;
+use crate::record::{BackupRecord, CopyRecord, SnapshotRecord};
+use crate::snapshot;
+use crate::tags::Owner;
+use crate::throttle::{COPY_SPACING, Pacer};
+
+const GIB: u64 = 1 << 30;
+
+pub async fn run(
+    ctx: &Context,
+    aws: &Aws,
+    settings: &Settings,
+    target: &Target,
+    owner: &Owner,
+) -> PluginResult<StepOutput> {
+    let region = aws.region().to_owned();
+    let ec2 = aws.ec2(&region);
+    let found = instance::resolve(ctx, &ec2, target).await?;
+    let info = instance::record(&found);
+    let id = info.instance_id.clone();
+    if ctx.request().dry_run {
+        let what = match settings.mode {
+            Mode::Ami => format!("an AMI of {id} (no_reboot = {})", settings.no_reboot),
+            Mode::Snapshots => format!("snapshots of {id}'s volumes"),
+        };
+        let copies: Vec<&str> = settings.copies.iter().map(|c| c.region.as_str()).collect();
+        let copies = if copies.is_empty() {
+            String::new()
+        } else {
+            format!(", copied to {}", copies.join(", "))
+        };
+        return Ok(StepOutput::new(format!(
+            "would make {what} in {region}{copies}"
+        )));
+    }
+    let (image_id, snapshots, copies) = match settings.mode {
+        Mode::Ami => {
+            // CreateImage snapshots every volume: the same spacing applies to each.
+            if image::find_own(ctx, &ec2, owner, true).await?.is_empty() {
+                for (_, volume) in instance::volumes(&found, Volumes::All) {
+                    snapshot::gate(ctx, &ec2, &volume).await?;
+                }
+            }
+            let image_id =
+                image::make(ctx, &ec2, owner, &settings.tags, &id, settings.no_reboot).await?;
+            let image = image::wait(ctx, &ec2, &image_id, &region, &settings.timing).await?;
+            let copies = copy_all(ctx, aws, settings, owner, (&region, &image_id)).await?;
+            (Some(image_id), image::snapshot_records(&image), copies)
+        }
+        Mode::Snapshots => {
+            let volumes = instance::volumes(&found, settings.volumes);
+            if volumes.is_empty() {
+                return Err(PluginError::permanent(format!(
+                    "{id} has no attached EBS volume to snapshot"
+                )));
+            }
+            let made = snapshot::make(ctx, &ec2, owner, &settings.tags, &volumes).await?;
+            let ids: Vec<String> = made.iter().map(|s| s.snapshot_id.clone()).collect();
+            snapshot::wait(ctx, &ec2, &ids, &settings.timing).await?;
+            (None, made, Vec::new())
+        }
+    };
+    let (snapshots, bytes) = with_volumes(ctx, &ec2, snapshots).await?;
+    let record = BackupRecord {
+        mode: settings.mode,
+        region: region.clone(),
+        instance: info,
+        image_id: image_id.clone(),
+        snapshots,
+        copies,
+    };
+    let mut summary = match &image_id {
+        Some(image) => format!(
+            "{image} available ({} snapshot(s)) of {id}",
+            record.snapshots.len()
+        ),
+        None => format!("{} snapshot(s) of {id} completed", record.snapshots.len()),
+    };
+    for copy in &record.copies {
+        summary.push_str(&format!(", copy {} in {}", copy.image_id, copy.region));
+    }
+    Ok(StepOutput::new(summary)
+        .output("image_id", image_id.unwrap_or_default())
+        .output("instance_id", &id)
+        .bytes(bytes)
+        .record(record))
+}
+
+/// Copies the AMI to each `copy_to` region (CopyImage paced at one per second), then waits for
+/// all the copies.
+async fn copy_all(
+    ctx: &Context,
+    aws: &Aws,
+    settings: &Settings,
+    owner: &Owner,
+    source: (&str, &str),
+) -> PluginResult<Vec<CopyRecord>> {
+    let mut pacer = Pacer::new(COPY_SPACING);
+    let mut started: Vec<(String, Client, String)> = Vec::new();
+    for copy in &settings.copies {
+        let target = aws.ec2(&copy.region);
+        let id = image::copy(
+            ctx,
+            &target,
+            owner,
+            &settings.tags,
+            source,
+            &copy.region,
+            &mut pacer,
+        )
+        .await?;
+        started.push((copy.region.clone(), target, id));
+    }
+    let mut copies = Vec::new();
+    for (region, target, id) in started {
+        let image = image::wait(ctx, &target, &id, &region, &settings.timing).await?;
+        copies.push(CopyRecord {
+            region,
+            image_id: id,
+            snapshot_ids: image::snapshot_ids(&image),
+        });
+    }
+    Ok(copies)
+}
+
+/// Fills in each snapshot's volume id, and adds up the volume sizes.
+async fn with_volumes(
+    ctx: &Context,
+    ec2: &Client,
+    mut snapshots: Vec<SnapshotRecord>,
+) -> PluginResult<(Vec<SnapshotRecord>, u64)> {
+    let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+    let found = snapshot::existing(ctx, ec2, &ids).await?;
+    let by_id: BTreeMap<&str, &aws_sdk_ec2::types::Snapshot> = found
+        .iter()
+        .filter_map(|s| Some((s.snapshot_id()?, s)))
+        .collect();
+    let mut bytes = 0;
+    for record in &mut snapshots {
+        if let Some(snapshot) = by_id.get(record.snapshot_id.as_str()) {
+            if record.volume_id.is_none() {
+                record.volume_id = snapshot.volume_id().map(str::to_owned);
+            }
+            bytes += snapshot.volume_size().unwrap_or(0).max(0) as u64 * GIB;
+        }
+    }
+    Ok((snapshots, bytes))
+}

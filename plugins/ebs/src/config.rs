@@ -1,0 +1,423 @@
+//! The step's `config` table, and the request options that can override parts of it.
+//!
+//! Everything a plan can get wrong is caught here, before any AWS call: unknown keys (serde's
+//! `deny_unknown_fields`), durations that do not parse, an instance given two ways or none,
+//! retention rules that would keep nothing. The rest of the crate works with [`Settings`], the
+//! validated form, and never re-checks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backplan_plugin_sdk::{PluginError, PluginResult, Request};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::retention::Rules;
+
+/// The longest pause between two polls, whatever `poll_interval` starts at (unless it starts
+/// higher).
+const POLL_CAP: Duration = Duration::from_secs(60);
+
+/// What to make of the instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// An AMI (CreateImage): every attached volume, restorable with one RunInstances.
+    #[default]
+    Ami,
+    /// Plain EBS snapshots (CreateSnapshot) of the volumes chosen by `volumes`.
+    Snapshots,
+}
+
+/// Which volumes `mode = "snapshots"` snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Volumes {
+    /// Only the root volume.
+    #[default]
+    Root,
+    /// Every attached EBS volume.
+    All,
+}
+
+/// Retention applied by `prune`; no rule at all keeps everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N backups.
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have one.
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have one.
+    pub keep_monthly: Option<u32>,
+}
+
+impl RetentionConfig {
+    fn rules(&self) -> Rules {
+        Rules {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+        }
+    }
+}
+
+/// One cross-region copy of the AMI.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    /// The region the AMI is copied to, e.g. `us-west-2`.
+    pub region: String,
+    /// Retention of the copies in that region (default: the step's `retention`).
+    pub retention: Option<RetentionConfig>,
+}
+
+/// Settings of the instance launched by `restore`; each one defaults to the backed-up
+/// instance's, and `-o KEY=VALUE` overrides both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchConfig {
+    /// e.g. `m5.2xlarge`.
+    pub instance_type: Option<String>,
+    /// The subnet to launch into (its VPC must hold the security groups).
+    pub subnet_id: Option<String>,
+    /// Security groups of the new instance.
+    pub security_group_ids: Option<Vec<String>>,
+    /// The EC2 key pair.
+    pub key_name: Option<String>,
+}
+
+/// The step's `config` table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `i-...`, or `self` for the machine backplan runs on (found through IMDSv2).
+    pub instance: Option<String>,
+    /// Find the instance by tags instead, e.g. `{ Name = "circleci-services" }`: exactly one
+    /// running instance must match.
+    pub instance_tags: Option<BTreeMap<String, String>>,
+    /// The region (default: the standard AWS chain: `AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+    /// `ami` (default) or `snapshots`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// For `mode = "snapshots"`: `root` (default) or `all`.
+    #[serde(default)]
+    pub volumes: Volumes,
+    /// Image without rebooting the instance (default true, as CircleCI's guide says).
+    #[serde(default = "yes")]
+    pub no_reboot: bool,
+    /// Extra tags on everything made, besides the `backplan:*` ones.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// First pause between polls while waiting (default `15s`); it doubles up to a minute.
+    pub poll_interval: Option<String>,
+    /// How long to wait for images, snapshots and instances (default `2h`).
+    pub wait_timeout: Option<String>,
+    /// Cross-region copies of the AMI (`mode = "ami"` only).
+    #[serde(default)]
+    pub copy_to: Vec<CopyConfig>,
+    /// Retention applied by `prune` in the main region.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Overrides for the instance `restore` launches.
+    #[serde(default)]
+    pub launch: LaunchConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How the instance is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An instance id.
+    Id(String),
+    /// The machine this runs on (IMDSv2).
+    Myself,
+    /// The one running instance with all these tags.
+    Tags(BTreeMap<String, String>),
+}
+
+/// Polling and waiting limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// First pause between polls.
+    pub poll_start: Duration,
+    /// Longest pause between polls.
+    pub poll_cap: Duration,
+    /// How long one wait may last.
+    pub timeout: Duration,
+}
+
+/// A copy region with its resolved retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    pub region: String,
+    pub retention: Rules,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `None` when the step only restores (no source instance is needed then).
+    pub target: Option<Target>,
+    pub region: Option<String>,
+    pub mode: Mode,
+    pub volumes: Volumes,
+    pub no_reboot: bool,
+    pub tags: BTreeMap<String, String>,
+    pub timing: Timing,
+    pub copies: Vec<Copy>,
+    pub retention: Rules,
+    pub launch: LaunchConfig,
+}
+
+impl Settings {
+    /// Validates `config`.
+    pub fn new(config: &Config) -> PluginResult<Settings> {
+        let target = match (&config.instance, &config.instance_tags) {
+            (Some(_), Some(_)) => {
+                return Err(PluginError::config(
+                    "give either `instance` or `instance_tags`, not both",
+                ));
+            }
+            (Some(id), None) if id == "self" => Some(Target::Myself),
+            (Some(id), None) => {
+                if !id.starts_with("i-") && !Request::is_unresolved(id) {
+                    return Err(PluginError::config(format!(
+                        "instance {id:?} is neither an instance id (i-...) nor \"self\""
+                    )));
+                }
+                Some(Target::Id(id.clone()))
+            }
+            (None, Some(tags)) if tags.is_empty() => {
+                return Err(PluginError::config("`instance_tags` is empty"));
+            }
+            (None, Some(tags)) => Some(Target::Tags(tags.clone())),
+            (None, None) => None,
+        };
+        if let Some(key) = config.tags.keys().find(|k| k.starts_with("backplan:")) {
+            return Err(PluginError::config(format!(
+                "tag {key:?}: the `backplan:` prefix is reserved for the tags backplan sets"
+            )));
+        }
+        if config.mode == Mode::Snapshots && !config.copy_to.is_empty() {
+            return Err(PluginError::config(
+                "`copy_to` copies AMIs: it needs mode = \"ami\"",
+            ));
+        }
+        let mut copies = Vec::new();
+        for copy in &config.copy_to {
+            if copies.iter().any(|c: &Copy| c.region == copy.region) {
+                return Err(PluginError::config(format!(
+                    "copy_to lists region {} twice",
+                    copy.region
+                )));
+            }
+            if config.region.as_deref() == Some(copy.region.as_str()) {
+                return Err(PluginError::config(format!(
+                    "copy_to region {} is the step's own region",
+                    copy.region
+                )));
+            }
+            let rules = copy.retention.as_ref().unwrap_or(&config.retention).rules();
+            rules
+                .validate()
+                .map_err(|e| PluginError::config(format!("copy_to {}: {e}", copy.region)))?;
+            copies.push(Copy {
+                region: copy.region.clone(),
+                retention: rules,
+            });
+        }
+        let retention = config.retention.rules();
+        retention.validate().map_err(PluginError::config)?;
+        let poll_start = duration("poll_interval", config.poll_interval.as_deref(), "15s")?;
+        let timeout = duration("wait_timeout", config.wait_timeout.as_deref(), "2h")?;
+        if poll_start.is_zero() {
+            return Err(PluginError::config("poll_interval must be more than 0"));
+        }
+        Ok(Settings {
+            target,
+            region: config.region.clone(),
+            mode: config.mode,
+            volumes: config.volumes,
+            no_reboot: config.no_reboot,
+            tags: config.tags.clone(),
+            timing: Timing {
+                poll_start,
+                poll_cap: POLL_CAP.max(poll_start),
+                timeout,
+            },
+            copies,
+            retention,
+            launch: config.launch.clone(),
+        })
+    }
+
+    /// The instance to back up, or a config error saying how to name one.
+    pub fn require_target(&self) -> PluginResult<&Target> {
+        let target = self.target.as_ref().ok_or_else(|| {
+            PluginError::config("name the instance to back up: `instance` or `instance_tags`")
+        })?;
+        if let Target::Id(id) = target {
+            Request::require_resolved([id.as_str()])?;
+        }
+        Ok(target)
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: &str) -> PluginResult<Duration> {
+    let text = value.unwrap_or(default);
+    humantime::parse_duration(text)
+        .map_err(|e| PluginError::config(format!("{key} = {text:?}: {e} (e.g. \"30s\", \"2h\")")))
+}
+
+/// Restore options given with `-o KEY=VALUE`: they win over `launch` and the record.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchOptions {
+    pub instance_type: Option<String>,
+    pub subnet_id: Option<String>,
+    /// An array, or one string of comma-separated ids.
+    pub security_group_ids: Option<StringList>,
+    pub key_name: Option<String>,
+    /// Launch in this region, from the copy made there (disaster recovery).
+    pub region: Option<String>,
+}
+
+/// A list given either as a JSON array or as one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    List(Vec<String>),
+    Joined(String),
+}
+
+impl StringList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StringList::List(list) => list,
+            StringList::Joined(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+impl LaunchOptions {
+    /// Reads the request's options (none is fine).
+    pub fn from_request(options: &Value) -> PluginResult<LaunchOptions> {
+        if options.is_null() {
+            return Ok(LaunchOptions::default());
+        }
+        serde_json::from_value(options.clone()).map_err(|e| {
+            PluginError::config(format!(
+                "restore options: {e} (known: instance_type, subnet_id, security_group_ids, key_name, region)"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings(value: Value) -> PluginResult<Settings> {
+        let config: Config =
+            serde_json::from_value(value).map_err(|e| PluginError::config(e.to_string()))?;
+        Settings::new(&config)
+    }
+
+    #[test]
+    fn defaults_are_an_ami_without_reboot_polled_from_15s_for_2h() {
+        let s = settings(json!({"instance": "i-0abc"})).unwrap();
+        assert_eq!(s.target, Some(Target::Id("i-0abc".into())));
+        assert_eq!(s.mode, Mode::Ami);
+        assert!(s.no_reboot);
+        assert_eq!(s.timing.poll_start, Duration::from_secs(15));
+        assert_eq!(s.timing.poll_cap, Duration::from_secs(60));
+        assert_eq!(s.timing.timeout, Duration::from_secs(7200));
+        assert!(s.retention.is_empty());
+    }
+
+    #[test]
+    fn self_and_tags_name_the_instance() {
+        assert_eq!(
+            settings(json!({"instance": "self"})).unwrap().target,
+            Some(Target::Myself)
+        );
+        let s = settings(json!({"instance_tags": {"Name": "circleci-services"}})).unwrap();
+        assert!(matches!(s.target, Some(Target::Tags(t)) if t["Name"] == "circleci-services"));
+    }
+
+    #[test]
+    fn mistakes_are_config_errors() {
+        for (value, expected) in [
+            (
+                json!({"instance": "i-1", "instance_tags": {"a": "b"}}),
+                "not both",
+            ),
+            (json!({"instance": "web"}), "neither an instance id"),
+            (json!({"instance": "i-1", "instnce": 1}), "unknown field"),
+            (
+                json!({"instance": "i-1", "poll_interval": "soon"}),
+                "poll_interval",
+            ),
+            (
+                json!({"instance": "i-1", "tags": {"backplan:run": "x"}}),
+                "reserved",
+            ),
+            (
+                json!({"instance": "i-1", "mode": "snapshots", "copy_to": [{"region": "us-west-2"}]}),
+                "needs mode",
+            ),
+            (
+                json!({"instance": "i-1", "retention": {"keep_last": 0}}),
+                "keep nothing",
+            ),
+            (
+                json!({"instance": "i-1", "copy_to": [{"region": "a"}, {"region": "a"}]}),
+                "twice",
+            ),
+        ] {
+            let error = settings(value.clone()).unwrap_err();
+            assert!(
+                error.message.contains(expected),
+                "{value}: {}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn copies_inherit_the_main_retention_unless_they_have_their_own() {
+        let s = settings(json!({
+            "instance": "i-1",
+            "retention": {"keep_last": 7},
+            "copy_to": [{"region": "us-west-2"}, {"region": "eu-west-1", "retention": {"keep_monthly": 3}}]
+        }))
+        .unwrap();
+        assert_eq!(s.copies[0].retention.last, Some(7));
+        assert_eq!(s.copies[1].retention.last, None);
+        assert_eq!(s.copies[1].retention.monthly, Some(3));
+    }
+
+    #[test]
+    fn launch_options_take_lists_or_comma_separated_text() {
+        let o = LaunchOptions::from_request(&json!({"security_group_ids": "sg-1, sg-2"})).unwrap();
+        assert_eq!(o.security_group_ids.unwrap().into_vec(), ["sg-1", "sg-2"]);
+        let o = LaunchOptions::from_request(&json!({"security_group_ids": ["sg-3"]})).unwrap();
+        assert_eq!(o.security_group_ids.unwrap().into_vec(), ["sg-3"]);
+        assert!(LaunchOptions::from_request(&json!({"instance": "x"})).is_err());
+    }
+}

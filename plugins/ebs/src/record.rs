@@ -1,0 +1,92 @@
+//! What the plugin returns to the catalog, and reads back in verify, restore, prune and
+//! teardown. Plain serde types: a record written by this version must stay readable by later
+//! ones, so fields are only ever added, with defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+
+/// The backed-up instance, as restore needs it to launch a replacement and the host fix-up
+/// steps need it to rewrite old addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    #[serde(default)]
+    pub instance_type: String,
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub vpc_id: Option<String>,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub private_ip: Option<String>,
+    #[serde(default)]
+    pub public_ip: Option<String>,
+    /// The private DNS name (`ip-10-0-0-5.ec2.internal`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub root_device_name: Option<String>,
+}
+
+/// One snapshot of one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub snapshot_id: String,
+    #[serde(default)]
+    pub volume_id: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+/// The AMI's copy in another region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub region: String,
+    pub image_id: String,
+    #[serde(default)]
+    pub snapshot_ids: Vec<String>,
+}
+
+/// The record of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub mode: Mode,
+    pub region: String,
+    pub instance: InstanceRecord,
+    /// The AMI (`mode = "ami"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyRecord>,
+}
+
+impl BackupRecord {
+    /// Every image of this backup with its region: the main one first, then the copies.
+    pub fn images(&self) -> Vec<(String, String)> {
+        let main = self
+            .image_id
+            .iter()
+            .map(|id| (self.region.clone(), id.clone()));
+        let copies = self
+            .copies
+            .iter()
+            .map(|c| (c.region.clone(), c.image_id.clone()));
+        main.chain(copies).collect()
+    }
+}
+
+/// The record of a restore: what teardown undoes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    pub instance_id: String,
+    pub region: String,
+    pub image_id: String,
+}
