@@ -22,25 +22,8 @@ impl LocalAws {
     /// Starts an endpoint; `options` are `start`'s (e.g. `["--pending", "3"]`, `["--proxy"]`).
     pub fn start(options: &[&str]) -> LocalAws {
         let script = workspace_root().join("scripts/local-aws/start");
-        let out = Command::new(&script)
-            .args(options)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "the local AWS endpoint did not start ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut env = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(assignment) = line.trim().strip_prefix("export ") else {
-                continue;
-            };
-            if let Some((key, value)) = assignment.split_once('=') {
-                env.insert(key.to_owned(), unquote(value));
-            }
-        }
+        let args: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
+        let env = crate::exports::start(&script, &args, "the local AWS endpoint");
         let state = PathBuf::from(
             env.get("BACKPLAN_LOCAL_AWS_STATE")
                 .expect("start exports BACKPLAN_LOCAL_AWS_STATE"),
@@ -92,26 +75,5 @@ impl Drop for LocalAws {
         let _ = Command::new(workspace_root().join("scripts/local-aws/stop"))
             .arg(&self.state)
             .output();
-    }
-}
-
-fn unquote(value: &str) -> String {
-    let value = value.trim();
-    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        inner.replace("'\\''", "'")
-    } else if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        inner.to_owned()
-    } else {
-        // `printf %q` style: backslash escapes.
-        let mut out = String::new();
-        let mut chars = value.chars();
-        while let Some(c) = chars.next() {
-            out.push(if c == '\\' {
-                chars.next().unwrap_or(c)
-            } else {
-                c
-            });
-        }
-        out
     }
 }

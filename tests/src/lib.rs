@@ -6,6 +6,7 @@
 //! folder, so the nested build never waits on the lock the outer `cargo test` holds.
 
 mod aws;
+mod exports;
 mod postgres;
 
 pub use aws::LocalAws;

@@ -24,26 +24,8 @@ impl LocalPostgres {
     /// dropped, and also when the test process dies without dropping it (`--watch-pid`).
     pub fn start() -> LocalPostgres {
         let script = workspace_root().join("scripts/local-postgres/start");
-        let out = Command::new(&script)
-            .arg("--watch-pid")
-            .arg(std::process::id().to_string())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "the local PostgreSQL server did not start ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut env = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(assignment) = line.trim().strip_prefix("export ") else {
-                continue;
-            };
-            if let Some((key, value)) = assignment.split_once('=') {
-                env.insert(key.to_owned(), unescape(value));
-            }
-        }
+        let args = ["--watch-pid".to_owned(), std::process::id().to_string()];
+        let env = crate::exports::start(&script, &args, "the local PostgreSQL server");
         let state = PathBuf::from(
             env.get("BACKPLAN_PG_STATE")
                 .expect("start exports BACKPLAN_PG_STATE"),
@@ -126,18 +108,4 @@ impl Drop for LocalPostgres {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Undoes `printf %q` (backslash escapes); the values `start` prints need nothing more.
-fn unescape(value: &str) -> String {
-    let mut out = String::new();
-    let mut chars = value.trim().chars();
-    while let Some(c) = chars.next() {
-        out.push(if c == '\\' {
-            chars.next().unwrap_or(c)
-        } else {
-            c
-        });
-    }
-    out
 }
