@@ -29,6 +29,10 @@ pub enum Error {
     /// A repository object exists but its content is not what its name or reference promises.
     #[error("repository object {name} is corrupt: {reason}")]
     Corrupt { name: String, reason: String },
+    /// The repository's store refuses access or does not exist (a wrong bucket, credentials or
+    /// policy): the configuration must change, retrying does not help.
+    #[error("repository not accessible: {0}")]
+    Access(String),
     /// The folder or prefix is not a repository of this format (or of a newer version).
     #[error("not a usable repository: {0}")]
     NotARepository(String),

@@ -14,7 +14,7 @@ use backplan_plugin_sdk::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, LocalBackend};
+use crate::backend::{Backend, LocalBackend, S3Backend, S3Location, S3Options};
 use crate::backup::{BackupOptions, Skipped, backup, default_workers};
 use crate::control::{self, Control};
 use crate::error::Error;
@@ -52,8 +52,15 @@ pub struct RetentionConfig {
 pub struct Config {
     /// The folder to back up; restore puts files back here.
     pub source: PathBuf,
-    /// The repository: a local folder (S3 support comes later).
+    /// The repository: a local folder, or `s3://bucket/prefix`.
     pub repository: String,
+    /// S3 repository: the bucket's region (default: the AWS chain's, else us-east-1).
+    pub region: Option<String>,
+    /// S3 repository: an S3-compatible endpoint (default: the AWS chain's, e.g.
+    /// `AWS_ENDPOINT_URL_S3`).
+    pub endpoint_url: Option<String>,
+    /// S3 repository: path-style addressing (default: on when an endpoint is configured).
+    pub force_path_style: Option<bool>,
     /// `nfs` or `local` (default).
     #[serde(default)]
     pub kind: Kind,
@@ -89,8 +96,60 @@ impl Config {
 
     fn backend(&self) -> PluginResult<Arc<dyn Backend>> {
         Request::require_resolved([self.repository.as_str()])?;
-        backend_at(&self.repository)
+        self.backend_at(&self.repository)
     }
+
+    /// The backend of `repository` (this step's, or the one a backup recorded).
+    fn backend_at(&self, repository: &str) -> PluginResult<Arc<dyn Backend>> {
+        let backend: Arc<dyn Backend> = match S3Location::parse(repository) {
+            Some(location) => Arc::new(self.s3(location.map_err(to_plugin_error)?)?),
+            None => Arc::new(LocalBackend::new(local_path(repository)?).map_err(to_plugin_error)?),
+        };
+        Ok(backend)
+    }
+
+    fn s3(&self, location: S3Location) -> PluginResult<S3Backend> {
+        let options = S3Options {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.force_path_style,
+        };
+        S3Backend::connect(location, &options).map_err(to_plugin_error)
+    }
+
+    /// What `check` finds at the repository address, without creating anything.
+    fn repository_state(&self) -> PluginResult<RepositoryState> {
+        if let Some(location) = S3Location::parse(&self.repository) {
+            let backend = self.s3(location.map_err(to_plugin_error)?)?;
+            return Ok(if backend.exists(CONFIG_OBJECT).map_err(to_plugin_error)? {
+                Repository::open(Arc::new(backend)).map_err(to_plugin_error)?;
+                RepositoryState::Readable
+            } else if backend.is_empty().map_err(to_plugin_error)? {
+                RepositoryState::Empty
+            } else {
+                RepositoryState::Foreign
+            });
+        }
+        let folder = local_path(&self.repository)?;
+        Ok(if folder.join(CONFIG_OBJECT).exists() {
+            Repository::open(self.backend()?).map_err(to_plugin_error)?;
+            RepositoryState::Readable
+        } else if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_some()) {
+            RepositoryState::Foreign
+        } else {
+            RepositoryState::Empty
+        })
+    }
+}
+
+/// What is found where a step's repository should be.
+enum RepositoryState {
+    /// A repository of this format that opens.
+    Readable,
+    /// Nothing yet: the first backup creates the repository.
+    Empty,
+    /// Something else: never written into.
+    Foreign,
 }
 
 /// What a backup returns, and verify/restore read back.
@@ -167,22 +226,21 @@ impl Plugin for NfsObjects {
             }
             check_current(&config.source, &config.expectation()).map_err(to_plugin_error)?;
         }
-        let folder = local_path(&config.repository)?;
-        let repository = if folder.join(CONFIG_OBJECT).exists() {
-            Repository::open(config.backend()?).map_err(to_plugin_error)?;
-            "repository is readable"
-        } else if restoring {
-            return Err(PluginError::config(format!(
-                "{} is not a repository",
-                config.repository
-            )));
-        } else if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(PluginError::config(format!(
-                "{} is neither a repository nor empty",
-                config.repository
-            )));
-        } else {
-            "repository will be created"
+        let repository = match config.repository_state()? {
+            RepositoryState::Readable => "repository is readable",
+            RepositoryState::Empty | RepositoryState::Foreign if restoring => {
+                return Err(PluginError::config(format!(
+                    "{} is not a repository",
+                    config.repository
+                )));
+            }
+            RepositoryState::Foreign => {
+                return Err(PluginError::config(format!(
+                    "{} is neither a repository nor empty",
+                    config.repository
+                )));
+            }
+            RepositoryState::Empty => "repository will be created",
         };
         Ok(StepOutput::new(format!(
             "{} ready; {repository}",
@@ -231,7 +289,8 @@ impl Plugin for NfsObjects {
     fn verify(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         let record: Record = ctx.record()?;
         let request: VerifyRequest = options(ctx)?;
-        let repo = Repository::open(backend_at(&record.repository)?).map_err(to_plugin_error)?;
+        let repo =
+            Repository::open(config.backend_at(&record.repository)?).map_err(to_plugin_error)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let options = VerifyOptions {
@@ -280,7 +339,8 @@ impl Plugin for NfsObjects {
                 source
             }
         };
-        let repo = Repository::open(backend_at(&record.repository)?).map_err(to_plugin_error)?;
+        let repo =
+            Repository::open(config.backend_at(&record.repository)?).map_err(to_plugin_error)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let mut options = RestoreOptions::new(&target);
@@ -441,16 +501,11 @@ fn options<T: for<'de> Deserialize<'de> + Default>(ctx: &Context) -> PluginResul
     }
 }
 
-fn backend_at(repository: &str) -> PluginResult<Arc<dyn Backend>> {
-    let backend = LocalBackend::new(local_path(repository)?).map_err(to_plugin_error)?;
-    Ok(Arc::new(backend))
-}
-
-/// The folder of a local repository; other kinds are refused until their backend exists.
+/// The folder of a local repository; an address of another kind is refused.
 fn local_path(repository: &str) -> PluginResult<&Path> {
     if repository.contains("://") {
         return Err(PluginError::config(format!(
-            "{repository}: only local folders are supported so far (S3 comes later)"
+            "{repository}: a repository is a local folder or s3://bucket/prefix"
         )));
     }
     Ok(Path::new(repository))
@@ -461,7 +516,7 @@ fn to_plugin_error(err: Error) -> PluginError {
     let kind = match &err {
         Error::Cancelled => return PluginError::cancelled(),
         Error::Backend { .. } => ErrorKind::Transient,
-        Error::Invalid(_) | Error::NotARepository(_) => ErrorKind::Config,
+        Error::Invalid(_) | Error::NotARepository(_) | Error::Access(_) => ErrorKind::Config,
         Error::Internal(_) => ErrorKind::Internal,
         Error::Io { .. }
         | Error::MissingObject(_)

@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary, one module per area.
 
 mod ebs;
+mod nfs_objects;
 mod plugins;
 mod postgres;
 mod restore;

@@ -1,17 +1,19 @@
 //! Where repository objects live, behind one small trait.
 //!
 //! The engine only ever needs whole named objects ("data/ab/abcd….pack", "snapshots/….json"),
-//! written once and never modified, so the same code can run against a local folder today and an
-//! S3 bucket later. Every `put` is atomic and durable when it returns: that is what lets a
+//! written once and never modified, so the same code runs against a local folder
+//! ([`LocalBackend`]) and an S3 bucket/prefix ([`S3Backend`]). Every `put` is atomic and durable when it returns: that is what lets a
 //! backup publish its snapshot last and survive a crash at any moment.
 
 mod local;
+mod s3;
 
 use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
 
 pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Location, S3Options};
 
 use crate::error::Result;
 

@@ -1,0 +1,368 @@
+//! A repository under an S3 bucket and prefix (AWS or any S3-compatible endpoint).
+//!
+//! Object `name` is stored at key `<prefix>/<name>`, so the layout is the one of FORMAT.md.
+//! S3 makes a PutObject or CompleteMultipartUpload visible all at once and only after the data
+//! is stored, which is exactly the atomic, durable `put` the engine's write order relies on: a
+//! snapshot header is put only after every pack it references has been acknowledged.
+//!
+//! The engine is synchronous and multi-threaded, the SDK asynchronous: the backend owns a small
+//! tokio runtime and each call blocks its worker thread on one request (several workers upload
+//! several packs at once, and each large pack is itself uploaded in parallel parts, see
+//! `upload`). Credentials, region and endpoint come from the standard AWS chain
+//! (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, profiles, instance roles); the SDK's standard
+//! retry mode retries throttling, 5xx and network errors with exponential backoff and jitter.
+
+mod errors;
+mod reader;
+mod staging;
+mod upload;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::Region;
+
+use super::{Backend, ObjectInfo};
+use crate::error::{Error, Result};
+use errors::{body_error, classify};
+use staging::StagingDir;
+
+/// Attempts per request before an error reaches the engine (throttling, 5xx, network).
+const MAX_ATTEMPTS: u32 = 6;
+
+/// Where an `s3://bucket/prefix` repository lives and how to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]`; `None` when `repository` is not an S3 address.
+    pub fn parse(repository: &str) -> Option<Result<Self>> {
+        let rest = repository.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Some(Err(Error::Invalid(format!(
+                "{repository}: no bucket (expected s3://bucket/prefix)"
+            ))));
+        }
+        Some(Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        }))
+    }
+}
+
+/// Client settings beyond the standard AWS chain (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Region of the bucket (default: the chain's, else us-east-1).
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (default: the chain's, e.g. `AWS_ENDPOINT_URL_S3`).
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing; default on whenever an endpoint is configured.
+    pub force_path_style: Option<bool>,
+}
+
+/// A repository under an S3 prefix.
+#[derive(Debug)]
+pub struct S3Backend {
+    inner: Arc<Inner>,
+    runtime: tokio::runtime::Runtime,
+    staging: StagingDir,
+}
+
+/// What requests need: shared with streamed readers and upload tasks.
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    location: S3Location,
+}
+
+impl Inner {
+    fn key(&self, name: &str) -> String {
+        match self.location.prefix.as_str() {
+            "" => name.to_owned(),
+            prefix => format!("{prefix}/{name}"),
+        }
+    }
+
+    fn bucket(&self) -> &str {
+        &self.location.bucket
+    }
+
+    async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(self.key(name))
+            .range(format!("bytes={offset}-{}", offset + len - 1))
+            .send()
+            .await
+            .map_err(|err| classify(self.bucket(), name, "GetObject", err))?;
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|err| body_error(self.bucket(), name, err))?
+            .to_vec();
+        if bytes.len() as u64 != len {
+            return Err(Error::Corrupt {
+                name: name.to_owned(),
+                reason: format!("shorter than {} bytes", offset + len),
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn size(&self, name: &str) -> Result<u64> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(self.bucket())
+            .key(self.key(name))
+            .send()
+            .await
+            .map_err(|err| classify(self.bucket(), name, "HeadObject", err))?;
+        Ok(out.content_length().unwrap_or_default().max(0) as u64)
+    }
+}
+
+impl S3Backend {
+    /// Connects to `location` and checks that the bucket exists and is reachable, so a wrong
+    /// bucket or credential fails here with a clear error instead of in the middle of a backup.
+    pub fn connect(location: S3Location, options: &S3Options) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nfs-objects-s3")
+            .enable_all()
+            .build()
+            .map_err(|err| Error::Internal(format!("cannot start the S3 runtime: {err}")))?;
+        let client = runtime.block_on(client(options));
+        let inner = Arc::new(Inner { client, location });
+        runtime.block_on(async {
+            inner
+                .client
+                .head_bucket()
+                .bucket(inner.bucket())
+                .send()
+                .await
+                .map(drop)
+                .map_err(
+                    |err| match classify(inner.bucket(), "", "HeadBucket", err) {
+                        Error::MissingObject(_) => {
+                            Error::Access(format!("bucket `{}` does not exist", inner.bucket()))
+                        }
+                        other => other,
+                    },
+                )
+        })?;
+        Ok(Self {
+            inner,
+            runtime,
+            staging: StagingDir::create()?,
+        })
+    }
+
+    /// Whether nothing at all is stored under the prefix (check: may a repository be created?).
+    pub fn is_empty(&self) -> Result<bool> {
+        let inner = &self.inner;
+        let prefix = inner.key("");
+        self.runtime.block_on(async {
+            let out = inner
+                .client
+                .list_objects_v2()
+                .bucket(inner.bucket())
+                .prefix(prefix)
+                .max_keys(1)
+                .send()
+                .await
+                .map_err(|err| classify(inner.bucket(), "", "ListObjectsV2", err))?;
+            Ok(out.key_count().unwrap_or_default() == 0 && out.contents().is_empty())
+        })
+    }
+}
+
+/// An S3 client from the standard chain, with `options` applied on top.
+async fn client(options: &S3Options) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(120))
+                .build(),
+        );
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &options.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let mut sdk = loader.load().await;
+    if sdk.region().is_none() {
+        sdk = sdk
+            .into_builder()
+            .region(Region::from_static("us-east-1"))
+            .build();
+    }
+    let endpoint_set = options.endpoint_url.is_some()
+        || ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(options.force_path_style.unwrap_or(endpoint_set))
+        .build();
+    Client::from_conf(config)
+}
+
+impl Backend for S3Backend {
+    fn staging_dir(&self) -> &Path {
+        self.staging.path()
+    }
+
+    fn put_file(&self, name: &str, staged: &Path) -> Result<()> {
+        let result = self
+            .runtime
+            .block_on(upload::put_file(&self.inner, name, staged));
+        // Published or not, the staged copy has served its purpose: a failed backup restarts
+        // from the source, never from staging.
+        let _ = std::fs::remove_file(staged);
+        result
+    }
+
+    fn put_bytes(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.runtime
+            .block_on(upload::put_bytes(&self.inner, name, data.to_vec()))
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let inner = &self.inner;
+        self.runtime.block_on(async {
+            let out = inner
+                .client
+                .get_object()
+                .bucket(inner.bucket())
+                .key(inner.key(name))
+                .send()
+                .await
+                .map_err(|err| classify(inner.bucket(), name, "GetObject", err))?;
+            Ok(out
+                .body
+                .collect()
+                .await
+                .map_err(|err| body_error(inner.bucket(), name, err))?
+                .to_vec())
+        })
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.runtime
+            .block_on(self.inner.get_range(name, offset, len))
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        let size = self.runtime.block_on(self.inner.size(name))?;
+        Ok(Box::new(reader::RangeReader::new(
+            self.inner.clone(),
+            self.runtime.handle().clone(),
+            name,
+            size,
+        )))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let inner = &self.inner;
+        let strip = inner.key("").len();
+        let mut out = Vec::new();
+        self.runtime.block_on(async {
+            let mut pages = inner
+                .client
+                .list_objects_v2()
+                .bucket(inner.bucket())
+                .prefix(inner.key(prefix))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page =
+                    page.map_err(|err| classify(inner.bucket(), prefix, "ListObjectsV2", err))?;
+                for object in page.contents() {
+                    let Some(key) = object.key() else { continue };
+                    let modified = object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    out.push(ObjectInfo {
+                        name: key[strip..].to_owned(),
+                        size: object.size().unwrap_or_default().max(0) as u64,
+                        modified,
+                    });
+                }
+            }
+            Ok::<_, Error>(())
+        })?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        match self.runtime.block_on(self.inner.size(name)) {
+            Ok(_) => Ok(true),
+            Err(Error::MissingObject(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        self.runtime.block_on(async {
+            inner
+                .client
+                .delete_object()
+                .bucket(inner.bucket())
+                .key(inner.key(name))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|err| classify(inner.bucket(), name, "DeleteObject", err))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bucket_and_prefix() {
+        let at = |s: &str| S3Location::parse(s).map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(at("/srv/repo"), None);
+        assert_eq!(
+            at("s3://b/some/prefix/"),
+            Some(Ok(S3Location {
+                bucket: "b".into(),
+                prefix: "some/prefix".into()
+            }))
+        );
+        assert_eq!(
+            at("s3://b"),
+            Some(Ok(S3Location {
+                bucket: "b".into(),
+                prefix: String::new()
+            }))
+        );
+        assert!(matches!(at("s3:///x"), Some(Err(_))));
+    }
+}

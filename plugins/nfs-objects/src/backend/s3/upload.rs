@@ -1,0 +1,170 @@
+//! Publishing objects: one PutObject for small ones, a parallel multipart upload for packs.
+//!
+//! A pack is 32 MiB; sent as one request it would take one connection's bandwidth and, on a
+//! failure, be resent whole. Above `MULTIPART_THRESHOLD` it is cut into `PART_SIZE` parts read
+//! straight from the staged file (never held in memory), `PARALLEL_PARTS` at a time. The object
+//! appears only when CompleteMultipartUpload succeeds; a failed upload is aborted so no parts
+//! linger (a lifecycle rule for incomplete uploads covers a crash). Every part carries a CRC32
+//! that S3 checks before acknowledging it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use tokio::task::JoinSet;
+
+use super::Inner;
+use super::errors::classify;
+use crate::error::{Error, IoContext, Result};
+
+/// Objects up to this size go in one PutObject.
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Size of each part of a multipart upload (S3's minimum is 5 MiB).
+const PART_SIZE: u64 = 8 << 20;
+/// Parts of one object in flight at once.
+const PARALLEL_PARTS: usize = 4;
+
+/// Publishes `data` as object `name`.
+pub(super) async fn put_bytes(inner: &Inner, name: &str, data: Vec<u8>) -> Result<()> {
+    inner
+        .client
+        .put_object()
+        .bucket(inner.bucket())
+        .key(inner.key(name))
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .map(drop)
+        .map_err(|err| classify(inner.bucket(), name, "PutObject", err))
+}
+
+/// Publishes the local file `staged` as object `name`.
+pub(super) async fn put_file(inner: &Arc<Inner>, name: &str, staged: &Path) -> Result<()> {
+    let size = tokio::fs::metadata(staged).await.at(staged)?.len();
+    if size <= MULTIPART_THRESHOLD {
+        let body = ByteStream::from_path(staged)
+            .await
+            .map_err(|err| Error::Internal(format!("{}: {err}", staged.display())))?;
+        return inner
+            .client
+            .put_object()
+            .bucket(inner.bucket())
+            .key(inner.key(name))
+            .body(body)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|err| classify(inner.bucket(), name, "PutObject", err));
+    }
+    let created = inner
+        .client
+        .create_multipart_upload()
+        .bucket(inner.bucket())
+        .key(inner.key(name))
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await
+        .map_err(|err| classify(inner.bucket(), name, "CreateMultipartUpload", err))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| Error::Internal(format!("{name}: CreateMultipartUpload gave no upload id")))?
+        .to_owned();
+    let result = upload_parts(inner, name, staged, size, &upload_id).await;
+    let completed = match result {
+        Ok(parts) => inner
+            .client
+            .complete_multipart_upload()
+            .bucket(inner.bucket())
+            .key(inner.key(name))
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(drop)
+            .map_err(|err| classify(inner.bucket(), name, "CompleteMultipartUpload", err)),
+        Err(err) => Err(err),
+    };
+    if completed.is_err() {
+        // Best effort: the original error is what the operator needs to see.
+        let _ = inner
+            .client
+            .abort_multipart_upload()
+            .bucket(inner.bucket())
+            .key(inner.key(name))
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    completed
+}
+
+/// Uploads every part of `staged`, at most `PARALLEL_PARTS` at once; the parts in order.
+async fn upload_parts(
+    inner: &Arc<Inner>,
+    name: &str,
+    staged: &Path,
+    size: u64,
+    upload_id: &str,
+) -> Result<Vec<CompletedPart>> {
+    let count = size.div_ceil(PART_SIZE);
+    let mut parts = Vec::with_capacity(count as usize);
+    let mut running = JoinSet::new();
+    for index in 0..count {
+        if running.len() >= PARALLEL_PARTS {
+            parts.push(next(&mut running).await?);
+        }
+        let offset = index * PART_SIZE;
+        let length = PART_SIZE.min(size - offset);
+        let (inner, name, staged, upload_id) = (
+            inner.clone(),
+            name.to_owned(),
+            staged.to_owned(),
+            upload_id.to_owned(),
+        );
+        running.spawn(async move {
+            let number = i32::try_from(index + 1).expect("fewer than 10,000 parts");
+            let body = ByteStream::read_from()
+                .path(&staged)
+                .offset(offset)
+                .length(Length::Exact(length))
+                .build()
+                .await
+                .map_err(|err| Error::Internal(format!("{}: {err}", staged.display())))?;
+            let out = inner
+                .client
+                .upload_part()
+                .bucket(inner.bucket())
+                .key(inner.key(&name))
+                .upload_id(upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(body)
+                .send()
+                .await
+                .map_err(|err| classify(inner.bucket(), &name, "UploadPart", err))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                .build())
+        });
+    }
+    while !running.is_empty() {
+        parts.push(next(&mut running).await?);
+    }
+    parts.sort_by_key(|part| part.part_number());
+    Ok(parts)
+}
+
+async fn next(running: &mut JoinSet<Result<CompletedPart>>) -> Result<CompletedPart> {
+    match running.join_next().await {
+        Some(Ok(part)) => part,
+        Some(Err(err)) => Err(Error::Internal(format!("upload task failed: {err}"))),
+        None => Err(Error::Internal("no upload task left".into())),
+    }
+}

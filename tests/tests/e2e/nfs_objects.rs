@@ -1,0 +1,193 @@
+//! The nfs-objects plugin with an S3 repository, through the real binary against the local S3
+//! endpoint (ministack), which the plugin finds only through the standard `AWS_ENDPOINT_URL_S3`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use backplan_e2e::{LocalAws, Outcome, Sandbox};
+use serde_json::Value;
+
+const CONFIG_ERROR: i32 = 78;
+
+fn boto(aws: &LocalAws, script: &str) -> String {
+    let prelude = "import boto3\nfrom botocore.config import Config\n\
+                   s3 = boto3.client('s3', config=Config(s3={'addressing_style': 'path'}))\n";
+    let out = aws
+        .python()
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        out.status.success(),
+        "fixture script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A plan with one nfs-objects step backing up `source` into `repository`.
+fn plan(sandbox: &Sandbox, source: &Path, repository: &str) -> String {
+    let path = sandbox.write(
+        "plan.toml",
+        &format!(
+            "[plan]\nname = \"artifacts\"\n\n[[steps]]\nid = \"artifacts\"\n\
+             plugin = \"nfs-objects\"\n[steps.config]\nsource = \"{}\"\nrepository = \"{repository}\"\n",
+            source.display()
+        ),
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(sandbox: &Sandbox, aws: &LocalAws, args: &[&str]) -> Outcome {
+    let mut cmd: Command = sandbox.cmd(args);
+    aws.apply(&mut cmd);
+    Outcome(cmd.output().expect("run backplan"))
+}
+
+/// Deterministic bytes that zstd cannot shrink.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Small text files, an executable, a symlink, an empty folder and 40 MiB of incompressible
+/// data (so at least one pack is large enough for a multipart upload).
+fn build_tree(root: &Path) {
+    fs::create_dir_all(root.join("artifacts/job-1")).unwrap();
+    fs::create_dir_all(root.join("artifacts/empty")).unwrap();
+    for i in 0..50 {
+        fs::write(
+            root.join(format!("artifacts/job-1/log-{i}.txt")),
+            format!("line {i}\n").repeat(200),
+        )
+        .unwrap();
+    }
+    fs::write(root.join("artifacts/job-1/big.bin"), noise(40 << 20, 7)).unwrap();
+    let tool = root.join("artifacts/job-1/tool.sh");
+    fs::write(&tool, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("job-1/tool.sh", root.join("artifacts/latest-tool")).unwrap();
+}
+
+/// Every entry under `root`: kind, permission bits and content (or link target).
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let mode = meta.permissions().mode() & 0o7777;
+            let what = if meta.file_type().is_symlink() {
+                format!("link {}", fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                format!("dir {mode:o}")
+            } else {
+                let mut hash = DefaultHasher::new();
+                fs::read(&path).unwrap().hash(&mut hash);
+                format!("file {mode:o} {:x}", hash.finish())
+            };
+            out.insert(name, what);
+        }
+    }
+    out
+}
+
+fn step(run: &Value) -> &Value {
+    &run["steps"][0]
+}
+
+#[test]
+fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical() {
+    let aws = LocalAws::start(&[]);
+    boto(&aws, "s3.create_bucket(Bucket='backups')");
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    build_tree(&source);
+    let plan = plan(&sandbox, &source, "s3://backups/services/artifacts");
+
+    let first = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let first = first.expect_code(0).json();
+    assert_eq!(step(&first)["status"], "Succeeded", "{first:#}");
+
+    // Change one file, add one, delete one.
+    fs::write(source.join("artifacts/job-1/log-3.txt"), "rewritten\n").unwrap();
+    fs::write(source.join("artifacts/job-1/new.txt"), "new\n").unwrap();
+    fs::remove_file(source.join("artifacts/job-1/log-4.txt")).unwrap();
+    let second = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let second = second.expect_code(0).json();
+    let record = &step(&second)["record"];
+    assert_eq!(record["repository"], "s3://backups/services/artifacts");
+    let summary = step(&second)["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("2 read"),
+        "only the changed and the new file are read: {summary}"
+    );
+
+    // The objects sit under the prefix with the layout of FORMAT.md.
+    let keys = boto(
+        &aws,
+        "for o in s3.list_objects_v2(Bucket='backups')['Contents']: print(o['Key'])",
+    );
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(keys.contains(&"services/artifacts/config.json"), "{keys:?}");
+    let count = |prefix: &str| keys.iter().filter(|k| k.starts_with(prefix)).count();
+    assert_eq!(count("services/artifacts/snapshots/"), 2, "{keys:?}");
+    assert_eq!(count("services/artifacts/manifests/"), 2, "{keys:?}");
+    assert!(count("services/artifacts/data/") >= 2, "{keys:?}");
+    assert_eq!(
+        keys.len(),
+        keys.iter()
+            .filter(|k| k.starts_with("services/artifacts/"))
+            .count()
+    );
+    // The 32 MiB packs went up as multipart uploads (their ETag ends in -<parts>).
+    let multipart = boto(
+        &aws,
+        "print(sum('-' in o['ETag'] for o in s3.list_objects_v2(Bucket='backups')['Contents']))",
+    );
+    assert!(multipart.trim().parse::<u32>().unwrap() >= 1, "{multipart}");
+
+    let verified = run(&sandbox, &aws, &["--json", "verify", &plan]);
+    verified.expect_code(0);
+
+    let target = sandbox.path().join("drill");
+    let option = format!("target={}", target.display());
+    let restored = run(
+        &sandbox,
+        &aws,
+        &["--json", "restore", &plan, "--run", "latest", "-o", &option],
+    );
+    restored.expect_code(0);
+    assert_eq!(describe(&target), describe(&source));
+}
+
+#[test]
+fn a_missing_bucket_is_a_configuration_error_naming_it() {
+    let aws = LocalAws::start(&[]);
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    build_tree(&source);
+    let plan = plan(&sandbox, &source, "s3://no-such-bucket/x");
+    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    out.expect_code(CONFIG_ERROR);
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(
+        text.contains("bucket `no-such-bucket` does not exist"),
+        "{text}"
+    );
+}
