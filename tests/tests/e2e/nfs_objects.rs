@@ -191,3 +191,98 @@ fn a_missing_bucket_is_a_configuration_error_naming_it() {
         "{text}"
     );
 }
+
+/// `count` files of `size` random bytes under `dir`.
+fn random_files(dir: &Path, count: usize, size: u64) {
+    use std::io::Read;
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        let mut data = Vec::new();
+        fs::File::open("/dev/urandom")
+            .unwrap()
+            .take(size)
+            .read_to_end(&mut data)
+            .unwrap();
+        fs::write(dir.join(format!("blob-{i}.bin")), data).unwrap();
+    }
+}
+
+/// Objects of a local repository under `folder` (e.g. `snapshots`).
+fn objects(repository: &Path, folder: &str) -> usize {
+    fn walk(dir: &Path) -> usize {
+        fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .map(|p| if p.is_dir() { walk(&p) } else { 1 })
+                .sum()
+        })
+    }
+    walk(&repository.join(folder))
+}
+
+#[test]
+fn a_backup_killed_at_several_points_leaves_earlier_snapshots_verifiable() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    let repository = sandbox.path().join("repo");
+    random_files(&source.join("first"), 12, 4 << 20);
+    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+
+    let started = std::time::Instant::now();
+    let first = sandbox.run(["--json", "run", &plan]);
+    let first_run = first.expect_code(0).json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let full_backup = started.elapsed();
+
+    // Each attempt backs up new data as large as the first backup, so it takes about as long
+    // (data from an earlier killed attempt would be found in its orphaned packs and reused).
+    let mut snapshots = 1;
+    let mut kills = 0;
+    let mut kills_after_packs = 0;
+    for tenth in [1, 3, 5, 7, 9] {
+        random_files(&source.join(format!("more-{tenth}")), 12, 4 << 20);
+        let packs_before = objects(&repository, "data");
+        let mut child = sandbox
+            .cmd(["--json", "run", &plan])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full_backup * tenth / 10);
+        if child.try_wait().unwrap().is_some() {
+            snapshots += 1; // Finished before the kill: a complete snapshot.
+        } else {
+            // SIGKILL: no destructor, no cleanup, like a power cut for the process.
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            if objects(&repository, "data") > packs_before {
+                kills_after_packs += 1;
+            }
+        }
+        assert_eq!(
+            objects(&repository, "snapshots"),
+            snapshots,
+            "killed at {tenth}/10"
+        );
+        let verified = sandbox.run(["--json", "verify", &plan, "--run", &first_run]);
+        verified.expect_code(0);
+    }
+    assert!(
+        kills >= 3 && kills_after_packs >= 1,
+        "{kills} kills, {kills_after_packs} after packs were written (full backup: {full_backup:?})"
+    );
+
+    let last = sandbox.run(["--json", "run", &plan]);
+    last.expect_code(0);
+    assert_eq!(objects(&repository, "snapshots"), snapshots + 1);
+    sandbox.run(["--json", "verify", &plan]).expect_code(0);
+    let target = sandbox.path().join("drill");
+    let option = format!("target={}", target.display());
+    sandbox
+        .run(["--json", "restore", &plan, "--run", "latest", "-o", &option])
+        .expect_code(0);
+    assert_eq!(describe(&target), describe(&source));
+}
