@@ -220,29 +220,42 @@ fn objects(repository: &Path, folder: &str) -> usize {
     walk(&repository.join(folder))
 }
 
+/// When to SIGKILL a backup.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// This long after it started (while it walks and reads).
+    After(std::time::Duration),
+    /// As soon as this many new packs are published (before the manifest and snapshot).
+    Packs(usize),
+}
+
 #[test]
 fn a_backup_killed_at_several_points_leaves_earlier_snapshots_verifiable() {
+    use std::time::{Duration, Instant};
     let sandbox = Sandbox::new();
     let source = sandbox.path().join("data");
     let repository = sandbox.path().join("repo");
     random_files(&source.join("first"), 12, 4 << 20);
     let plan = plan(&sandbox, &source, repository.to_str().unwrap());
-
-    let started = std::time::Instant::now();
     let first = sandbox.run(["--json", "run", &plan]);
     let first_run = first.expect_code(0).json()["run_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let full_backup = started.elapsed();
 
-    // Each attempt backs up new data as large as the first backup, so it takes about as long
-    // (data from an earlier killed attempt would be found in its orphaned packs and reused).
+    // Each attempt backs up new data (data from an earlier killed attempt would be found in its
+    // orphaned packs and reused, and the attempt would finish too fast to be killed).
+    let points = [
+        KillPoint::After(Duration::from_millis(50)),
+        KillPoint::After(Duration::from_millis(300)),
+        KillPoint::Packs(1),
+        KillPoint::Packs(2),
+        KillPoint::Packs(3),
+    ];
     let mut snapshots = 1;
-    let mut kills = 0;
     let mut kills_after_packs = 0;
-    for tenth in [1, 3, 5, 7, 9] {
-        random_files(&source.join(format!("more-{tenth}")), 12, 4 << 20);
+    for (attempt, point) in points.into_iter().enumerate() {
+        random_files(&source.join(format!("more-{attempt}")), 12, 4 << 20);
         let packs_before = objects(&repository, "data");
         let mut child = sandbox
             .cmd(["--json", "run", &plan])
@@ -250,14 +263,27 @@ fn a_backup_killed_at_several_points_leaves_earlier_snapshots_verifiable() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(full_backup * tenth / 10);
-        if child.try_wait().unwrap().is_some() {
-            snapshots += 1; // Finished before the kill: a complete snapshot.
+        let started = Instant::now();
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            let due = match point {
+                KillPoint::After(delay) => started.elapsed() >= delay,
+                KillPoint::Packs(n) => objects(&repository, "data") >= packs_before + n,
+            };
+            if due {
+                break false;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "{point:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if finished {
+            snapshots += 1; // Done before the kill point: a complete snapshot.
         } else {
             // SIGKILL: no destructor, no cleanup, like a power cut for the process.
             child.kill().unwrap();
             child.wait().unwrap();
-            kills += 1;
             if objects(&repository, "data") > packs_before {
                 kills_after_packs += 1;
             }
@@ -265,14 +291,16 @@ fn a_backup_killed_at_several_points_leaves_earlier_snapshots_verifiable() {
         assert_eq!(
             objects(&repository, "snapshots"),
             snapshots,
-            "killed at {tenth}/10"
+            "killed at {point:?}"
         );
         let verified = sandbox.run(["--json", "verify", &plan, "--run", &first_run]);
         verified.expect_code(0);
     }
     assert!(
-        kills >= 3 && kills_after_packs >= 1,
-        "{kills} kills, {kills_after_packs} after packs were written (full backup: {full_backup:?})"
+        snapshots <= 3 && kills_after_packs >= 1,
+        "{} of {} attempts killed, {kills_after_packs} after packs were written",
+        points.len() + 1 - snapshots,
+        points.len()
     );
 
     let last = sandbox.run(["--json", "run", &plan]);
