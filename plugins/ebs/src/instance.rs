@@ -102,7 +102,8 @@ async fn own_instance_id() -> PluginResult<String> {
         .await
         .map_err(|e| {
             PluginError::config(format!(
-                "instance = \"self\": the instance metadata service (IMDSv2) did not answer: {e}"
+                "instance = \"self\": the instance metadata service (IMDSv2) did not answer: {}",
+                aws_sdk_ec2::error::DisplayErrorContext(&e)
             ))
         })?;
     Ok(id.as_ref().trim().to_owned())

@@ -503,3 +503,177 @@ fn prune_keeps_the_newest_and_never_the_newest_verified() {
         );
     }
 }
+
+/// A stand-in for the instance metadata service (IMDSv2): a token for a PUT, then the instance
+/// id for a GET that presents it. Answers until the test ends; returns its URL.
+fn fake_imds(instance_id: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let instance_id = instance_id.to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.to_ascii_lowercase());
+            }
+            let first = head.first().cloned().unwrap_or_default();
+            let has_token = head
+                .iter()
+                .any(|h| h.starts_with("x-aws-ec2-metadata-token: backplan-token"));
+            let (status, extra, body) = if first.starts_with("put /latest/api/token") {
+                (
+                    "200 OK",
+                    "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n",
+                    "backplan-token".to_owned(),
+                )
+            } else if first.starts_with("get /latest/meta-data/instance-id") && has_token {
+                ("200 OK", "", instance_id.clone())
+            } else {
+                ("401 Unauthorized", "", String::new())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn check_finds_self_through_imds_and_probes_permissions_with_dry_run() {
+    let aws = LocalAws::start(&[]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(&sandbox, "instance = \"self\"\n");
+    let mut cmd = sandbox.cmd(["--json", "plan", "check", &plan]);
+    aws.apply(&mut cmd).env(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        fake_imds(&machine.instance_id),
+    );
+    let out = Outcome(cmd.output().unwrap());
+    let text = out.expect_code(0).stdout();
+    assert!(text.contains(&machine.instance_id), "{text}");
+    assert!(
+        text.contains("allowed: DescribeImages, CreateImage"),
+        "{text}"
+    );
+}
+
+#[test]
+fn instance_tags_must_match_exactly_one_running_instance() {
+    let aws = LocalAws::start(&[]);
+    let first = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        "instance_tags = { Name = \"circleci-services\" }\n",
+    );
+    run(&sandbox, &aws, &["plan", "check", &plan]).expect_code(0);
+    let second = machine(&aws, false);
+    let out = run(&sandbox, &aws, &["plan", "check", &plan]);
+    assert_ne!(out.code(), 0);
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(text.contains("exactly one running instance"), "{text}");
+    assert!(
+        text.contains(&first.instance_id) && text.contains(&second.instance_id),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_backup_that_outlasts_wait_timeout_fails_as_retryable() {
+    let aws = LocalAws::start(&["--pending", "1000"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let path = sandbox.write(
+        "plan.toml",
+        &format!(
+            "[plan]\nname = \"svc\"\nretries = 0\n\n[[steps]]\nid = \"machine\"\nplugin = \"ebs\"\n\
+             [steps.config]\ninstance = \"{}\"\npoll_interval = \"100ms\"\nwait_timeout = \"1s\"\n",
+            machine.instance_id
+        ),
+    );
+    let out = run(&sandbox, &aws, &["--json", "run", path.to_str().unwrap()]);
+    out.expect_code(FAILED);
+    let step = only_step(&out.json()).clone();
+    let error = step["error"].to_string();
+    assert!(
+        error.contains("did not finish within wait_timeout"),
+        "{error}"
+    );
+    assert!(error.contains("transient"), "a timeout may pass: {step:#}");
+}
+
+#[test]
+fn the_shipped_services_plan_is_valid_and_lists_its_permissions() {
+    let sandbox = Sandbox::new();
+    let path = backplan_e2e::workspace_root().join("examples/plans/aws/services.toml");
+    let path = path.to_str().unwrap();
+    sandbox.run(["plan", "show", path]).expect_code(0);
+    let permissions = sandbox.run(["--json", "plan", "permissions", path]);
+    let text = permissions.expect_code(0).stdout();
+    for action in ["ec2:CreateImage", "ec2:CopyImage", "ec2:RunInstances"] {
+        assert!(text.contains(action), "{action} missing:\n{text}");
+    }
+}
+
+#[test]
+fn throttling_that_never_stops_ends_in_a_retryable_error() {
+    let aws = LocalAws::start(&["--faults", "CreateImage:throttle:*"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!("instance = \"{}\"\n", machine.instance_id),
+    );
+    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    out.expect_code(FAILED);
+    let step = only_step(&out.json()).clone();
+    let error = step["error"].to_string();
+    assert!(
+        error.contains("transient") && error.contains("RequestLimitExceeded"),
+        "{step:#}"
+    );
+}
+
+#[test]
+fn snapshot_retention_works_per_run_by_tag() {
+    let aws = LocalAws::start(&[]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\nmode = \"snapshots\"\nretention = {{ keep_last = 1 }}\n",
+            machine.instance_id
+        ),
+    );
+    let ids = |step: &Value| -> Vec<String> {
+        step["record"]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["snapshot_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let old = ids(&backup(&sandbox, &aws, &plan));
+    let new = ids(&backup(&sandbox, &aws, &plan));
+    run(&sandbox, &aws, &["prune", &plan]).expect_code(0);
+    let left = boto(
+        &aws,
+        "out(sorted(s['SnapshotId'] for s in ec2.describe_snapshots(OwnerIds=['self'], \
+         Filters=[{'Name': 'tag:backplan:plan', 'Values': ['svc']}])['Snapshots']))",
+    );
+    let mut expected = new.clone();
+    expected.sort();
+    assert_eq!(left, serde_json::json!(expected), "old run {old:?} pruned");
+}
