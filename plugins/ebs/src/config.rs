@@ -157,7 +157,7 @@ pub struct Timing {
 
 /// A copy region with its resolved retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Copy {
+pub struct CopyTarget {
     pub region: String,
     pub retention: Rules,
 }
@@ -173,7 +173,7 @@ pub struct Settings {
     pub no_reboot: bool,
     pub tags: BTreeMap<String, String>,
     pub timing: Timing,
-    pub copies: Vec<Copy>,
+    pub copies: Vec<CopyTarget>,
     pub retention: Rules,
     pub launch: LaunchConfig,
 }
@@ -214,7 +214,7 @@ impl Settings {
         }
         let mut copies = Vec::new();
         for copy in &config.copy_to {
-            if copies.iter().any(|c: &Copy| c.region == copy.region) {
+            if copies.iter().any(|c: &CopyTarget| c.region == copy.region) {
                 return Err(PluginError::config(format!(
                     "copy_to lists region {} twice",
                     copy.region
@@ -230,7 +230,7 @@ impl Settings {
             rules
                 .validate()
                 .map_err(|e| PluginError::config(format!("copy_to {}: {e}", copy.region)))?;
-            copies.push(Copy {
+            copies.push(CopyTarget {
                 region: copy.region.clone(),
                 retention: rules,
             });
@@ -278,9 +278,10 @@ fn duration(key: &str, value: Option<&str>, default: &str) -> PluginResult<Durat
         .map_err(|e| PluginError::config(format!("{key} = {text:?}: {e} (e.g. \"30s\", \"2h\")")))
 }
 
-/// Restore options given with `-o KEY=VALUE`: they win over `launch` and the record.
+/// Restore options given with `-o KEY=VALUE`: they win over `launch` and the record. Every step
+/// of a restore sees the same options, so keys meant for other plugins (`target`, `path`...)
+/// are ignored rather than refused.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LaunchOptions {
     pub instance_type: Option<String>,
     pub subnet_id: Option<String>,
@@ -321,7 +322,7 @@ impl LaunchOptions {
         }
         serde_json::from_value(options.clone()).map_err(|e| {
             PluginError::config(format!(
-                "restore options: {e} (known: instance_type, subnet_id, security_group_ids, key_name, region)"
+                "restore options: {e} (ebs reads instance_type, subnet_id, security_group_ids, key_name, region)"
             ))
         })
     }
@@ -418,6 +419,13 @@ mod tests {
         assert_eq!(o.security_group_ids.unwrap().into_vec(), ["sg-1", "sg-2"]);
         let o = LaunchOptions::from_request(&json!({"security_group_ids": ["sg-3"]})).unwrap();
         assert_eq!(o.security_group_ids.unwrap().into_vec(), ["sg-3"]);
-        assert!(LaunchOptions::from_request(&json!({"instance": "x"})).is_err());
+        let o =
+            LaunchOptions::from_request(&json!({"target": "/mnt/x", "key_name": "dr"})).unwrap();
+        assert_eq!(
+            o.key_name.as_deref(),
+            Some("dr"),
+            "other plugins' options are ignored"
+        );
+        assert!(LaunchOptions::from_request(&json!({"subnet_id": 5})).is_err());
     }
 }

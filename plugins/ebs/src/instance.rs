@@ -66,23 +66,27 @@ pub async fn resolve(ctx: &Context, ec2: &Client, target: &Target) -> PluginResu
 
 /// One instance by id; a clear error when it does not exist.
 pub async fn describe(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Instance> {
+    find(ctx, ec2, id).await?.ok_or_else(|| {
+        PluginError::permanent(format!("instance {id} does not exist in this region"))
+    })
+}
+
+/// One instance by id, if it exists.
+pub async fn find(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Option<Instance>> {
     let found = call(ctx, "DescribeInstances", || {
         ec2.describe_instances().instance_ids(id).send()
     })
     .await;
-    let found = match found {
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-        Ok(out) => out
+    match found {
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(out) => Ok(out
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
             .next()
-            .cloned(),
-    };
-    found.ok_or_else(|| {
-        PluginError::permanent(format!("instance {id} does not exist in this region"))
-    })
+            .cloned()),
+    }
 }
 
 /// The instance's state name (`running`, `stopped`...).

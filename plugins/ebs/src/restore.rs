@@ -104,7 +104,7 @@ impl Launch {
 
     fn describe(&self) -> String {
         let mut text = format!(
-            "a {} from {} in {}",
+            "instance type {} from {} in {}",
             self.instance_type, self.image_id, self.region
         );
         if let Some(subnet) = &self.subnet_id {
@@ -282,12 +282,8 @@ pub async fn teardown(
 ) -> PluginResult<StepOutput> {
     let ec2 = aws.ec2(&record.region);
     let id = &record.instance_id;
-    let found = match instance::describe(ctx, &ec2, id).await {
-        Ok(found) => found,
-        Err(e) if e.message.contains("does not exist") => {
-            return Ok(StepOutput::new(format!("{id} no longer exists")));
-        }
-        Err(e) => return Err(e),
+    let Some(found) = instance::find(ctx, &ec2, id).await? else {
+        return Ok(StepOutput::new(format!("{id} no longer exists")));
     };
     if tags::value(found.tags(), RESTORED_FROM).is_none() {
         return Err(PluginError::permanent(format!(

@@ -159,16 +159,18 @@ pub enum Status {
     Pending(u64),
 }
 
-/// Looks at `ids` once: an `error` (or vanished) snapshot is a permanent failure with AWS's reason.
+/// Looks at `ids` once: a snapshot in `error` is a permanent failure with AWS's reason. One not
+/// listed yet counts as pending at 0%: EC2's describe calls are eventually consistent, so a
+/// snapshot just created may not show for a moment (the wait's timeout bounds this).
 pub async fn status(ctx: &Context, ec2: &Client, ids: &[String]) -> PluginResult<Status> {
     let found = existing(ctx, ec2, ids).await?;
     let mut total = 0u64;
     let mut all_done = true;
     for id in ids {
         let Some(snapshot) = found.iter().find(|s| s.snapshot_id() == Some(id.as_str())) else {
-            return Err(PluginError::permanent(format!(
-                "snapshot {id} no longer exists"
-            )));
+            ctx.debug(format!("{id} is not listed yet"));
+            all_done = false;
+            continue;
         };
         match snapshot.state() {
             Some(SnapshotState::Error) => {

@@ -339,7 +339,7 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
         dry_step["summary"]
             .as_str()
             .unwrap()
-            .contains("would launch a m5.xlarge"),
+            .contains("would launch instance type m5.xlarge"),
         "{dry_step:#}"
     );
 
