@@ -292,14 +292,15 @@ fn throttled_calls_are_retried_until_they_pass() {
 }
 
 #[test]
-fn the_ami_is_copied_to_another_region_and_recorded_there() {
+fn the_ami_is_copied_to_another_region_and_pruned_there_by_its_own_rules() {
     let aws = LocalAws::start(&["--pending", "2"]);
     let machine = machine(&aws, false);
     let sandbox = Sandbox::new();
     let plan = plan(
         &sandbox,
         &format!(
-            "instance = \"{}\"\ncopy_to = [{{ region = \"us-west-2\" }}]\n",
+            "instance = \"{}\"\nretention = {{ keep_last = 2 }}\n\
+             copy_to = [{{ region = \"us-west-2\", retention = {{ keep_last = 1 }} }}]\n",
             machine.instance_id
         ),
     );
@@ -314,7 +315,59 @@ fn the_ami_is_copied_to_another_region_and_recorded_there() {
     assert_eq!(tag(found, "backplan:plan"), Some("svc"));
     assert_eq!(tag(found, "backplan:step"), Some("machine"));
     assert!(!copies[0]["snapshot_ids"].as_array().unwrap().is_empty());
+
+    // Disaster recovery: restore from the copy.
+    let dry = run(
+        &sandbox,
+        &aws,
+        &[
+            "--json",
+            "restore",
+            &plan,
+            "--run",
+            "latest",
+            "--dry-run",
+            "-o",
+            "region=us-west-2",
+        ],
+    );
+    let summary = only_step(&dry.expect_code(0).json())["summary"].to_string();
+    assert!(
+        summary.contains(copy_id) && summary.contains("us-west-2"),
+        "{summary}"
+    );
+
+    // A second backup; then us-east-1 keeps both (keep_last = 2), us-west-2 the newest copy.
+    let main_first = step["record"]["image_id"].as_str().unwrap().to_owned();
+    let copy_first = copy_id.to_owned();
+    let second = backup(&sandbox, &aws, &plan);
+    let copy_second = second["record"]["copies"][0]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Verify checks the copies too (and marks the latest backup verified).
     run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+    run(&sandbox, &aws, &["prune", &plan]).expect_code(0);
+    assert_eq!(
+        image(&aws, "us-east-1", &main_first)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        image(&aws, "us-west-2", &copy_first)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        image(&aws, "us-west-2", &copy_second)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
