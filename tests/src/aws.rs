@@ -58,6 +58,30 @@ impl LocalAws {
         cmd.envs(&self.env).env("AWS_EC2_METADATA_DISABLED", "true")
     }
 
+    /// Runs a boto3 script against this endpoint and returns the last line it printed, parsed
+    /// as JSON. The script gets `ec2` (default region), `west` (us-west-2), `s3`, and `out(v)`
+    /// to print a value. For fixtures and for reading AWS state back, through the wire protocol.
+    pub fn boto(&self, script: &str) -> serde_json::Value {
+        let prelude = "import json, sys, boto3\n\
+                       ec2 = boto3.client('ec2')\n\
+                       west = boto3.client('ec2', region_name='us-west-2')\n\
+                       s3 = boto3.client('s3')\n\
+                       def out(v): print(json.dumps(v, default=str))\n";
+        let output = self
+            .python()
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .expect("run the virtualenv's python");
+        assert!(
+            output.status.success(),
+            "boto3 script failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or_default()
+    }
+
     /// The virtualenv's Python, which has boto3: for setting up fixtures the way a user's
     /// account would look (instances, buckets), through the same wire protocol.
     pub fn python(&self) -> Command {

@@ -91,9 +91,15 @@ pub async fn run(
     for copy in &record.copies {
         summary.push_str(&format!(", copy {} in {}", copy.image_id, copy.region));
     }
+    // The machine's addresses under the same names a restore gives the new machine's, so a
+    // later step's `${steps.ID.outputs.private_ip}` means "the Services machine" in both.
+    let machine = &record.instance;
     Ok(StepOutput::new(summary)
         .output("image_id", image_id.unwrap_or_default())
         .output("instance_id", &id)
+        .output("private_ip", machine.private_ip.clone().unwrap_or_default())
+        .output("public_ip", machine.public_ip.clone().unwrap_or_default())
+        .output("hostname", machine.hostname.clone().unwrap_or_default())
         .bytes(bytes)
         .record(record))
 }

@@ -166,8 +166,8 @@ pub struct Record {
 }
 
 /// Request options understood by `restore` (`backplan restore ... --option target=...`).
+/// Options go to every step of a run, so other plugins' keys are ignored.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RestoreRequest {
     /// Restore into this folder instead of the source (a drill); no mount check.
     target: Option<PathBuf>,
@@ -175,9 +175,8 @@ struct RestoreRequest {
     path: Option<String>,
 }
 
-/// Request options understood by `verify`.
+/// Request options understood by `verify`; other plugins' keys are ignored.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VerifyRequest {
     fraction: Option<f64>,
     seed: Option<u64>,

@@ -1,5 +1,6 @@
 //! End-to-end tests: one test binary, one module per area.
 
+mod circleci_restore;
 mod ebs;
 mod nfs_objects;
 mod plugins;
