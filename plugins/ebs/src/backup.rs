@@ -8,7 +8,7 @@ use aws_sdk_ec2::Client;
 use backplan_plugin_sdk::{Context, PluginError, PluginResult, StepOutput};
 
 use crate::client::Aws;
-use crate::config::{Mode, Settings, Target, Volumes};
+use crate::config::{Mode, Settings, Target};
 use crate::image;
 use crate::instance;
 use crate::record::{BackupRecord, CopyRecord, SnapshotRecord};
@@ -47,14 +47,16 @@ pub async fn run(
     }
     let (image_id, snapshots, copies) = match settings.mode {
         Mode::Ami => {
-            // CreateImage snapshots every volume: the same spacing applies to each.
-            if image::find_own(ctx, &ec2, owner, true).await?.is_empty() {
-                for (_, volume) in instance::volumes(&found, Volumes::All) {
-                    snapshot::gate(ctx, &ec2, &volume).await?;
-                }
-            }
-            let image_id =
-                image::make(ctx, &ec2, owner, &settings.tags, &id, settings.no_reboot).await?;
+            let image_id = image::make(
+                ctx,
+                &ec2,
+                owner,
+                &settings.tags,
+                &found,
+                settings.no_reboot,
+                &settings.timing,
+            )
+            .await?;
             let image = image::wait(ctx, &ec2, &image_id, &region, &settings.timing).await?;
             let copies = copy_all(ctx, aws, settings, owner, (&region, &image_id)).await?;
             (Some(image_id), image::snapshot_records(&image), copies)
@@ -66,7 +68,8 @@ pub async fn run(
                     "{id} has no attached EBS volume to snapshot"
                 )));
             }
-            let made = snapshot::make(ctx, &ec2, owner, &settings.tags, &volumes).await?;
+            let made = snapshot::make(ctx, &ec2, owner, &settings.tags, &volumes, &settings.timing)
+                .await?;
             let ids: Vec<String> = made.iter().map(|s| s.snapshot_id.clone()).collect();
             snapshot::wait(ctx, &ec2, &ids, &settings.timing).await?;
             (None, made, Vec::new())

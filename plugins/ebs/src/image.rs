@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::types::{Image, ImageState, ResourceType};
+use aws_sdk_ec2::types::{Image, ImageState, Instance, ResourceType};
 use backplan_plugin_sdk::{Context, PluginError, PluginResult};
 
 use crate::client::{AwsError, call};
-use crate::config::Timing;
+use crate::config::{Timing, Volumes};
+use crate::instance;
 use crate::record::SnapshotRecord;
 use crate::snapshot::{self, Status, progress};
 use crate::tags::{Owner, image_name};
@@ -88,14 +89,16 @@ pub fn snapshot_records(image: &Image) -> Vec<SnapshotRecord> {
         .collect()
 }
 
-/// The AMI of this run: the one an earlier attempt made, or a new one.
+/// The AMI of this run: the one an earlier attempt made, or a new one (once EC2 allows a new
+/// snapshot of each volume: CreateImage snapshots them all).
 pub async fn make(
     ctx: &Context,
     ec2: &Client,
     owner: &Owner,
     tags: &BTreeMap<String, String>,
-    instance_id: &str,
+    instance: &Instance,
     no_reboot: bool,
+    timing: &Timing,
 ) -> PluginResult<String> {
     if let Some(id) = find_own(ctx, ec2, owner, true)
         .await?
@@ -107,6 +110,10 @@ pub async fn make(
         ));
         return Ok(id.to_owned());
     }
+    for (_, volume) in instance::volumes(instance, Volumes::All) {
+        snapshot::gate(ctx, ec2, &volume, timing).await?;
+    }
+    let instance_id = instance.instance_id().unwrap_or_default();
     let specs = owner.specs(tags, &[ResourceType::Image, ResourceType::Snapshot]);
     let out = call(ctx, "CreateImage", || {
         ec2.create_image()

@@ -5,6 +5,7 @@
 //! a snapshot in `error` carries the reason AWS gives, which is what the step should fail with.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{ResourceType, Snapshot, SnapshotState};
@@ -69,8 +70,10 @@ pub async fn existing(
     Ok(out.snapshots().to_vec())
 }
 
-/// Waits until EC2 allows a new snapshot of `volume` (15 s spacing, 5 pending at most).
-pub async fn gate(ctx: &Context, ec2: &Client, volume: &str) -> PluginResult<()> {
+/// Waits until EC2 allows a new snapshot of `volume` (15 s spacing, 5 pending at most), for
+/// `wait_timeout` at most.
+pub async fn gate(ctx: &Context, ec2: &Client, volume: &str, timing: &Timing) -> PluginResult<()> {
+    let deadline = Instant::now() + timing.timeout;
     loop {
         let out = call(ctx, "DescribeSnapshots", || {
             ec2.describe_snapshots()
@@ -93,6 +96,11 @@ pub async fn gate(ctx: &Context, ec2: &Client, volume: &str) -> PluginResult<()>
         match snapshot_gate(volume, latest, pending, Timestamp::now()) {
             Gate::Open => return Ok(()),
             Gate::Wait(wait, why) => {
+                if Instant::now() + wait > deadline {
+                    return Err(PluginError::transient(format!(
+                        "{why}, still after wait_timeout"
+                    )));
+                }
                 ctx.info(format!("{why}; waiting {}s", wait.as_secs_f64().ceil()));
                 pause(ctx, wait).await?;
             }
@@ -108,6 +116,7 @@ pub async fn make(
     owner: &Owner,
     tags: &BTreeMap<String, String>,
     volumes: &[(String, String)],
+    timing: &Timing,
 ) -> PluginResult<Vec<SnapshotRecord>> {
     let earlier = find_own(ctx, ec2, owner, true).await?;
     let mut made = Vec::new();
@@ -124,7 +133,7 @@ pub async fn make(
                 id.to_owned()
             }
             None => {
-                gate(ctx, ec2, volume).await?;
+                gate(ctx, ec2, volume, timing).await?;
                 let specs = owner.specs(tags, &[ResourceType::Snapshot]);
                 let out = call(ctx, "CreateSnapshot", || {
                     ec2.create_snapshot()
