@@ -463,7 +463,7 @@ fn plan_show_runs_show_plugins_and_completions() {
     assert_eq!(levels, [0, 1]);
     let human = sandbox.run(["plan", "show", path]);
     assert!(
-        human.stdout().contains("stage 2:\n  b"),
+        human.stdout().contains("  stage 2:\n    b "),
         "{}",
         human.stdout()
     );
