@@ -119,7 +119,7 @@ pub struct Scope {
 type Found = (String, Option<usize>);
 
 /// Groups sibling sub-prefixes by their first characters beyond their parent: the shortest
-/// extension that still gives at least `target` groups. Groups never reach above a parent, so a
+/// extension that gives at least half of `target` groups. Groups never reach above a parent, so a
 /// group only matches keys under one listed parent.
 pub fn group(found: &[Found], target: usize) -> Vec<Scope> {
     let whole = |(prefix, _): &Found| Scope {
@@ -150,7 +150,9 @@ pub fn group(found: &[Found], target: usize) -> Vec<Scope> {
                 });
             }
         }
-        if groups.len() >= target {
+        // Half the target is close enough: fewer, longer listings cost fewer requests, and
+        // the next extension usually multiplies the count by ten or more.
+        if groups.len() * 2 >= target {
             return groups;
         }
     }
@@ -383,7 +385,7 @@ mod tests {
         all.extend(found("ab/", &["x/", "y/"]));
         all.extend(found("é/", &["ü1/", "ü2/"]));
         all.sort();
-        let groups = group(&all, 3);
+        let groups = group(&all, 6);
         let prefixes: Vec<&str> = groups.iter().map(|g| g.prefix.as_str()).collect();
         assert_eq!(prefixes, ["a/b", "a/c", "ab/x", "ab/y", "é/ü"]);
         assert!(groups.iter().all(|g| g.min_slashes == 2));
