@@ -264,9 +264,9 @@ impl Worker for FileReader<'_> {
         let mut outcomes = Vec::with_capacity(tasks.len());
         for task in tasks {
             let result = match read_piece(&task, &mut self.buffer) {
-                Ok(short) => TaskResult::Stored {
-                    blob: self.store()?,
-                    short,
+                Ok(filled) => TaskResult::Stored {
+                    blob: self.store(filled)?,
+                    short: filled < task.length as usize,
                 },
                 Err(err) => TaskResult::Failed {
                     vanished: err.kind() == io::ErrorKind::NotFound,
@@ -292,9 +292,9 @@ impl Worker for FileReader<'_> {
 }
 
 impl FileReader<'_> {
-    /// Stores the bytes in `self.buffer` unless the repository already has them.
-    fn store(&mut self) -> Result<BlobRef> {
-        let raw = &self.buffer;
+    /// Stores the first `len` bytes of `self.buffer` unless the repository already has them.
+    fn store(&mut self, len: usize) -> Result<BlobRef> {
+        let raw = &self.buffer[..len];
         let id = ContentId::of(raw);
         let raw_length = raw.len() as u64;
         let dedup = &self.shared.dedup;
@@ -304,7 +304,7 @@ impl FileReader<'_> {
             }
         }
         let blob = match self.encoder.compress(raw) {
-            Some(compressed) => self.packs.add(id, &compressed, raw_length, true)?,
+            Some(compressed) => self.packs.add(id, compressed, raw_length, true)?,
             None => self.packs.add(id, raw, raw_length, false)?,
         };
         self.shared
@@ -315,23 +315,25 @@ impl FileReader<'_> {
     }
 }
 
-/// Reads `task.length` bytes at `task.offset` into `buffer`; `Ok(true)` if the file was shorter.
-fn read_piece(task: &ReadTask, buffer: &mut Vec<u8>) -> io::Result<bool> {
+/// Reads up to `task.length` bytes at `task.offset` into the start of `buffer`; how many were
+/// there (fewer if the file got shorter). The buffer only ever grows, so it is not zeroed
+/// again for every piece.
+fn read_piece(task: &ReadTask, buffer: &mut Vec<u8>) -> io::Result<usize> {
     let file = File::open(&task.path)?;
     let length = usize::try_from(task.length).map_err(io::Error::other)?;
-    buffer.clear();
-    buffer.resize(length, 0);
+    if buffer.len() < length {
+        buffer.resize(length, 0);
+    }
     let mut filled = 0;
     while filled < length {
-        match file.read_at(&mut buffer[filled..], task.offset + filled as u64) {
+        match file.read_at(&mut buffer[filled..length], task.offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
     }
-    buffer.truncate(filled);
-    Ok(filled < length)
+    Ok(filled)
 }
 
 /// An entry waiting for its turn to be written to the manifest.
