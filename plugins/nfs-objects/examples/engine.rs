@@ -5,13 +5,17 @@
 //! engine restore REPO TARGET [SNAPSHOT]
 //! engine verify  REPO [SNAPSHOT]
 //! ```
-//! SNAPSHOT defaults to the latest. Prints one JSON line with the result.
+//! SNAPSHOT defaults to the latest. REPO is a folder or `s3://bucket/prefix` (reached through
+//! the standard AWS environment, e.g. `AWS_ENDPOINT_URL_S3`). Prints one JSON line with the
+//! result.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use backplan_plugin_nfs_objects::backend::{Backend, LocalBackend};
+use backplan_plugin_nfs_objects::backend::{
+    Backend, LocalBackend, S3Backend, S3Location, S3Options,
+};
 use backplan_plugin_nfs_objects::backup::{BackupOptions, backup};
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
@@ -37,11 +41,14 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<serde_json::Value> {
     let usage = || Error::Invalid("usage: engine backup|restore|verify REPO ...".into());
-    let (command, repo_path) = match args {
-        [command, repo, ..] => (command.as_str(), PathBuf::from(repo)),
+    let (command, repository) = match args {
+        [command, repo, ..] => (command.as_str(), repo.as_str()),
         _ => return Err(usage()),
     };
-    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&repo_path)?);
+    let backend: Arc<dyn Backend> = match S3Location::parse(repository) {
+        Some(location) => Arc::new(S3Backend::connect(location?, &S3Options::default())?),
+        None => Arc::new(LocalBackend::new(PathBuf::from(repository))?),
+    };
     match (command, &args[2..]) {
         ("backup", [source]) => {
             let repo = Repository::open_or_init(backend, RepoConfig::default())?;

@@ -110,8 +110,11 @@ impl Encoder {
     }
 }
 
-/// Turns a stored blob back into raw bytes and checks them against `blob.id`.
-pub fn decode(blob: &BlobRef, stored: &[u8]) -> Result<Vec<u8>> {
+/// Turns a stored blob back into raw bytes and checks them against `blob.id`. A raw blob is
+/// checked in place; a compressed one is decompressed into `scratch`, which callers keep
+/// between blobs (restore and verify pass every byte of a repository through here, so neither a
+/// copy nor a fresh allocation per blob is free).
+pub fn decode<'a>(blob: &BlobRef, stored: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
     let corrupt = |reason: String| Error::Corrupt {
         name: crate::repo::pack_object(&blob.pack),
         reason: format!("blob {} at offset {}: {reason}", blob.id, blob.offset),
@@ -123,12 +126,17 @@ pub fn decode(blob: &BlobRef, stored: &[u8]) -> Result<Vec<u8>> {
             blob.length
         )));
     }
-    let raw = if blob.zstd {
+    let raw: &[u8] = if blob.zstd {
         let capacity = usize::try_from(blob.raw_length)
             .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
-        zstd::bulk::decompress(stored, capacity).map_err(|err| corrupt(err.to_string()))?
+        if scratch.len() < capacity {
+            scratch.resize(capacity, 0);
+        }
+        let len = zstd::bulk::decompress_to_buffer(stored, &mut scratch[..capacity])
+            .map_err(|err| corrupt(err.to_string()))?;
+        &scratch[..len]
     } else {
-        stored.to_vec()
+        stored
     };
     if raw.len() as u64 != blob.raw_length {
         return Err(corrupt(format!(
@@ -137,7 +145,7 @@ pub fn decode(blob: &BlobRef, stored: &[u8]) -> Result<Vec<u8>> {
             blob.raw_length
         )));
     }
-    if ContentId::of(&raw) != blob.id {
+    if ContentId::of(raw) != blob.id {
         return Err(corrupt("content does not match its id".into()));
     }
     Ok(raw)
@@ -164,7 +172,10 @@ mod tests {
         let mut encoder = Encoder::new(1).unwrap();
         let out = encoder.compress(&raw).expect("text compresses").to_vec();
         assert!(out.len() < raw.len() / 4);
-        assert_eq!(decode(&stored(&raw, &out, true), &out).unwrap(), raw);
+        assert_eq!(
+            decode(&stored(&raw, &out, true), &out, &mut Vec::new()).unwrap(),
+            raw
+        );
     }
 
     #[test]
@@ -207,9 +218,9 @@ mod tests {
         let raw = b"some artifact".to_vec();
         let mut bad = raw.clone();
         bad[3] ^= 1;
-        let err = decode(&stored(&raw, &bad, false), &bad).unwrap_err();
+        let err = decode(&stored(&raw, &bad, false), &bad, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-        let err = decode(&stored(&raw, &raw, false), &raw[..5]).unwrap_err();
+        let err = decode(&stored(&raw, &raw, false), &raw[..5], &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("5 bytes instead of 13"), "{err}");
     }
 }

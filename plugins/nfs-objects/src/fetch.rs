@@ -16,8 +16,9 @@ const MAX_MERGED_READ: u64 = 16 << 20;
 pub fn fetch_each<T>(
     backend: &dyn Backend,
     wanted: Vec<(T, BlobRef)>,
-    mut each: impl FnMut(T, &BlobRef, Result<Vec<u8>, String>),
+    mut each: impl FnMut(T, &BlobRef, Result<&[u8], String>),
 ) {
+    let mut scratch = Vec::new();
     let mut rest = wanted.into_iter().peekable();
     while let Some(first) = rest.next() {
         let mut run = vec![first];
@@ -38,7 +39,8 @@ pub fn fetch_each<T>(
                 for (tag, blob) in run {
                     let at = (blob.offset - start) as usize;
                     let stored = &bytes[at..at + blob.length as usize];
-                    each(tag, &blob, decode(&blob, stored).map_err(|e| e.to_string()));
+                    let raw = decode(&blob, stored, &mut scratch).map_err(|e| e.to_string());
+                    each(tag, &blob, raw);
                 }
             }
             Err(err) => {
@@ -86,7 +88,7 @@ mod tests {
         ];
         let mut seen = Vec::new();
         fetch_each(backend.as_ref(), wanted, |tag, _, result| {
-            seen.push((tag, result))
+            seen.push((tag, result.map(<[u8]>::to_vec)))
         });
         assert_eq!(seen[0], (0, Ok(b"one".to_vec())));
         assert!(seen[1].1.as_ref().unwrap_err().contains("does not match"));

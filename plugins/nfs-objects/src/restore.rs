@@ -186,7 +186,7 @@ impl Worker for PieceWriter<'_> {
             .collect();
         fetch_each(self.backend, wanted, |(slot, file, offset), _, raw| {
             let problem = match raw {
-                Ok(raw) => write_sparse(&file, offset, &raw)
+                Ok(raw) => write_sparse(&file, offset, raw)
                     .err()
                     .map(|e| e.to_string()),
                 Err(reason) => Some(reason),
