@@ -13,7 +13,6 @@ Prints medians of N runs (wall seconds), CPU seconds and peak RSS.
 """
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,15 +47,19 @@ def plan(path, steps, chain, concurrency=8):
 
 
 def measure(cmd, env, runs):
+    """Median wall and CPU seconds, and the peak RSS, of `cmd` alone (wait4 gives each
+    process's own usage, not that of every child this script ever had, such as the build)."""
     walls, cpus, rss = [], [], 0
     for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
         walls.append(time.perf_counter() - t0)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-        rss = max(rss, after.ru_maxrss)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}")
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        rss = max(rss, usage.ru_maxrss)
     return statistics.median(walls), statistics.median(cpus), rss
 
 
