@@ -38,7 +38,9 @@ fn fake_root(root: &Path, old_ip: &str) {
     };
     write(
         "etc/default/replicated",
-        &format!("PRIVATE_ADDRESS={old_ip}\nREPLICATED_OPTS=\"-e DAEMON_ENDPOINT={old_ip}:9879\"\n"),
+        &format!(
+            "PRIVATE_ADDRESS={old_ip}\nREPLICATED_OPTS=\"-e DAEMON_ENDPOINT={old_ip}:9879\"\n"
+        ),
     );
     write(
         "etc/default/replicated-operator",
@@ -151,7 +153,10 @@ fn a_recorded_backup_is_restored_in_circlecis_order_onto_a_new_instance() {
 
     let backup = run(&sandbox, &aws, &["--json", "run", &plan]);
     let record = backup.expect_code(0).json();
-    assert_eq!(step(&record, "host")["record"]["private_ip"], old_ip.as_str());
+    assert_eq!(
+        step(&record, "host")["record"]["private_ip"],
+        old_ip.as_str()
+    );
     assert_eq!(
         step(&record, "in-flight-builds")["record"]["builds"][0]["url"],
         "https://ci.example.com/gh/acme/api/7"
@@ -164,7 +169,15 @@ fn a_recorded_backup_is_restored_in_circlecis_order_onto_a_new_instance() {
     let restore = run(
         &sandbox,
         &aws,
-        &["--json", "restore", &plan, "--run", "latest", "-o", "delete=true"],
+        &[
+            "--json",
+            "restore",
+            &plan,
+            "--run",
+            "latest",
+            "-o",
+            "delete=true",
+        ],
     );
     let record = restore.expect_code(0).json();
     let order: Vec<&str> = record["steps"]
@@ -175,7 +188,13 @@ fn a_recorded_backup_is_restored_in_circlecis_order_onto_a_new_instance() {
         .collect();
     assert_eq!(
         order,
-        ["machine", "host", "artifacts", "app-start", "in-flight-builds"]
+        [
+            "machine",
+            "host",
+            "artifacts",
+            "app-start",
+            "in-flight-builds"
+        ]
     );
     let launched = &step(&record, "machine")["outputs"];
     let new_ip = launched["private_ip"].as_str().unwrap();
@@ -198,7 +217,10 @@ fn a_recorded_backup_is_restored_in_circlecis_order_onto_a_new_instance() {
     assert!(!root.join("opt/nomad").exists());
     assert_eq!(read(&root, "app.log"), "stop\nstart\n");
     // The artifacts are back at the same path.
-    assert_eq!(read(&root, "data/artifacts/builds/7/report.txt"), "build 7 passed\n");
+    assert_eq!(
+        read(&root, "data/artifacts/builds/7/report.txt"),
+        "build 7 passed\n"
+    );
     assert_eq!(read(&root, "data/artifacts/caches/deps.tar"), "cache bytes");
     // And the build that was in flight is deleted through the console.
     assert_eq!(
