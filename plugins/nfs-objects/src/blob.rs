@@ -110,45 +110,70 @@ impl Encoder {
     }
 }
 
-/// Turns a stored blob back into raw bytes and checks them against `blob.id`. A raw blob is
-/// checked in place; a compressed one is decompressed into `scratch`, which callers keep
-/// between blobs (restore and verify pass every byte of a repository through here, so neither a
-/// copy nor a fresh allocation per blob is free).
-pub fn decode<'a>(blob: &BlobRef, stored: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
-    let corrupt = |reason: String| Error::Corrupt {
-        name: crate::repo::pack_object(&blob.pack),
-        reason: format!("blob {} at offset {}: {reason}", blob.id, blob.offset),
-    };
-    if stored.len() as u64 != blob.length {
-        return Err(corrupt(format!(
-            "{} bytes instead of {}",
-            stored.len(),
-            blob.length
-        )));
+/// Turns stored blobs back into raw bytes, checked against their ids. Restore and verify pass
+/// every byte of a repository through here, so each worker keeps one: a raw blob is checked in
+/// place, a compressed one is decompressed into a buffer and with a zstd context that are both
+/// reused (a fresh context and 4 MiB buffer per blob cost 5 % of a restore).
+pub struct Decoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").finish_non_exhaustive()
     }
-    let raw: &[u8] = if blob.zstd {
-        let capacity = usize::try_from(blob.raw_length)
-            .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
-        if scratch.len() < capacity {
-            scratch.resize(capacity, 0);
+}
+
+impl Decoder {
+    pub fn new() -> Result<Self> {
+        let decompressor = zstd::bulk::Decompressor::new()
+            .map_err(|err| Error::Internal(format!("zstd decompressor: {err}")))?;
+        Ok(Self {
+            decompressor,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The raw bytes of `blob`, given its stored form.
+    pub fn decode<'a>(&'a mut self, blob: &BlobRef, stored: &'a [u8]) -> Result<&'a [u8]> {
+        let corrupt = |reason: String| Error::Corrupt {
+            name: crate::repo::pack_object(&blob.pack),
+            reason: format!("blob {} at offset {}: {reason}", blob.id, blob.offset),
+        };
+        if stored.len() as u64 != blob.length {
+            return Err(corrupt(format!(
+                "{} bytes instead of {}",
+                stored.len(),
+                blob.length
+            )));
         }
-        let len = zstd::bulk::decompress_to_buffer(stored, &mut scratch[..capacity])
-            .map_err(|err| corrupt(err.to_string()))?;
-        &scratch[..len]
-    } else {
-        stored
-    };
-    if raw.len() as u64 != blob.raw_length {
-        return Err(corrupt(format!(
-            "{} raw bytes instead of {}",
-            raw.len(),
-            blob.raw_length
-        )));
+        let raw: &[u8] = if blob.zstd {
+            let capacity = usize::try_from(blob.raw_length)
+                .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
+            if self.scratch.len() < capacity {
+                self.scratch.resize(capacity, 0);
+            }
+            let len = self
+                .decompressor
+                .decompress_to_buffer(stored, &mut self.scratch[..capacity])
+                .map_err(|err| corrupt(err.to_string()))?;
+            &self.scratch[..len]
+        } else {
+            stored
+        };
+        if raw.len() as u64 != blob.raw_length {
+            return Err(corrupt(format!(
+                "{} raw bytes instead of {}",
+                raw.len(),
+                blob.raw_length
+            )));
+        }
+        if ContentId::of(raw) != blob.id {
+            return Err(corrupt("content does not match its id".into()));
+        }
+        Ok(raw)
     }
-    if ContentId::of(raw) != blob.id {
-        return Err(corrupt("content does not match its id".into()));
-    }
-    Ok(raw)
 }
 
 #[cfg(test)]
@@ -173,7 +198,10 @@ mod tests {
         let out = encoder.compress(&raw).expect("text compresses").to_vec();
         assert!(out.len() < raw.len() / 4);
         assert_eq!(
-            decode(&stored(&raw, &out, true), &out, &mut Vec::new()).unwrap(),
+            Decoder::new()
+                .unwrap()
+                .decode(&stored(&raw, &out, true), &out)
+                .unwrap(),
             raw
         );
     }
@@ -218,9 +246,15 @@ mod tests {
         let raw = b"some artifact".to_vec();
         let mut bad = raw.clone();
         bad[3] ^= 1;
-        let err = decode(&stored(&raw, &bad, false), &bad, &mut Vec::new()).unwrap_err();
+        let err = Decoder::new()
+            .unwrap()
+            .decode(&stored(&raw, &bad, false), &bad)
+            .unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-        let err = decode(&stored(&raw, &raw, false), &raw[..5], &mut Vec::new()).unwrap_err();
+        let err = Decoder::new()
+            .unwrap()
+            .decode(&stored(&raw, &raw, false), &raw[..5])
+            .unwrap_err();
         assert!(err.to_string().contains("5 bytes instead of 13"), "{err}");
     }
 }

@@ -5,7 +5,7 @@
 //! turns thousands of tiny reads (or S3 GETs) into a few large ones.
 
 use crate::backend::Backend;
-use crate::blob::{BlobRef, decode};
+use crate::blob::{BlobRef, Decoder};
 use crate::repo::pack_object;
 
 /// Neighbouring blobs are merged into one read up to this many bytes.
@@ -15,10 +15,10 @@ const MAX_MERGED_READ: u64 = 16 << 20;
 /// not be had. Blobs are visited in the given order.
 pub fn fetch_each<T>(
     backend: &dyn Backend,
+    decoder: &mut Decoder,
     wanted: Vec<(T, BlobRef)>,
     mut each: impl FnMut(T, &BlobRef, Result<&[u8], String>),
 ) {
-    let mut scratch = Vec::new();
     let mut rest = wanted.into_iter().peekable();
     while let Some(first) = rest.next() {
         let mut run = vec![first];
@@ -39,7 +39,7 @@ pub fn fetch_each<T>(
                 for (tag, blob) in run {
                     let at = (blob.offset - start) as usize;
                     let stored = &bytes[at..at + blob.length as usize];
-                    let raw = decode(&blob, stored, &mut scratch).map_err(|e| e.to_string());
+                    let raw = decoder.decode(&blob, stored).map_err(|e| e.to_string());
                     each(tag, &blob, raw);
                 }
             }
@@ -87,9 +87,12 @@ mod tests {
             (3, missing),
         ];
         let mut seen = Vec::new();
-        fetch_each(backend.as_ref(), wanted, |tag, _, result| {
-            seen.push((tag, result.map(<[u8]>::to_vec)))
-        });
+        fetch_each(
+            backend.as_ref(),
+            &mut Decoder::new().unwrap(),
+            wanted,
+            |tag, _, result| seen.push((tag, result.map(<[u8]>::to_vec))),
+        );
         assert_eq!(seen[0], (0, Ok(b"one".to_vec())));
         assert!(seen[1].1.as_ref().unwrap_err().contains("does not match"));
         assert_eq!(seen[2], (2, Ok(b"three".to_vec())));

@@ -16,11 +16,11 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::Backend;
 use crate::backup::Skipped;
-use crate::blob::BlobRef;
+use crate::blob::{BlobRef, Decoder};
 use crate::control::{Control, Reporter};
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::fetch_each;
@@ -100,10 +100,13 @@ pub fn restore(
     fs::create_dir_all(target.join(Path::new(std::ffi::OsStr::from_bytes(subpath)))).at(target)?;
 
     let workers = (0..options.workers.max(1))
-        .map(|_| PieceWriter {
-            backend: backend.as_ref(),
+        .map(|_| {
+            Ok(PieceWriter {
+                backend: backend.as_ref(),
+                decoder: Decoder::new()?,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut report = RestoreReport::default();
     let reporter = Reporter::new(control, "restore", Some(snapshot.stats.bytes));
     let has_hardlinks = std::thread::scope(|scope| -> Result<bool> {
@@ -156,7 +159,7 @@ struct OpenFile {
     entry: Entry,
     temporary: PathBuf,
     destination: PathBuf,
-    file: Arc<File>,
+    file: Arc<Mutex<File>>,
     missing: usize,
     failure: Option<String>,
 }
@@ -164,7 +167,10 @@ struct OpenFile {
 /// One piece to fetch and write.
 struct Piece {
     slot: u64,
-    file: Arc<File>,
+    /// Writes into one file are serialised here: parallel `pwrite`s on one inode queue on its
+    /// kernel lock, spinning while the holder copies 4 MiB (10 % of a restore's CPU on 2 cores);
+    /// a waiter on this mutex sleeps instead, and the other worker decodes meanwhile.
+    file: Arc<Mutex<File>>,
     blob: BlobRef,
     offset: u64,
 }
@@ -172,6 +178,7 @@ struct Piece {
 /// A worker: fetches pieces, checks them and writes them into their files.
 struct PieceWriter<'a> {
     backend: &'a dyn Backend,
+    decoder: Decoder,
 }
 
 impl Worker for PieceWriter<'_> {
@@ -184,15 +191,20 @@ impl Worker for PieceWriter<'_> {
             .into_iter()
             .map(|piece| ((piece.slot, piece.file, piece.offset), piece.blob))
             .collect();
-        fetch_each(self.backend, wanted, |(slot, file, offset), _, raw| {
-            let problem = match raw {
-                Ok(raw) => write_sparse(&file, offset, raw)
-                    .err()
-                    .map(|e| e.to_string()),
-                Err(reason) => Some(reason),
-            };
-            outcomes.push((slot, problem));
-        });
+        fetch_each(
+            self.backend,
+            &mut self.decoder,
+            wanted,
+            |(slot, file, offset), _, raw| {
+                let problem = match raw {
+                    Ok(raw) => write_sparse(&lock(&file), offset, raw)
+                        .err()
+                        .map(|e| e.to_string()),
+                    Err(reason) => Some(reason),
+                };
+                outcomes.push((slot, problem));
+            },
+        );
         Ok(outcomes)
     }
 
@@ -202,6 +214,13 @@ impl Worker for PieceWriter<'_> {
 }
 
 /// Writes `data` at `offset`, leaving all-zero blocks as holes (the file is pre-sized).
+/// The file behind `shared`; a worker that panicked while writing is reported by the pool.
+fn lock(shared: &Mutex<File>) -> std::sync::MutexGuard<'_, File> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn write_sparse(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
     let mut start = 0;
     while start < data.len() {
@@ -310,7 +329,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         let file = File::create(&temporary)
             .and_then(|file| file.set_len(entry.size).map(|()| file))
             .at(&temporary)?;
-        let file = Arc::new(file);
+        let file = Arc::new(Mutex::new(file));
         let slot = self.next_slot;
         self.next_slot += 1;
         let mut offset = 0;
@@ -404,7 +423,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             Some(reason) => Err(reason),
             None => apply_metadata(
                 &open.temporary,
-                Some(&open.file),
+                Some(&lock(&open.file)),
                 &open.entry,
                 self.options.owners,
             )

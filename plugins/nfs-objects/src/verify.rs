@@ -6,7 +6,7 @@
 
 use crate::backend::Backend;
 use crate::backup::Skipped;
-use crate::blob::BlobRef;
+use crate::blob::{BlobRef, Decoder};
 use crate::control::{Control, Reporter};
 use crate::error::{Error, Result};
 use crate::fetch::fetch_each;
@@ -69,10 +69,13 @@ pub fn verify(
     let mut report = VerifyReport::default();
     let mut reporter = Reporter::new(control, "verify", Some(snapshot.stats.bytes));
     let workers = (0..options.workers.max(1))
-        .map(|_| BlobChecker {
-            backend: backend.as_ref(),
+        .map(|_| {
+            Ok(BlobChecker {
+                backend: backend.as_ref(),
+                decoder: Decoder::new()?,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let manifest = ManifestReader::open(
         backend.as_ref(),
         &snapshot.manifest,
@@ -142,6 +145,7 @@ pub fn verify(
 /// A worker: fetches pieces and reports the files whose bytes do not check out.
 struct BlobChecker<'a> {
     backend: &'a dyn Backend,
+    decoder: Decoder,
 }
 
 impl Worker for BlobChecker<'_> {
@@ -150,7 +154,7 @@ impl Worker for BlobChecker<'_> {
 
     fn run(&mut self, pieces: Vec<(String, BlobRef)>) -> Result<Vec<Skipped>> {
         let mut damaged = Vec::new();
-        fetch_each(self.backend, pieces, |path, _, raw| {
+        fetch_each(self.backend, &mut self.decoder, pieces, |path, _, raw| {
             if let Err(reason) = raw {
                 damaged.push(Skipped { path, reason });
             }
