@@ -314,3 +314,26 @@ fn a_backup_killed_at_several_points_leaves_earlier_snapshots_verifiable() {
         .expect_code(0);
     assert_eq!(describe(&target), describe(&source));
 }
+
+#[test]
+fn an_s3_prefix_holding_something_else_is_never_written_into() {
+    let aws = LocalAws::start(&[]);
+    boto(
+        &aws,
+        "s3.create_bucket(Bucket='shared')\n\
+         s3.put_object(Bucket='shared', Key='team/notes.txt', Body=b'not a repository')",
+    );
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    build_tree(&source);
+    let plan = plan(&sandbox, &source, "s3://shared/team");
+    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    out.expect_code(CONFIG_ERROR);
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(text.contains("neither a repository nor empty"), "{text}");
+    let keys = boto(
+        &aws,
+        "print([o['Key'] for o in s3.list_objects_v2(Bucket='shared')['Contents']])",
+    );
+    assert_eq!(keys.trim(), "['team/notes.txt']");
+}
