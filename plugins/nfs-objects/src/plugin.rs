@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backplan_plugin_sdk::{
-    Action, Context, ErrorKind, Plugin, PluginError, PluginResult, Progress, Request, StepOutput,
+    Action, Context, ErrorKind, Permissions, Plugin, PluginError, PluginResult, Progress, Request,
+    StepOutput,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -199,6 +200,41 @@ impl Plugin for NfsObjects {
         Action::Restore,
         Action::Prune,
     ];
+
+    /// An S3 repository needs the bucket listed and objects under its prefix read, written and
+    /// deleted (prune); a local one needs nothing from AWS.
+    fn permissions(&self, config: &Config) -> Permissions {
+        let Some(Ok(at)) = S3Location::parse(&config.repository) else {
+            return Permissions::default();
+        };
+        let bucket = &at.bucket;
+        let objects = if at.prefix.is_empty() {
+            format!("arn:aws:s3:::{bucket}/*")
+        } else {
+            format!("arn:aws:s3:::{bucket}/{}/*", at.prefix)
+        };
+        Permissions {
+            aws_iam_statements: vec![
+                serde_json::json!({
+                    "Sid": "NfsObjectsRepositoryBucket",
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+                    "Resource": format!("arn:aws:s3:::{bucket}"),
+                }),
+                serde_json::json!({
+                    "Sid": "NfsObjectsRepositoryObjects",
+                    "Effect": "Allow",
+                    "Action": [
+                        "s3:GetObject",
+                        "s3:PutObject",
+                        "s3:DeleteObject",
+                        "s3:AbortMultipartUpload",
+                    ],
+                    "Resource": objects,
+                }),
+            ],
+        }
+    }
 
     fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         if let Some(fraction) = config.verify_fraction {

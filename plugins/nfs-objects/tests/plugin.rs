@@ -75,3 +75,18 @@ fn an_nfs_source_that_is_not_mounted_is_refused() {
     let err = harness.run(Action::Check, typo).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Config);
 }
+
+#[test]
+fn an_s3_repository_asks_for_its_bucket_and_prefix_only() {
+    let harness = Harness::new(plugin_descriptor());
+    let s3 = json!({"source": "/data", "repository": "s3://art/ci/artifacts"});
+    let asked = harness.run(Action::Permissions, s3).unwrap().record;
+    let statements = asked["aws_iam_statements"].as_array().unwrap();
+    assert_eq!(statements[0]["Resource"], "arn:aws:s3:::art");
+    assert_eq!(statements[1]["Resource"], "arn:aws:s3:::art/ci/artifacts/*");
+    assert!(statements[1]["Action"].to_string().contains("s3:PutObject"));
+
+    let local = json!({"source": "/data", "repository": "/var/backups/artifacts"});
+    let none = harness.run(Action::Permissions, local).unwrap().record;
+    assert!(none.get("aws_iam_statements").is_none(), "{none}");
+}
