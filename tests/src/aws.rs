@@ -58,14 +58,19 @@ impl LocalAws {
         cmd.envs(&self.env).env("AWS_EC2_METADATA_DISABLED", "true")
     }
 
-    /// Runs a boto3 script against this endpoint and returns the last line it printed, parsed
-    /// as JSON. The script gets `ec2` (default region), `west` (us-west-2), `s3`, and `out(v)`
-    /// to print a value. For fixtures and for reading AWS state back, through the wire protocol.
-    pub fn boto(&self, script: &str) -> serde_json::Value {
-        let prelude = "import json, sys, boto3\n\
+    /// Runs a boto3 script against this endpoint and returns what it printed. The script gets
+    /// `ec2` (default region), `west` (us-west-2), `s3` (path-style), `raw` (path-style, sends no
+    /// checksum unless told to), the modules `base64`, `json`, `zlib`, and `out(v)` to print a
+    /// value as JSON. For fixtures and for reading AWS state back, through the wire protocol.
+    pub fn script(&self, script: &str) -> String {
+        let prelude = "import base64, json, sys, zlib\n\
+                       import boto3\n\
+                       from botocore.config import Config\n\
                        ec2 = boto3.client('ec2')\n\
                        west = boto3.client('ec2', region_name='us-west-2')\n\
-                       s3 = boto3.client('s3')\n\
+                       s3 = boto3.client('s3', config=Config(s3={'addressing_style': 'path'}))\n\
+                       raw = boto3.client('s3', config=Config(s3={'addressing_style': 'path'}, \
+                       request_checksum_calculation='when_required'))\n\
                        def out(v): print(json.dumps(v, default=str))\n";
         let output = self
             .python()
@@ -78,7 +83,12 @@ impl LocalAws {
             "boto3 script failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let text = String::from_utf8_lossy(&output.stdout);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// [`LocalAws::script`], with the last line it printed parsed as JSON (`null` if none).
+    pub fn boto(&self, script: &str) -> serde_json::Value {
+        let text = self.script(script);
         serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or_default()
     }
 

@@ -96,6 +96,13 @@ impl Sandbox {
         cmd
     }
 
+    /// Runs `backplan` with `args` to the end, pointed at the local AWS endpoint `aws`.
+    pub fn run_on(&self, aws: &LocalAws, args: &[&str]) -> Outcome {
+        let mut cmd = self.cmd(args);
+        aws.apply(&mut cmd);
+        Outcome(cmd.output().expect("run backplan"))
+    }
+
     /// Runs `backplan` with `args` to the end.
     pub fn run<I, S>(&self, args: I) -> Outcome
     where

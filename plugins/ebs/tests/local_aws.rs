@@ -11,24 +11,6 @@ use backplan_plugin_sdk::testing::Harness;
 use backplan_plugin_sdk::{Action, ErrorKind, Request};
 use serde_json::{Value, json};
 
-fn boto(aws: &LocalAws, script: &str) -> Value {
-    let prelude = "import json, boto3\nec2 = boto3.client('ec2')\n\
-                   def out(v): print(json.dumps(v, default=str))\n";
-    let output = aws
-        .python()
-        .arg("-c")
-        .arg(format!("{prelude}{script}"))
-        .output()
-        .expect("python");
-    assert!(
-        output.status.success(),
-        "fixture failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
-}
-
 fn request(harness: &Harness, action: Action, config: &Value, run: &str) -> Request {
     let mut request = harness.request(action, config.clone());
     request.plan = "lib".into();
@@ -46,9 +28,7 @@ fn retries_reuse_their_own_resources_and_teardown_only_terminates_what_it_launch
     }
     // SAFETY: as above.
     unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };
-    let instance = boto(
-        &aws,
-        "base = ec2.register_image(Name='base', RootDeviceName='/dev/sda1')['ImageId']\n\
+    let instance = aws.boto("base = ec2.register_image(Name='base', RootDeviceName='/dev/sda1')['ImageId']\n\
          i = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType='t3.large')['Instances'][0]\n\
          out(i['InstanceId'])",
     );
@@ -66,7 +46,7 @@ fn retries_reuse_their_own_resources_and_teardown_only_terminates_what_it_launch
         said.summary
     );
     let count = "out(len(ec2.describe_images(Owners=['self'], Filters=[{'Name': 'tag:backplan:plan', 'Values': ['lib']}])['Images']))";
-    assert_eq!(boto(&aws, count), 0);
+    assert_eq!(aws.boto(count), 0);
 
     // The same run and step twice: one image.
     let first = harness
@@ -78,7 +58,7 @@ fn retries_reuse_their_own_resources_and_teardown_only_terminates_what_it_launch
     assert_eq!(first.outputs["image_id"], again.outputs["image_id"]);
     assert_eq!(first.record, again.record);
     assert_eq!(
-        boto(&aws, count),
+        aws.boto(count),
         1,
         "a retried step must not make a second image"
     );
@@ -124,16 +104,12 @@ fn retries_reuse_their_own_resources_and_teardown_only_terminates_what_it_launch
     let done = harness.run_request(&teardown).unwrap();
     assert!(done.summary.contains("terminated"), "{}", done.summary);
     let new_id = launched.outputs["instance_id"].as_str().unwrap();
-    let state = boto(
-        &aws,
-        &format!(
+    let state = aws.boto(&format!(
             "out(ec2.describe_instances(InstanceIds=['{new_id}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
         ),
     );
     assert_eq!(state, "terminated");
-    let source = boto(
-        &aws,
-        &format!(
+    let source = aws.boto(&format!(
             "out(ec2.describe_instances(InstanceIds=['{instance}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
         ),
     );

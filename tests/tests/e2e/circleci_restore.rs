@@ -7,9 +7,8 @@
 //! artifacts back at the same path, start the app, delete the builds that were in flight.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use backplan_e2e::{LocalAws, Outcome, Sandbox};
+use backplan_e2e::{LocalAws, Sandbox};
 use serde_json::Value;
 
 /// A running "Services" instance in a fresh VPC; returns its id and private address.
@@ -123,12 +122,6 @@ console_command = ["sh", "-c", "cat > {console}"]
         .to_owned()
 }
 
-fn run(sandbox: &Sandbox, aws: &LocalAws, args: &[&str]) -> Outcome {
-    let mut cmd: Command = sandbox.cmd(args);
-    aws.apply(&mut cmd);
-    Outcome(cmd.output().expect("run backplan"))
-}
-
 fn step<'r>(record: &'r Value, id: &str) -> &'r Value {
     record["steps"]
         .as_array()
@@ -151,7 +144,7 @@ fn a_recorded_backup_is_restored_in_circlecis_order_onto_a_new_instance() {
     fake_root(&root, &old_ip);
     let plan = circleci_plan(&sandbox, &instance, &root);
 
-    let backup = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let backup = sandbox.run_on(&aws, &["--json", "run", &plan]);
     let record = backup.expect_code(0).json();
     assert_eq!(
         step(&record, "host")["record"]["private_ip"],
@@ -166,8 +159,7 @@ fn a_recorded_backup_is_restored_in_circlecis_order_onto_a_new_instance() {
     std::fs::remove_dir_all(root.join("data/artifacts")).unwrap();
     std::fs::create_dir_all(root.join("data/artifacts")).unwrap();
 
-    let restore = run(
-        &sandbox,
+    let restore = sandbox.run_on(
         &aws,
         &[
             "--json",

@@ -8,7 +8,6 @@
 //! other's images.
 
 use std::net::TcpListener;
-use std::process::Command;
 
 use backplan_e2e::{LocalAws, Outcome, Sandbox};
 use serde_json::Value;
@@ -23,28 +22,6 @@ struct Machine {
     volumes: Vec<String>,
 }
 
-/// Runs a boto3 script (with `ec2` for the default region, `west` for us-west-2 and `out` to
-/// print JSON) and returns what it printed, parsed.
-fn boto(aws: &LocalAws, script: &str) -> Value {
-    let prelude = "import json, sys, boto3\n\
-                   ec2 = boto3.client('ec2')\n\
-                   west = boto3.client('ec2', region_name='us-west-2')\n\
-                   def out(v): print(json.dumps(v, default=str))\n";
-    let output = aws
-        .python()
-        .arg("-c")
-        .arg(format!("{prelude}{script}"))
-        .output()
-        .expect("run the venv's python");
-    assert!(
-        output.status.success(),
-        "fixture script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
-}
-
 /// A VPC with a running instance named `circleci-services` with a root and a data volume; with
 /// `failing`, its volumes carry the tag that makes their snapshots end in `error`.
 fn machine(aws: &LocalAws, failing: bool) -> Machine {
@@ -53,9 +30,7 @@ fn machine(aws: &LocalAws, failing: bool) -> Machine {
     } else {
         "[]"
     };
-    let made = boto(
-        aws,
-        &format!(
+    let made = aws.boto(&format!(
             "base = ec2.register_image(Name='base', RootDeviceName='/dev/sda1')['ImageId']\n\
              vpc = ec2.create_vpc(CidrBlock='10.7.0.0/16')['Vpc']['VpcId']\n\
              subnet = ec2.create_subnet(VpcId=vpc, CidrBlock='10.7.1.0/24')['Subnet']['SubnetId']\n\
@@ -98,12 +73,6 @@ fn plan(sandbox: &Sandbox, config: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn run(sandbox: &Sandbox, aws: &LocalAws, args: &[&str]) -> Outcome {
-    let mut cmd: Command = sandbox.cmd(args);
-    aws.apply(&mut cmd);
-    Outcome(cmd.output().expect("run backplan"))
-}
-
 fn only_step(run: &Value) -> &Value {
     let steps = run["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 1, "{run:#}");
@@ -112,18 +81,15 @@ fn only_step(run: &Value) -> &Value {
 
 /// Backs up with `--json` and returns the step's entry of the run record.
 fn backup(sandbox: &Sandbox, aws: &LocalAws, plan: &str) -> Value {
-    let out = run(sandbox, aws, &["--json", "run", plan]);
+    let out = sandbox.run_on(aws, &["--json", "run", plan]);
     only_step(&out.expect_code(0).json()).clone()
 }
 
 fn image(aws: &LocalAws, region: &str, id: &str) -> Value {
-    boto(
-        aws,
-        &format!(
-            "c = boto3.client('ec2', region_name='{region}')\n\
+    aws.boto(&format!(
+        "c = boto3.client('ec2', region_name='{region}')\n\
              out(c.describe_images(Filters=[{{'Name': 'image-id', 'Values': ['{id}']}}])['Images'])"
-        ),
-    )
+    ))
 }
 
 fn tag<'v>(resource: &'v Value, key: &str) -> Option<&'v str> {
@@ -143,7 +109,7 @@ fn an_ami_backup_waits_until_available_and_records_the_instance() {
         &sandbox,
         "instance_tags = { Name = \"circleci-services\" }\ntags = { team = \"platform\" }\n",
     );
-    let out = run(&sandbox, &aws, &["--json", "-v", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "-v", "run", &plan]);
     let run_record = out.expect_code(0).json();
     let step = only_step(&run_record);
     assert_eq!(step["status"], "Succeeded", "{step:#}");
@@ -179,7 +145,7 @@ fn an_ami_backup_waits_until_available_and_records_the_instance() {
     // Progress was reported while it was pending.
     assert!(out.stderr().contains("snapshots"), "{}", out.stderr());
 
-    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+    sandbox.run_on(&aws, &["verify", &plan]).expect_code(0);
 }
 
 #[test]
@@ -211,11 +177,11 @@ fn snapshots_mode_snapshots_each_volume_and_verify_names_a_deleted_one() {
             .map(String::as_str)
             .collect::<Vec<_>>()
     );
-    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+    sandbox.run_on(&aws, &["verify", &plan]).expect_code(0);
 
     let gone = snapshots[1]["snapshot_id"].as_str().unwrap();
-    boto(&aws, &format!("ec2.delete_snapshot(SnapshotId='{gone}')"));
-    let out = run(&sandbox, &aws, &["verify", &plan]);
+    aws.boto(&format!("ec2.delete_snapshot(SnapshotId='{gone}')"));
+    let out = sandbox.run_on(&aws, &["verify", &plan]);
     out.expect_code(FAILED);
     let text = format!("{}{}", out.stdout(), out.stderr());
     assert!(
@@ -237,7 +203,7 @@ fn a_failing_snapshot_fails_the_backup_with_aws_reason() {
         &sandbox,
         &format!("instance = \"{}\"\n", machine.instance_id),
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(FAILED);
     let step = only_step(&out.json()).clone();
     assert_eq!(step["status"], "Failed", "{step:#}");
@@ -263,7 +229,7 @@ fn throttled_calls_are_retried_until_they_pass() {
         &sandbox,
         &format!("instance = \"{}\"\n", machine.instance_id),
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     let step = only_step(&out.expect_code(0).json()).clone();
     assert_eq!(step["attempts"], 1, "retried inside the step: {step:#}");
     assert!(
@@ -271,18 +237,13 @@ fn throttled_calls_are_retried_until_they_pass() {
         "{}",
         out.stderr()
     );
-    let faults = boto(
-        &aws,
-        &format!(
-            "import urllib.request\n\
+    let faults = aws.boto(&format!(
+        "import urllib.request\n\
              out(json.load(urllib.request.urlopen('{}/__faults')))",
-            aws.var("BACKPLAN_FAULT_PROXY_URL")
-        ),
-    );
+        aws.var("BACKPLAN_FAULT_PROXY_URL")
+    ));
     assert!(faults.to_string().contains("CreateImage"), "{faults:#}");
-    let images = boto(
-        &aws,
-        "out(ec2.describe_images(Owners=['self'], Filters=[{'Name': 'tag:backplan:step', 'Values': ['machine']}])['Images'])",
+    let images = aws.boto("out(ec2.describe_images(Owners=['self'], Filters=[{'Name': 'tag:backplan:step', 'Values': ['machine']}])['Images'])",
     );
     assert_eq!(
         images.as_array().unwrap().len(),
@@ -317,8 +278,7 @@ fn the_ami_is_copied_to_another_region_and_pruned_there_by_its_own_rules() {
     assert!(!copies[0]["snapshot_ids"].as_array().unwrap().is_empty());
 
     // Disaster recovery: restore from the copy.
-    let dry = run(
-        &sandbox,
+    let dry = sandbox.run_on(
         &aws,
         &[
             "--json",
@@ -346,8 +306,8 @@ fn the_ami_is_copied_to_another_region_and_pruned_there_by_its_own_rules() {
         .unwrap()
         .to_owned();
     // Verify checks the copies too (and marks the latest backup verified).
-    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
-    run(&sandbox, &aws, &["prune", &plan]).expect_code(0);
+    sandbox.run_on(&aws, &["verify", &plan]).expect_code(0);
+    sandbox.run_on(&aws, &["prune", &plan]).expect_code(0);
     assert_eq!(
         image(&aws, "us-east-1", &main_first)
             .as_array()
@@ -382,8 +342,7 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
     let backed_up = backup(&sandbox, &aws, &plan);
     let image_id = backed_up["record"]["image_id"].as_str().unwrap().to_owned();
 
-    let dry = run(
-        &sandbox,
+    let dry = sandbox.run_on(
         &aws,
         &["--json", "restore", &plan, "--run", "latest", "--dry-run"],
     );
@@ -396,8 +355,7 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
         "{dry_step:#}"
     );
 
-    let restored = run(
-        &sandbox,
+    let restored = sandbox.run_on(
         &aws,
         &[
             "--json",
@@ -434,12 +392,9 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
         outputs["public_ip"].is_string(),
         "public_ip is always a string: {outputs:#}"
     );
-    let launched = boto(
-        &aws,
-        &format!(
-            "out(ec2.describe_instances(InstanceIds=['{new_id}'])['Reservations'][0]['Instances'][0])"
-        ),
-    );
+    let launched = aws.boto(&format!(
+        "out(ec2.describe_instances(InstanceIds=['{new_id}'])['Reservations'][0]['Instances'][0])"
+    ));
     assert_eq!(launched["State"]["Name"], "running");
     assert_eq!(launched["ImageId"], image_id.as_str());
     assert_eq!(launched["InstanceType"], "m5.2xlarge");
@@ -455,8 +410,7 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
     // A drill: restore, health check, teardown terminates what it launched.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let health = listener.local_addr().unwrap().to_string();
-    let drill = run(
-        &sandbox,
+    let drill = sandbox.run_on(
         &aws,
         &[
             "--json", "drill", &plan, "--step", "machine", "--health", &health,
@@ -468,9 +422,7 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
         .as_str()
         .unwrap()
         .to_owned();
-    let state = boto(
-        &aws,
-        &format!(
+    let state = aws.boto(&format!(
             "out(ec2.describe_instances(InstanceIds=['{drilled}'])['Reservations'][0]['Instances'][0]['State']['Name'])"
         ),
     );
@@ -504,7 +456,7 @@ fn prune_keeps_the_newest_and_never_the_newest_verified() {
         .as_str()
         .unwrap()
         .to_owned();
-    run(&sandbox, &aws, &["verify", &plan]).expect_code(0);
+    sandbox.run_on(&aws, &["verify", &plan]).expect_code(0);
     let second = backup(&sandbox, &aws, &plan)["record"]["image_id"]
         .as_str()
         .unwrap()
@@ -513,15 +465,12 @@ fn prune_keeps_the_newest_and_never_the_newest_verified() {
         .as_str()
         .unwrap()
         .to_owned();
-    let unrelated = boto(
-        &aws,
-        &format!(
-            "out(ec2.create_image(InstanceId='{}', Name='by-hand', NoReboot=True)['ImageId'])",
-            machine.instance_id
-        ),
-    );
+    let unrelated = aws.boto(&format!(
+        "out(ec2.create_image(InstanceId='{}', Name='by-hand', NoReboot=True)['ImageId'])",
+        machine.instance_id
+    ));
 
-    let dry = run(&sandbox, &aws, &["--json", "prune", &plan, "--dry-run"]);
+    let dry = sandbox.run_on(&aws, &["--json", "prune", &plan, "--dry-run"]);
     let summary = only_step(&dry.expect_code(0).json())["summary"]
         .as_str()
         .unwrap()
@@ -540,7 +489,7 @@ fn prune_keeps_the_newest_and_never_the_newest_verified() {
         "dry run deletes nothing"
     );
 
-    run(&sandbox, &aws, &["prune", &plan]).expect_code(0);
+    sandbox.run_on(&aws, &["prune", &plan]).expect_code(0);
     assert!(
         image(&aws, "us-east-1", &second)
             .as_array()
@@ -630,9 +579,11 @@ fn instance_tags_must_match_exactly_one_running_instance() {
         &sandbox,
         "instance_tags = { Name = \"circleci-services\" }\n",
     );
-    run(&sandbox, &aws, &["plan", "check", &plan]).expect_code(0);
+    sandbox
+        .run_on(&aws, &["plan", "check", &plan])
+        .expect_code(0);
     let second = machine(&aws, false);
-    let out = run(&sandbox, &aws, &["plan", "check", &plan]);
+    let out = sandbox.run_on(&aws, &["plan", "check", &plan]);
     assert_ne!(out.code(), 0);
     let text = format!("{}{}", out.stdout(), out.stderr());
     assert!(text.contains("exactly one running instance"), "{text}");
@@ -655,7 +606,7 @@ fn a_backup_that_outlasts_wait_timeout_fails_as_retryable() {
             machine.instance_id
         ),
     );
-    let out = run(&sandbox, &aws, &["--json", "run", path.to_str().unwrap()]);
+    let out = sandbox.run_on(&aws, &["--json", "run", path.to_str().unwrap()]);
     out.expect_code(FAILED);
     let step = only_step(&out.json()).clone();
     let error = step["error"].to_string();
@@ -688,7 +639,7 @@ fn throttling_that_never_stops_ends_in_a_retryable_error() {
         &sandbox,
         &format!("instance = \"{}\"\n", machine.instance_id),
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(FAILED);
     let step = only_step(&out.json()).clone();
     let error = step["error"].to_string();
@@ -720,9 +671,8 @@ fn snapshot_retention_works_per_run_by_tag() {
     };
     let old = ids(&backup(&sandbox, &aws, &plan));
     let new = ids(&backup(&sandbox, &aws, &plan));
-    run(&sandbox, &aws, &["prune", &plan]).expect_code(0);
-    let left = boto(
-        &aws,
+    sandbox.run_on(&aws, &["prune", &plan]).expect_code(0);
+    let left = aws.boto(
         "out(sorted(s['SnapshotId'] for s in ec2.describe_snapshots(OwnerIds=['self'], \
          Filters=[{'Name': 'tag:backplan:plan', 'Values': ['svc']}])['Snapshots']))",
     );

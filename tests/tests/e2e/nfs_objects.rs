@@ -6,29 +6,11 @@ use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
-use backplan_e2e::{LocalAws, Outcome, Sandbox};
+use backplan_e2e::{LocalAws, Sandbox};
 use serde_json::Value;
 
 const CONFIG_ERROR: i32 = 78;
-
-fn boto(aws: &LocalAws, script: &str) -> String {
-    let prelude = "import boto3\nfrom botocore.config import Config\n\
-                   s3 = boto3.client('s3', config=Config(s3={'addressing_style': 'path'}))\n";
-    let out = aws
-        .python()
-        .arg("-c")
-        .arg(format!("{prelude}{script}"))
-        .output()
-        .expect("run the venv's python");
-    assert!(
-        out.status.success(),
-        "fixture script failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A plan with one nfs-objects step backing up `source` into `repository`.
 fn plan(sandbox: &Sandbox, source: &Path, repository: &str) -> String {
@@ -41,12 +23,6 @@ fn plan(sandbox: &Sandbox, source: &Path, repository: &str) -> String {
         ),
     );
     path.to_str().unwrap().to_owned()
-}
-
-fn run(sandbox: &Sandbox, aws: &LocalAws, args: &[&str]) -> Outcome {
-    let mut cmd: Command = sandbox.cmd(args);
-    aws.apply(&mut cmd);
-    Outcome(cmd.output().expect("run backplan"))
 }
 
 /// Deterministic bytes that zstd cannot shrink.
@@ -114,7 +90,7 @@ fn step(run: &Value) -> &Value {
 #[test]
 fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical() {
     let aws = LocalAws::start(&[]);
-    boto(&aws, "s3.create_bucket(Bucket='backups')");
+    aws.script("s3.create_bucket(Bucket='backups')");
     let sandbox = Sandbox::new();
     let source = sandbox.path().join("data");
     build_tree(&source);
@@ -125,7 +101,7 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     text.push_str("workers = 1\n");
     fs::write(&plan, text).unwrap();
 
-    let first = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let first = sandbox.run_on(&aws, &["--json", "run", &plan]);
     let first = first.expect_code(0).json();
     assert_eq!(step(&first)["status"], "Succeeded", "{first:#}");
 
@@ -133,7 +109,7 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     fs::write(source.join("artifacts/job-1/log-3.txt"), "rewritten\n").unwrap();
     fs::write(source.join("artifacts/job-1/new.txt"), "new\n").unwrap();
     fs::remove_file(source.join("artifacts/job-1/log-4.txt")).unwrap();
-    let second = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let second = sandbox.run_on(&aws, &["--json", "run", &plan]);
     let second = second.expect_code(0).json();
     let record = &step(&second)["record"];
     assert_eq!(record["repository"], "s3://backups/services/artifacts");
@@ -144,10 +120,8 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     );
 
     // The objects sit under the prefix with the layout of FORMAT.md.
-    let keys = boto(
-        &aws,
-        "for o in s3.list_objects_v2(Bucket='backups')['Contents']: print(o['Key'])",
-    );
+    let keys =
+        aws.script("for o in s3.list_objects_v2(Bucket='backups')['Contents']: print(o['Key'])");
     let keys: Vec<&str> = keys.lines().collect();
     assert!(keys.contains(&"services/artifacts/config.json"), "{keys:?}");
     let count = |prefix: &str| keys.iter().filter(|k| k.starts_with(prefix)).count();
@@ -161,19 +135,17 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
             .count()
     );
     // The 32 MiB packs went up as multipart uploads (their ETag ends in -<parts>).
-    let multipart = boto(
-        &aws,
+    let multipart = aws.script(
         "print(sum('-' in o['ETag'] for o in s3.list_objects_v2(Bucket='backups')['Contents']))",
     );
     assert!(multipart.trim().parse::<u32>().unwrap() >= 1, "{multipart}");
 
-    let verified = run(&sandbox, &aws, &["--json", "verify", &plan]);
+    let verified = sandbox.run_on(&aws, &["--json", "verify", &plan]);
     verified.expect_code(0);
 
     let target = sandbox.path().join("drill");
     let option = format!("target={}", target.display());
-    let restored = run(
-        &sandbox,
+    let restored = sandbox.run_on(
         &aws,
         &["--json", "restore", &plan, "--run", "latest", "-o", &option],
     );
@@ -188,7 +160,7 @@ fn a_missing_bucket_is_a_configuration_error_naming_it() {
     let source = sandbox.path().join("data");
     build_tree(&source);
     let plan = plan(&sandbox, &source, "s3://no-such-bucket/x");
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(CONFIG_ERROR);
     let text = format!("{}{}", out.stdout(), out.stderr());
     assert!(
@@ -323,8 +295,7 @@ fn a_backup_killed_at_several_points_leaves_earlier_snapshots_verifiable() {
 #[test]
 fn an_s3_prefix_holding_something_else_is_never_written_into() {
     let aws = LocalAws::start(&[]);
-    boto(
-        &aws,
+    aws.script(
         "s3.create_bucket(Bucket='shared')\n\
          s3.put_object(Bucket='shared', Key='team/notes.txt', Body=b'not a repository')",
     );
@@ -332,13 +303,11 @@ fn an_s3_prefix_holding_something_else_is_never_written_into() {
     let source = sandbox.path().join("data");
     build_tree(&source);
     let plan = plan(&sandbox, &source, "s3://shared/team");
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(CONFIG_ERROR);
     let text = format!("{}{}", out.stdout(), out.stderr());
     assert!(text.contains("neither a repository nor empty"), "{text}");
-    let keys = boto(
-        &aws,
-        "print([o['Key'] for o in s3.list_objects_v2(Bucket='shared')['Contents']])",
-    );
+    let keys =
+        aws.script("print([o['Key'] for o in s3.list_objects_v2(Bucket='shared')['Contents']])");
     assert_eq!(keys.trim(), "['team/notes.txt']");
 }

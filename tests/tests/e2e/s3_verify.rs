@@ -7,34 +7,11 @@
 //! enforces bucket policies, so "access denied" is exercised as a bucket that does not exist (both
 //! go through the same error path: a config error naming the bucket and the call).
 
-use std::process::Command;
-
-use backplan_e2e::{LocalAws, Outcome, Sandbox};
+use backplan_e2e::{LocalAws, Sandbox};
 use serde_json::Value;
 
 const CONFIG_ERROR: i32 = 78;
 const FAILED: i32 = 1;
-
-/// Runs a boto3 script against the endpoint, with `s3` a path-style client and `raw` one that
-/// sends no checksum unless told to (so an object's only checksum is its MD5 ETag, or whatever
-/// the script passes).
-fn boto(aws: &LocalAws, script: &str) {
-    let prelude = "import base64, json, zlib\nimport boto3\nfrom botocore.config import Config\n\
-                   s3 = boto3.client('s3', config=Config(s3={'addressing_style': 'path'}))\n\
-                   raw = boto3.client('s3', config=Config(s3={'addressing_style': 'path'}, \
-                   request_checksum_calculation='when_required'))\n";
-    let out = aws
-        .python()
-        .arg("-c")
-        .arg(format!("{prelude}{script}"))
-        .output()
-        .expect("run the venv's python");
-    assert!(
-        out.status.success(),
-        "fixture script failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A plan with one s3-verify step whose config table is `config`.
 fn plan(sandbox: &Sandbox, config: &str) -> String {
@@ -46,12 +23,6 @@ fn plan(sandbox: &Sandbox, config: &str) -> String {
         ),
     );
     path.to_str().unwrap().to_owned()
-}
-
-fn run(sandbox: &Sandbox, aws: &LocalAws, args: &[&str]) -> Outcome {
-    let mut cmd: Command = sandbox.cmd(args);
-    aws.apply(&mut cmd);
-    Outcome(cmd.output().expect("run backplan"))
 }
 
 fn only_step(run: &Value) -> &Value {
@@ -116,7 +87,7 @@ for client, key, extra in [(s3, 'bundles/with-crc.bin', {'ChecksumAlgorithm': 'C
 #[test]
 fn a_well_configured_bucket_passes_and_a_drop_since_the_last_run_fails() {
     let aws = LocalAws::start(&[]);
-    boto(&aws, WELL_CONFIGURED);
+    aws.script(WELL_CONFIGURED);
     let sandbox = Sandbox::new();
     let manifest = sandbox.write("expected.txt", "# must exist\njob-0/step-0/out.bin\n");
     let plan = plan(
@@ -129,7 +100,7 @@ fn a_well_configured_bucket_passes_and_a_drop_since_the_last_run_fails() {
         ),
     );
 
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(0);
     let first = out.json();
     let step = only_step(&first);
@@ -173,15 +144,13 @@ fn a_well_configured_bucket_passes_and_a_drop_since_the_last_run_fails() {
     assert!(step["warnings"].as_array().is_none_or(Vec::is_empty));
 
     // verify re-runs the checks, compared with the backup's record.
-    let out = run(&sandbox, &aws, &["--json", "verify", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "verify", &plan]);
     out.expect_code(0);
 
     // Half of the objects disappear: the next run compares with the last one and fails.
-    boto(
-        &aws,
-        "for i in range(2, 60, 2):\n    s3.delete_object(Bucket='artifacts', Key='job-%d/step-%d/out.bin' % (i % 3, i))\n",
+    aws.script("for i in range(2, 60, 2):\n    s3.delete_object(Bucket='artifacts', Key='job-%d/step-%d/out.bin' % (i % 3, i))\n",
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(FAILED);
     let failed = out.json();
     let error = &only_step(&failed)["error"];
@@ -197,9 +166,7 @@ fn a_well_configured_bucket_passes_and_a_drop_since_the_last_run_fails() {
 #[test]
 fn each_missing_protection_is_its_own_finding_and_low_redundancy_objects_are_counted() {
     let aws = LocalAws::start(&[]);
-    boto(
-        &aws,
-        r#"
+    aws.script(r#"
 s3.create_bucket(Bucket='bare')
 s3.put_bucket_lifecycle_configuration(Bucket='bare', LifecycleConfiguration={'Rules': [
     {'ID': 'short', 'Status': 'Enabled', 'Filter': {'Prefix': 'logs/'}, 'Expiration': {'Days': 7}}]})
@@ -216,7 +183,7 @@ s3.put_object(Bucket='bare', Key='logs/d', Body=b'd')
         &sandbox,
         "bucket = \"bare\"\nrequire_object_lock = true\nexpected_region = \"eu-west-1\"\n",
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &strict]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &strict]);
     out.expect_code(FAILED);
     let failed = out.json();
     let error = &only_step(&failed)["error"];
@@ -251,7 +218,7 @@ s3.put_object(Bucket='bare', Key='logs/d', Body=b'd')
         &sandbox,
         "bucket = \"bare\"\nseverity = { versioning = \"warn\", replication = \"warn\", lifecycle = \"ignore\" }\n",
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &lenient]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &lenient]);
     out.expect_code(0);
     let passed = out.json();
     let step = only_step(&passed);
@@ -295,9 +262,7 @@ fn a_sampled_object_with_a_wrong_checksum_fails_the_step() {
     // ministack refuses a mismatching x-amz-checksum-crc32 (BadDigest); moto stores it as sent,
     // which is what silent corruption at rest looks like to a reader.
     let aws = LocalAws::start(&["--s3", "moto"]);
-    boto(
-        &aws,
-        r#"
+    aws.script(r#"
 s3.create_bucket(Bucket='artifacts')
 for i in range(5):
     s3.put_object(Bucket='artifacts', Key='ok/%d' % i, Body=b'fine %d' % i, ChecksumAlgorithm='SHA256')
@@ -314,7 +279,7 @@ raw.put_object(Bucket='artifacts', Key='bad/object', Body=body, ChecksumAlgorith
         "bucket = \"artifacts\"\nsample = { count = 100 }\n\
          severity = { versioning = \"ignore\", replication = \"ignore\", encryption = \"ignore\", public_access = \"ignore\" }\n",
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(FAILED);
     let failed = out.json();
     let error = &only_step(&failed)["error"];
@@ -336,9 +301,7 @@ raw.put_object(Bucket='artifacts', Key='bad/object', Body=body, ChecksumAlgorith
 #[test]
 fn a_missing_expected_key_fails_the_step() {
     let aws = LocalAws::start(&[]);
-    boto(
-        &aws,
-        "s3.create_bucket(Bucket='artifacts')\ns3.put_object(Bucket='artifacts', Key='a/present', Body=b'x')\n",
+    aws.script("s3.create_bucket(Bucket='artifacts')\ns3.put_object(Bucket='artifacts', Key='a/present', Body=b'x')\n",
     );
     let sandbox = Sandbox::new();
     let plan = plan(
@@ -347,7 +310,7 @@ fn a_missing_expected_key_fails_the_step() {
          expected_keys = [\"a/present\", \"a/missing\", \"outside/also-missing\"]\n\
          severity = { versioning = \"ignore\", replication = \"ignore\" }\n",
     );
-    let out = run(&sandbox, &aws, &["--json", "run", &plan]);
+    let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
     out.expect_code(FAILED);
     let failed = out.json();
     let error = &only_step(&failed)["error"];
@@ -371,7 +334,7 @@ fn a_bucket_that_cannot_be_reached_is_a_config_error_naming_it() {
     let aws = LocalAws::start(&[]);
     let sandbox = Sandbox::new();
     let plan = plan(&sandbox, "bucket = \"no-such-bucket\"\n");
-    let out = run(&sandbox, &aws, &["run", &plan]);
+    let out = sandbox.run_on(&aws, &["run", &plan]);
     out.expect_code(CONFIG_ERROR);
     let stderr = format!("{}{}", out.stdout(), out.stderr());
     assert!(
