@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{Attempt, RunRequest, Runner, attempt};
 use crate::plan::Step;
+use crate::plan::refs::Scope;
 use crate::record::{DrillOutcome, RunRecord, StepStatus, TeardownOutcome};
 
 /// What a drill checks once its restore steps have run.
@@ -97,7 +98,7 @@ impl Runner<'_> {
         for step in restored.iter().rev() {
             outcome
                 .teardown
-                .push(self.teardown(step, request, record).await);
+                .push(self.teardown(step, request, record, &scope).await);
         }
         outcome
     }
@@ -133,6 +134,7 @@ impl Runner<'_> {
         step: &Step,
         request: &RunRequest,
         record: &RunRecord,
+        scope: &Scope,
     ) -> TeardownOutcome {
         let fail = |message: String| TeardownOutcome {
             step: step.id.clone(),
@@ -152,12 +154,6 @@ impl Runner<'_> {
         let restored = record.step(&step.id).map(|s| s.record.clone());
         let mut call = self.base_request(step, Action::Teardown, &record.run_id, request);
         call.record = restored;
-        let mut scope = self.scope(&record.run_id);
-        scope.outputs = record
-            .steps
-            .iter()
-            .map(|s| (s.id.clone(), s.outputs.clone()))
-            .collect();
         match scope.resolve_config(&step.config) {
             Ok(config) => call.config = config,
             Err(message) => return fail(message),
