@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::direct::AlignedBuffer;
 use crate::error::{Error, Result};
 use crate::id::ContentId;
 
@@ -116,7 +117,8 @@ impl Encoder {
 /// reused (a fresh context and 4 MiB buffer per blob cost 5 % of a restore).
 pub struct Decoder {
     decompressor: zstd::bulk::Decompressor<'static>,
-    scratch: Vec<u8>,
+    /// Aligned, so a restore can write decompressed data straight to disk (see `direct`).
+    scratch: AlignedBuffer,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -131,7 +133,7 @@ impl Decoder {
             .map_err(|err| Error::Internal(format!("zstd decompressor: {err}")))?;
         Ok(Self {
             decompressor,
-            scratch: Vec::new(),
+            scratch: AlignedBuffer::with_capacity(0),
         })
     }
 
@@ -151,14 +153,13 @@ impl Decoder {
         let raw: &[u8] = if blob.zstd {
             let capacity = usize::try_from(blob.raw_length)
                 .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
-            if self.scratch.len() < capacity {
-                self.scratch.resize(capacity, 0);
-            }
+            self.scratch.clear_with_room(capacity);
             let len = self
                 .decompressor
-                .decompress_to_buffer(stored, &mut self.scratch[..capacity])
+                .decompress_to_buffer(stored, self.scratch.fill_area(capacity))
                 .map_err(|err| corrupt(err.to_string()))?;
-            &self.scratch[..len]
+            self.scratch.truncate(len);
+            self.scratch.as_slice()
         } else {
             stored
         };

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod blob;
 pub mod control;
 pub mod dedup;
+pub mod direct;
 pub mod error;
 pub mod fetch;
 pub mod id;

@@ -6,17 +6,24 @@
 //! stored blobs; its table of contents is the separate `index/<pack>.json` object, published
 //! right after the pack. References to a blob are handed out before its pack is sealed; the
 //! backup publishes nothing that uses them until every writer has finished.
+//!
+//! The staged pack is written around the page cache in whole aligned blocks (see `direct`): the
+//! blobs are gathered in an aligned buffer, each full buffer is one direct write, and the last,
+//! zero-padded block is cut back to the pack's true length before the pack is synced.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::blob::BlobRef;
+use crate::direct::{AlignedBuffer, DirectFile};
 use crate::error::{IoContext, Result};
 use crate::id::{ContentId, random_name};
 use crate::repo::{index_object, pack_object};
+
+/// Bytes gathered before one write to the staged pack.
+const WRITE_SIZE: usize = 4 << 20;
 
 /// Appends blobs to packs and publishes each pack (then its index) when it is full.
 #[derive(Debug)]
@@ -24,6 +31,8 @@ pub struct PackWriter {
     backend: Arc<dyn Backend>,
     target_size: u64,
     open: Option<OpenPack>,
+    /// Blobs not yet written to the open pack (kept between packs).
+    buffer: AlignedBuffer,
     packs_written: u64,
 }
 
@@ -31,9 +40,23 @@ pub struct PackWriter {
 struct OpenPack {
     name: String,
     staged: PathBuf,
-    file: BufWriter<File>,
+    file: DirectFile,
+    /// Bytes of the pack already written to `file` (a multiple of the buffer's size).
+    written: u64,
     length: u64,
     blobs: Vec<BlobRef>,
+}
+
+impl OpenPack {
+    /// Writes the full `buffer` at the end of the staged file.
+    fn write(&mut self, buffer: &mut AlignedBuffer) -> Result<()> {
+        self.file
+            .write_all_at(buffer.as_slice(), self.written)
+            .at(&self.staged)?;
+        self.written += buffer.len() as u64;
+        buffer.clear();
+        Ok(())
+    }
 }
 
 impl Drop for OpenPack {
@@ -50,6 +73,7 @@ impl PackWriter {
             backend,
             target_size,
             open: None,
+            buffer: AlignedBuffer::with_capacity(WRITE_SIZE),
             packs_written: 0,
         }
     }
@@ -66,7 +90,14 @@ impl PackWriter {
             Some(pack) => pack,
             None => self.open.insert(self.start_pack()?),
         };
-        pack.file.write_all(stored).at(&pack.staged)?;
+        let mut rest = stored;
+        while !rest.is_empty() {
+            let taken = self.buffer.append(rest);
+            rest = &rest[taken..];
+            if self.buffer.spare() == 0 {
+                pack.write(&mut self.buffer)?;
+            }
+        }
         let blob = BlobRef {
             id,
             pack: pack.name.clone(),
@@ -92,11 +123,12 @@ impl PackWriter {
     fn start_pack(&self) -> Result<OpenPack> {
         let name = random_name();
         let staged = self.backend.staging_dir().join(format!("{name}.pack"));
-        let file = File::create(&staged).at(&staged)?;
+        let file = DirectFile::create(&staged).at(&staged)?;
         Ok(OpenPack {
             name,
-            file: BufWriter::with_capacity(1 << 20, file),
+            file,
             staged,
+            written: 0,
             length: 0,
             blobs: Vec::new(),
         })
@@ -106,7 +138,14 @@ impl PackWriter {
         let Some(mut pack) = self.open.take() else {
             return Ok(());
         };
-        pack.file.flush().at(&pack.staged)?;
+        if !self.buffer.is_empty() {
+            let tail = self.buffer.padded();
+            pack.file
+                .write_all_at(tail, pack.written)
+                .at(&pack.staged)?;
+            self.buffer.clear();
+            pack.file.file().set_len(pack.length).at(&pack.staged)?;
+        }
         self.backend
             .put_file(&pack_object(&pack.name), &pack.staged)?;
         let index = serde_json::to_vec(&pack.blobs).expect("blob refs serialise");
