@@ -12,10 +12,12 @@ use crate::repo::pack_object;
 const MAX_MERGED_READ: u64 = 16 << 20;
 
 /// Fetches and checks each `(tag, blob)`, calling `each` with the raw bytes or why they could
-/// not be had. Blobs are visited in the given order.
+/// not be had. Blobs are visited in the given order; `buffer` holds each read (kept by the
+/// caller between calls).
 pub fn fetch_each<T>(
     backend: &dyn Backend,
     decoder: &mut Decoder,
+    buffer: &mut Vec<u8>,
     wanted: Vec<(T, BlobRef)>,
     mut each: impl FnMut(T, &BlobRef, Result<&[u8], String>),
 ) {
@@ -34,8 +36,9 @@ pub fn fetch_each<T>(
         let end = run
             .last()
             .map_or(start, |(_, blob)| blob.offset + blob.length);
-        match backend.get_range(&pack_object(&run[0].1.pack), start, end - start) {
-            Ok(bytes) => {
+        match backend.get_range_into(&pack_object(&run[0].1.pack), start, end - start, buffer) {
+            Ok(()) => {
+                let bytes = &*buffer;
                 for (tag, blob) in run {
                     let at = (blob.offset - start) as usize;
                     let stored = &bytes[at..at + blob.length as usize];
@@ -90,6 +93,7 @@ mod tests {
         fetch_each(
             backend.as_ref(),
             &mut Decoder::new().unwrap(),
+            &mut Vec::new(),
             wanted,
             |tag, _, result| seen.push((tag, result.map(<[u8]>::to_vec))),
         );

@@ -110,6 +110,7 @@ pub fn restore(
                 backend: backend.as_ref(),
                 decoder: Decoder::new()?,
                 aligned: AlignedBuffer::with_capacity(0),
+                fetched: Vec::new(),
             })
         })
         .collect::<Result<_>>()?;
@@ -187,6 +188,7 @@ struct PieceWriter<'a> {
     decoder: Decoder,
     /// Where raw blobs (slices of a fetched range, at any address) are copied for a direct write.
     aligned: AlignedBuffer,
+    fetched: Vec<u8>,
 }
 
 impl Worker for PieceWriter<'_> {
@@ -203,6 +205,7 @@ impl Worker for PieceWriter<'_> {
         fetch_each(
             self.backend,
             &mut self.decoder,
+            &mut self.fetched,
             wanted,
             |(slot, file, offset), _, raw| {
                 let problem = match raw {

@@ -73,6 +73,7 @@ pub fn verify(
             Ok(BlobChecker {
                 backend: backend.as_ref(),
                 decoder: Decoder::new()?,
+                fetched: Vec::new(),
             })
         })
         .collect::<Result<_>>()?;
@@ -146,6 +147,7 @@ pub fn verify(
 struct BlobChecker<'a> {
     backend: &'a dyn Backend,
     decoder: Decoder,
+    fetched: Vec<u8>,
 }
 
 impl Worker for BlobChecker<'_> {
@@ -154,11 +156,17 @@ impl Worker for BlobChecker<'_> {
 
     fn run(&mut self, pieces: Vec<(String, BlobRef)>) -> Result<Vec<Skipped>> {
         let mut damaged = Vec::new();
-        fetch_each(self.backend, &mut self.decoder, pieces, |path, _, raw| {
-            if let Err(reason) = raw {
-                damaged.push(Skipped { path, reason });
-            }
-        });
+        fetch_each(
+            self.backend,
+            &mut self.decoder,
+            &mut self.fetched,
+            pieces,
+            |path, _, raw| {
+                if let Err(reason) = raw {
+                    damaged.push(Skipped { path, reason });
+                }
+            },
+        );
         Ok(damaged)
     }
 

@@ -135,17 +135,28 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buffer = Vec::new();
+        self.get_range_into(name, offset, len, &mut buffer)?;
+        Ok(buffer)
+    }
+
+    fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<()> {
         let file = File::open(self.path_of(name)?).map_err(|source| backend_error(name, source))?;
-        let mut buf = vec![0; usize::try_from(len).map_err(|_| too_large(name))?];
-        file.read_exact_at(&mut buf, offset)
+        buffer.resize(usize::try_from(len).map_err(|_| too_large(name))?, 0);
+        file.read_exact_at(buffer, offset)
             .map_err(|source| match source.kind() {
                 io::ErrorKind::UnexpectedEof => Error::Corrupt {
                     name: name.to_owned(),
                     reason: format!("shorter than {} bytes", offset + len),
                 },
                 _ => backend_error(name, source),
-            })?;
-        Ok(buf)
+            })
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {

@@ -48,6 +48,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Reads `len` bytes at `offset`; an object shorter than that is corrupt.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// [`Backend::get_range`] into `buffer` (replacing its content), for callers that read
+    /// many ranges: a reused buffer spares an allocation, and fresh pages, per read.
+    fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buffer = self.get_range(name, offset, len)?;
+        Ok(())
+    }
+
     /// Opens an object as a stream (manifests are read this way so they never sit whole in memory).
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>>;
 
