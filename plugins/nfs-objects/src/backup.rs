@@ -62,7 +62,7 @@ pub struct BackupOptions {
 }
 
 impl BackupOptions {
-    /// Defaults for backing up `source`: one worker per core plus one to cover I/O waits.
+    /// Defaults for backing up `source`: [`default_workers`] workers.
     pub fn new(source: impl Into<PathBuf>) -> Self {
         Self {
             source: source.into(),
@@ -74,9 +74,11 @@ impl BackupOptions {
     }
 }
 
-/// Threads for I/O-and-CPU work: the cores, plus one to keep the disk busy while they hash.
+/// Threads for I/O-and-CPU work: the cores, plus two to keep them busy while others wait on
+/// the disk (a direct write returns only once the disk has the data). Measured on 2 cores: 4
+/// workers back up ~5 % and restore ~10 % faster than 3.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 2
 }
 
 /// A path left out of the snapshot, and why.

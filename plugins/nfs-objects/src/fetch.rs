@@ -8,8 +8,9 @@ use crate::backend::Backend;
 use crate::blob::{BlobRef, Decoder};
 use crate::repo::pack_object;
 
-/// Neighbouring blobs are merged into one read up to this many bytes.
-const MAX_MERGED_READ: u64 = 16 << 20;
+/// Neighbouring blobs are merged into one read up to this many bytes (each worker keeps a
+/// buffer this large; 16 MiB was no faster and cost 15 MB more peak memory).
+const MAX_MERGED_READ: u64 = 4 << 20;
 
 /// Fetches and checks each `(tag, blob)`, calling `each` with the raw bytes or why they could
 /// not be had. Blobs are visited in the given order; `buffer` holds each read (kept by the
