@@ -163,23 +163,92 @@ pub fn restore(
 
 /// A file whose pieces are being written.
 struct OpenFile {
+    destination: PathBuf,
+    /// A file of several pieces, finished by the coordinating thread once all are in; `None`
+    /// for a file a worker writes and finishes whole.
+    shared: Option<(NewFile, Arc<Mutex<DirectFile>>)>,
+    missing: usize,
+    failure: Option<String>,
+}
+
+/// A restored file, from creation under its temporary name to its move into place.
+struct NewFile {
     entry: Entry,
     temporary: PathBuf,
     destination: PathBuf,
-    file: Arc<Mutex<DirectFile>>,
-    missing: usize,
-    failure: Option<String>,
+    owners: bool,
+}
+
+impl NewFile {
+    /// Creates the temporary file at its full size (direct writes for large files).
+    fn create(&self) -> io::Result<DirectFile> {
+        let create = if writes_direct(&self.entry) {
+            DirectFile::create
+        } else {
+            DirectFile::create_buffered
+        };
+        let file = create(&self.temporary)?;
+        file.file().set_len(self.entry.size)?;
+        Ok(file)
+    }
+
+    /// Moves the written file into place with its metadata, or removes it after a `failure`.
+    /// Direct writes padded the last block, so the file is first cut back to its size.
+    fn finish(
+        &self,
+        file: &DirectFile,
+        failure: Option<String>,
+    ) -> std::result::Result<(), String> {
+        let finished = match failure {
+            Some(reason) => Err(reason),
+            None => file
+                .file()
+                .set_len(self.entry.size)
+                .and_then(|()| {
+                    apply_metadata(&self.temporary, Some(file.file()), &self.entry, self.owners)
+                })
+                .and_then(|()| fs::rename(&self.temporary, &self.destination))
+                .map_err(|err| err.to_string()),
+        };
+        if finished.is_err() {
+            let _ = fs::remove_file(&self.temporary);
+        }
+        finished
+    }
+
+    /// Creates, writes and finishes a file whose content is all in `raw`.
+    fn write_whole(
+        &self,
+        raw: &[u8],
+        aligned: &mut AlignedBuffer,
+    ) -> std::result::Result<(), String> {
+        let mut file = self.create().map_err(|err| {
+            let _ = fs::remove_file(&self.temporary);
+            err.to_string()
+        })?;
+        let written = write_sparse(&mut file, 0, raw, aligned).err();
+        self.finish(&file, written.map(|err| err.to_string()))
+    }
 }
 
 /// One piece to fetch and write.
 struct Piece {
     slot: u64,
-    /// Writes into one file are serialised here: parallel `pwrite`s on one inode queue on its
-    /// kernel lock, spinning while the holder copies 4 MiB (10 % of a restore's CPU on 2 cores);
-    /// a waiter on this mutex sleeps instead, and the other worker decodes meanwhile.
-    file: Arc<Mutex<DirectFile>>,
+    into: Destination,
     blob: BlobRef,
     offset: u64,
+}
+
+/// Where a piece goes.
+enum Destination {
+    /// Into a file of several pieces. Writes into one file are serialised here: parallel
+    /// `pwrite`s on one inode queue on its kernel lock, spinning while the holder copies 4 MiB
+    /// (10 % of a restore's CPU on 2 cores); a waiter on this mutex sleeps instead, and the
+    /// other worker decodes meanwhile.
+    Shared(Arc<Mutex<DirectFile>>),
+    /// It is the whole file: the worker creates, writes and finishes it, so the many small
+    /// files of a tree cost the coordinating thread no system calls of their own.
+    Whole(Box<NewFile>),
 }
 
 /// A worker: fetches pieces, checks them and writes them into their files.
@@ -199,7 +268,7 @@ impl Worker for PieceWriter<'_> {
         let mut outcomes = Vec::with_capacity(pieces.len());
         let wanted = pieces
             .into_iter()
-            .map(|piece| ((piece.slot, piece.file, piece.offset), piece.blob))
+            .map(|piece| ((piece.slot, piece.into, piece.offset), piece.blob))
             .collect();
         let aligned = &mut self.aligned;
         fetch_each(
@@ -207,12 +276,15 @@ impl Worker for PieceWriter<'_> {
             &mut self.decoder,
             &mut self.fetched,
             wanted,
-            |(slot, file, offset), _, raw| {
-                let problem = match raw {
-                    Ok(raw) => write_sparse(&mut lock(&file), offset, raw, aligned)
-                        .err()
-                        .map(|e| e.to_string()),
-                    Err(reason) => Some(reason),
+            |(slot, into, offset), _, raw| {
+                let problem = match (into, raw) {
+                    (Destination::Shared(file), Ok(raw)) => {
+                        write_sparse(&mut lock(&file), offset, raw, aligned)
+                            .err()
+                            .map(|e| e.to_string())
+                    }
+                    (Destination::Whole(file), Ok(raw)) => file.write_whole(raw, aligned).err(),
+                    (_, Err(reason)) => Some(reason),
                 };
                 outcomes.push((slot, problem));
             },
@@ -352,52 +424,61 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         if !self.may_replace(&path, &entry)? {
             return Ok(());
         }
-        let temporary = temporary_name(&path);
-        let create = if writes_direct(&entry) {
-            DirectFile::create
-        } else {
-            DirectFile::create_buffered
-        };
-        let file = create(&temporary)
-            .and_then(|file| file.file().set_len(entry.size).map(|()| file))
-            .at(&temporary)?;
-        let file = Arc::new(Mutex::new(file));
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        let mut offset = 0;
-        for blob in &entry.chunks {
-            self.batch.push(Piece {
-                slot,
-                file: Arc::clone(&file),
-                blob: blob.clone(),
-                offset,
-            });
-            offset += blob.raw_length;
-            if self.batch.len() >= BATCH_PIECES || entry.chunks.len() > 1 {
-                self.flush_batch()?;
-            }
-        }
-        if offset != entry.size {
+        let stored: u64 = entry.chunks.iter().map(|blob| blob.raw_length).sum();
+        if stored != entry.size {
             return Err(Error::Corrupt {
                 name: path.display().to_string(),
                 reason: format!(
-                    "manifest chunks hold {offset} bytes, size is {}",
+                    "manifest chunks hold {stored} bytes, size is {}",
                     entry.size
                 ),
             });
         }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let missing = entry.chunks.len();
+        let new = NewFile {
+            temporary: temporary_name(&path),
+            destination: path.clone(),
+            owners: self.options.owners,
+            entry,
+        };
+        let shared = if let [blob] = new.entry.chunks.as_slice() {
+            self.batch.push(Piece {
+                slot,
+                blob: blob.clone(),
+                into: Destination::Whole(Box::new(new)),
+                offset: 0,
+            });
+            if self.batch.len() >= BATCH_PIECES {
+                self.flush_batch()?;
+            }
+            None
+        } else {
+            let file = Arc::new(Mutex::new(new.create().at(&new.temporary)?));
+            let mut offset = 0;
+            for blob in &new.entry.chunks {
+                self.batch.push(Piece {
+                    slot,
+                    into: Destination::Shared(Arc::clone(&file)),
+                    blob: blob.clone(),
+                    offset,
+                });
+                offset += blob.raw_length;
+                self.flush_batch()?;
+            }
+            Some((new, file))
+        };
         self.files.insert(
             slot,
             OpenFile {
-                missing: entry.chunks.len(),
-                entry,
-                temporary,
                 destination: path,
-                file,
+                shared,
+                missing,
                 failure: None,
             },
         );
-        if self.files[&slot].missing == 0 {
+        if missing == 0 {
             self.complete(slot);
         }
         while self.files.len() >= OPEN_FILES && self.wait_for_one()? {}
@@ -446,30 +527,17 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             .report(self.report.files, self.report.bytes, false);
     }
 
-    /// Every piece of `slot` is written: set metadata and move it into place, or discard it.
+    /// Every piece of `slot` is written: finish the file (unless a worker did) and record a
+    /// failure.
     fn complete(&mut self, slot: u64) {
         let Some(open) = self.files.remove(&slot) else {
             return;
         };
-        let finished = match open.failure {
-            Some(reason) => Err(reason),
-            None => {
-                let file = lock(&open.file);
-                // Direct writes padded the last block: cut the file back to its size.
-                file.file().set_len(open.entry.size).and_then(|()| {
-                    apply_metadata(
-                        &open.temporary,
-                        Some(file.file()),
-                        &open.entry,
-                        self.options.owners,
-                    )
-                })
-            }
-            .and_then(|()| fs::rename(&open.temporary, &open.destination))
-            .map_err(|err| err.to_string()),
+        let finished = match open.shared {
+            Some((new, file)) => new.finish(&lock(&file), open.failure),
+            None => open.failure.map_or(Ok(()), Err),
         };
         if let Err(reason) = finished {
-            let _ = fs::remove_file(&open.temporary);
             self.report.failed.push(failure(&open.destination, reason));
         }
     }
