@@ -22,8 +22,9 @@ use crate::error::{IoContext, Result};
 use crate::id::{ContentId, random_name};
 use crate::repo::{index_object, pack_object};
 
-/// Bytes gathered before one write to the staged pack.
-const WRITE_SIZE: usize = 4 << 20;
+/// Bytes gathered before one write to the staged pack (direct writes of 1 MiB already run at
+/// the disk's speed; the buffer is per worker).
+const WRITE_SIZE: usize = 1 << 20;
 
 /// Appends blobs to packs and publishes each pack (then its index) when it is full.
 #[derive(Debug)]

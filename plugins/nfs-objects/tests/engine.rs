@@ -207,18 +207,20 @@ fn round_trip_reproduces_content_and_metadata() {
     assert_eq!(verified.files_checked, 5, "files with content");
 }
 
-/// Large files are restored with direct writes when their chunks are block-aligned (64 KiB
-/// here) and buffered otherwise (100,000-byte chunks); both must give the same exact file, with
-/// its odd length, its hole, and no padding left behind.
+/// Large files are read and written around the page cache when their pieces are large and
+/// block-aligned, and through it otherwise: 64 KiB chunks (direct restore writes), 100,000-byte
+/// chunks (all buffered), 2 MiB chunks (direct reads, the last one ending the file early) and
+/// 1,500,000-byte chunks (a direct read past the piece's end, then buffered). Every way must
+/// give the same exact file, with its odd length, its hole, and no padding left behind.
 #[test]
-fn large_files_round_trip_with_direct_and_buffered_writes() {
+fn large_files_round_trip_with_direct_and_buffered_io() {
     let source = tempfile::tempdir().unwrap();
     let mut large = pseudo_random(1 << 20, 3);
     large.extend(vec![0; 256 * 1024]);
-    large.extend(b"INFO compiled\n".repeat(70_000));
+    large.extend(b"INFO compiled\n".repeat(140_000));
     large.truncate(large.len() - 5);
     fs::write(source.path().join("large.img"), &large).unwrap();
-    for chunk_size in [CHUNK, 100_000] {
+    for chunk_size in [CHUNK, 100_000, 2 << 20, 1_500_000] {
         let (repo_dir, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(repo_dir.path()).unwrap());
         let config = RepoConfig {
