@@ -8,6 +8,10 @@
 //! over its final name only once complete and checked, so an interrupted restore never leaves a
 //! truncated file under a real name. An existing file newer than the snapshot's is kept unless
 //! `force`; one identical in size and mtime is not rewritten.
+//!
+//! Large files are written around the page cache (see `direct`); a file of one piece (most
+//! small files) is created, written and finished by the worker that fetched it, so the
+//! coordinating thread makes no system calls per small file.
 
 use std::collections::HashMap;
 use std::ffi::CString;
