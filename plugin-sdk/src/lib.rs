@@ -51,6 +51,8 @@ mod context;
 mod error;
 mod plugin;
 mod protocol;
+#[cfg(feature = "retention")]
+pub mod retention;
 pub mod testing;
 
 pub use context::Context;

@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backplan_plugin_sdk::retention::Retention;
 use backplan_plugin_sdk::{PluginError, PluginResult, Request};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::retention::Rules;
 
 /// The longest pause between two polls, whatever `poll_interval` starts at (unless it starts
 /// higher).
@@ -41,31 +40,6 @@ pub enum Volumes {
     All,
 }
 
-/// Retention applied by `prune`; no rule at all keeps everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// Keep the newest N backups.
-    pub keep_last: Option<u32>,
-    /// Keep the newest backup of each of the last N days that have one.
-    pub keep_daily: Option<u32>,
-    /// Keep the newest backup of each of the last N ISO weeks that have one.
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest backup of each of the last N months that have one.
-    pub keep_monthly: Option<u32>,
-}
-
-impl RetentionConfig {
-    fn rules(&self) -> Rules {
-        Rules {
-            last: self.keep_last,
-            daily: self.keep_daily,
-            weekly: self.keep_weekly,
-            monthly: self.keep_monthly,
-        }
-    }
-}
-
 /// One cross-region copy of the AMI.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +47,7 @@ pub struct CopyConfig {
     /// The region the AMI is copied to, e.g. `us-west-2`.
     pub region: String,
     /// Retention of the copies in that region (default: the step's `retention`).
-    pub retention: Option<RetentionConfig>,
+    pub retention: Option<Retention>,
 }
 
 /// Settings of the instance launched by `restore`; each one defaults to the backed-up
@@ -123,7 +97,7 @@ pub struct Config {
     pub copy_to: Vec<CopyConfig>,
     /// Retention applied by `prune` in the main region.
     #[serde(default)]
-    pub retention: RetentionConfig,
+    pub retention: Retention,
     /// Overrides for the instance `restore` launches.
     #[serde(default)]
     pub launch: LaunchConfig,
@@ -159,7 +133,7 @@ pub struct Timing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyTarget {
     pub region: String,
-    pub retention: Rules,
+    pub retention: Retention,
 }
 
 /// The validated configuration.
@@ -174,7 +148,7 @@ pub struct Settings {
     pub tags: BTreeMap<String, String>,
     pub timing: Timing,
     pub copies: Vec<CopyTarget>,
-    pub retention: Rules,
+    pub retention: Retention,
     pub launch: LaunchConfig,
 }
 
@@ -226,7 +200,7 @@ impl Settings {
                     copy.region
                 )));
             }
-            let rules = copy.retention.as_ref().unwrap_or(&config.retention).rules();
+            let rules = copy.retention.unwrap_or(config.retention);
             rules
                 .validate()
                 .map_err(|e| PluginError::config(format!("copy_to {}: {e}", copy.region)))?;
@@ -235,7 +209,7 @@ impl Settings {
                 retention: rules,
             });
         }
-        let retention = config.retention.rules();
+        let retention = config.retention;
         retention.validate().map_err(PluginError::config)?;
         let poll_start = duration("poll_interval", config.poll_interval.as_deref(), "15s")?;
         let timeout = duration("wait_timeout", config.wait_timeout.as_deref(), "2h")?;
@@ -408,9 +382,9 @@ mod tests {
             "copy_to": [{"region": "us-west-2"}, {"region": "eu-west-1", "retention": {"keep_monthly": 3}}]
         }))
         .unwrap();
-        assert_eq!(s.copies[0].retention.last, Some(7));
-        assert_eq!(s.copies[1].retention.last, None);
-        assert_eq!(s.copies[1].retention.monthly, Some(3));
+        assert_eq!(s.copies[0].retention.keep_last, Some(7));
+        assert_eq!(s.copies[1].retention.keep_last, None);
+        assert_eq!(s.copies[1].retention.keep_monthly, Some(3));
     }
 
     #[test]

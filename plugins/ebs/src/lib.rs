@@ -6,7 +6,8 @@
 //! - [`client`]: the runtime, the standard AWS configuration, retries and error meaning;
 //! - [`instance`], [`image`], [`snapshot`]: the EC2 resources;
 //! - [`wait`] and [`throttle`]: polling, backoff and EC2's rate limits;
-//! - [`retention`]: which backups prune keeps (pure);
+//! - [`retention`]: what prune deletes in a region: the SDK's retention rules, sparing the newest
+//!   verified backup (pure);
 //! - [`backup`], [`verify`], [`restore`], [`prune`], [`check`], [`permissions`]: the actions;
 //! - [`plugin`]: the SDK trait, mapping actions onto the above.
 //!

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use backplan_plugin_sdk::retention::Retention;
 use backplan_plugin_sdk::{Context, HistoryEntry, PluginError, PluginResult, StepOutput};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -15,7 +16,7 @@ use crate::client::Aws;
 use crate::config::{Mode, Settings};
 use crate::image;
 use crate::record::BackupRecord;
-use crate::retention::{Candidate, Rules, decide};
+use crate::retention::{Candidate, decide};
 use crate::snapshot::{self, timestamp};
 use crate::tags::{self, Owner, RUN, VERIFIED};
 
@@ -46,7 +47,7 @@ pub async fn run(
 ) -> PluginResult<StepOutput> {
     let request = ctx.request();
     let verified = newest_verified(&request.history);
-    let mut regions: Vec<(String, Rules)> = vec![(aws.region().to_owned(), settings.retention)];
+    let mut regions: Vec<(String, Retention)> = vec![(aws.region().to_owned(), settings.retention)];
     regions.extend(
         settings
             .copies
@@ -102,7 +103,7 @@ async fn prune_images(
     ctx: &Context,
     aws: &Aws,
     region: &str,
-    rules: &Rules,
+    rules: &Retention,
     owner: &Owner,
     verified: Option<&(String, BackupRecord)>,
 ) -> PluginResult<RegionReport> {
@@ -163,7 +164,7 @@ async fn prune_snapshots(
     ctx: &Context,
     aws: &Aws,
     region: &str,
-    rules: &Rules,
+    rules: &Retention,
     owner: &Owner,
     verified: Option<&(String, BackupRecord)>,
 ) -> PluginResult<RegionReport> {

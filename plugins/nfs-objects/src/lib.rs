@@ -1,8 +1,9 @@
 //! `nfs-objects`: incremental, deduplicated backup of a local or NFS artifact tree into a
 //! content-addressed repository, restored at the same mount path.
 //!
-//! The repository engine (everything except `plugin`) does not depend on the plugin SDK, so it
-//! can be tested and benchmarked on its own; the format it writes is described in FORMAT.md.
+//! The repository engine (everything except `plugin`) uses nothing of the plugin SDK but its
+//! retention rules, so it can be tested and benchmarked on its own; the format it writes is
+//! described in FORMAT.md.
 
 pub mod backend;
 pub mod backup;

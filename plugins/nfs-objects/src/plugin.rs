@@ -37,16 +37,6 @@ pub enum Kind {
     Local,
 }
 
-/// Retention applied by `prune`; no rule keeps everything.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionConfig {
-    pub keep_last: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-}
-
 /// The step's `config` table.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +66,7 @@ pub struct Config {
     /// Share of files `verify` re-reads, in (0, 1] (default 1: all).
     pub verify_fraction: Option<f64>,
     #[serde(default)]
-    pub retention: RetentionConfig,
+    pub retention: Retention,
 }
 
 impl Config {
@@ -434,7 +424,6 @@ impl Plugin for NfsObjects {
 
     fn prune(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
-        let retention = &config.retention;
         // Only this step's snapshots are pruned. A source made by an earlier step is not known
         // at prune time; the backups this step recorded say which it was.
         let source = config.source.display().to_string();
@@ -456,12 +445,7 @@ impl Plugin for NfsObjects {
             source
         };
         let options = PruneOptions {
-            retention: Retention {
-                keep_last: retention.keep_last,
-                keep_daily: retention.keep_daily,
-                keep_weekly: retention.keep_weekly,
-                keep_monthly: retention.keep_monthly,
-            },
+            retention: config.retention,
             source: Some(source),
             dry_run: ctx.request().dry_run,
             // A backup of another plan sharing the repository may be writing right now.

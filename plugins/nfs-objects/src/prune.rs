@@ -7,10 +7,8 @@
 //! still running. Packs holding some live blobs are kept whole; artifacts are write-once and age out
 //! together, so rewriting packs is not worth its risk.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
-
-use jiff::tz::TimeZone;
 
 use crate::control::Control;
 use crate::error::{Error, Result};
@@ -21,27 +19,7 @@ use crate::repo::{
 };
 use crate::snapshot::{self, Snapshot};
 
-/// Which snapshots to keep; a snapshot kept by any rule stays. No rule at all keeps everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Retention {
-    /// The newest N snapshots.
-    pub keep_last: Option<u32>,
-    /// The newest snapshot of each of the last N days (UTC) that have one.
-    pub keep_daily: Option<u32>,
-    /// The newest snapshot of each of the last N ISO weeks that have one.
-    pub keep_weekly: Option<u32>,
-    /// The newest snapshot of each of the last N months that have one.
-    pub keep_monthly: Option<u32>,
-}
-
-impl Retention {
-    fn has_rules(&self) -> bool {
-        self.keep_last.is_some()
-            || self.keep_daily.is_some()
-            || self.keep_weekly.is_some()
-            || self.keep_monthly.is_some()
-    }
-}
+pub use backplan_plugin_sdk::retention::Retention;
 
 /// What to prune.
 #[derive(Debug, Clone)]
@@ -66,59 +44,11 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// The calendar periods of the retention rules (UTC).
-#[derive(Debug, Clone, Copy)]
-enum Period {
-    Day,
-    Week,
-    Month,
-}
-
-impl Period {
-    /// A key equal for snapshots in the same period.
-    fn of(self, snapshot: &Snapshot) -> (i16, i8, i8) {
-        let date = snapshot.time.to_zoned_datetime(TimeZone::UTC).date();
-        match self {
-            Period::Day => (date.year(), date.month(), date.day()),
-            Period::Week => {
-                let week = date.iso_week_date();
-                (week.year(), week.week(), 0)
-            }
-            Period::Month => (date.year(), date.month(), 0),
-        }
-    }
-}
-
 /// The ids of `snapshots` (any order) that `retention` keeps.
-pub fn select(snapshots: &[Snapshot], retention: &Retention) -> HashSet<String> {
-    let mut newest_first: Vec<&Snapshot> = snapshots.iter().collect();
-    newest_first.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
-    if !retention.has_rules() {
-        return newest_first.iter().map(|s| s.id.clone()).collect();
-    }
-    let mut kept = HashSet::new();
-    let last = retention.keep_last.unwrap_or(0) as usize;
-    kept.extend(newest_first.iter().take(last).map(|s| s.id.clone()));
-    let rules = [
-        (retention.keep_daily, Period::Day),
-        (retention.keep_weekly, Period::Week),
-        (retention.keep_monthly, Period::Month),
-    ];
-    for (count, bucket) in rules {
-        let Some(count) = count else { continue };
-        let mut seen = Vec::new();
-        for snapshot in &newest_first {
-            if seen.len() >= count as usize {
-                break;
-            }
-            let key = bucket.of(snapshot);
-            if !seen.contains(&key) {
-                seen.push(key);
-                kept.insert(snapshot.id.clone());
-            }
-        }
-    }
-    kept
+pub fn select(snapshots: &[Snapshot], retention: &Retention) -> BTreeSet<String> {
+    let backups: Vec<(String, jiff::Timestamp)> =
+        snapshots.iter().map(|s| (s.id.clone(), s.time)).collect();
+    retention.keep(&backups)
 }
 
 /// Applies `options` to `repo`.
