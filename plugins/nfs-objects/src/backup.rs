@@ -77,8 +77,8 @@ impl BackupOptions {
 
 /// Threads for I/O-and-CPU work: the cores, plus three to keep them busy while others wait on
 /// the disk (direct reads and writes return only once the disk is done). Measured on 2 cores
-/// (noisy, ±10 %): a full backup took 4.1 s with 3 or 4 workers and 3.8 s with 5; 6 were no
-/// faster than 5 and cost 30 MB more peak memory.
+/// (full backup of the bench tree, 3 runs each, noisy): 4 workers 3.9–4.3 s, 5 workers
+/// 3.7–3.9 s, 6 workers 3.4–4.2 s with 28 MB more peak memory than 5.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) + 3
 }
@@ -346,7 +346,7 @@ fn read_into(task: &ReadTask, buffer: &mut AlignedBuffer, direct: bool) -> io::R
     let length = usize::try_from(task.length).map_err(io::Error::other)?;
     // Direct reads need whole aligned blocks: ask for the length rounded up (the file may end
     // first, or go on: only `length` bytes count), into an aligned buffer, at an aligned offset.
-    let area = buffer.fill_area_keep(direct::align_up(length));
+    let area = buffer.fill_area(direct::align_up(length));
     let mut filled = 0;
     while filled < length {
         match file.read_at(&mut area[filled..], task.offset + filled as u64) {

@@ -153,7 +153,6 @@ impl Decoder {
         let raw: &[u8] = if blob.zstd {
             let capacity = usize::try_from(blob.raw_length)
                 .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
-            self.scratch.clear_with_room(capacity);
             let len = self
                 .decompressor
                 .decompress_to_buffer(stored, self.scratch.fill_area(capacity))

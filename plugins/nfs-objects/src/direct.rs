@@ -86,29 +86,15 @@ impl AlignedBuffer {
         &self.storage[self.start..self.start + self.len]
     }
 
-    /// Empties the buffer and makes sure `len` bytes fit (a larger buffer replaces it if not).
-    pub fn clear_with_room(&mut self, len: usize) {
+    /// The first `len` bytes, to be written into (e.g. as a read or decompression target); sets
+    /// the length to `len`. A buffer too small is first replaced by a larger one, dropping its
+    /// content.
+    pub fn fill_area(&mut self, len: usize) -> &mut [u8] {
         if self.capacity() < len {
             *self = Self::with_capacity(len);
         }
-        self.len = 0;
-    }
-
-    /// The first `len` bytes (within capacity) for writing, e.g. as a decompression target;
-    /// sets the length to `len`.
-    pub fn fill_area(&mut self, len: usize) -> &mut [u8] {
-        assert!(len <= self.capacity(), "{len} exceeds the buffer");
         self.len = len;
         &mut self.storage[self.start..self.start + len]
-    }
-
-    /// Like [`fill_area`](Self::fill_area), but a buffer too small is replaced by a larger one
-    /// first (its content is dropped).
-    pub fn fill_area_keep(&mut self, len: usize) -> &mut [u8] {
-        if self.capacity() < len {
-            *self = Self::with_capacity(len);
-        }
-        self.fill_area(len)
     }
 
     /// Sets the length to `len` (at most what [`fill_area`](Self::fill_area) last exposed).
@@ -125,10 +111,9 @@ impl AlignedBuffer {
         taken
     }
 
-    /// Replaces the content with `data` (which must fit).
+    /// Replaces the content with `data`.
     pub fn copy_from(&mut self, data: &[u8]) {
-        self.clear_with_room(data.len());
-        self.append(data);
+        self.fill_area(data.len()).copy_from_slice(data);
     }
 
     /// The content followed by zeros up to the next block boundary (the padding is written into

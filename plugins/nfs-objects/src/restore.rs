@@ -197,17 +197,23 @@ impl NewFile {
     }
 
     /// Moves the written file into place with its metadata, or removes it after a `failure`.
-    /// Direct writes padded the last block, so the file is first cut back to its size.
+    /// Direct writes padded the last block, so such a file is first cut back to its size
+    /// (buffered ones already have it from `create`).
     fn finish(
         &self,
         file: &DirectFile,
         failure: Option<String>,
     ) -> std::result::Result<(), String> {
+        let cut_back = || {
+            if writes_direct(&self.entry) {
+                file.file().set_len(self.entry.size)
+            } else {
+                Ok(())
+            }
+        };
         let finished = match failure {
             Some(reason) => Err(reason),
-            None => file
-                .file()
-                .set_len(self.entry.size)
+            None => cut_back()
                 .and_then(|()| {
                     apply_metadata(&self.temporary, Some(file.file()), &self.entry, self.owners)
                 })
