@@ -3,6 +3,20 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+/// One `-o KEY=VALUE`: a VALUE that parses as JSON is taken as JSON (`delete=true` is a bool),
+/// anything else as a string. A missing `=` or an empty KEY is a usage error.
+fn key_value(pair: &str) -> Result<(String, Value), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+    if key.trim().is_empty() {
+        return Err(format!("{pair:?} has no KEY before the `=`"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+    Ok((key.to_owned(), value))
+}
 
 /// Plugin-based backups for self-hosted CircleCI Server: AMIs, artifact trees, buckets.
 #[derive(Debug, Parser)]
@@ -85,23 +99,24 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Plugin options as KEY=VALUE (repeatable); VALUE may be JSON.
-    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
-    pub options: Vec<String>,
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE", value_parser = key_value)]
+    pub options: Vec<(String, Value)>,
 }
 
 #[derive(Debug, Args)]
 pub struct SourceArgs {
     #[command(flatten)]
     pub plan: PlanArg,
-    /// The backup run to act on, or `latest`.
+    /// The backup run to act on, or `latest` (the newest backup that ran to its end with at
+    /// least one step done).
     #[arg(long = "run", value_name = "ID", default_value = "latest")]
     pub run: String,
     /// Only these steps (repeatable).
     #[arg(long = "step", value_name = "ID")]
     pub steps: Vec<String>,
     /// Plugin options as KEY=VALUE (repeatable); VALUE may be JSON.
-    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
-    pub options: Vec<String>,
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE", value_parser = key_value)]
+    pub options: Vec<(String, Value)>,
 }
 
 #[derive(Debug, Args)]
@@ -122,8 +137,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
     /// Plugin options as KEY=VALUE (repeatable), e.g. `-o target=/tmp/drill`.
-    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
-    pub options: Vec<String>,
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE", value_parser = key_value)]
+    pub options: Vec<(String, Value)>,
 }
 
 #[derive(Debug, Args)]
@@ -144,8 +159,8 @@ pub struct DrillArgs {
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
     pub health_timeout: std::time::Duration,
     /// Plugin options as KEY=VALUE (repeatable), e.g. `-o subnet_id=subnet-0abc`.
-    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
-    pub options: Vec<String>,
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE", value_parser = key_value)]
+    pub options: Vec<(String, Value)>,
     /// Say what would be launched, launch nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -181,7 +196,7 @@ pub enum RunsCommand {
     Show {
         #[command(flatten)]
         plan: PlanArg,
-        /// The run id, or `latest`.
+        /// The run id, or `latest` (the newest run of any kind).
         run: String,
     },
 }

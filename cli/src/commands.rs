@@ -1,16 +1,17 @@
 //! One function per command. Each returns the process exit code.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::host::{HostError, PluginHost};
-use backplan_core::plan::{Plan, PlanError};
-use backplan_core::record::{RunKind, RunRecord, RunStatus, StepStatus};
-use backplan_core::runner::{CancellationToken, DrillSpec, Observer, RunError, RunRequest, Runner};
+use backplan_core::plan::{Order, Plan, PlanError};
+use backplan_core::record::{RunKind, RunRecord, StepStatus};
+use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
 use backplan_plugin_sdk::ErrorKind;
 use clap::CommandFactory;
@@ -22,6 +23,8 @@ use crate::args::{
     RunsCommand, SourceArgs,
 };
 use crate::output;
+use crate::signals::Stop;
+use crate::stdout::{out, outln};
 
 /// The built-in plugins linked into this binary.
 fn builtins() -> Vec<&'static backplan_plugin_sdk::abi::PluginDescriptor> {
@@ -39,6 +42,7 @@ struct Session {
     global: Global,
     state_root: PathBuf,
     observer: Arc<dyn Observer>,
+    stop: Stop,
 }
 
 pub async fn dispatch(cli: Cli) -> i32 {
@@ -53,7 +57,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
         state_root: state::state_root(cli.global.state_dir.as_deref()),
         global: cli.global,
         observer,
+        stop: Stop::on_signals(),
     };
+    let json = session.global.json;
     let result = match cli.command {
         Command::Run(args) => session.run(args).await,
         Command::Verify(args) => session.verify(args).await,
@@ -81,7 +87,14 @@ pub async fn dispatch(cli: Cli) -> i32 {
     };
     result.unwrap_or_else(|error| {
         let code = exit_code_for(&error);
-        eprintln!("error: {error:#}");
+        let _ = writeln!(std::io::stderr(), "error: {error:#}");
+        if json {
+            let report = json!({"error": format!("{error:#}"), "exit_code": code});
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        }
         code
     })
 }
@@ -107,13 +120,12 @@ fn exit_code_for(error: &anyhow::Error) -> i32 {
     exit::FAILED
 }
 
-/// Parses `KEY=VALUE` options; a VALUE that parses as JSON is taken as JSON.
 /// Each step's stage: one below the deepest step it runs after (in backup or restore order).
-fn levels(plan: &Plan, restoring: bool) -> BTreeMap<&str, usize> {
+fn levels(plan: &Plan, order: Order) -> BTreeMap<&str, usize> {
     let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-    for step in plan.steps_for(restoring) {
+    for step in plan.steps_in(order) {
         let depth = step
-            .deps(restoring)
+            .deps(order)
             .iter()
             .filter_map(|a| level.get(a.as_str()))
             .max()
@@ -123,35 +135,12 @@ fn levels(plan: &Plan, restoring: bool) -> BTreeMap<&str, usize> {
     level
 }
 
-fn parse_options(pairs: &[String]) -> anyhow::Result<Value> {
+/// The `-o KEY=VALUE` options as one JSON object handed to every step (`null` when none).
+fn options(pairs: &[(String, Value)]) -> Value {
     if pairs.is_empty() {
-        return Ok(Value::Null);
+        return Value::Null;
     }
-    let mut map = serde_json::Map::new();
-    for pair in pairs {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow!("option {pair:?} is not KEY=VALUE"))?;
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
-        map.insert(key.to_owned(), value);
-    }
-    Ok(Value::Object(map))
-}
-
-/// Ctrl-C once: cancel cleanly (the run is still recorded). Twice: leave at once.
-fn cancel_on_ctrl_c() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nstopping: cancelling running steps (Ctrl-C again to quit at once)");
-            cancel.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(exit::INTERRUPTED);
-            }
-        }
-    });
-    token
+    Value::Object(pairs.iter().cloned().collect())
 }
 
 impl Session {
@@ -182,7 +171,7 @@ impl Session {
     fn runner<'a>(&self, plan: &'a Plan, host: &'a PluginHost) -> Runner<'a> {
         Runner::new(plan, host, self.state_root.clone())
             .observer(self.observer.clone())
-            .cancel_token(cancel_on_ctrl_c())
+            .cancel_token(self.stop.token())
     }
 
     /// Runs a request and reports it; returns the record for follow-up work.
@@ -199,11 +188,11 @@ impl Session {
             .join("runs")
             .join(format!("{}.json", record.run_id));
         if self.global.json {
-            println!("{}", serde_json::to_string_pretty(&record)?);
+            outln!("{}", serde_json::to_string_pretty(&record)?);
         } else {
-            print!("{}", output::run_report(&record, &path));
+            out!("{}", output::run_report(&record, &path));
         }
-        let code = exit::for_run(&record);
+        let code = self.stop.exit_code(&record);
         Ok((record, code))
     }
 
@@ -212,65 +201,32 @@ impl Session {
         let mut request = RunRequest::new(RunKind::Backup);
         request.dry_run = args.dry_run;
         request.only_steps = args.steps;
-        request.options = parse_options(&args.options)?;
+        request.options = options(&args.options);
         request.history = self.catalog(&plan)?.list()?.0;
         Ok(self.execute(&plan, &host, request).await?.1)
-    }
-
-    /// The backup run `id` (or the latest one with a usable backup).
-    fn source(&self, catalog: &Catalog, id: &str) -> anyhow::Result<RunRecord> {
-        if id != "latest" {
-            let record = catalog.load(id)?;
-            if record.kind != RunKind::Backup {
-                return Err(anyhow!("run {id} is a {:?} run, not a backup", record.kind));
-            }
-            return Ok(record);
-        }
-        let (records, _) = catalog.list()?;
-        records
-            .into_iter()
-            .rev()
-            .find(|r| {
-                r.kind == RunKind::Backup
-                    && !r.dry_run
-                    && matches!(r.status, RunStatus::Succeeded | RunStatus::PartiallyFailed)
-            })
-            .ok_or_else(|| anyhow!("the catalog has no successful backup of plan yet"))
     }
 
     async fn verify(&self, args: SourceArgs) -> anyhow::Result<i32> {
         let (plan, host) = self.load(&args.plan.plan)?;
         let catalog = self.catalog(&plan)?;
-        let source = self.source(&catalog, &args.run)?;
+        let source = catalog.backup(&args.run)?;
         let mut request = RunRequest::new(RunKind::Verify);
         request.only_steps = args.steps;
-        request.options = parse_options(&args.options)?;
-        request.source = Some(source.clone());
-        let (record, code) = self.execute(&plan, &host, request).await?;
-        let verified_all = record.status == RunStatus::Succeeded
-            && record.steps.len() == plan.steps.len()
-            && record
-                .steps
-                .iter()
-                .all(|s| s.status == StepStatus::Succeeded);
-        if verified_all {
-            catalog
-                .mark_verified(&source.run_id, &record.run_id)
-                .context("recording the verification")?;
-        }
-        Ok(code)
+        request.options = options(&args.options);
+        request.source = Some(source);
+        Ok(self.execute(&plan, &host, request).await?.1)
     }
 
     async fn restore(&self, args: RestoreArgs) -> anyhow::Result<i32> {
         let (plan, host) = self.load(&args.plan.plan)?;
         let catalog = self.catalog(&plan)?;
-        let source = self.source(&catalog, &args.run)?;
+        let source = catalog.backup(&args.run)?;
         let mut request = RunRequest::new(RunKind::Restore);
         request.dry_run = args.dry_run;
         request.force = args.force;
-        request.options = parse_options(&args.options)?;
+        request.options = options(&args.options);
         if !args.steps.is_empty() {
-            request.prior_outputs = earlier_restore_outputs(&catalog, &source.run_id, &args.steps)?;
+            request.prior_outputs = catalog.earlier_restore_outputs(&source.run_id, &args.steps)?;
         }
         request.only_steps = args.steps;
         request.source = Some(source);
@@ -280,23 +236,17 @@ impl Session {
     async fn drill(&self, args: DrillArgs) -> anyhow::Result<i32> {
         let (plan, host) = self.load(&args.plan.plan)?;
         let catalog = self.catalog(&plan)?;
-        let source = self.source(&catalog, &args.run)?;
+        let source = catalog.backup(&args.run)?;
         let mut request = RunRequest::new(RunKind::Drill);
         request.dry_run = args.dry_run;
-        request.options = parse_options(&args.options)?;
+        request.options = options(&args.options);
         request.only_steps = args.steps;
-        request.source = Some(source.clone());
+        request.source = Some(source);
         request.drill = Some(DrillSpec {
             health: args.health,
             health_timeout: args.health_timeout,
         });
-        let (record, code) = self.execute(&plan, &host, request).await?;
-        if record.status == RunStatus::Succeeded && !record.dry_run {
-            catalog
-                .mark_verified(&source.run_id, &record.run_id)
-                .context("recording the verification")?;
-        }
-        Ok(code)
+        Ok(self.execute(&plan, &host, request).await?.1)
     }
 
     async fn prune(&self, args: PruneArgs) -> anyhow::Result<i32> {
@@ -327,15 +277,15 @@ impl Session {
                     Err(error) => json!({"step": c.step, "ok": false, "error": error}),
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(
                     &json!({"plan": plan.name, "digest": plan.digest, "checks": checks})
                 )?
             );
         } else {
-            println!("plan `{}` is valid ({} steps)", plan.name, plan.steps.len());
-            print!("{}", output::check_report(&results));
+            outln!("plan `{}` is valid ({} steps)", plan.name, plan.steps.len());
+            out!("{}", output::check_report(&results));
         }
         Ok(if failures.is_empty() {
             exit::SUCCEEDED
@@ -352,28 +302,15 @@ impl Session {
             .runner(&plan, &host)
             .permissions(&RunRequest::new(RunKind::Backup))
             .await?;
-        let mut statements: Vec<Value> = Vec::new();
-        for answer in answers {
-            let output = answer
-                .result
-                .map_err(|e| anyhow!("step `{}`: {e}", answer.step))?;
-            let permissions: backplan_plugin_sdk::Permissions =
-                serde_json::from_value(output.record).unwrap_or_default();
-            for statement in permissions.aws_iam_statements {
-                if !statements.contains(&statement) {
-                    statements.push(statement);
-                }
-            }
-        }
-        let policy = json!({"Version": "2012-10-17", "Statement": statements});
-        println!("{}", serde_json::to_string_pretty(&policy)?);
+        let policy = backplan_core::iam::merged_policy(answers).map_err(|e| anyhow!(e))?;
+        outln!("{}", serde_json::to_string_pretty(&policy)?);
         Ok(exit::SUCCEEDED)
     }
 
     fn plan_show(&self, path: &Path) -> anyhow::Result<i32> {
         let (plan, host) = self.load(path)?;
-        let backup_levels = levels(&plan, false);
-        let restore_levels = levels(&plan, true);
+        let backup_levels = levels(&plan, Order::Backup);
+        let restore_levels = levels(&plan, Order::Restore);
         if self.global.json {
             let steps: Vec<Value> = plan
                 .steps
@@ -390,7 +327,7 @@ impl Session {
                     })
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(
                     &json!({"plan": plan.name, "digest": plan.digest, "concurrency": plan.concurrency, "steps": steps})
@@ -398,30 +335,32 @@ impl Session {
             );
             return Ok(exit::SUCCEEDED);
         }
-        println!(
+        outln!(
             "plan `{}`: {} steps, up to {} at once",
             plan.name,
             plan.steps.len(),
             plan.concurrency
         );
         let same_order = plan.steps.iter().all(|s| s.after == s.restore_after);
-        let orders: &[(bool, &str)] = if same_order {
-            &[(false, "backup, verify, prune and restore")]
+        let orders: &[(Order, &str)] = if same_order {
+            &[(Order::Backup, "backup, verify, prune and restore")]
         } else {
-            &[(false, "backup, verify and prune"), (true, "restore")]
+            &[
+                (Order::Backup, "backup, verify and prune"),
+                (Order::Restore, "restore"),
+            ]
         };
-        for &(restoring, title) in orders {
-            println!("{title}:");
-            let level = if restoring {
-                &restore_levels
-            } else {
-                &backup_levels
+        for &(order, title) in orders {
+            outln!("{title}:");
+            let level = match order {
+                Order::Backup => &backup_levels,
+                Order::Restore => &restore_levels,
             };
             let depth = level.values().max().copied().unwrap_or(0);
             for d in 0..=depth {
-                println!("  stage {}:", d + 1);
+                outln!("  stage {}:", d + 1);
                 for step in plan
-                    .steps_for(restoring)
+                    .steps_in(order)
                     .into_iter()
                     .filter(|s| level[s.id.as_str()] == d)
                 {
@@ -429,13 +368,13 @@ impl Session {
                         .get(&step.plugin)
                         .map(|p| p.origin.to_string())
                         .unwrap_or_default();
-                    let deps = step.deps(restoring);
+                    let deps = step.deps(order);
                     let after = if deps.is_empty() {
                         String::new()
                     } else {
                         format!("  after {}", deps.join(", "))
                     };
-                    println!("    {:<20} {} ({origin}){after}", step.id, step.plugin);
+                    outln!("    {:<20} {} ({origin}){after}", step.id, step.plugin);
                 }
             }
         }
@@ -445,7 +384,7 @@ impl Session {
     fn runs_list(&self, path: &Path) -> anyhow::Result<i32> {
         let plan = Plan::load(path)?;
         let catalog = self.catalog(&plan)?;
-        let (records, problems) = catalog.list()?;
+        let (records, problems) = catalog.list_now()?;
         for problem in &problems {
             tracing::warn!("{problem}");
         }
@@ -461,11 +400,11 @@ impl Session {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&runs)?);
+            outln!("{}", serde_json::to_string_pretty(&runs)?);
             return Ok(exit::SUCCEEDED);
         }
         if records.is_empty() {
-            println!(
+            outln!(
                 "no runs recorded for plan `{}` in {}",
                 plan.name,
                 catalog.root().display()
@@ -478,7 +417,7 @@ impl Session {
                 .filter(|s| s.status == StepStatus::Succeeded)
                 .count();
             let bytes: u64 = r.steps.iter().map(|s| s.bytes).sum();
-            println!(
+            outln!(
                 "{:<26} {:<8} {:<16} {ok}/{} steps  {bytes:>12} B{}{}",
                 r.run_id,
                 format!("{:?}", r.kind).to_lowercase(),
@@ -498,23 +437,15 @@ impl Session {
     fn runs_show(&self, path: &Path, run: &str) -> anyhow::Result<i32> {
         let plan = Plan::load(path)?;
         let catalog = self.catalog(&plan)?;
-        let record = if run == "latest" {
-            catalog
-                .list()?
-                .0
-                .pop()
-                .ok_or_else(|| anyhow!("no runs recorded yet"))?
-        } else {
-            catalog.load(run)?
-        };
+        let record = catalog.run(run)?;
         if self.global.json {
-            println!("{}", serde_json::to_string_pretty(&record)?);
+            outln!("{}", serde_json::to_string_pretty(&record)?);
         } else {
             let path = catalog
                 .root()
                 .join("runs")
                 .join(format!("{}.json", record.run_id));
-            print!("{}", output::run_report(&record, &path));
+            out!("{}", output::run_report(&record, &path));
         }
         Ok(exit::SUCCEEDED)
     }
@@ -527,12 +458,15 @@ impl Session {
                 .iter()
                 .map(|p| json!({"name": p.description.name, "version": p.description.version, "origin": p.origin.to_string(), "actions": p.description.actions, "summary": p.description.summary}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            outln!("{}", serde_json::to_string_pretty(&list)?);
         } else {
             for p in host.iter() {
-                println!(
+                outln!(
                     "{:<14} {:<8} {:<10} {}",
-                    p.description.name, p.description.version, p.origin, p.description.summary
+                    p.description.name,
+                    p.description.version,
+                    p.origin,
+                    p.description.summary
                 );
             }
         }
@@ -547,10 +481,10 @@ impl Session {
             .ok_or_else(|| anyhow!("no plugin `{name}` (see `backplan plugins list`)"))?;
         let d = &plugin.description;
         if self.global.json {
-            println!("{}", serde_json::to_string_pretty(d)?);
+            outln!("{}", serde_json::to_string_pretty(d)?);
         } else {
             let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
-            println!(
+            outln!(
                 "{} {} ({})\n{}\nactions: {}\n",
                 d.name,
                 d.version,
@@ -559,35 +493,13 @@ impl Session {
                 actions.join(", ")
             );
             if !d.docs.is_empty() {
-                println!("{}\n", d.docs.trim_end());
+                outln!("{}\n", d.docs.trim_end());
             }
-            println!(
+            outln!(
                 "config schema:\n{}",
                 serde_json::to_string_pretty(&d.config_schema)?
             );
         }
         Ok(exit::SUCCEEDED)
     }
-}
-
-/// Outputs of the steps *not* selected, from the latest restore of the same backup, so that
-/// e.g. the new host's addresses found by the launch step reach the steps run on the new host.
-fn earlier_restore_outputs(
-    catalog: &Catalog,
-    source: &str,
-    selected: &[String],
-) -> anyhow::Result<BTreeMap<String, backplan_plugin_sdk::Outputs>> {
-    let mut outputs = BTreeMap::new();
-    for run in catalog.list()?.0 {
-        if run.kind != RunKind::Restore || run.source_run.as_deref() != Some(source) || run.dry_run
-        {
-            continue;
-        }
-        for step in run.steps {
-            if step.status == StepStatus::Succeeded && !selected.contains(&step.id) {
-                outputs.insert(step.id, step.outputs);
-            }
-        }
-    }
-    Ok(outputs)
 }

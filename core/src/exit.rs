@@ -14,8 +14,10 @@ pub const PARTIALLY_FAILED: i32 = 3;
 pub const BUSY: i32 = 75;
 /// The plan or a step's configuration is invalid (EX_CONFIG); nothing was run.
 pub const CONFIG: i32 = 78;
-/// Interrupted by Ctrl-C; the run was still recorded.
+/// Interrupted by Ctrl-C (128 + SIGINT); the run was still recorded.
 pub const INTERRUPTED: i32 = 130;
+/// Stopped by SIGTERM (128 + SIGTERM), as systemd stops a unit; the run was still recorded.
+pub const TERMINATED: i32 = 143;
 
 /// The exit code for a finished run.
 pub fn for_run(record: &RunRecord) -> i32 {
@@ -25,6 +27,7 @@ pub fn for_run(record: &RunRecord) -> i32 {
     match record.status {
         RunStatus::Succeeded => SUCCEEDED,
         RunStatus::PartiallyFailed => PARTIALLY_FAILED,
+        RunStatus::Cancelled | RunStatus::Interrupted => INTERRUPTED,
         RunStatus::Failed | RunStatus::Running => {
             let config_only = record
                 .steps

@@ -30,6 +30,7 @@ pub mod catalog;
 pub mod digest;
 pub mod exit;
 pub mod host;
+pub mod iam;
 pub mod plan;
 pub mod record;
 pub mod runner;

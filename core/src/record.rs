@@ -41,9 +41,13 @@ impl RunKind {
         }
     }
 
-    /// Whether this kind of run restores, and so takes the plan's restore order.
-    pub fn restores(self) -> bool {
-        matches!(self, RunKind::Restore | RunKind::Drill)
+    /// The order this kind of run takes the plan's steps in: restores and drills take the
+    /// restore order.
+    pub fn order(self) -> crate::plan::Order {
+        match self {
+            RunKind::Restore | RunKind::Drill => crate::plan::Order::Restore,
+            RunKind::Backup | RunKind::Verify | RunKind::Prune => crate::plan::Order::Backup,
+        }
     }
 }
 
@@ -58,6 +62,18 @@ pub enum RunStatus {
     PartiallyFailed,
     /// No step succeeded, or the checks failed.
     Failed,
+    /// Stopped by Ctrl-C or SIGTERM; what ran is recorded.
+    Cancelled,
+    /// The process died (SIGKILL, power loss) before it finished the record; found and marked
+    /// by a later run of the plan.
+    Interrupted,
+}
+
+impl RunStatus {
+    /// Whether the run is over (as far as its record says).
+    pub fn is_final(self) -> bool {
+        self != RunStatus::Running
+    }
 }
 
 /// How one step ended.
@@ -227,7 +243,7 @@ pub struct RunRecord {
     pub finished_at: Option<Timestamp>,
     /// How it ended.
     pub status: RunStatus,
-    /// Whether Ctrl-C stopped it.
+    /// Whether a signal (Ctrl-C, SIGTERM) stopped it, or its process died.
     #[serde(default)]
     pub interrupted: bool,
     /// Whether nothing was meant to change.
@@ -311,6 +327,7 @@ impl RunRecord {
                 .filter(|s| s.status == StepStatus::Skipped && s.error.is_some())
                 .count();
         self.status = match (succeeded, failed) {
+            _ if self.interrupted => RunStatus::Cancelled,
             (_, 0) => RunStatus::Succeeded,
             (0, _) => RunStatus::Failed,
             _ => RunStatus::PartiallyFailed,
@@ -325,6 +342,30 @@ impl RunRecord {
             }
         }
         self.finished_at = Some(Timestamp::now());
+    }
+}
+
+impl RunRecord {
+    /// Marks a run whose process died while it was "Running": the run and every step that was
+    /// under way or waiting.
+    pub fn mark_interrupted(&mut self) {
+        for step in &mut self.steps {
+            if !step.status.is_final() {
+                let started = step.status == StepStatus::Running;
+                step.status = StepStatus::Cancelled;
+                step.error = Some(StepError {
+                    kind: ErrorKind::Cancelled,
+                    message: if started {
+                        "interrupted: backplan stopped while this step ran".into()
+                    } else {
+                        "not started: backplan stopped before this step".into()
+                    },
+                    detail: None,
+                });
+            }
+        }
+        self.status = RunStatus::Interrupted;
+        self.interrupted = true;
     }
 }
 

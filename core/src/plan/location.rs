@@ -101,6 +101,43 @@ impl fmt::Display for PlanError {
     }
 }
 
+/// Problems found while validating one plan file, collected so that all are reported at once.
+pub(crate) struct Problems<'a> {
+    file: &'a Path,
+    source: &'a str,
+    found: Vec<(usize, Located)>,
+}
+
+impl<'a> Problems<'a> {
+    pub(crate) fn new(file: &'a Path, source: &'a str) -> Self {
+        Problems {
+            file,
+            source,
+            found: Vec::new(),
+        }
+    }
+
+    /// A problem at byte range `span`, or at the file as a whole.
+    pub(crate) fn add(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let at = span.as_ref().map_or(0, |s| s.start);
+        self.found.push((
+            at,
+            Located::new(self.file, self.source, span, message.into()),
+        ));
+    }
+
+    /// `Ok` if nothing was found, else every problem in file order.
+    pub(crate) fn finish(mut self) -> Result<(), PlanError> {
+        if self.found.is_empty() {
+            return Ok(());
+        }
+        self.found.sort_by_key(|(at, _)| *at);
+        Err(PlanError {
+            problems: self.found.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use backplan_plugin_sdk::{Action, PluginError};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
-use super::{Attempt, RunRequest, Runner, attempt};
+use super::Runner;
+use super::attempt::attempt;
+use super::call::{Calls, NotRun};
 use crate::plan::Step;
 use crate::plan::refs::Scope;
 use crate::record::{DrillOutcome, RunRecord, StepStatus, TeardownOutcome};
@@ -32,7 +34,7 @@ impl Runner<'_> {
     pub(super) async fn finish_drill(
         &self,
         spec: &DrillSpec,
-        request: &RunRequest,
+        calls: &Calls<'_>,
         steps: &[&Step],
         record: &RunRecord,
     ) -> DrillOutcome {
@@ -49,7 +51,7 @@ impl Runner<'_> {
             s.status == StepStatus::Succeeded
                 || (s.status == StepStatus::Skipped && s.error.is_none())
         });
-        let mut scope = self.scope(&record.run_id);
+        let mut scope = calls.scope();
         scope.outputs = record
             .steps
             .iter()
@@ -66,7 +68,7 @@ impl Runner<'_> {
             health_error: None,
             teardown: Vec::new(),
         };
-        if request.dry_run {
+        if record.dry_run {
             outcome.healthy = true;
             outcome.health_error = Some("dry run: nothing was launched, nothing checked".into());
             return outcome;
@@ -98,7 +100,7 @@ impl Runner<'_> {
         for step in restored.iter().rev() {
             outcome
                 .teardown
-                .push(self.teardown(step, request, record, &scope).await);
+                .push(self.teardown(step, calls, record, &scope).await);
         }
         outcome
     }
@@ -132,49 +134,37 @@ impl Runner<'_> {
     async fn teardown(
         &self,
         step: &Step,
-        request: &RunRequest,
+        calls: &Calls<'_>,
         record: &RunRecord,
         scope: &Scope,
     ) -> TeardownOutcome {
-        let fail = |message: String| TeardownOutcome {
+        let outcome = |ok: bool, message: String| TeardownOutcome {
             step: step.id.clone(),
-            ok: false,
+            ok,
             message,
         };
-        let Some(hosted) = self.host.get(&step.plugin) else {
-            return fail(format!("unknown plugin `{}`", step.plugin));
+        let Some(restored) = record.step(&step.id) else {
+            return outcome(false, "the step was not restored".into());
         };
-        if !hosted.supports(Action::Teardown) {
-            return TeardownOutcome {
-                step: step.id.clone(),
-                ok: true,
-                message: format!("plugin `{}` has nothing to tear down", step.plugin),
-            };
-        }
-        let restored = record.step(&step.id).map(|s| s.record.clone());
-        let mut call = self.base_request(step, Action::Teardown, &record.run_id, request);
-        call.record = restored;
-        match scope.resolve_config(&step.config) {
-            Ok(config) => call.config = config,
-            Err(message) => return fail(message),
-        }
+        let call = match calls.teardown(step, restored, scope) {
+            Ok(Some(call)) => call,
+            Ok(None) => {
+                let message = format!("plugin `{}` has nothing to tear down", step.plugin);
+                return outcome(true, message);
+            }
+            Err(NotRun::Failed(error)) => return outcome(false, error.message),
+            Err(NotRun::Skipped { summary, .. }) => return outcome(true, summary),
+        };
         // Not the run's token: a cancelled drill must still tear down.
-        let hooks = self.hooks(step, super::CancellationToken::new());
+        let hooks = calls.hooks(step, CancellationToken::new());
         tracing::info!(step = %step.id, "drill: tearing down");
-        match attempt(hosted.plugin, call, hooks, step.policy.timeout).await {
-            Attempt::Done(output) => TeardownOutcome {
-                step: step.id.clone(),
-                ok: true,
-                message: output.summary,
-            },
-            Attempt::Failed(error) => fail(error.to_string()),
-            Attempt::TimedOut => fail(
-                PluginError::transient(format!(
-                    "teardown did not finish within {}",
-                    humantime::format_duration(step.policy.timeout)
-                ))
-                .to_string(),
-            ),
+        let timeout = step.policy.timeout;
+        match attempt(call.plugin, call.request, hooks, timeout)
+            .await
+            .into_result("teardown", timeout)
+        {
+            Ok(output) => outcome(true, output.summary),
+            Err(error) => outcome(false, error.to_string()),
         }
     }
 }

@@ -1,0 +1,417 @@
+//! Phase two: the raw plan checked value by value and step by step into a [`Plan`]'s parts.
+//!
+//! Every number has bounds and every path or name must be non-empty: a plan is a file an
+//! operator edits by hand, and `concurrency = 9223372036854775807` or `catalog = ""` is a
+//! mistake to report at its line, not a value to act on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use toml::Spanned;
+
+use super::graph::{self, Order};
+use super::json::{strings_with_pointers, toml_to_json};
+use super::location::Problems;
+use super::raw::{RawHeader, RawPluginRef, RawStep};
+use super::refs::{self, Reference};
+use super::spans::config_span;
+use super::{CatalogLocation, PluginSpec, Step, StepPolicy};
+
+/// The longest a step's attempt may be given.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest first retry delay.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+/// What the `[plan]` table says.
+pub(super) struct Header {
+    pub name: String,
+    pub catalog: Option<CatalogLocation>,
+    pub concurrency: usize,
+    pub policy: StepPolicy,
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn duration(
+    problems: &mut Problems<'_>,
+    value: &Spanned<String>,
+    max: Duration,
+) -> Option<Duration> {
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) if d.is_zero() => {
+            problems.add(Some(value.span()), "a duration must be longer than zero");
+            None
+        }
+        Ok(d) if d > max => {
+            problems.add(
+                Some(value.span()),
+                format!(
+                    "{:?} is longer than the most allowed here, {}",
+                    value.get_ref(),
+                    humantime::format_duration(max)
+                ),
+            );
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.add(
+                Some(value.span()),
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"90s\", \"15m\", \"2h\"",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn count(
+    problems: &mut Problems<'_>,
+    value: &Spanned<i64>,
+    range: RangeInclusive<u32>,
+    what: &str,
+) -> Option<u32> {
+    let n = *value.get_ref();
+    match u32::try_from(n) {
+        Ok(n) if range.contains(&n) => Some(n),
+        _ => {
+            problems.add(
+                Some(value.span()),
+                format!(
+                    "{what} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A path the plan names: not empty, relative to the plan's folder.
+fn path(
+    problems: &mut Problems<'_>,
+    value: &Spanned<String>,
+    dir: &Path,
+    what: &str,
+) -> Option<PathBuf> {
+    if value.get_ref().trim().is_empty() {
+        problems.add(Some(value.span()), format!("{what} must not be empty"));
+        return None;
+    }
+    Some(dir.join(value.get_ref()))
+}
+
+fn policy(
+    problems: &mut Problems<'_>,
+    base: StepPolicy,
+    timeout: &Option<Spanned<String>>,
+    retries: &Option<Spanned<i64>>,
+    retry_delay: &Option<Spanned<String>>,
+) -> StepPolicy {
+    StepPolicy {
+        timeout: timeout
+            .as_ref()
+            .and_then(|t| duration(problems, t, MAX_TIMEOUT))
+            .unwrap_or(base.timeout),
+        retries: retries
+            .as_ref()
+            .and_then(|r| count(problems, r, 0..=20, "retries"))
+            .unwrap_or(base.retries),
+        retry_delay: retry_delay
+            .as_ref()
+            .and_then(|d| duration(problems, d, MAX_RETRY_DELAY))
+            .unwrap_or(base.retry_delay),
+    }
+}
+
+/// Validates the `[plan]` table.
+pub(super) fn header(problems: &mut Problems<'_>, raw: &RawHeader, dir: &Path) -> Header {
+    let name = raw.name.get_ref().clone();
+    if !valid_id(&name) {
+        problems.add(
+            Some(raw.name.span()),
+            "the plan name must be 1-64 letters, digits, '-' or '_' (it names a folder)",
+        );
+    }
+    let catalog = raw.catalog.as_ref().and_then(|c| {
+        let text = c.get_ref();
+        if text.starts_with("s3://") {
+            problems.add(
+                Some(c.span()),
+                "an S3 catalog is not available in this version; use a local folder",
+            );
+            None
+        } else if text.contains("://") {
+            problems.add(Some(c.span()), "the catalog must be a local folder");
+            None
+        } else {
+            path(problems, c, dir, "the catalog").map(CatalogLocation::Local)
+        }
+    });
+    let concurrency = raw
+        .concurrency
+        .as_ref()
+        .and_then(|c| count(problems, c, 1..=256, "concurrency"))
+        .map_or(4, |c| c as usize);
+    let policy = policy(
+        problems,
+        StepPolicy::default(),
+        &raw.timeout,
+        &raw.retries,
+        &raw.retry_delay,
+    );
+    let plugin_dirs = raw
+        .plugin_dirs
+        .iter()
+        .filter_map(|d| path(problems, d, dir, "a plugin folder"))
+        .collect();
+    Header {
+        name,
+        catalog,
+        concurrency,
+        policy,
+        plugin_dirs,
+    }
+}
+
+/// Validates one `[[plugins]]` entry.
+pub(super) fn plugin_spec(
+    problems: &mut Problems<'_>,
+    raw: &RawPluginRef,
+    dir: &Path,
+) -> Option<PluginSpec> {
+    let sha256 = match &raw.sha256 {
+        Some(pin) => {
+            let hex = pin
+                .get_ref()
+                .trim_start_matches("sha256:")
+                .to_ascii_lowercase();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                problems.add(Some(pin.span()), "sha256 must be 64 hex digits");
+                return None;
+            }
+            Some(hex)
+        }
+        None => None,
+    };
+    Some(PluginSpec {
+        path: path(problems, &raw.path, dir, "a plugin's path")?,
+        sha256,
+        span: raw.path.span(),
+    })
+}
+
+/// The validated steps, in backup order, with the restore order and both orders' dependencies
+/// as indices into `steps`.
+pub(super) struct Steps {
+    pub steps: Vec<Step>,
+    pub restore_order: Vec<usize>,
+    pub deps: [Vec<Vec<usize>>; 2],
+}
+
+/// Validates the `[[steps]]`: ids, both orders' graphs, each step's policy and config, and
+/// the references in its config. `document` gives the spans inside config tables.
+pub(super) fn steps(
+    problems: &mut Problems<'_>,
+    raw: &[Spanned<RawStep>],
+    base: StepPolicy,
+    document: Option<&toml::de::DeTable<'_>>,
+) -> Steps {
+    let empty = Steps {
+        steps: Vec::new(),
+        restore_order: Vec::new(),
+        deps: [Vec::new(), Vec::new()],
+    };
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, step) in raw.iter().enumerate() {
+        let id = step.get_ref().id.get_ref().as_str();
+        if !valid_id(id) {
+            problems.add(
+                Some(step.get_ref().id.span()),
+                "a step id must be 1-64 letters, digits, '-' or '_'",
+            );
+        } else if ids.insert(id, i).is_some() {
+            problems.add(
+                Some(step.get_ref().id.span()),
+                format!("step id `{id}` is used twice"),
+            );
+        }
+    }
+    if raw.is_empty() {
+        problems.add(None, "the plan has no [[steps]]");
+    }
+    let edges = Order::BOTH.map(|order| graph::edges(problems, raw, &ids, order));
+    let Some(order) = graph::topological_order(problems, raw, &edges[0], Order::Backup) else {
+        return empty;
+    };
+    let Some(restore_order) = graph::topological_order(problems, raw, &edges[1], Order::Restore)
+    else {
+        return empty;
+    };
+    // Steps are stored in backup order; everything else is kept as positions in that list.
+    let mut position = vec![0; raw.len()];
+    for (p, &i) in order.iter().enumerate() {
+        position[i] = p;
+    }
+    let deps = edges.each_ref().map(|edges| {
+        order
+            .iter()
+            .map(|&i| edges[i].iter().map(|&j| position[j]).collect())
+            .collect::<Vec<Vec<usize>>>()
+    });
+    let graph = Graph {
+        ids: &ids,
+        position: &position,
+        deps: &deps,
+        document,
+    };
+    let steps = order
+        .iter()
+        .map(|&i| {
+            let step = raw[i].get_ref();
+            let config = config(problems, step, i, document);
+            graph.check_references(problems, step, i, &config);
+            Step {
+                id: step.id.get_ref().clone(),
+                plugin: step.plugin.get_ref().clone(),
+                description: step.description.clone(),
+                after: step.after.iter().map(|a| a.get_ref().clone()).collect(),
+                restore_after: Order::Restore
+                    .written(step)
+                    .0
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
+                config,
+                policy: policy(
+                    problems,
+                    base,
+                    &step.timeout,
+                    &step.retries,
+                    &step.retry_delay,
+                ),
+                index: i,
+                plugin_span: step.plugin.span(),
+            }
+        })
+        .collect();
+    Steps {
+        steps,
+        restore_order: restore_order.iter().map(|&i| position[i]).collect(),
+        deps,
+    }
+}
+
+/// The step's `config` as JSON; NaN and infinities are reported where they are written.
+fn config(
+    problems: &mut Problems<'_>,
+    step: &RawStep,
+    index: usize,
+    document: Option<&toml::de::DeTable<'_>>,
+) -> Value {
+    let Some(table) = &step.config else {
+        return Value::Object(Default::default());
+    };
+    let mut non_finite = Vec::new();
+    let config = toml_to_json(
+        &toml::Value::Table(table.get_ref().clone()),
+        "",
+        &mut non_finite,
+    );
+    for pointer in non_finite {
+        let span = document
+            .and_then(|doc| config_span(doc, index, &pointer))
+            .unwrap_or_else(|| table.span());
+        problems.add(
+            Some(span),
+            format!(
+                "step `{}`: config at `{}`: NaN and infinity are not numbers a plugin can use",
+                step.id.get_ref(),
+                pointer.trim_start_matches('/').replace('/', ".")
+            ),
+        );
+    }
+    config
+}
+
+/// What reference checks look up: ids, positions in backup order, both orders' dependencies,
+/// and the spans of config values.
+struct Graph<'a> {
+    ids: &'a BTreeMap<&'a str, usize>,
+    position: &'a [usize],
+    deps: &'a [Vec<Vec<usize>>; 2],
+    document: Option<&'a toml::de::DeTable<'a>>,
+}
+
+impl Graph<'_> {
+    /// Reports malformed references in the config of the step at raw `index`, and references to
+    /// outputs of steps that do not run before it in either order, at the string holding them.
+    fn check_references(
+        &self,
+        problems: &mut Problems<'_>,
+        step: &RawStep,
+        index: usize,
+        config: &Value,
+    ) {
+        let mut strings = Vec::new();
+        strings_with_pointers(config, String::new(), &mut strings);
+        for (pointer, text) in strings {
+            let span = self
+                .document
+                .and_then(|doc| config_span(doc, index, &pointer))
+                .or_else(|| step.config.as_ref().map(|c| c.span()))
+                .unwrap_or_else(|| step.id.span());
+            let found = match refs::references(&text) {
+                Ok(found) => found,
+                Err(message) => {
+                    problems.add(Some(span), message);
+                    continue;
+                }
+            };
+            for reference in found {
+                let Reference::StepOutput { step: other, .. } = reference else {
+                    continue;
+                };
+                let Some(&raw_other) = self.ids.get(other.as_str()) else {
+                    problems.add(
+                        Some(span.clone()),
+                        format!("{text:?} refers to an unknown step `{other}`"),
+                    );
+                    continue;
+                };
+                if !self.runs_before(self.position[raw_other], self.position[index]) {
+                    problems.add(
+                        Some(span.clone()),
+                        format!(
+                            "{text:?} uses an output of `{other}`, which does not run before \
+                             `{}`: add it to `after` (or `restore_after`)",
+                            step.id.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether step `earlier` is an ancestor of step `later` in either order (positions).
+    fn runs_before(&self, earlier: usize, later: usize) -> bool {
+        self.deps.iter().any(|deps| {
+            let mut wanted = BTreeSet::from([earlier]);
+            graph::ancestors(deps, later, Some(&mut wanted));
+            wanted.is_empty()
+        })
+    }
+}
