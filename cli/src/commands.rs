@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::host::{HostError, PluginHost};
-use backplan_core::plan::{Order, Plan, PlanError};
+use backplan_core::plan::{Order, Plan, PlanError, Step};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
@@ -356,14 +356,16 @@ impl Session {
                 Order::Backup => &backup_levels,
                 Order::Restore => &restore_levels,
             };
-            let depth = level.values().max().copied().unwrap_or(0);
-            for d in 0..=depth {
+            let mut stages: BTreeMap<usize, Vec<&Step>> = BTreeMap::new();
+            for step in plan.steps_in(order) {
+                stages
+                    .entry(level[step.id.as_str()])
+                    .or_default()
+                    .push(step);
+            }
+            for (d, stage) in stages {
                 outln!("  stage {}:", d + 1);
-                for step in plan
-                    .steps_in(order)
-                    .into_iter()
-                    .filter(|s| level[s.id.as_str()] == d)
-                {
+                for step in stage {
                     let origin = host
                         .get(&step.plugin)
                         .map(|p| p.origin.to_string())

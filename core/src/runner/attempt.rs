@@ -17,7 +17,8 @@ use super::Observer;
 use crate::plan::StepPolicy;
 use crate::record::{StepError, StepRecord, StepStatus};
 
-/// How long a timed-out or cancelled step may take to stop before it is abandoned.
+/// How long a timed-out or cancelled step may take to stop before it is abandoned (by default:
+/// see [`super::Runner::stop_grace`]).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The longest delay between retries (unless the step's first delay is longer).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -80,6 +81,7 @@ pub(super) async fn attempt(
     call: Request,
     hooks: Arc<StepHooks>,
     timeout: Duration,
+    grace: Duration,
 ) -> Attempt {
     let flag = hooks.cancel.clone();
     let mut task = tokio::task::spawn_blocking(move || plugin.invoke(&call, &*hooks));
@@ -93,13 +95,13 @@ pub(super) async fn attempt(
         Some(joined) => joined,
         None => {
             flag.cancel();
-            match tokio::time::timeout(STOP_GRACE, &mut task).await {
+            match tokio::time::timeout(grace, &mut task).await {
                 Ok(joined) if !timed_out => joined,
                 _ if timed_out => return Attempt::TimedOut,
                 _ => {
                     return Attempt::Failed(PluginError::new(
                         ErrorKind::Cancelled,
-                        format!("cancelled; the plugin did not stop within {STOP_GRACE:?}"),
+                        format!("cancelled; the plugin did not stop within {grace:?}"),
                     ));
                 }
             }
@@ -126,6 +128,7 @@ pub(super) struct StepJob {
     pub observer: Arc<dyn Observer>,
     pub cancel: CancellationToken,
     pub policy: StepPolicy,
+    pub grace: Duration,
 }
 
 impl StepJob {
@@ -143,7 +146,8 @@ impl StepJob {
                 observer: self.observer.clone(),
                 cancel: self.cancel.child_token(),
             });
-            let outcome = attempt(plugin, call.clone(), hooks, self.policy.timeout).await;
+            let outcome =
+                attempt(plugin, call.clone(), hooks, self.policy.timeout, self.grace).await;
             entry.finished_at = Some(Timestamp::now());
             match outcome {
                 Attempt::Done(output) => {

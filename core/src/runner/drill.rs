@@ -159,7 +159,7 @@ impl Runner<'_> {
         let hooks = calls.hooks(step, CancellationToken::new());
         tracing::info!(step = %step.id, "drill: tearing down");
         let timeout = step.policy.timeout;
-        match attempt(call.plugin, call.request, hooks, timeout)
+        match attempt(call.plugin, call.request, hooks, timeout, self.grace)
             .await
             .into_result("teardown", timeout)
         {

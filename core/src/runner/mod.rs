@@ -153,6 +153,7 @@ pub struct Runner<'a> {
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
     state_root: PathBuf,
+    grace: Duration,
 }
 
 impl std::fmt::Debug for Runner<'_> {
@@ -172,7 +173,15 @@ impl<'a> Runner<'a> {
             observer: Arc::new(Quiet),
             cancel: CancellationToken::new(),
             state_root,
+            grace: STOP_GRACE,
         }
+    }
+
+    /// How long a timed-out or cancelled step may take to stop before it is abandoned
+    /// (default [`STOP_GRACE`]).
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Shows progress through `observer`.
@@ -260,10 +269,10 @@ impl<'a> Runner<'a> {
             };
             let hooks = calls.hooks(step, self.cancel.child_token());
             let permit = semaphore.clone();
-            let timeout = step.policy.timeout;
+            let (timeout, grace) = (step.policy.timeout, self.grace);
             let handle = tasks.spawn(async move {
                 let _permit = permit.acquire_owned().await;
-                attempt(call.plugin, call.request, hooks, timeout)
+                attempt(call.plugin, call.request, hooks, timeout, grace)
                     .await
                     .into_result(action.as_str(), timeout)
                     .map_err(StepError::from)
@@ -426,6 +435,7 @@ impl<'a> Runner<'a> {
                                 observer: self.observer.clone(),
                                 cancel: self.cancel.clone(),
                                 policy: steps[i].policy,
+                                grace: self.grace,
                             };
                             let entry = entry.clone();
                             let handle = running.spawn(async move {

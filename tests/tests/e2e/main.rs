@@ -8,3 +8,4 @@ mod postgres;
 mod restore;
 mod runs;
 mod s3_verify;
+mod stops;
