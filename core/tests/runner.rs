@@ -63,6 +63,9 @@ fn seen(plan: &str) -> Vec<Seen> {
         .unwrap_or_default()
 }
 
+/// (plan, step, action): whose attempts are counted.
+type AttemptKey = (String, String, Action);
+
 #[derive(Default)]
 struct Scripted;
 
@@ -71,8 +74,7 @@ impl Scripted {
         let request = ctx.request();
         let started = Instant::now();
         let attempt = {
-            static ATTEMPTS: OnceLock<Mutex<HashMap<(String, String, Action), u32>>> =
-                OnceLock::new();
+            static ATTEMPTS: OnceLock<Mutex<HashMap<AttemptKey, u32>>> = OnceLock::new();
             let mut attempts = ATTEMPTS.get_or_init(Default::default).lock().unwrap();
             let key = (
                 request.plan.clone(),
