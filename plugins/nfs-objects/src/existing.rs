@@ -80,7 +80,12 @@ pub fn same_size_and_mtime(found: &Found, entry: &Entry) -> bool {
 /// Whether open `file` holds exactly `entry`'s content: same size and mtime, and every chunk
 /// hashes to its content id. Stops reading at the first chunk that differs. `buffer` holds one
 /// chunk at a time (kept by the caller between calls).
-pub fn holds_content(file: &File, found: &Found, entry: &Entry, buffer: &mut Vec<u8>) -> io::Result<bool> {
+pub fn holds_content(
+    file: &File,
+    found: &Found,
+    entry: &Entry,
+    buffer: &mut Vec<u8>,
+) -> io::Result<bool> {
     if !same_size_and_mtime(found, entry) {
         return Ok(false);
     }
@@ -100,7 +105,11 @@ pub fn holds_content(file: &File, found: &Found, entry: &Entry, buffer: &mut Vec
 /// The owner (when restoring owners) and mode `found` must be given to match `entry`; `None`
 /// for what already matches. A change of owner clears setuid and setgid bits, so the mode is
 /// then set again too.
-pub fn metadata_to_fix(found: &Found, entry: &Entry, owners: bool) -> (Option<(u32, u32)>, Option<u32>) {
+pub fn metadata_to_fix(
+    found: &Found,
+    entry: &Entry,
+    owners: bool,
+) -> (Option<(u32, u32)>, Option<u32>) {
     let owner = (owners && (found.uid, found.gid) != (entry.uid, entry.gid))
         .then_some((entry.uid, entry.gid));
     let mode = (owner.is_some() || found.mode != entry.mode).then_some(entry.mode);
@@ -146,18 +155,29 @@ mod tests {
         let file = entry(Kind::File, 10);
         let link = found(FileType::Symlink, 5);
         assert_eq!(decide(None, &file, false), Verdict::Make);
-        assert!(matches!(decide(Some(&link), &file, false), Verdict::Refuse(r) if r.contains("symlink")));
+        assert!(
+            matches!(decide(Some(&link), &file, false), Verdict::Refuse(r) if r.contains("symlink"))
+        );
         assert_eq!(decide(Some(&link), &file, true), Verdict::Replace);
         let dir = entry(Kind::Dir, 10);
-        assert!(matches!(decide(Some(&link), &dir, false), Verdict::Refuse(_)));
+        assert!(matches!(
+            decide(Some(&link), &dir, false),
+            Verdict::Refuse(_)
+        ));
         assert_eq!(decide(Some(&link), &dir, true), Verdict::Replace);
         let folder = found(FileType::Directory, 50);
         assert_eq!(decide(Some(&folder), &dir, false), Verdict::Keep);
-        assert!(matches!(decide(Some(&folder), &file, true), Verdict::Refuse(_)));
+        assert!(matches!(
+            decide(Some(&folder), &file, true),
+            Verdict::Refuse(_)
+        ));
         // A link where a link goes follows the age rule.
         let symlink = entry(Kind::Symlink, 10);
         assert_eq!(decide(Some(&link), &symlink, false), Verdict::Replace);
-        assert_eq!(decide(Some(&found(FileType::Symlink, 11)), &symlink, false), Verdict::Keep);
+        assert_eq!(
+            decide(Some(&found(FileType::Symlink, 11)), &symlink, false),
+            Verdict::Keep
+        );
     }
 
     #[test]
@@ -168,7 +188,10 @@ mod tests {
         assert_eq!(decide(Some(&newer), &file, true), Verdict::Replace);
         let hardlink = entry(Kind::Hardlink, 10);
         assert_eq!(decide(Some(&newer), &hardlink, false), Verdict::Keep);
-        assert_eq!(decide(Some(&found(FileType::RegularFile, 9)), &hardlink, false), Verdict::Replace);
+        assert_eq!(
+            decide(Some(&found(FileType::RegularFile, 9)), &hardlink, false),
+            Verdict::Replace
+        );
     }
 
     #[test]

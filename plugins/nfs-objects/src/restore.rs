@@ -642,12 +642,12 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                 .and_then(|()| target::set_link_metadata(&parent, name, owner, entry.mtime_ns))
                 .map_err(text),
             Verdict::Replace => {
-                let (temporary, ()) =
-                    target::with_temporary_name(|temporary| target::symlink(link, &parent, temporary))
-                        .map_err(text)?;
-                let done =
-                    target::set_link_metadata(&parent, &temporary, owner, entry.mtime_ns)
-                        .and_then(|()| target::rename(&parent, &temporary, name));
+                let (temporary, ()) = target::with_temporary_name(|temporary| {
+                    target::symlink(link, &parent, temporary)
+                })
+                .map_err(text)?;
+                let done = target::set_link_metadata(&parent, &temporary, owner, entry.mtime_ns)
+                    .and_then(|()| target::rename(&parent, &temporary, name));
                 if done.is_err() {
                     let _ = target::remove(&parent, &temporary);
                 }
@@ -927,7 +927,12 @@ impl HardLinks<'_> {
     /// Makes `entry` a hard link to `first`, by the rules of `existing` for what is there.
     fn link(&mut self, entry: &Entry, first: &[u8]) -> std::result::Result<(), String> {
         let (first_parent, first_name) = self.firsts.parent_of(first).map_err(text)?;
-        let not_a_file = || format!("link to {}: not restored as a file", String::from_utf8_lossy(first));
+        let not_a_file = || {
+            format!(
+                "link to {}: not restored as a file",
+                String::from_utf8_lossy(first)
+            )
+        };
         let first_found = target::look(&first_parent, first_name)
             .map_err(text)?
             .filter(|found| found.kind == rustix::fs::FileType::RegularFile)
@@ -938,7 +943,9 @@ impl HardLinks<'_> {
             return Ok(());
         }
         match existing::decide(found.as_ref(), entry, self.options.force) {
-            Verdict::Make => target::hard_link(&first_parent, first_name, &parent, name).map_err(text),
+            Verdict::Make => {
+                target::hard_link(&first_parent, first_name, &parent, name).map_err(text)
+            }
             Verdict::Replace => {
                 let (temporary, ()) = target::with_temporary_name(|temporary| {
                     target::hard_link(&first_parent, first_name, &parent, temporary)

@@ -135,6 +135,9 @@ pub struct Found {
 }
 
 impl Found {
+    // The field types of `struct stat` differ between architectures: the conversions are
+    // needed on some and do nothing on others.
+    #[allow(clippy::useless_conversion)]
     fn from_stat(stat: &rustix::fs::Stat) -> Self {
         Self {
             kind: FileType::from_raw_mode(stat.st_mode),
@@ -185,7 +188,11 @@ pub fn look_open(file: &File) -> io::Result<Found> {
 
 /// Makes folder `name` in `parent` (its final mode is set later).
 pub fn make_folder(parent: &OwnedFd, name: &[u8]) -> io::Result<()> {
-    Ok(rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o777))?)
+    Ok(rustix::fs::mkdirat(
+        parent,
+        name,
+        Mode::from_raw_mode(0o777),
+    )?)
 }
 
 /// Removes the non-folder `name` from `parent` (a link itself, never what it points to).
@@ -224,8 +231,7 @@ pub fn hard_link(
 /// Creates the new file `name` in `parent` for writing, readable by its owner only until its
 /// metadata is set. Fails if anything (a link included) already has that name.
 pub fn create_file(parent: &OwnedFd, name: &[u8]) -> io::Result<File> {
-    let flags =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     Ok(rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))?.into())
 }
 
@@ -339,7 +345,10 @@ mod tests {
         let (_, name) = folders.parent_of(b"a/b/c").unwrap();
         assert_eq!(name, b"c");
         let err = folders.open(b"a/link/x").unwrap_err();
-        assert_eq!(err.to_string(), "a/link is a symlink, which is never followed");
+        assert_eq!(
+            err.to_string(),
+            "a/link is a symlink, which is never followed"
+        );
         let err = folders.open(b"a/file").unwrap_err();
         assert_eq!(err.to_string(), "a/file is a file, not a folder");
         // The stack went back to `a` and on again.

@@ -97,12 +97,21 @@ fn set_mtime_ns(path: &Path, ns: i64) {
 }
 
 fn failed_paths(report: &RestoreReport) -> Vec<String> {
-    report.failed.iter().map(|f| format!("{}: {}", f.path, f.reason)).collect()
+    report
+        .failed
+        .iter()
+        .map(|f| format!("{}: {}", f.path, f.reason))
+        .collect()
 }
 
 #[test]
 fn a_symlinked_folder_planted_in_the_target_is_never_written_through() {
-    let Fixture { _repo_dir, repo, snapshot, .. } = snapshot_of(|root| {
+    let Fixture {
+        _repo_dir,
+        repo,
+        snapshot,
+        ..
+    } = snapshot_of(|root| {
         fs::create_dir(root.join("sub")).unwrap();
         fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(root.join("sub/a.txt"), b"from the backup").unwrap();
@@ -115,21 +124,33 @@ fn a_symlinked_folder_planted_in_the_target_is_never_written_through() {
     symlink(outside.path(), target.path().join("sub")).unwrap();
 
     let report = restore_with(&repo, &snapshot, target.path(), |_| {}).unwrap();
-    assert!(listing(outside.path()).is_empty(), "{:?}", listing(outside.path()));
+    assert!(
+        listing(outside.path()).is_empty(),
+        "{:?}",
+        listing(outside.path())
+    );
     let failed = failed_paths(&report);
     assert!(
-        failed.iter().any(|f| f.ends_with("/sub: a symlink is in the way (use force to replace it)")),
+        failed
+            .iter()
+            .any(|f| f.ends_with("/sub: a symlink is in the way (use force to replace it)")),
         "{failed:?}"
     );
     assert!(
-        failed.iter().any(|f| f.contains("sub/a.txt: sub is a symlink, which is never followed")),
+        failed
+            .iter()
+            .any(|f| f.contains("sub/a.txt: sub is a symlink, which is never followed")),
         "{failed:?}"
     );
     // Nor is the folder's metadata set through the link.
     let meta = fs::metadata(outside.path()).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o700);
     assert_eq!(mtime_ns(outside.path()), outside_mtime);
-    assert!(fs::symlink_metadata(target.path().join("sub")).unwrap().is_symlink());
+    assert!(
+        fs::symlink_metadata(target.path().join("sub"))
+            .unwrap()
+            .is_symlink()
+    );
 
     // With force the link, not what it points to, is replaced by the real folder.
     let report = restore_with(&repo, &snapshot, target.path(), |o| o.force = true).unwrap();
@@ -138,13 +159,24 @@ fn a_symlinked_folder_planted_in_the_target_is_never_written_through() {
     let sub = fs::symlink_metadata(target.path().join("sub")).unwrap();
     assert!(sub.is_dir());
     assert_eq!(sub.mode() & 0o7777, 0o755);
-    assert_eq!(fs::read(target.path().join("sub/a.txt")).unwrap(), b"from the backup");
-    assert_eq!(fs::read(target.path().join("sub/deeper/b.txt")).unwrap(), b"deeper");
+    assert_eq!(
+        fs::read(target.path().join("sub/a.txt")).unwrap(),
+        b"from the backup"
+    );
+    assert_eq!(
+        fs::read(target.path().join("sub/deeper/b.txt")).unwrap(),
+        b"deeper"
+    );
 }
 
 #[test]
 fn a_symlink_planted_where_a_file_goes_is_not_written_through() {
-    let Fixture { source, _repo_dir, repo, snapshot } = snapshot_of(|root| {
+    let Fixture {
+        source,
+        _repo_dir,
+        repo,
+        snapshot,
+    } = snapshot_of(|root| {
         fs::write(root.join("a.txt"), b"from the backup").unwrap();
         fs::write(root.join("same-size"), b"0123456789").unwrap();
     });
@@ -175,8 +207,14 @@ fn a_symlink_planted_where_a_file_goes_is_not_written_through() {
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         let restored = fs::symlink_metadata(target.path().join("a.txt")).unwrap();
         assert!(restored.is_file());
-        assert_eq!(fs::read(target.path().join("a.txt")).unwrap(), b"from the backup");
-        assert_eq!(fs::read(target.path().join("same-size")).unwrap(), b"0123456789");
+        assert_eq!(
+            fs::read(target.path().join("a.txt")).unwrap(),
+            b"from the backup"
+        );
+        assert_eq!(
+            fs::read(target.path().join("same-size")).unwrap(),
+            b"0123456789"
+        );
         assert_eq!(fs::read(&victim).unwrap(), b"not yours");
         assert_eq!(fs::read(&lookalike).unwrap(), b"9876543210");
     }
@@ -214,7 +252,12 @@ fn entries(repo: &Repository, snapshot: &Snapshot) -> Vec<Entry> {
 
 #[test]
 fn a_symlink_restored_earlier_is_not_followed_by_the_entries_under_its_name() {
-    let Fixture { _repo_dir, repo, snapshot, .. } = snapshot_of(|root| {
+    let Fixture {
+        _repo_dir,
+        repo,
+        snapshot,
+        ..
+    } = snapshot_of(|root| {
         fs::write(root.join("a.txt"), b"payload").unwrap();
     });
     let outside = tempfile::tempdir().unwrap();
@@ -242,7 +285,15 @@ fn a_symlink_restored_earlier_is_not_followed_by_the_entries_under_its_name() {
     let hostile = crafted(
         &repo,
         &snapshot,
-        &[root.clone(), file.clone(), link, under, folder, hardlink, stealer],
+        &[
+            root.clone(),
+            file.clone(),
+            link,
+            under,
+            folder,
+            hardlink,
+            stealer,
+        ],
     );
 
     for force in [false, true] {
@@ -259,12 +310,18 @@ fn a_symlink_restored_earlier_is_not_followed_by_the_entries_under_its_name() {
         let failed = failed_paths(&report);
         assert_eq!(failed.len(), 4, "{failed:?}");
         assert!(
-            failed.iter().all(|f| f.contains("sub is a symlink, which is never followed")),
+            failed
+                .iter()
+                .all(|f| f.contains("sub is a symlink, which is never followed")),
             "{failed:?}"
         );
         assert!(!target.path().join("taken").exists());
         assert_eq!(fs::read(target.path().join("a.txt")).unwrap(), b"payload");
-        assert!(fs::symlink_metadata(target.path().join("sub")).unwrap().is_symlink());
+        assert!(
+            fs::symlink_metadata(target.path().join("sub"))
+                .unwrap()
+                .is_symlink()
+        );
     }
 
     // A path that climbs out is refused before anything is written.
@@ -280,7 +337,12 @@ fn a_symlink_restored_earlier_is_not_followed_by_the_entries_under_its_name() {
 
 #[test]
 fn hard_links_are_recreated_as_links() {
-    let Fixture { _repo_dir, repo, snapshot, .. } = snapshot_of(|root| {
+    let Fixture {
+        _repo_dir,
+        repo,
+        snapshot,
+        ..
+    } = snapshot_of(|root| {
         fs::create_dir(root.join("d")).unwrap();
         fs::write(root.join("d/first"), b"shared bytes").unwrap();
         fs::hard_link(root.join("d/first"), root.join("second")).unwrap();
@@ -292,11 +354,17 @@ fn hard_links_are_recreated_as_links() {
     let first = fs::metadata(target.path().join("d/first")).unwrap();
     let second = fs::metadata(target.path().join("second")).unwrap();
     assert_eq!(first.ino(), second.ino());
-    assert_eq!(fs::read(target.path().join("second")).unwrap(), b"shared bytes");
+    assert_eq!(
+        fs::read(target.path().join("second")).unwrap(),
+        b"shared bytes"
+    );
 
     // Restored again: already linked, nothing changes.
     let report = restore_with(&repo, &snapshot, target.path(), |_| {}).unwrap();
-    assert!(report.failed.is_empty() && report.kept_newer.is_empty(), "{report:?}");
+    assert!(
+        report.failed.is_empty() && report.kept_newer.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(
         fs::metadata(target.path().join("second")).unwrap().ino(),
         fs::metadata(target.path().join("d/first")).unwrap().ino()
@@ -305,7 +373,12 @@ fn hard_links_are_recreated_as_links() {
 
 #[test]
 fn a_newer_file_where_a_hard_link_goes_is_kept_unless_force() {
-    let Fixture { _repo_dir, repo, snapshot, .. } = snapshot_of(|root| {
+    let Fixture {
+        _repo_dir,
+        repo,
+        snapshot,
+        ..
+    } = snapshot_of(|root| {
         fs::write(root.join("first"), b"shared bytes").unwrap();
         fs::hard_link(root.join("first"), root.join("second")).unwrap();
         set_mtime_ns(&root.join("first"), 1_600_000_000_000_000_000);
@@ -323,7 +396,10 @@ fn a_newer_file_where_a_hard_link_goes_is_kept_unless_force() {
     );
 
     let report = restore_with(&repo, &snapshot, target.path(), |o| o.force = true).unwrap();
-    assert!(report.failed.is_empty() && report.kept_newer.is_empty(), "{report:?}");
+    assert!(
+        report.failed.is_empty() && report.kept_newer.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(
         fs::metadata(target.path().join("second")).unwrap().ino(),
         fs::metadata(target.path().join("first")).unwrap().ino()
@@ -334,7 +410,12 @@ fn a_newer_file_where_a_hard_link_goes_is_kept_unless_force() {
 fn a_file_with_the_snapshots_size_and_mtime_but_other_bytes_is_rewritten_unless_metadata_is_trusted()
  {
     let mut large = vec![7u8; 3 * CHUNK as usize + 100];
-    let Fixture { source, _repo_dir, repo, snapshot } = snapshot_of(|root| {
+    let Fixture {
+        source,
+        _repo_dir,
+        repo,
+        snapshot,
+    } = snapshot_of(|root| {
         fs::write(root.join("small.txt"), b"the right bytes").unwrap();
         fs::write(root.join("large.bin"), &large).unwrap();
         fs::write(root.join("kept.txt"), b"identical").unwrap();
@@ -355,14 +436,21 @@ fn a_file_with_the_snapshots_size_and_mtime_but_other_bytes_is_rewritten_unless_
     large[3 * CHUNK as usize + 50] = 8;
     tamper("large.bin", &large);
 
-    let report = restore_with(&repo, &snapshot, target.path(), |o| o.trust_metadata = true).unwrap();
+    let report =
+        restore_with(&repo, &snapshot, target.path(), |o| o.trust_metadata = true).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.unchanged, 3, "trusted on size and mtime");
-    assert_eq!(fs::read(target.path().join("small.txt")).unwrap(), b"the wrong bytes");
+    assert_eq!(
+        fs::read(target.path().join("small.txt")).unwrap(),
+        b"the wrong bytes"
+    );
 
     let report = restore_with(&repo, &snapshot, target.path(), |_| {}).unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    assert_eq!(report.unchanged, 1, "only kept.txt holds the snapshot's bytes");
+    assert_eq!(
+        report.unchanged, 1,
+        "only kept.txt holds the snapshot's bytes"
+    );
     for name in ["small.txt", "large.bin", "kept.txt"] {
         assert_eq!(
             fs::read(target.path().join(name)).unwrap(),
@@ -388,18 +476,31 @@ fn a_file_with_the_snapshots_size_and_mtime_but_other_bytes_is_rewritten_unless_
 
 #[test]
 fn an_empty_target_is_refused() {
-    let Fixture { _repo_dir, repo, snapshot, .. } = snapshot_of(|root| {
+    let Fixture {
+        _repo_dir,
+        repo,
+        snapshot,
+        ..
+    } = snapshot_of(|root| {
         fs::write(root.join("a.txt"), b"x").unwrap();
     });
     let err = restore_with(&repo, &snapshot, Path::new(""), |_| {}).unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err}");
     assert!(err.to_string().contains("target is empty"), "{err}");
-    assert!(!Path::new("a.txt").exists(), "nothing written into the current folder");
+    assert!(
+        !Path::new("a.txt").exists(),
+        "nothing written into the current folder"
+    );
 }
 
 #[test]
 fn a_sub_path_never_reaches_outside_the_target_and_may_name_a_file() {
-    let Fixture { _repo_dir, repo, snapshot, .. } = snapshot_of(|root| {
+    let Fixture {
+        _repo_dir,
+        repo,
+        snapshot,
+        ..
+    } = snapshot_of(|root| {
         fs::create_dir_all(root.join("jobs/1")).unwrap();
         fs::write(root.join("jobs/1/out.log"), b"log").unwrap();
         fs::write(root.join("jobs/other"), b"other").unwrap();
@@ -407,17 +508,30 @@ fn a_sub_path_never_reaches_outside_the_target_and_may_name_a_file() {
     let parent = tempfile::tempdir().unwrap();
     let target = parent.path().join("target");
     for bad in [&b"../escape"[..], b"jobs/../..", b"./jobs", b"jobs//1"] {
-        let err = restore_with(&repo, &snapshot, &target, |o| o.subpath = bad.to_vec()).unwrap_err();
+        let err =
+            restore_with(&repo, &snapshot, &target, |o| o.subpath = bad.to_vec()).unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err}");
     }
-    assert!(listing(parent.path()).is_empty(), "{:?}", listing(parent.path()));
+    assert!(
+        listing(parent.path()).is_empty(),
+        "{:?}",
+        listing(parent.path())
+    );
 
-    let err = restore_with(&repo, &snapshot, &target, |o| o.subpath = b"jobs/2".to_vec()).unwrap_err();
-    assert!(err.to_string().contains("jobs/2 is not in snapshot"), "{err}");
+    let err = restore_with(&repo, &snapshot, &target, |o| {
+        o.subpath = b"jobs/2".to_vec()
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("jobs/2 is not in snapshot"),
+        "{err}"
+    );
     assert!(listing(&target).is_empty(), "{:?}", listing(&target));
 
-    let report =
-        restore_with(&repo, &snapshot, &target, |o| o.subpath = b"jobs/1/out.log".to_vec()).unwrap();
+    let report = restore_with(&repo, &snapshot, &target, |o| {
+        o.subpath = b"jobs/1/out.log".to_vec()
+    })
+    .unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.files, 1);
     assert_eq!(fs::read(target.join("jobs/1/out.log")).unwrap(), b"log");
@@ -438,13 +552,26 @@ fn empty_or_climbing_restore_options_are_configuration_errors() {
     let target = drill.path().display().to_string();
     for (options, says) in [
         (json!({"target": ""}), "option target is empty"),
-        (json!({"target": target, "path": ""}), "option path is empty"),
-        (json!({"target": target, "path": "../x"}), "must not contain"),
-        (json!({"target": target, "trust_metadata": "yes"}), "options"),
+        (
+            json!({"target": target, "path": ""}),
+            "option path is empty",
+        ),
+        (
+            json!({"target": target, "path": "../x"}),
+            "must not contain",
+        ),
+        (
+            json!({"target": target, "trust_metadata": "yes"}),
+            "options",
+        ),
     ] {
         for check in [true, false] {
             let mut request = harness.request(
-                if check { Action::Check } else { Action::Restore },
+                if check {
+                    Action::Check
+                } else {
+                    Action::Restore
+                },
                 config.clone(),
             );
             if check {
