@@ -68,7 +68,10 @@ first, originals kept as FILE.backplan-orig, atomic rewrite), `reset-nomad` (rem
 /opt/nomad), `start-app`. New addresses come from `-o private_ip=`/`public_ip=`, the config \
 (e.g. `${steps.machine.outputs.private_ip}`), the instance metadata service, or the default \
 route. `--dry-run` prints every change and runs nothing. A second run changes nothing. A changed \
-hostname is reported: the GitHub OAuth app's callback URL must follow it.";
+hostname is reported: the GitHub OAuth app's callback URL must follow it. Nothing under `root` is \
+changed through a symbolic link: a configuration file, nomad folder or folder on the way to them \
+that is a link is refused (at check, before any step runs), naming the link and its target; list \
+the real path in `config_files` or `nomad_dir` instead.";
 
 impl Plugin for ServicesHost {
     type Config = Config;
