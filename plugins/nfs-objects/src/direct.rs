@@ -167,6 +167,11 @@ impl DirectFile {
         })
     }
 
+    /// Wraps `file`, already open for writing; `direct` says whether `O_DIRECT` is set on it.
+    pub fn from_open(file: File, direct: bool) -> Self {
+        Self { file, direct }
+    }
+
     /// Whether writes still bypass the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct

@@ -12,6 +12,7 @@ pub mod control;
 pub mod dedup;
 pub mod direct;
 pub mod error;
+pub mod existing;
 pub mod fetch;
 pub mod id;
 pub mod manifest;
@@ -23,6 +24,7 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
+pub mod target;
 pub mod verify;
 pub mod walk;
 

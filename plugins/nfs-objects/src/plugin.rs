@@ -65,6 +65,10 @@ pub struct Config {
     pub compression_level: Option<i32>,
     /// Share of files `verify` re-reads, in (0, 1] (default 1: all).
     pub verify_fraction: Option<f64>,
+    /// Restore: take a file already in place with the snapshot's size and mtime as restored,
+    /// without reading it (default false: it is read and compared with the snapshot's content).
+    /// Also `-o trust_metadata=true`.
+    pub restore_trust_metadata: Option<bool>,
     #[serde(default)]
     pub retention: Retention,
 }
@@ -164,6 +168,54 @@ struct RestoreRequest {
     target: Option<PathBuf>,
     /// Only this path, relative to the source.
     path: Option<String>,
+    /// Take files with the snapshot's size and mtime as restored without reading them.
+    trust_metadata: Option<bool>,
+}
+
+impl RestoreRequest {
+    /// The request options of `ctx`, refused when they name no folder or an unsafe path: an
+    /// empty value (`-o target=`, a variable that expanded to nothing) must never mean "the
+    /// current folder" or "everything".
+    fn parse(ctx: &Context) -> PluginResult<Self> {
+        let request: Self = options(ctx)?;
+        if request
+            .target
+            .as_ref()
+            .is_some_and(|target| target.as_os_str().is_empty())
+        {
+            return Err(PluginError::config(
+                "option target is empty: name the folder to restore into, or leave the option \
+                 out to restore into the source",
+            ));
+        }
+        if let Some(path) = &request.path {
+            if path.is_empty() {
+                return Err(PluginError::config(
+                    "option path is empty: name a path in the snapshot, or leave the option out \
+                     to restore everything",
+                ));
+            }
+            if path.split('/').any(|part| part == "." || part == "..") {
+                return Err(PluginError::config(format!(
+                    "option path {path:?} must not contain `.` or `..`: it is relative to the \
+                     snapshot's root"
+                )));
+            }
+        }
+        Ok(request)
+    }
+
+    /// The sub-path to restore, `/`-separated without empty components (empty for everything).
+    fn subpath(&self) -> Vec<u8> {
+        let parts: Vec<&str> = self
+            .path
+            .as_deref()
+            .unwrap_or_default()
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .collect();
+        parts.join("/").into_bytes()
+    }
 }
 
 /// Request options understood by `verify`; other plugins' keys are ignored.
@@ -233,6 +285,9 @@ impl Plugin for NfsObjects {
             }
         }
         let restoring = ctx.request().check_for == Some(Action::Restore);
+        if restoring {
+            RestoreRequest::parse(ctx)?;
+        }
         // A source or repository made by an earlier step (`${steps...}`) is only known once that
         // step has run; the action itself validates it then.
         let source_known = !Request::is_unresolved(&config.source.to_string_lossy());
@@ -353,10 +408,17 @@ impl Plugin for NfsObjects {
         } else {
             config.source.clone()
         };
-        let request: RestoreRequest = options(ctx)?;
+        let request = RestoreRequest::parse(ctx)?;
         let force = ctx.request().force;
+        let subpath = request.subpath();
         let target = match request.target {
             Some(target) => target,
+            None if source.as_os_str().is_empty() => {
+                return Err(PluginError::config(
+                    "source is empty: set the folder the backup was taken of, or restore with \
+                     -o target=FOLDER",
+                ));
+            }
             None => {
                 if !force {
                     check_current(&source, &config.expectation()).map_err(to_plugin_error)?;
@@ -371,10 +433,11 @@ impl Plugin for NfsObjects {
         let mut options = RestoreOptions::new(&target);
         options.force = force;
         options.workers = config.workers();
-        options.subpath = request
-            .path
-            .map(|p| p.trim_matches('/').as_bytes().to_vec())
-            .unwrap_or_default();
+        options.subpath = subpath;
+        options.trust_metadata = request
+            .trust_metadata
+            .or(config.restore_trust_metadata)
+            .unwrap_or(false);
         if ctx.request().dry_run {
             return Ok(StepOutput::new(format!(
                 "would restore snapshot {} ({} files) into {}",

@@ -1,25 +1,32 @@
 //! Restore: put a snapshot (or a sub-path of it) back, byte-checked, with its metadata.
 //!
+//! Nothing is written outside the target, nor through a link found in it: every path is made
+//! relative to a folder opened on the way down without following links (see `target`), and
+//! the snapshot's symlinks and hard links are made as links, never followed, by the entry itself
+//! or by the entries after it. What is already in the target is kept, compared or replaced by the
+//! rules of `existing`: in short, a file with the snapshot's size and mtime is read and compared
+//! with the snapshot's content ids and left alone only if it holds the same bytes (unless
+//! `trust_metadata`), anything newer than the snapshot's entry is kept unless `force`, and a
+//! link in the way of a file or folder is replaced only with `force`.
+//!
 //! The manifest is streamed three times, each pass cheap next to the data: first folders,
 //! symlinks and file contents (workers fetch, verify against the content id and write pieces in
-//! parallel; all-zero blocks are skipped so sparse files stay sparse); then hard links, which
-//! need their first name in place; last folder modes, owners and mtimes, which every earlier
-//! write into the folder would have changed. A file is written under a temporary name and renamed
-//! over its final name only once complete and checked, so an interrupted restore never leaves a
-//! truncated file under a real name. An existing file newer than the snapshot's is kept unless
-//! `force`; one identical in size and mtime is not rewritten.
+//! parallel; all-zero blocks are skipped so sparse files stay sparse; existing files to compare
+//! are read and hashed by the workers too); then hard links, which need their first name in
+//! place; last folder modes, owners and mtimes, which every earlier write into the folder would
+//! have changed. A file (or a replacing link) is made under a temporary name and renamed over its
+//! final name only once complete and checked, so an interrupted restore never leaves a truncated
+//! file under a real name.
 //!
 //! Large files are written around the page cache (see `direct`); a file of one piece (most
 //! small files) is created, written and finished by the worker that fetched it, so the
-//! coordinating thread makes no system calls per small file.
+//! coordinating thread makes no system calls per small file but the `lstat` of its name.
 
-use std::collections::HashMap;
-use std::ffi::CString;
-use std::fs::{self, File};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::backend::Backend;
@@ -28,16 +35,20 @@ use crate::blob::{BlobRef, Decoder};
 use crate::control::{Control, Reporter};
 use crate::direct::{self, AlignedBuffer, DirectFile};
 use crate::error::{Error, IoContext, Result};
+use crate::existing::{self, Verdict};
 use crate::fetch::fetch_each;
 use crate::manifest::{Entry, Kind, ManifestReader, is_within};
 use crate::pool::{Pool, Worker};
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
+use crate::target::{self, Folder, Folders, Found, split_last};
 
-/// Files being written at once; bounds open descriptors and memory.
+/// Files being written or compared at once; bounds open descriptors and memory.
 const OPEN_FILES: usize = 256;
-/// Small-file pieces per job.
+/// Small-file pieces (or existing files to compare) per job.
 const BATCH_PIECES: usize = 64;
+/// Bytes of existing files to compare per job, at most (unless one file is larger).
+const COMPARE_BYTES: u64 = 16 << 20;
 /// Zero runs shorter than this are written, not skipped (a multiple of `direct::ALIGN`, so the
 /// writes between holes stay aligned).
 const HOLE_BLOCK: usize = 64 * 1024;
@@ -48,12 +59,18 @@ const DIRECT_MIN: u64 = 1 << 20;
 /// What to restore and where.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
-    /// The folder the snapshot's root maps to (the original source, or another folder for a drill).
+    /// The folder the snapshot's root maps to (the original source, or another folder for a
+    /// drill). Must not be empty. It may be a symlink: it is resolved once, at the start.
     pub target: PathBuf,
-    /// Only entries at or below this relative path (`/`-separated; empty for everything).
+    /// Only entries at or below this relative path (`/`-separated, no `.` or `..`; empty for
+    /// everything).
     pub subpath: Vec<u8>,
-    /// Overwrite existing files even when they are newer than the snapshot's.
+    /// Overwrite existing files even when they are newer than the snapshot's, and replace
+    /// symlinks and special files in the way.
     pub force: bool,
+    /// Take an existing file with the snapshot's size and mtime as restored without reading it
+    /// (by default it is read and compared with the snapshot's content).
+    pub trust_metadata: bool,
     /// Restore owners and groups (needs root).
     pub owners: bool,
     pub workers: usize,
@@ -66,6 +83,7 @@ impl RestoreOptions {
             target: target.into(),
             subpath: Vec::new(),
             force: false,
+            trust_metadata: false,
             // SAFETY: geteuid has no preconditions and cannot fail.
             owners: unsafe { libc::geteuid() } == 0,
             workers: crate::backup::default_workers(),
@@ -81,9 +99,10 @@ pub struct RestoreReport {
     pub dirs: u64,
     pub symlinks: u64,
     pub hardlinks: u64,
-    /// Files already identical (size and mtime) and left alone.
+    /// Files already in place and left alone: same content as the snapshot's (or same size and
+    /// mtime, with `trust_metadata`).
     pub unchanged: u64,
-    /// Existing files newer than the snapshot's, kept because `force` was off.
+    /// Existing entries newer than the snapshot's, kept because `force` was off.
     pub kept_newer: Vec<String>,
     /// Entries that could not be restored (damaged data, conflicts), with the reason.
     pub failed: Vec<Skipped>,
@@ -96,6 +115,7 @@ pub fn restore(
     options: &RestoreOptions,
     control: Control<'_>,
 ) -> Result<RestoreReport> {
+    check_options(options)?;
     let backend = repo.backend();
     let open_manifest = || {
         ManifestReader::open(
@@ -104,9 +124,7 @@ pub fn restore(
             snapshot.manifest_blake3,
         )
     };
-    let target = &options.target;
-    let subpath = options.subpath.as_slice();
-    fs::create_dir_all(target.join(Path::new(std::ffi::OsStr::from_bytes(subpath)))).at(target)?;
+    let root = target::open_root(&options.target).at(&options.target)?;
 
     let workers = (0..options.workers.max(1))
         .map(|_| {
@@ -115,92 +133,192 @@ pub fn restore(
                 decoder: Decoder::new()?,
                 aligned: AlignedBuffer::with_capacity(0),
                 fetched: Vec::new(),
+                compared: Vec::new(),
+                owners: options.owners,
             })
         })
         .collect::<Result<_>>()?;
     let mut report = RestoreReport::default();
     let reporter = Reporter::new(control, "restore", Some(snapshot.stats.bytes));
-    let has_hardlinks = std::thread::scope(|scope| -> Result<bool> {
+    let first_pass = std::thread::scope(|scope| -> Result<FirstPass> {
         let mut run = Run {
             pool: Pool::start(scope, workers),
             options,
+            folders: Folders::new(Arc::clone(&root)),
             files: HashMap::new(),
+            comparing: 0,
+            differing: Vec::new(),
             next_slot: 0,
             batch: Vec::new(),
+            compares: Vec::new(),
+            compare_bytes: 0,
             report: &mut report,
             reporter,
-            has_hardlinks: false,
+            ancestors: Vec::new(),
+            done: FirstPass::default(),
         };
         for entry in open_manifest()? {
             control.check_cancelled()?;
-            let entry = entry?;
-            if is_within(&entry.path, subpath) {
-                run.restore_entry(entry)?;
-            }
+            run.visit(entry?)?;
             run.collect_ready()?;
+            run.write_differing()?;
         }
-        while run.wait_for_one()? {}
-        let has_hardlinks = run.has_hardlinks;
+        run.drain()?;
+        let done = std::mem::take(&mut run.done);
         run.pool.finish()?;
-        Ok(has_hardlinks)
+        Ok(done)
     })?;
+    let subpath = options.subpath.as_slice();
+    if !subpath.is_empty() && !first_pass.matched {
+        return Err(Error::Invalid(format!(
+            "{} is not in snapshot {}",
+            String::from_utf8_lossy(subpath),
+            snapshot.id
+        )));
+    }
 
-    if has_hardlinks {
+    if first_pass.has_hardlinks {
+        let mut links = HardLinks {
+            links: Folders::new(Arc::clone(&root)),
+            firsts: Folders::new(Arc::clone(&root)),
+            options,
+            report: &mut report,
+        };
         for entry in open_manifest()? {
             let entry = entry?;
             if entry.kind == Kind::Hardlink && is_within(&entry.path, subpath) {
-                restore_hardlink(&entry, options, &mut report)?;
+                links.restore(&entry)?;
             }
         }
     }
+    let mut folders = Folders::new(root);
     for entry in open_manifest()? {
         let entry = entry?;
-        if entry.kind == Kind::Dir && is_within(&entry.path, subpath) {
-            let path = destination(target, &entry.path)?;
-            if let Err(err) = apply_metadata(&path, None, &entry, options.owners) {
-                report.failed.push(failure(&path, err.to_string()));
+        if entry.kind == Kind::Dir
+            && is_within(&entry.path, subpath)
+            && !first_pass.failed_dirs.contains(&entry.path)
+        {
+            let owner = options.owners.then_some((entry.uid, entry.gid));
+            let set = folders.open(&entry.path).and_then(|folder| {
+                target::set_metadata_of(&folder, owner, Some(entry.mode), Some(entry.mtime_ns))
+            });
+            if let Err(err) = set {
+                let path = shown(&options.target, &entry.path);
+                report.failed.push(failure(path, err.to_string()));
             }
         }
     }
     Ok(report)
 }
 
+/// Refuses a request that could write somewhere the user did not mean.
+fn check_options(options: &RestoreOptions) -> Result<()> {
+    if options.target.as_os_str().is_empty() {
+        return Err(Error::Invalid(
+            "the restore target is empty: name the folder to restore into".into(),
+        ));
+    }
+    if !options.subpath.is_empty() && !is_relative(&options.subpath) {
+        return Err(Error::Invalid(format!(
+            "restore path {:?} must be relative to the snapshot's root, without empty, `.` or \
+             `..` components",
+            String::from_utf8_lossy(&options.subpath)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `path` (non-empty) is a plain relative path: no empty, `.` or `..` component.
+fn is_relative(path: &[u8]) -> bool {
+    path.split(|&byte| byte == b'/')
+        .all(|part| !part.is_empty() && part != b"." && part != b"..")
+}
+
+/// Refuses a manifest path that could escape the target.
+fn check_path(path: &[u8]) -> Result<()> {
+    if path.is_empty() || is_relative(path) {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        name: "manifest".into(),
+        reason: format!("unsafe path {:?}", String::from_utf8_lossy(path)),
+    })
+}
+
+/// How relative path `path` is shown to the user: below the target as given.
+fn shown(target: &std::path::Path, path: &[u8]) -> String {
+    if path.is_empty() {
+        return target.display().to_string();
+    }
+    target
+        .join(std::ffi::OsStr::from_bytes(path))
+        .display()
+        .to_string()
+}
+
+fn failure(path: String, reason: String) -> Skipped {
+    Skipped { path, reason }
+}
+
+/// What the first pass leaves for the others.
+#[derive(Debug, Default)]
+struct FirstPass {
+    /// The sub-path was found in the snapshot.
+    matched: bool,
+    has_hardlinks: bool,
+    /// Folders that could not be made: their failure is reported, their metadata not set.
+    failed_dirs: HashSet<Vec<u8>>,
+}
+
+/// A file to write or compare, and the folder it goes in.
+struct Pending {
+    entry: Entry,
+    parent: Folder,
+}
+
 /// A file whose pieces are being written.
 struct OpenFile {
-    destination: PathBuf,
+    path: Vec<u8>,
     /// A file of several pieces, finished by the coordinating thread once all are in; `None`
     /// for a file a worker writes and finishes whole.
-    shared: Option<(NewFile, Arc<Mutex<DirectFile>>)>,
+    shared: Option<(NewFile, Vec<u8>, Arc<Mutex<DirectFile>>)>,
     missing: usize,
     failure: Option<String>,
 }
 
-/// A restored file, from creation under its temporary name to its move into place.
+/// A restored file, from creation under a temporary name to its move into place.
 struct NewFile {
     entry: Entry,
-    temporary: PathBuf,
-    destination: PathBuf,
+    parent: Folder,
     owners: bool,
 }
 
 impl NewFile {
-    /// Creates the temporary file at its full size (direct writes for large files).
-    fn create(&self) -> io::Result<DirectFile> {
-        let create = if writes_direct(&self.entry) {
-            DirectFile::create
-        } else {
-            DirectFile::create_buffered
-        };
-        let file = create(&self.temporary)?;
-        file.file().set_len(self.entry.size)?;
-        Ok(file)
+    /// Creates the file under a fresh temporary name at its full size (direct writes for large
+    /// files); returns the name.
+    fn create(&self) -> io::Result<(Vec<u8>, DirectFile)> {
+        let (temporary, file) =
+            target::with_temporary_name(|name| target::create_file(&self.parent, name))?;
+        let sized = (|| {
+            let direct = writes_direct(&self.entry) && target::try_direct(&file)?;
+            file.set_len(self.entry.size)?;
+            Ok(direct)
+        })();
+        match sized {
+            Ok(direct) => Ok((temporary, DirectFile::from_open(file, direct))),
+            Err(err) => {
+                let _ = target::remove(&self.parent, &temporary);
+                Err(err)
+            }
+        }
     }
 
-    /// Moves the written file into place with its metadata, or removes it after a `failure`.
-    /// Direct writes padded the last block, so such a file is first cut back to its size
-    /// (buffered ones already have it from `create`).
+    /// Renames the written file `temporary` over its name with its metadata, or removes it after
+    /// a `failure`. Direct writes padded the last block, so such a file is first cut back to its
+    /// size (buffered ones already have it from `create`).
     fn finish(
         &self,
+        temporary: &[u8],
         file: &DirectFile,
         failure: Option<String>,
     ) -> std::result::Result<(), String> {
@@ -211,17 +329,24 @@ impl NewFile {
                 Ok(())
             }
         };
+        let entry = &self.entry;
         let finished = match failure {
             Some(reason) => Err(reason),
             None => cut_back()
                 .and_then(|()| {
-                    apply_metadata(&self.temporary, Some(file.file()), &self.entry, self.owners)
+                    let owner = self.owners.then_some((entry.uid, entry.gid));
+                    target::set_metadata_of(
+                        file.file(),
+                        owner,
+                        Some(entry.mode),
+                        Some(entry.mtime_ns),
+                    )
                 })
-                .and_then(|()| fs::rename(&self.temporary, &self.destination))
+                .and_then(|()| target::rename(&self.parent, temporary, split_last(&entry.path).1))
                 .map_err(|err| err.to_string()),
         };
         if finished.is_err() {
-            let _ = fs::remove_file(&self.temporary);
+            let _ = target::remove(&self.parent, temporary);
         }
         finished
     }
@@ -232,12 +357,9 @@ impl NewFile {
         raw: &[u8],
         aligned: &mut AlignedBuffer,
     ) -> std::result::Result<(), String> {
-        let mut file = self.create().map_err(|err| {
-            let _ = fs::remove_file(&self.temporary);
-            err.to_string()
-        })?;
+        let (temporary, mut file) = self.create().map_err(|err| err.to_string())?;
         let written = write_sparse(&mut file, 0, raw, aligned).err();
-        self.finish(&file, written.map(|err| err.to_string()))
+        self.finish(&temporary, &file, written.map(|err| err.to_string()))
     }
 }
 
@@ -261,20 +383,57 @@ enum Destination {
     Whole(Box<NewFile>),
 }
 
-/// A worker: fetches pieces, checks them and writes them into their files.
+/// Work for a worker.
+enum Job {
+    /// Fetch these pieces and write them.
+    Pieces(Vec<Piece>),
+    /// Compare these existing files with the snapshot's content.
+    Compare(Vec<Pending>),
+}
+
+/// What a worker did with one piece or file.
+enum Outcome {
+    /// A piece of file `slot` is written (or why not).
+    Written { slot: u64, problem: Option<String> },
+    /// An existing file holds the snapshot's content; a path and reason if its owner or mode
+    /// could not be fixed.
+    Unchanged(Option<(Vec<u8>, String)>),
+    /// An existing file does not hold the snapshot's content (or could not be read): it is to
+    /// be written.
+    Differs(Pending),
+}
+
+/// A worker: fetches pieces, checks them and writes them into their files; compares existing
+/// files with the snapshot's.
 struct PieceWriter<'a> {
     backend: &'a dyn Backend,
     decoder: Decoder,
     /// Where raw blobs (slices of a fetched range, at any address) are copied for a direct write.
     aligned: AlignedBuffer,
     fetched: Vec<u8>,
+    /// One chunk of an existing file being compared.
+    compared: Vec<u8>,
+    owners: bool,
 }
 
 impl Worker for PieceWriter<'_> {
-    type Job = Vec<Piece>;
-    type Output = Vec<(u64, Option<String>)>;
+    type Job = Job;
+    type Output = Vec<Outcome>;
 
-    fn run(&mut self, pieces: Vec<Piece>) -> Result<Self::Output> {
+    fn run(&mut self, job: Job) -> Result<Self::Output> {
+        match job {
+            Job::Pieces(pieces) => Ok(self.write(pieces)),
+            Job::Compare(files) => Ok(files.into_iter().map(|file| self.compare(file)).collect()),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl PieceWriter<'_> {
+    fn write(&mut self, pieces: Vec<Piece>) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(pieces.len());
         let wanted = pieces
             .into_iter()
@@ -296,14 +455,39 @@ impl Worker for PieceWriter<'_> {
                     (Destination::Whole(file), Ok(raw)) => file.write_whole(raw, aligned).err(),
                     (_, Err(reason)) => Some(reason),
                 };
-                outcomes.push((slot, problem));
+                outcomes.push(Outcome::Written { slot, problem });
             },
         );
-        Ok(outcomes)
+        outcomes
     }
 
-    fn finish(self) -> Result<()> {
-        Ok(())
+    /// Reads the existing file of `pending` and compares it with the snapshot's content; fixes
+    /// its owner and mode if that is all that differs.
+    fn compare(&mut self, pending: Pending) -> Outcome {
+        let entry = &pending.entry;
+        let name = split_last(&entry.path).1;
+        let same = target::open_file(&pending.parent, name).and_then(|file| {
+            let found = target::look_open(&file)?;
+            let same = existing::holds_content(&file, &found, entry, &mut self.compared)?;
+            Ok(same.then_some((file, found)))
+        });
+        match same {
+            Ok(Some((file, found))) => Outcome::Unchanged(
+                fix_metadata(&file, &found, entry, self.owners)
+                    .err()
+                    .map(|err| (entry.path.clone(), err.to_string())),
+            ),
+            // Unreadable is not known to be right: it is rewritten.
+            Ok(None) | Err(_) => Outcome::Differs(pending),
+        }
+    }
+}
+
+/// Gives the existing file `file` (`found`) the owner and mode of `entry`, where they differ.
+fn fix_metadata(file: &File, found: &Found, entry: &Entry, owners: bool) -> io::Result<()> {
+    match existing::metadata_to_fix(found, entry, owners) {
+        (None, None) => Ok(()),
+        (owner, mode) => target::set_metadata_of(file, owner, mode, None),
     }
 }
 
@@ -357,99 +541,202 @@ fn write_sparse(
 struct Run<'scope, 'env> {
     pool: Pool<'scope, PieceWriter<'env>>,
     options: &'env RestoreOptions,
+    folders: Folders,
     files: HashMap<u64, OpenFile>,
+    /// Existing files sent to be compared, not yet answered.
+    comparing: usize,
+    /// Existing files found to differ, to be written.
+    differing: Vec<Pending>,
     next_slot: u64,
     batch: Vec<Piece>,
+    compares: Vec<Pending>,
+    compare_bytes: u64,
     report: &'env mut RestoreReport,
     reporter: Reporter<'env>,
-    has_hardlinks: bool,
+    /// Folders above the sub-path, made once an entry of the sub-path is found.
+    ancestors: Vec<Entry>,
+    done: FirstPass,
 }
 
 impl<'scope, 'env: 'scope> Run<'scope, 'env> {
+    /// Restores `entry` if it is in the sub-path (after the folders above the sub-path).
+    fn visit(&mut self, entry: Entry) -> Result<()> {
+        let options = self.options;
+        let subpath = options.subpath.as_slice();
+        if is_within(&entry.path, subpath) {
+            check_path(&entry.path)?;
+            if !self.done.matched {
+                self.done.matched = true;
+                for ancestor in std::mem::take(&mut self.ancestors) {
+                    if let Err(reason) = self.make_folder(&ancestor) {
+                        self.fail(&ancestor.path, reason);
+                    }
+                }
+            }
+            return self.restore_entry(entry);
+        }
+        if entry.kind == Kind::Dir && is_within(subpath, &entry.path) && !self.done.matched {
+            check_path(&entry.path)?;
+            self.ancestors.push(entry);
+        }
+        Ok(())
+    }
+
     fn restore_entry(&mut self, entry: Entry) -> Result<()> {
-        let path = destination(&self.options.target, &entry.path)?;
         match entry.kind {
             Kind::Dir => {
                 self.report.dirs += 1;
-                if let Err(err) = make_dir(&path, self.options.force) {
-                    self.report.failed.push(failure(&path, err));
+                if let Err(reason) = self.make_folder(&entry) {
+                    self.fail(&entry.path, reason);
+                    self.done.failed_dirs.insert(entry.path);
                 }
             }
             Kind::Symlink => {
                 self.report.symlinks += 1;
-                if self.may_replace(&path, &entry)? {
-                    if let Err(err) = make_symlink(&path, &entry, self.options.owners) {
-                        self.report.failed.push(failure(&path, err.to_string()));
-                    }
+                if let Err(reason) = self.make_symlink(&entry) {
+                    self.fail(&entry.path, reason);
                 }
             }
             Kind::Hardlink => {
                 self.report.hardlinks += 1;
-                self.has_hardlinks = true;
+                self.done.has_hardlinks = true;
             }
             Kind::File => {
                 self.report.files += 1;
                 self.report.bytes += entry.size;
-                self.restore_file(entry, path)?;
+                self.restore_file(entry)?;
             }
         }
         Ok(())
     }
 
-    /// Whether an existing entry at `path` may be replaced by `entry` (records why not).
-    fn may_replace(&mut self, path: &Path, entry: &Entry) -> Result<bool> {
-        let existing = match fs::symlink_metadata(path) {
-            Ok(existing) => existing,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
-            Err(err) => return Err(err).at(path),
-        };
-        if existing.is_dir() {
-            self.report
-                .failed
-                .push(failure(path, "a folder is in the way".into()));
-            return Ok(false);
-        }
-        let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
-        if existing_mtime > entry.mtime_ns && !self.options.force {
-            self.report.kept_newer.push(path.display().to_string());
-            return Ok(false);
-        }
-        Ok(true)
+    fn fail(&mut self, path: &[u8], reason: String) {
+        let path = shown(&self.options.target, path);
+        self.report.failed.push(failure(path, reason));
     }
 
-    fn restore_file(&mut self, entry: Entry, path: PathBuf) -> Result<()> {
-        if let Ok(existing) = fs::symlink_metadata(&path) {
-            let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
-            if existing.is_file()
-                && existing.len() == entry.size
-                && existing_mtime == entry.mtime_ns
-            {
-                self.report.unchanged += 1;
-                if let Err(err) = apply_metadata(&path, None, &entry, self.options.owners) {
-                    self.report.failed.push(failure(&path, err.to_string()));
-                }
-                return Ok(());
-            }
-        }
-        if !self.may_replace(&path, &entry)? {
+    /// Makes the folder of `entry` (the target itself is there already).
+    fn make_folder(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+        if entry.path.is_empty() {
             return Ok(());
         }
+        let (parent, name) = self.folders.parent_of(&entry.path).map_err(text)?;
+        let found = target::look(&parent, name).map_err(text)?;
+        match existing::decide(found.as_ref(), entry, self.options.force) {
+            Verdict::Keep => Ok(()),
+            Verdict::Make => target::make_folder(&parent, name).map_err(text),
+            Verdict::Replace => target::remove(&parent, name)
+                .and_then(|()| target::make_folder(&parent, name))
+                .map_err(text),
+            Verdict::Refuse(reason) => Err(reason),
+        }
+    }
+
+    fn make_symlink(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+        let (parent, name) = self.folders.parent_of(&entry.path).map_err(text)?;
+        let found = target::look(&parent, name).map_err(text)?;
+        let link = entry.target.as_deref().unwrap_or_default();
+        let owner = self.options.owners.then_some((entry.uid, entry.gid));
+        match existing::decide(found.as_ref(), entry, self.options.force) {
+            Verdict::Make => target::symlink(link, &parent, name)
+                .and_then(|()| target::set_link_metadata(&parent, name, owner, entry.mtime_ns))
+                .map_err(text),
+            Verdict::Replace => {
+                let (temporary, ()) = target::with_temporary_name(|temporary| {
+                    target::symlink(link, &parent, temporary)
+                })
+                .map_err(text)?;
+                let done = target::set_link_metadata(&parent, &temporary, owner, entry.mtime_ns)
+                    .and_then(|()| target::rename(&parent, &temporary, name));
+                if done.is_err() {
+                    let _ = target::remove(&parent, &temporary);
+                }
+                done.map_err(text)
+            }
+            Verdict::Keep => {
+                let path = shown(&self.options.target, &entry.path);
+                self.report.kept_newer.push(path);
+                Ok(())
+            }
+            Verdict::Refuse(reason) => Err(reason),
+        }
+    }
+
+    fn restore_file(&mut self, entry: Entry) -> Result<()> {
         let stored: u64 = entry.chunks.iter().map(|blob| blob.raw_length).sum();
         if stored != entry.size {
             return Err(Error::Corrupt {
-                name: path.display().to_string(),
+                name: shown(&self.options.target, &entry.path),
                 reason: format!(
                     "manifest chunks hold {stored} bytes, size is {}",
                     entry.size
                 ),
             });
         }
+        let looked = self
+            .folders
+            .parent_of(&entry.path)
+            .and_then(|(parent, name)| Ok((target::look(&parent, name)?, parent)));
+        let (found, parent) = match looked {
+            Ok(looked) => looked,
+            Err(err) => {
+                self.fail(&entry.path, err.to_string());
+                return Ok(());
+            }
+        };
+        let pending = Pending { entry, parent };
+        let Some(found) = found else {
+            return self.write_file(pending);
+        };
+        if existing::same_size_and_mtime(&found, &pending.entry) {
+            if self.options.trust_metadata {
+                self.report.unchanged += 1;
+                if let Err(err) = fix_trusted(&pending, &found, self.options.owners) {
+                    self.fail(&pending.entry.path, err.to_string());
+                }
+                return Ok(());
+            }
+            return self.compare(pending);
+        }
+        match existing::decide(Some(&found), &pending.entry, self.options.force) {
+            Verdict::Make | Verdict::Replace => self.write_file(pending)?,
+            Verdict::Keep => {
+                let path = shown(&self.options.target, &pending.entry.path);
+                self.report.kept_newer.push(path);
+            }
+            Verdict::Refuse(reason) => self.fail(&pending.entry.path, reason),
+        }
+        Ok(())
+    }
+
+    /// Sends the existing file of `pending` to be compared with the snapshot's content.
+    fn compare(&mut self, pending: Pending) -> Result<()> {
+        self.comparing += 1;
+        self.compare_bytes += pending.entry.size;
+        self.compares.push(pending);
+        if self.compares.len() >= BATCH_PIECES || self.compare_bytes >= COMPARE_BYTES {
+            self.flush_batch()?;
+        }
+        self.make_room()
+    }
+
+    /// Writes the files found to differ from the snapshot's.
+    fn write_differing(&mut self) -> Result<()> {
+        while let Some(pending) = self.differing.pop() {
+            self.write_file(pending)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the file of `pending` under a temporary name, moved over its name when complete.
+    fn write_file(&mut self, pending: Pending) -> Result<()> {
+        let Pending { entry, parent } = pending;
         let slot = self.next_slot;
         self.next_slot += 1;
         let missing = entry.chunks.len();
+        let path = entry.path.clone();
         let new = NewFile {
-            temporary: temporary_name(&path),
-            destination: path.clone(),
+            parent,
             owners: self.options.owners,
             entry,
         };
@@ -465,7 +752,14 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             }
             None
         } else {
-            let file = Arc::new(Mutex::new(new.create().at(&new.temporary)?));
+            let (temporary, file) = match new.create() {
+                Ok(created) => created,
+                Err(err) => {
+                    self.fail(&path, err.to_string());
+                    return Ok(());
+                }
+            };
+            let file = Arc::new(Mutex::new(file));
             let mut offset = 0;
             for blob in &new.entry.chunks {
                 self.batch.push(Piece {
@@ -477,12 +771,12 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                 offset += blob.raw_length;
                 self.flush_batch()?;
             }
-            Some((new, file))
+            Some((new, temporary, file))
         };
         self.files.insert(
             slot,
             OpenFile {
-                destination: path,
+                path,
                 shared,
                 missing,
                 failure: None,
@@ -491,13 +785,24 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         if missing == 0 {
             self.complete(slot);
         }
-        while self.files.len() >= OPEN_FILES && self.wait_for_one()? {}
+        self.make_room()
+    }
+
+    /// Waits while too many files are being written or compared.
+    fn make_room(&mut self) -> Result<()> {
+        while self.files.len() + self.comparing >= OPEN_FILES && self.wait_for_one()? {}
         Ok(())
     }
 
     fn flush_batch(&mut self) -> Result<()> {
         if !self.batch.is_empty() {
-            self.pool.submit(std::mem::take(&mut self.batch))?;
+            self.pool
+                .submit(Job::Pieces(std::mem::take(&mut self.batch)))?;
+        }
+        if !self.compares.is_empty() {
+            self.compare_bytes = 0;
+            self.pool
+                .submit(Job::Compare(std::mem::take(&mut self.compares)))?;
         }
         Ok(())
     }
@@ -520,17 +825,42 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         }
     }
 
-    fn apply(&mut self, outcomes: Vec<(u64, Option<String>)>) {
-        for (slot, problem) in outcomes {
-            let Some(open) = self.files.get_mut(&slot) else {
-                continue;
-            };
-            if let Some(problem) = problem {
-                open.failure.get_or_insert(problem);
+    /// Waits for every job, writing the files that turn out to differ.
+    fn drain(&mut self) -> Result<()> {
+        loop {
+            self.write_differing()?;
+            if !self.wait_for_one()? {
+                return Ok(());
             }
-            open.missing -= 1;
-            if open.missing == 0 {
-                self.complete(slot);
+        }
+    }
+
+    fn apply(&mut self, outcomes: Vec<Outcome>) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Written { slot, problem } => {
+                    let Some(open) = self.files.get_mut(&slot) else {
+                        continue;
+                    };
+                    if let Some(problem) = problem {
+                        open.failure.get_or_insert(problem);
+                    }
+                    open.missing -= 1;
+                    if open.missing == 0 {
+                        self.complete(slot);
+                    }
+                }
+                Outcome::Unchanged(problem) => {
+                    self.comparing -= 1;
+                    self.report.unchanged += 1;
+                    if let Some((path, reason)) = problem {
+                        self.fail(&path, reason);
+                    }
+                }
+                Outcome::Differs(pending) => {
+                    self.comparing -= 1;
+                    self.differing.push(pending);
+                }
             }
         }
         self.reporter
@@ -544,13 +874,101 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             return;
         };
         let finished = match open.shared {
-            Some((new, file)) => new.finish(&lock(&file), open.failure),
+            Some((new, temporary, file)) => new.finish(&temporary, &lock(&file), open.failure),
             None => open.failure.map_or(Ok(()), Err),
         };
         if let Err(reason) = finished {
-            self.report.failed.push(failure(&open.destination, reason));
+            self.fail(&open.path, reason);
         }
     }
+}
+
+/// Gives a file taken as restored on its size and mtime the owner and mode of its entry, where
+/// they differ (opened without following a link, and only then).
+fn fix_trusted(pending: &Pending, found: &Found, owners: bool) -> io::Result<()> {
+    if existing::metadata_to_fix(found, &pending.entry, owners) == (None, None) {
+        return Ok(());
+    }
+    let file = target::open_file(&pending.parent, split_last(&pending.entry.path).1)?;
+    let now = target::look_open(&file)?;
+    if !now.is_same_file(found) {
+        return Err(io::Error::other("replaced while being restored"));
+    }
+    fix_metadata(&file, &now, &pending.entry, owners)
+}
+
+/// The second pass: hard links, made once every first name is in place.
+struct HardLinks<'a> {
+    /// The folders of the links.
+    links: Folders,
+    /// The folders of the names they link to, anywhere in the tree.
+    firsts: Folders,
+    options: &'a RestoreOptions,
+    report: &'a mut RestoreReport,
+}
+
+impl HardLinks<'_> {
+    fn restore(&mut self, entry: &Entry) -> Result<()> {
+        check_path(&entry.path)?;
+        let linked = match entry.target.as_deref() {
+            Some(first) => {
+                check_path(first)?;
+                self.link(entry, first)
+            }
+            None => Err("hard link without target".into()),
+        };
+        if let Err(reason) = linked {
+            let path = shown(&self.options.target, &entry.path);
+            self.report.failed.push(failure(path, reason));
+        }
+        Ok(())
+    }
+
+    /// Makes `entry` a hard link to `first`, by the rules of `existing` for what is there.
+    fn link(&mut self, entry: &Entry, first: &[u8]) -> std::result::Result<(), String> {
+        let (first_parent, first_name) = self.firsts.parent_of(first).map_err(text)?;
+        let not_a_file = || {
+            format!(
+                "link to {}: not restored as a file",
+                String::from_utf8_lossy(first)
+            )
+        };
+        let first_found = target::look(&first_parent, first_name)
+            .map_err(text)?
+            .filter(|found| found.kind == rustix::fs::FileType::RegularFile)
+            .ok_or_else(not_a_file)?;
+        let (parent, name) = self.links.parent_of(&entry.path).map_err(text)?;
+        let found = target::look(&parent, name).map_err(text)?;
+        if found.is_some_and(|found| found.is_same_file(&first_found)) {
+            return Ok(());
+        }
+        match existing::decide(found.as_ref(), entry, self.options.force) {
+            Verdict::Make => {
+                target::hard_link(&first_parent, first_name, &parent, name).map_err(text)
+            }
+            Verdict::Replace => {
+                let (temporary, ()) = target::with_temporary_name(|temporary| {
+                    target::hard_link(&first_parent, first_name, &parent, temporary)
+                })
+                .map_err(text)?;
+                let renamed = target::rename(&parent, &temporary, name);
+                if renamed.is_err() {
+                    let _ = target::remove(&parent, &temporary);
+                }
+                renamed.map_err(text)
+            }
+            Verdict::Keep => {
+                let path = shown(&self.options.target, &entry.path);
+                self.report.kept_newer.push(path);
+                Ok(())
+            }
+            Verdict::Refuse(reason) => Err(reason),
+        }
+    }
+}
+
+fn text(err: io::Error) -> String {
+    err.to_string()
 }
 
 /// Whether `entry` is written around the page cache: a large file whose pieces all start at
@@ -562,118 +980,4 @@ fn writes_direct(entry: &Entry) -> bool {
             .chunks
             .split_last()
             .is_some_and(|(_, init)| init.iter().all(aligned_chunk))
-}
-
-/// Where relative manifest path `relative` goes below `target`; rejects paths that would escape.
-fn destination(target: &Path, relative: &[u8]) -> Result<PathBuf> {
-    if relative.is_empty() {
-        return Ok(target.to_owned());
-    }
-    let safe = relative
-        .split(|&byte| byte == b'/')
-        .all(|part| !part.is_empty() && part != b"." && part != b"..");
-    if !safe {
-        return Err(Error::Corrupt {
-            name: "manifest".into(),
-            reason: format!("unsafe path {:?}", String::from_utf8_lossy(relative)),
-        });
-    }
-    Ok(target.join(std::ffi::OsStr::from_bytes(relative)))
-}
-
-fn temporary_name(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().as_bytes();
-    let mut temporary = b".".to_vec();
-    temporary.extend_from_slice(name);
-    temporary.extend_from_slice(format!(".backplan-{}", std::process::id()).as_bytes());
-    path.with_file_name(std::ffi::OsStr::from_bytes(&temporary))
-}
-
-fn failure(path: &Path, reason: String) -> Skipped {
-    Skipped {
-        path: path.display().to_string(),
-        reason,
-    }
-}
-
-fn make_dir(path: &Path, force: bool) -> std::result::Result<(), String> {
-    match fs::symlink_metadata(path) {
-        Ok(existing) if existing.is_dir() => return Ok(()),
-        Ok(_) if force => fs::remove_file(path).map_err(|e| e.to_string())?,
-        Ok(_) => return Err("a file or symlink is in the way (use force)".into()),
-        Err(_) => {}
-    }
-    fs::create_dir(path).map_err(|e| e.to_string())
-}
-
-fn make_symlink(path: &Path, entry: &Entry, owners: bool) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-        _ => {}
-    }
-    let target = entry.target.as_deref().unwrap_or_default();
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path)?;
-    apply_metadata(path, None, entry, owners)
-}
-
-fn restore_hardlink(
-    entry: &Entry,
-    options: &RestoreOptions,
-    report: &mut RestoreReport,
-) -> Result<()> {
-    let path = destination(&options.target, &entry.path)?;
-    let Some(first) = entry.target.as_deref() else {
-        report
-            .failed
-            .push(failure(&path, "hard link without target".into()));
-        return Ok(());
-    };
-    let first = destination(&options.target, first)?;
-    let _ = fs::remove_file(&path);
-    if let Err(err) = fs::hard_link(&first, &path) {
-        report.failed.push(failure(
-            &path,
-            format!("link to {}: {err}", first.display()),
-        ));
-    }
-    Ok(())
-}
-
-/// Sets owner (if `owners`), mode (not for symlinks) and mtime of `path` (through `file` if open).
-fn apply_metadata(path: &Path, file: Option<&File>, entry: &Entry, owners: bool) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let is_symlink = entry.kind == Kind::Symlink;
-    if owners {
-        // SAFETY: `c_path` is a valid NUL-terminated string for the duration of the call.
-        let result = unsafe { libc::lchown(c_path.as_ptr(), entry.uid, entry.gid) };
-        if result != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    if !is_symlink {
-        use std::os::unix::fs::PermissionsExt;
-        let permissions = fs::Permissions::from_mode(entry.mode);
-        match file {
-            Some(file) => file.set_permissions(permissions)?,
-            None => fs::set_permissions(path, permissions)?,
-        }
-    }
-    let mtime = libc::timespec {
-        tv_sec: entry.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: entry.mtime_ns.rem_euclid(1_000_000_000),
-    };
-    let times = [mtime, mtime];
-    // SAFETY: `c_path` is NUL-terminated and `times` points to two valid timespecs.
-    let result = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -7,12 +7,14 @@
 //! checksums); at restore time it performs the steps, showing every replacement first.
 //!
 //! Everything happens under a configurable `root`, so tests (and a cautious operator) can work on
-//! a copy of the filesystem instead of the real `/etc`.
+//! a copy of the filesystem instead of the real `/etc`; nothing below it is reached through a
+//! symlink (see `rooted`).
 
 pub mod config;
 pub mod identity;
 pub mod imds;
 pub mod plugin;
 pub mod rewrite;
+pub mod rooted;
 
 pub use plugin::plugin_descriptor;

@@ -8,13 +8,17 @@ use std::process::Command;
 use backplan_plugin_sdk::{
     Action, Context, Plugin, PluginError, PluginResult, Request, StepOutput,
 };
+use rustix::fs::FileType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Task};
 use crate::identity::{self, Found};
 use crate::imds::Imds;
-use crate::rewrite::{Replacement, line_diff, replace_addresses, write_atomically};
+use crate::rewrite::{
+    Replacement, check_rewritable, line_diff, replace_addresses, write_atomically,
+};
+use crate::rooted::Rooted;
 
 /// The plugin.
 #[derive(Debug, Default)]
@@ -64,7 +68,10 @@ first, originals kept as FILE.backplan-orig, atomic rewrite), `reset-nomad` (rem
 /opt/nomad), `start-app`. New addresses come from `-o private_ip=`/`public_ip=`, the config \
 (e.g. `${steps.machine.outputs.private_ip}`), the instance metadata service, or the default \
 route. `--dry-run` prints every change and runs nothing. A second run changes nothing. A changed \
-hostname is reported: the GitHub OAuth app's callback URL must follow it.";
+hostname is reported: the GitHub OAuth app's callback URL must follow it. Nothing under `root` is \
+changed through a symbolic link: a configuration file, nomad folder or folder on the way to them \
+that is a link is refused (at check, before any step runs), naming the link and its target; list \
+the real path in `config_files` or `nomad_dir` instead.";
 
 impl Plugin for ServicesHost {
     type Config = Config;
@@ -88,6 +95,7 @@ impl Plugin for ServicesHost {
             .collect();
         if ctx.request().check_for == Some(Action::Restore) {
             nomad_dir_is_safe(config)?;
+            links_refused(config).map_err(PluginError::config)?;
             let mut missing = Vec::new();
             for task in &config.restore_tasks {
                 for command in commands_of(config, *task) {
@@ -140,7 +148,11 @@ impl Plugin for ServicesHost {
             false,
         );
         let mut files = Vec::new();
+        let mut warnings = Vec::new();
         for path in &config.config_files {
+            if let Err(refused) = link_refused(config, path) {
+                warnings.push(format!("{refused}: a restore will refuse to rewrite it"));
+            }
             let full = config.under_root(path);
             let sha256 = match fs::read(&full) {
                 Ok(bytes) => Some(hex(&Sha256::digest(&bytes))),
@@ -181,6 +193,9 @@ impl Plugin for ServicesHost {
             output = output.warning(
                 "no private address found: set `private_ip`, or restore must be given `old_private_ip`",
             );
+        }
+        for warning in warnings {
+            output = output.warning(warning);
         }
         Ok(output.record(&identity))
     }
@@ -268,29 +283,8 @@ impl Plugin for ServicesHost {
                 }
                 Task::ResetNomad => {
                     nomad_dir_is_safe(config)?;
-                    let dir = config.under_root(&config.nomad_dir);
-                    let line = match fs::symlink_metadata(&dir) {
-                        Err(e) if e.kind() == IoKind::NotFound => {
-                            format!("reset-nomad: {} already absent", dir.display())
-                        }
-                        Err(e) => {
-                            return Err(PluginError::permanent(format!(
-                                "cannot inspect {}: {e}",
-                                dir.display()
-                            )));
-                        }
-                        Ok(_) if dry_run => format!("reset-nomad: would remove {}", dir.display()),
-                        Ok(_) => {
-                            fs::remove_dir_all(&dir).map_err(|e| {
-                                PluginError::permanent(format!(
-                                    "cannot remove {}: {e}",
-                                    dir.display()
-                                ))
-                            })?;
-                            nomad_removed = true;
-                            format!("reset-nomad: removed {}", dir.display())
-                        }
-                    };
+                    let (line, removed) = reset_nomad(config, dry_run)?;
+                    nomad_removed = removed;
                     ctx.info(&line);
                     done.push(line);
                 }
@@ -332,7 +326,7 @@ backplan_plugin_sdk::declare_plugin!(ServicesHost);
 
 /// Rewrites every present configuration file; returns the changes, the diff and the files
 /// that are not there. Every file is read and its new content computed before any is written,
-/// so an unreadable file stops the task with nothing changed.
+/// so an unreadable file (or a symlink in the way) stops the task with nothing changed.
 fn rewrite_files(
     ctx: &Context,
     config: &Config,
@@ -342,28 +336,38 @@ fn rewrite_files(
     let mut planned = Vec::new();
     let mut missing = Vec::new();
     for path in &config.config_files {
-        let full = config.under_root(path);
-        let before = match fs::read_to_string(&full) {
-            Ok(text) => text,
-            Err(e) if e.kind() == IoKind::NotFound => {
-                missing.push(path.clone());
-                continue;
-            }
-            Err(e) => {
-                return Err(PluginError::permanent(format!(
-                    "cannot read {}: {e}; no file was rewritten",
-                    full.display()
-                )));
-            }
+        let unreadable = |e: std::io::Error| {
+            PluginError::permanent(format!("cannot read {e}; no file was rewritten"))
         };
+        let found = match Rooted::locate(&config.root, path).map_err(unreadable)? {
+            Some(file) => file
+                .read()
+                .map_err(unreadable)?
+                .map(|contents| (file, contents)),
+            None => None,
+        };
+        let Some((file, contents)) = found else {
+            missing.push(path.clone());
+            continue;
+        };
+        let before = String::from_utf8(contents.bytes.clone()).map_err(|_| {
+            PluginError::permanent(format!(
+                "cannot read {}: not UTF-8 text; no file was rewritten",
+                file.shown().display()
+            ))
+        })?;
         let (after, count) = replace_addresses(&before, replacements);
         if count > 0 {
-            planned.push((path, full, line_diff(path, &before, &after), after, count));
+            check_rewritable(&file).map_err(|e| {
+                PluginError::permanent(format!("cannot rewrite {e}; no file was rewritten"))
+            })?;
+            let file_diff = line_diff(path, &before, &after);
+            planned.push((path, file, contents, file_diff, after, count));
         }
     }
     let mut changes = Vec::new();
     let mut diff = String::new();
-    for (path, full, file_diff, after, count) in planned {
+    for (path, file, contents, file_diff, after, count) in planned {
         ctx.info(format!(
             "{} {}:\n{file_diff}",
             if dry_run {
@@ -377,8 +381,8 @@ fn rewrite_files(
         let original_kept_at = if dry_run {
             None
         } else {
-            let original = write_atomically(&full, &after).map_err(|e| {
-                PluginError::permanent(format!("cannot rewrite {}: {e}", full.display()))
+            let original = write_atomically(&file, &contents, &after).map_err(|e| {
+                PluginError::permanent(format!("cannot rewrite {}: {e}", file.shown().display()))
             })?;
             Some(original)
         };
@@ -389,6 +393,67 @@ fn rewrite_files(
         });
     }
     Ok((changes, diff, missing))
+}
+
+/// Removes `nomad_dir` (never through a symlink, at it or on the way); the task's line and
+/// whether anything was removed.
+fn reset_nomad(config: &Config, dry_run: bool) -> PluginResult<(String, bool)> {
+    let shown = config.under_root(&config.nomad_dir);
+    let refused = |e: std::io::Error| PluginError::permanent(format!("reset-nomad: {e}"));
+    let absent = || {
+        Ok((
+            format!("reset-nomad: {} already absent", shown.display()),
+            false,
+        ))
+    };
+    let Some(dir) = Rooted::locate(&config.root, &config.nomad_dir).map_err(refused)? else {
+        return absent();
+    };
+    match dir.kind().map_err(refused)? {
+        None => absent(),
+        Some(FileType::Symlink) => Err(refused(dir.not_followed())),
+        Some(FileType::Directory) if dry_run => Ok((
+            format!("reset-nomad: would remove {}", shown.display()),
+            false,
+        )),
+        Some(FileType::Directory) => {
+            dir.remove_tree().map_err(|e| {
+                PluginError::permanent(format!("cannot remove {}: {e}", shown.display()))
+            })?;
+            Ok((format!("reset-nomad: removed {}", shown.display()), true))
+        }
+        Some(_) => Err(PluginError::permanent(format!(
+            "reset-nomad: {} is not a folder; nothing removed",
+            shown.display()
+        ))),
+    }
+}
+
+/// Why `path` under the root cannot be worked on safely: a symlink at it or on the way.
+fn link_refused(config: &Config, path: &Path) -> Result<(), String> {
+    match Rooted::locate(&config.root, path) {
+        Ok(None) => Ok(()),
+        Ok(Some(found)) => match found.kind() {
+            Ok(Some(FileType::Symlink)) => Err(found.not_followed().to_string()),
+            _ => Ok(()),
+        },
+        Err(err) if err.kind() == IoKind::InvalidInput => Err(err.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The first path a restore would refuse because of a symlink: a configuration file to rewrite
+/// or the nomad folder to remove.
+fn links_refused(config: &Config) -> Result<(), String> {
+    if config.restore_tasks.contains(&Task::RewriteAddresses) {
+        for path in &config.config_files {
+            link_refused(config, path)?;
+        }
+    }
+    if config.restore_tasks.contains(&Task::ResetNomad) {
+        link_refused(config, &config.nomad_dir)?;
+    }
+    Ok(())
 }
 
 /// Runs one configured command (no shell); in a dry run, says what would run.

@@ -5,13 +5,16 @@
 //! (swapping two addresses works). Every change is shown as a line diff before it is made. The
 //! first rewrite keeps the original next to the file (`FILE.backplan-orig`); the new content is
 //! written to a temporary file with the original's mode and owner, synced, then renamed over
-//! the file, so a crash leaves either the old or the new file, never half of one. A file that
-//! already has no old address is not touched, which makes a second run a no-op.
+//! the file, so a crash leaves either the old or the new file, never half of one. Files are
+//! reached through `rooted`, so a symlink in their place is refused, never written through. A
+//! file that already has no old address is not touched, which makes a second run a no-op.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::FileType;
+
+use crate::rooted::{Contents, Rooted};
 
 /// Replace `old` with `new`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,41 +78,59 @@ pub fn line_diff(path: &Path, before: &str, after: &str) -> String {
     out
 }
 
-/// Where the original of `path` is kept.
-pub fn original_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".backplan-orig");
-    path.with_file_name(name)
+/// Suffix of the copy of a file's original content, made before its first rewrite.
+pub const ORIGINAL: &str = ".backplan-orig";
+/// Suffix of the new content while it is written.
+const TEMPORARY: &str = ".backplan-tmp";
+
+/// Checks that `file` can be rewritten without following a link: its original copy is absent
+/// or a regular file, and its temporary name is not a folder. Called before any file is
+/// rewritten, so a refusal leaves them all as they were.
+pub fn check_rewritable(file: &Rooted) -> io::Result<()> {
+    match file.sibling(ORIGINAL)?.kind()? {
+        None | Some(FileType::RegularFile) => {}
+        Some(FileType::Symlink) => return Err(file.sibling(ORIGINAL)?.not_followed()),
+        Some(_) => return Err(not_a_file(&file.sibling(ORIGINAL)?)),
+    }
+    let temporary = file.sibling(TEMPORARY)?;
+    if temporary.kind()? == Some(FileType::Directory) {
+        return Err(not_a_file(&temporary));
+    }
+    Ok(())
 }
 
-/// Replaces `path`'s content with `content`: keeps the original (first time only), then writes
-/// a synced temporary file with the same mode and owner and renames it over `path`.
-pub fn write_atomically(path: &Path, content: &str) -> std::io::Result<PathBuf> {
-    let meta = fs::metadata(path)?;
-    let original = original_path(path);
-    if !original.exists() {
-        fs::copy(path, &original)?;
-        fs::File::open(&original)?.sync_all()?;
+fn not_a_file(path: &Rooted) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is in the way and not a regular file",
+            path.shown().display()
+        ),
+    )
+}
+
+/// Replaces the content of `file` (`before`, as read) with `content`: keeps the original
+/// (first time only), then writes a synced temporary file with the same mode and owner and
+/// renames it over the file. Nothing is written through a link: the original and the temporary
+/// file are created new, and the rename replaces the name itself. Returns where the original is.
+pub fn write_atomically(file: &Rooted, before: &Contents, content: &str) -> io::Result<PathBuf> {
+    check_rewritable(file)?;
+    let original = file.sibling(ORIGINAL)?;
+    if original.kind()?.is_none() {
+        original.create(&before.bytes, before.mode, before.uid, before.gid)?;
     }
-    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(".backplan-tmp");
-    let temp = path.with_file_name(temp_name);
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(content.as_bytes())?;
-        fs::set_permissions(&temp, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        std::os::unix::fs::chown(&temp, Some(meta.uid()), Some(meta.gid()))?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
+    let temporary = file.sibling(TEMPORARY)?;
+    if temporary.kind()?.is_some() {
+        // Left by an interrupted run (or planted): removed as a name, never followed.
+        temporary.remove_file()?;
+    }
+    let result = temporary
+        .create(content.as_bytes(), before.mode, before.uid, before.gid)
+        .and_then(|()| temporary.rename_over(file));
     if result.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = temporary.remove_file();
     }
-    result.map(|()| original)
+    result.map(|()| original.shown().to_owned())
 }
 
 #[cfg(test)]
@@ -158,16 +179,57 @@ mod tests {
 
     #[test]
     fn an_atomic_write_keeps_the_first_original_and_the_mode() {
+        use std::fs;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("replicated");
         fs::write(&file, "v1").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
-        let original = write_atomically(&file, "v2").unwrap();
-        write_atomically(&file, "v3").unwrap();
+        let rooted = Rooted::locate(dir.path(), Path::new("/replicated"))
+            .unwrap()
+            .unwrap();
+        let original = write_atomically(&rooted, &rooted.read().unwrap().unwrap(), "v2").unwrap();
+        write_atomically(&rooted, &rooted.read().unwrap().unwrap(), "v3").unwrap();
         assert_eq!(fs::read_to_string(&file).unwrap(), "v3");
+        assert_eq!(original, dir.path().join("replicated.backplan-orig"));
         assert_eq!(fs::read_to_string(&original).unwrap(), "v1");
         let mode = fs::metadata(&file).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        assert_eq!(fs::metadata(&original).unwrap().mode() & 0o777, 0o640);
         assert!(!dir.path().join("replicated.backplan-tmp").exists());
+    }
+
+    #[test]
+    fn links_planted_at_the_original_or_temporary_name_are_never_written_through() {
+        use std::fs;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("victim");
+        fs::write(dir.path().join("replicated"), "v1").unwrap();
+        let rooted = Rooted::locate(dir.path(), Path::new("/replicated"))
+            .unwrap()
+            .unwrap();
+        let before = rooted.read().unwrap().unwrap();
+
+        // A dangling link where the original goes: refused, nothing created where it points.
+        std::os::unix::fs::symlink(&victim, dir.path().join("replicated.backplan-orig")).unwrap();
+        let err = write_atomically(&rooted, &before, "v2").unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        assert!(!victim.exists());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("replicated")).unwrap(),
+            "v1"
+        );
+        fs::remove_file(dir.path().join("replicated.backplan-orig")).unwrap();
+
+        // A link where the temporary file goes is removed as a name.
+        fs::write(&victim, "not yours").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("replicated.backplan-tmp")).unwrap();
+        write_atomically(&rooted, &before, "v2").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "not yours");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("replicated")).unwrap(),
+            "v2"
+        );
     }
 }

@@ -489,3 +489,80 @@ fn build_cleanup_with_a_bad_token_fails_clearly_and_records_no_success() {
         no_token.stdout()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// nfs-objects: restoring into a folder that already holds things
+
+/// A plan backing up `source` into a local repository in the sandbox.
+fn artifacts_plan(sandbox: &Sandbox, source: &std::path::Path) -> String {
+    let repository = sandbox.path().join("repo");
+    let path = sandbox.write(
+        "artifacts.toml",
+        &format!(
+            "[plan]\nname = \"artifacts\"\n\n[[steps]]\nid = \"artifacts\"\n\
+             plugin = \"nfs-objects\"\n[steps.config]\nsource = \"{}\"\nrepository = \"{}\"\n",
+            source.display(),
+            repository.display()
+        ),
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_symlink_planted_in_the_restore_target_is_never_written_through() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    std::fs::write(source.join("sub/a.txt"), "from the backup\n").unwrap();
+    let plan = artifacts_plan(&sandbox, &source);
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+
+    let (target, outside) = (
+        sandbox.path().join("drill"),
+        sandbox.path().join("elsewhere"),
+    );
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("sub")).unwrap();
+    let option = format!("target={}", target.display());
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["--json", "restore", &plan, "--run", "latest", "-o", &option];
+        args.extend_from_slice(extra);
+        sandbox.run(args)
+    };
+
+    let refused = restore(&[]);
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "written through the link"
+    );
+    let error = &refused.expect_code(1).json()["steps"][0]["error"];
+    let text = error.to_string();
+    assert!(text.contains("could not be restored"), "{error:#}");
+    assert!(
+        text.contains("sub: a symlink is in the way (use force to replace it)"),
+        "{error:#}"
+    );
+
+    // --force replaces the link itself with the real folder.
+    restore(&["--force"]).expect_code(0);
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+    assert!(
+        std::fs::symlink_metadata(target.join("sub"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("sub/a.txt")).unwrap(),
+        "from the backup\n"
+    );
+
+    // An empty target is a configuration error, not the working folder.
+    let empty = sandbox.run([
+        "--json", "restore", &plan, "--run", "latest", "-o", "target=",
+    ]);
+    empty.expect_code(78);
+    let said = format!("{}{}", empty.stdout(), empty.stderr());
+    assert!(said.contains("option target is empty"), "{said}");
+    assert!(!sandbox.path().join("sub").exists());
+}
