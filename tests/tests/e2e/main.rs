@@ -2,6 +2,7 @@
 
 mod circleci_restore;
 mod ebs;
+mod json;
 mod nfs_objects;
 mod plugins;
 mod postgres;
