@@ -5,6 +5,8 @@ Measures, with the release binary:
   * a 100-step no-op plan (exec steps in --dry-run, so no process is spawned: what is left is
     plan parsing, schema checks, the check phase, the graph, and 100+ atomic record writes),
     as a chain and as a fan-out, against a 1-step plan: overhead per step = (t100 - t1) / 99;
+  * a 10,000-step chain: `plan check` and the dry run, which must stay linear in the plan's size
+    (validation stores no ancestor sets; the record is written at most every half second);
   * loading a third-party plugin: `plugins list` with and without a plan naming the example
     plugin (examples/hello-plugin), i.e. open + checks + dlopen + describe + schema compile.
 Prints medians of N runs (wall seconds), CPU seconds and peak RSS.
@@ -76,6 +78,11 @@ def main():
             path = os.path.join(tmp, f"{steps}-{chain}.toml")
             plan(path, steps, chain)
             rows.append((name, *measure([binary, "--no-progress", "run", "--dry-run", path], env, args.runs)))
+        big = os.path.join(tmp, "10000-chain.toml")
+        plan(big, 10_000, True)
+        big_runs = max(1, args.runs // 5)
+        rows.append(("10,000 steps: check", *measure([binary, "--no-progress", "plan", "check", big], env, big_runs)))
+        rows.append(("10,000 steps: run", *measure([binary, "--no-progress", "-q", "run", "--dry-run", big], env, big_runs)))
         hello = os.path.join(tmp, "hello.toml")
         with open(hello, "w") as f:
             f.write(f'[plan]\nname = "load"\n[[plugins]]\npath = "{plugin}"\n'
@@ -87,7 +94,7 @@ def main():
     for name, wall, cpu, rss in rows:
         print(f"{name:<22} {wall:8.4f} {cpu:8.4f} {rss / 1024:13.1f}")
     base = rows[0][1]
-    for name, wall, *_ in rows[1:]:
+    for name, wall, *_ in rows[1:3]:
         print(f"overhead per step ({name}): {(wall - base) / 99 * 1000:.2f} ms")
     print(f"plugins list: {without[0]:.4f} s; with the example plugin loaded: {with_plugin[0]:.4f} s; "
           f"load time ≈ {(with_plugin[0] - without[0]) * 1000:.1f} ms")

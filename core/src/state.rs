@@ -1,5 +1,5 @@
-//! Where backplan keeps local state when a plan does not say: the catalog of runs and each
-//! step's state folder.
+//! Where backplan keeps local state: each step's state folder (`<root>/<plan>/steps/<step>`,
+//! always here), and the catalog of runs when the plan does not name one (`<root>/catalog`).
 //!
 //! `--state-dir` or `BACKPLAN_STATE_DIR` wins; then `$XDG_STATE_HOME/backplan`; then
 //! `~/.local/state/backplan`; as a last resort `/var/lib/backplan`.

@@ -296,7 +296,7 @@ async fn a_plugin_that_ignores_cancellation_is_abandoned_after_the_grace_period(
         "ignores-cancel",
         &step(
             "a",
-            "timeout = \"30ms\"\nretries = 0\n[steps.config]\nsleep_ms = 3000\nignore_cancel = true",
+            "timeout = \"30ms\"\nretries = 0\n[steps.config]\nsleep_ms = 1500\nignore_cancel = true",
         ),
     );
     let started = Instant::now();
@@ -559,9 +559,10 @@ async fn a_verify_of_every_step_marks_its_backup_verified_and_a_partial_one_does
 }
 
 #[tokio::test]
-async fn ten_thousand_quick_steps_run_with_linear_record_writes() {
-    // A 2,000-step run took 32 s when the whole record was rewritten after every step.
-    let steps: String = (0..10_000)
+async fn thousands_of_quick_steps_run_with_linear_record_writes() {
+    // A 2,000-step run took 32 s when the whole record was rewritten after every step (the
+    // 10,000-step figure is in bench/runner).
+    let steps: String = (0..2_000)
         .map(|i| {
             if i == 0 {
                 step("s0", "")
@@ -570,11 +571,11 @@ async fn ten_thousand_quick_steps_run_with_linear_record_writes() {
             }
         })
         .collect();
-    let bench = Bench::new("ten-thousand", &steps);
+    let bench = Bench::new("thousands", &steps);
     let started = Instant::now();
     let record = bench.backup().await;
     assert_eq!(record.status, RunStatus::Succeeded);
-    assert_eq!(record.steps.len(), 10_000);
+    assert_eq!(record.steps.len(), 2_000);
     let stored = bench.catalog().load(&record.run_id).unwrap();
     assert!(
         stored
@@ -582,5 +583,5 @@ async fn ten_thousand_quick_steps_run_with_linear_record_writes() {
             .iter()
             .all(|s| s.status == StepStatus::Succeeded)
     );
-    eprintln!("10,000 steps ran in {:?}", started.elapsed());
+    eprintln!("2,000 steps ran in {:?}", started.elapsed());
 }
