@@ -160,6 +160,32 @@ impl Plugin for Scripted {
 
 declare_plugin!(Scripted);
 
+/// A plugin that backs up and has nothing to verify or restore (as services-host has nothing to
+/// verify).
+mod backup_only {
+    use backplan_plugin_sdk::{Action, Plugin, declare_plugin};
+
+    #[derive(Default)]
+    pub struct BackupOnly;
+
+    impl Plugin for BackupOnly {
+        type Config = serde_json::Value;
+        const NAME: &'static str = "backup-only";
+        const SUMMARY: &'static str = "Backs up nothing, verifies nothing.";
+        const ACTIONS: &'static [Action] = &[Action::Check, Action::Backup];
+
+        fn backup(
+            &self,
+            _: &backplan_plugin_sdk::Context,
+            _: &serde_json::Value,
+        ) -> backplan_plugin_sdk::PluginResult<backplan_plugin_sdk::StepOutput> {
+            Ok(backplan_plugin_sdk::StepOutput::new("nothing to keep"))
+        }
+    }
+
+    declare_plugin!(BackupOnly);
+}
+
 /// A plan, its host, a catalog and a state folder in a temp dir.
 struct Bench {
     dir: tempfile::TempDir,
@@ -178,6 +204,8 @@ impl Bench {
         let plan = Plan::parse(&dir.path().join("plan.toml"), text).unwrap();
         let mut host = PluginHost::new();
         host.register_builtin(plugin_descriptor()).unwrap();
+        host.register_builtin(backup_only::plugin_descriptor())
+            .unwrap();
         plan.check_configs(&host).unwrap();
         Bench { dir, plan, host }
     }
@@ -556,6 +584,26 @@ async fn a_verify_of_every_step_marks_its_backup_verified_and_a_partial_one_does
     assert!(verified().is_none(), "half a verify is not a verification");
     let verify = bench.run(on(RunKind::Verify, &[])).await;
     assert_eq!(verified().unwrap().by_run, verify.run_id);
+}
+
+#[tokio::test]
+async fn a_step_whose_plugin_cannot_verify_does_not_block_the_verification() {
+    // The shipped services plan (ebs, services-host, nfs-objects, ...) could never be marked
+    // verified by `verify`: services-host has nothing to verify.
+    let bench = Bench::new(
+        "not-applicable",
+        &(step("a", "") + "[[steps]]\nid = \"host\"\nplugin = \"backup-only\"\n"),
+    );
+    let backup = bench.backup().await;
+    let mut request = RunRequest::new(RunKind::Verify);
+    request.source = Some(backup.clone());
+    let verify = bench.run(request).await;
+    assert_eq!(
+        statuses(&verify),
+        [("a", StepStatus::Succeeded), ("host", StepStatus::Skipped)]
+    );
+    let stored = bench.catalog().load(&backup.run_id).unwrap();
+    assert_eq!(stored.verified.unwrap().by_run, verify.run_id);
 }
 
 #[tokio::test]

@@ -367,8 +367,13 @@ impl<'a> Runner<'a> {
             record.conclude();
         }
         saver.save(&record)?;
+        let verifiable = |plugin: &str| {
+            self.host
+                .get(plugin)
+                .is_some_and(|p| p.supports(Action::Verify))
+        };
         if let Some(source) = &request.source
-            && proves_usable(&record, self.plan)
+            && proves_usable(&record, self.plan, verifiable)
         {
             catalog.mark_verified(&source.run_id, &record.run_id)?;
         }
@@ -534,9 +539,10 @@ fn record_failed_checks(record: &mut RunRecord, checks: &[CheckResult], cancelle
 }
 
 /// Whether a verify or drill run proves the backup it acted on usable: a real drill that
-/// succeeded (its restored system answered), or a verify that checked every step of the plan
-/// and all of them passed.
-pub fn proves_usable(record: &RunRecord, plan: &Plan) -> bool {
+/// succeeded (its restored system answered), or a verify of every step of the plan in which
+/// every step whose plugin can verify (`verifiable(plugin)`) passed. Steps whose plugins have
+/// nothing to verify (services-host, build-cleanup) are not applicable, not a blocker.
+pub fn proves_usable(record: &RunRecord, plan: &Plan, verifiable: impl Fn(&str) -> bool) -> bool {
     if record.status != RunStatus::Succeeded || record.dry_run {
         return false;
     }
@@ -544,10 +550,10 @@ pub fn proves_usable(record: &RunRecord, plan: &Plan) -> bool {
         RunKind::Drill => true,
         RunKind::Verify => {
             record.steps.len() == plan.steps.len()
-                && record
-                    .steps
-                    .iter()
-                    .all(|s| s.status == StepStatus::Succeeded)
+                && record.steps.iter().all(|s| {
+                    s.status == StepStatus::Succeeded
+                        || (s.status == StepStatus::Skipped && !verifiable(&s.plugin))
+                })
         }
         RunKind::Backup | RunKind::Restore | RunKind::Prune => false,
     }
