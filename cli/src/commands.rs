@@ -183,10 +183,7 @@ impl Session {
     ) -> anyhow::Result<(RunRecord, i32)> {
         let catalog = self.catalog(plan)?;
         let record = self.runner(plan, host).run(&catalog, &request).await?;
-        let path = catalog
-            .root()
-            .join("runs")
-            .join(format!("{}.json", record.run_id));
+        let path = catalog.location(Some(&record.run_id));
         if self.global.json {
             outln!("{}", serde_json::to_string_pretty(&record)?);
         } else {
@@ -409,7 +406,7 @@ impl Session {
             outln!(
                 "no runs recorded for plan `{}` in {}",
                 plan.name,
-                catalog.root().display()
+                catalog.location(None)
             );
         }
         for r in &records {
@@ -443,10 +440,7 @@ impl Session {
         if self.global.json {
             outln!("{}", serde_json::to_string_pretty(&record)?);
         } else {
-            let path = catalog
-                .root()
-                .join("runs")
-                .join(format!("{}.json", record.run_id));
+            let path = catalog.location(Some(&record.run_id));
             out!("{}", output::run_report(&record, &path));
         }
         Ok(exit::SUCCEEDED)

@@ -205,7 +205,7 @@ pub fn step_line(step: &StepRecord) -> String {
 }
 
 /// The report printed after a run.
-pub fn run_report(record: &RunRecord, record_path: &std::path::Path) -> String {
+pub fn run_report(record: &RunRecord, record_location: &str) -> String {
     let duration = record
         .finished_at
         .and_then(|end| end.duration_since(record.started_at).try_into().ok())
@@ -251,7 +251,7 @@ pub fn run_report(record: &RunRecord, record_path: &std::path::Path) -> String {
             ));
         }
     }
-    out.push_str(&format!("record: {}\n", record_path.display()));
+    out.push_str(&format!("record: {record_location}\n"));
     out
 }
 

@@ -1,14 +1,10 @@
-//! The catalog: one folder per plan holding a JSON record of every run, and the plan's lock.
+//! The catalog: a JSON record of every run of a plan, and the plan's lock.
 //!
-//! ```text
-//! <catalog>/<plan-name>/runs/<run-id>.json   one record per run, rewritten as the run goes
-//! <catalog>/<plan-name>/lock                 held by the one run of this plan under way
-//! ```
-//!
-//! Every write is atomic (a temp file in the same folder, fsync, rename, fsync of the folder), so
-//! a crash or Ctrl-C leaves either the old record or the new one, never half of one, and a run's
-//! write never touches another run's record. A record that cannot be parsed is skipped with a
-//! warning rather than hiding every other run.
+//! Where it lives is a [`CatalogStore`]: a local folder ([`LocalStore`], the default) or, through
+//! another crate, an S3 prefix. Everything else is here, once: records are written whole (a crash
+//! or Ctrl-C leaves the old record or the new one, never half of one, and a run's write never
+//! touches another run's record); a record that cannot be parsed is skipped with a warning rather
+//! than hiding every other run; what `latest` means; marking dead runs.
 //!
 //! The lock's rules are in [`lock`] (taken atomically with its owner inside, reclaimed only when
 //! the owner is provably gone, by a compare-and-swap two reclaimers cannot both win); the local
@@ -17,17 +13,17 @@
 
 pub mod file_lock;
 pub mod lock;
+pub mod store;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use backplan_plugin_sdk::Outputs;
-use file_lock::FileLockStore;
 pub use lock::{HEARTBEAT, LockGuard, STALE_AFTER, hostname};
-use lock::{LockError, LockOwner, LockStore, Taken};
+use lock::{LockError, LockOwner, Taken};
+pub use store::{CatalogStore, LocalStore};
 
 use crate::record::{RunKind, RunRecord, RunStatus, StepStatus};
 
@@ -38,11 +34,11 @@ pub const LATEST: &str = "latest";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CatalogError {
-    /// A file operation failed.
-    #[error("catalog {path}: {source}")]
+    /// Reading or writing the store failed.
+    #[error("catalog {location}: {source}")]
     Io {
-        /// The file or folder.
-        path: PathBuf,
+        /// The record or catalog.
+        location: String,
         /// The cause.
         source: std::io::Error,
     },
@@ -50,7 +46,7 @@ pub enum CatalogError {
     #[error(
         "plan `{plan}` is already being run by pid {pid} on {host} (run {run_id}, since {since}); \
          once that process is gone the lock is reclaimed by the next run (at once on the same \
-         machine, after {STALE_AFTER:?} without a heartbeat elsewhere); its lock is {path}"
+         machine, after {STALE_AFTER:?} without a heartbeat elsewhere); its lock is {lock}"
     )]
     Busy {
         /// The plan.
@@ -63,14 +59,14 @@ pub enum CatalogError {
         run_id: String,
         /// When it took the lock.
         since: String,
-        /// The lock file.
-        path: PathBuf,
+        /// Where the lock is.
+        lock: String,
     },
     /// The lock could not be taken for another reason than a live holder.
-    #[error("the lock {path}: {reason}")]
+    #[error("the lock {lock}: {reason}")]
     Lock {
-        /// The lock file.
-        path: PathBuf,
+        /// Where the lock is.
+        lock: String,
         /// Why.
         reason: String,
     },
@@ -92,76 +88,65 @@ pub enum CatalogError {
     #[error("no runs of plan `{0}` are recorded yet")]
     NoRuns(String),
     /// A record could not be read.
-    #[error("the record {path} is unreadable: {reason}")]
+    #[error("the record {location} is unreadable: {reason}")]
     BadRecord {
-        /// The file.
-        path: PathBuf,
+        /// The record.
+        location: String,
         /// Why.
         reason: String,
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
-    move |source| CatalogError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(
-        ".{name}.tmp-{}-{:08x}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(io(path))
-}
-
-/// The catalog folder of one plan.
+/// One plan's catalog.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     plan: String,
-    root: PathBuf,
+    store: Arc<dyn CatalogStore>,
 }
 
 impl Catalog {
-    /// Opens (creating if needed) the catalog of `plan` under `location`.
+    /// Opens (creating if needed) the catalog of `plan` in the local folder `location`.
     pub fn open(location: &Path, plan: &str) -> Result<Self, CatalogError> {
-        let root = location.join(plan);
-        fs::create_dir_all(root.join("runs")).map_err(io(&root))?;
-        Ok(Catalog {
+        let store = LocalStore::open(location, plan).map_err(|source| CatalogError::Io {
+            location: location.join(plan).display().to_string(),
+            source,
+        })?;
+        Ok(Catalog::new(plan, Arc::new(store)))
+    }
+
+    /// The catalog of `plan` in `store`.
+    pub fn new(plan: &str, store: Arc<dyn CatalogStore>) -> Self {
+        Catalog {
             plan: plan.to_owned(),
-            root,
-        })
+            store,
+        }
     }
 
-    /// The plan's folder in the catalog.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the record of `run_id` is (or, with `None`, the plan's catalog), for messages.
+    pub fn location(&self, run_id: Option<&str>) -> String {
+        self.store.location(run_id)
     }
 
-    fn record_path(&self, run_id: &str) -> PathBuf {
-        self.root.join("runs").join(format!("{run_id}.json"))
+    fn io(&self, run_id: Option<&str>) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+        let location = self.location(run_id);
+        move |source| CatalogError::Io { location, source }
     }
 
-    /// Writes (or rewrites) a run's record atomically.
+    /// Writes (or rewrites) a run's record, whole.
     pub fn save(&self, record: &RunRecord) -> Result<(), CatalogError> {
         let mut bytes = serde_json::to_vec_pretty(record).expect("records serialise");
         bytes.push(b'\n');
-        write_atomic(&self.record_path(&record.run_id), &bytes)
+        self.store
+            .put_record(&record.run_id, &bytes)
+            .map_err(self.io(Some(&record.run_id)))
+    }
+
+    fn decode(&self, run_id: &str, bytes: Option<Vec<u8>>) -> Result<RunRecord, CatalogError> {
+        let bytes = bytes.ok_or_else(|| CatalogError::NoSuchRun(run_id.to_owned()))?;
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::BadRecord {
+            location: self.location(Some(run_id)),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads one run's record.
@@ -169,38 +154,27 @@ impl Catalog {
         if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
             return Err(CatalogError::NoSuchRun(run_id.to_owned()));
         }
-        let path = self.record_path(run_id);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CatalogError::NoSuchRun(run_id.to_owned()));
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
-        serde_json::from_slice(&bytes).map_err(|e| CatalogError::BadRecord {
-            path,
-            reason: e.to_string(),
-        })
+        let bytes = self
+            .store
+            .get_record(run_id)
+            .map_err(self.io(Some(run_id)))?;
+        self.decode(run_id, bytes)
     }
 
     /// Every readable record, oldest first, and the problems with unreadable ones.
     pub fn list(&self) -> Result<(Vec<RunRecord>, Vec<CatalogError>), CatalogError> {
-        let dir = self.root.join("runs");
-        let mut ids: Vec<String> = fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let id = name.strip_suffix(".json")?;
-                (!id.starts_with('.')).then(|| id.to_owned())
-            })
-            .collect();
+        let mut ids = self.store.record_ids().map_err(self.io(None))?;
         ids.sort();
         let mut records = Vec::new();
         let mut problems = Vec::new();
-        for id in ids {
-            match self.load(&id) {
+        for (id, fetched) in ids.iter().zip(self.store.get_records(&ids)) {
+            match fetched
+                .map_err(self.io(Some(id)))
+                .and_then(|bytes| self.decode(id, bytes))
+            {
                 Ok(record) => records.push(record),
+                // Removed between the listing and the read: not a problem.
+                Err(CatalogError::NoSuchRun(_)) => {}
                 Err(problem) => problems.push(problem),
             }
         }
@@ -305,7 +279,8 @@ impl Catalog {
 
     /// Takes the plan's lock for `run_id`, reclaiming it if its owner is provably gone.
     pub fn lock(&self, run_id: &str) -> Result<LockGuard, CatalogError> {
-        let store = Box::new(FileLockStore::new(&self.root));
+        let store = self.store.lock();
+        let where_ = store.describe();
         let owner = LockOwner::this_process(run_id);
         match lock::acquire(store, owner, SystemTime::now(), STALE_AFTER) {
             Ok((guard, Taken::Free)) => Ok(guard),
@@ -327,10 +302,10 @@ impl Catalog {
                 host: owner.host,
                 run_id: owner.run_id,
                 since: owner.since,
-                path: self.root.join("lock"),
+                lock: where_,
             }),
             Err(other) => Err(CatalogError::Lock {
-                path: self.root.join("lock"),
+                lock: where_,
                 reason: other.to_string(),
             }),
         }
@@ -339,7 +314,7 @@ impl Catalog {
     /// The run that holds the plan's lock and is alive, if any. A run recorded as running that
     /// is not this one has stopped without finishing its record.
     pub fn live_run(&self) -> Option<String> {
-        let held = FileLockStore::new(&self.root).read().ok()??;
+        let held = self.store.lock().read().ok()??;
         let owner: LockOwner = serde_json::from_slice(&held.bytes).ok()?;
         (!lock::is_gone(&owner, held.written, SystemTime::now(), STALE_AFTER))
             .then_some(owner.run_id)
@@ -350,14 +325,7 @@ impl Catalog {
     /// files are removed. Returns the ids of the runs marked.
     pub fn settle_dead_runs(&self, guard: &LockGuard) -> Result<Vec<String>, CatalogError> {
         let me = &guard.owner().run_id;
-        let runs = self.root.join("runs");
-        for entry in fs::read_dir(&runs).map_err(io(&runs))?.flatten() {
-            let name = entry.file_name();
-            if name.as_encoded_bytes().starts_with(b".") && name.to_string_lossy().contains(".tmp-")
-            {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        self.store.remove_leftovers().map_err(self.io(None))?;
         let mut marked = Vec::new();
         for mut record in self.list()?.0 {
             if record.status != RunStatus::Running || &record.run_id == me {
@@ -373,7 +341,14 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, File};
+    use std::path::PathBuf;
+
     use super::*;
+
+    fn root(catalog: &Catalog) -> PathBuf {
+        PathBuf::from(catalog.location(None))
+    }
     use crate::record::{PlanInfo, RunKind, RunStatus};
 
     fn record(id: &str) -> RunRecord {
@@ -411,7 +386,7 @@ mod tests {
         catalog.save(&later).unwrap();
         catalog.save(&earlier).unwrap();
         fs::write(
-            catalog.root().join("runs/20260103T000000Z-broken.json"),
+            root(&catalog).join("runs/20260103T000000Z-broken.json"),
             b"{ half",
         )
         .unwrap();
@@ -428,7 +403,7 @@ mod tests {
             Err(CatalogError::NoSuchRun(_))
         ));
         // No temp files are left behind.
-        let leftovers = fs::read_dir(catalog.root().join("runs"))
+        let leftovers = fs::read_dir(root(&catalog).join("runs"))
             .unwrap()
             .filter(|e| {
                 e.as_ref()
@@ -458,7 +433,7 @@ mod tests {
     }
 
     fn plant_lock(catalog: &Catalog, owner: &LockOwner) -> PathBuf {
-        let path = catalog.root().join("lock");
+        let path = root(&catalog).join("lock");
         fs::write(&path, owner.to_bytes()).unwrap();
         path
     }
@@ -504,7 +479,7 @@ mod tests {
         // of two simultaneous runs reclaimed it, and both ran.
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path(), "p").unwrap();
-        fs::write(catalog.root().join("lock"), b"").unwrap();
+        fs::write(root(&catalog).join("lock"), b"").unwrap();
         assert!(matches!(
             catalog.lock("mine"),
             Err(CatalogError::Lock { .. })
@@ -523,9 +498,7 @@ mod tests {
         done.status = RunStatus::Succeeded;
         catalog.save(&done).unwrap();
         fs::write(
-            catalog
-                .root()
-                .join("runs/.20260101T000000Z-000001.json.tmp-1-0"),
+            root(&catalog).join("runs/.20260101T000000Z-000001.json.tmp-1-0"),
             b"half",
         )
         .unwrap();
@@ -545,7 +518,7 @@ mod tests {
             catalog.load("20260101T000002Z-000003").unwrap().status,
             RunStatus::Running
         );
-        let names: Vec<_> = fs::read_dir(catalog.root().join("runs"))
+        let names: Vec<_> = fs::read_dir(root(&catalog).join("runs"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.starts_with('.'))
