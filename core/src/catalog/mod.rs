@@ -433,7 +433,7 @@ mod tests {
     }
 
     fn plant_lock(catalog: &Catalog, owner: &LockOwner) -> PathBuf {
-        let path = root(&catalog).join("lock");
+        let path = root(catalog).join("lock");
         fs::write(&path, owner.to_bytes()).unwrap();
         path
     }
