@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::host::{HostError, PluginHost};
-use backplan_core::plan::{Order, Plan, PlanError, Step};
+use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
@@ -164,8 +164,12 @@ impl Session {
     }
 
     fn catalog(&self, plan: &Plan) -> anyhow::Result<Catalog> {
-        let dir = state::catalog_dir(plan, &self.state_root);
-        Ok(Catalog::open(&dir, &plan.name)?)
+        match state::catalog_location(plan, &self.state_root) {
+            CatalogLocation::Local(dir) => Ok(Catalog::open(&dir, &plan.name)?),
+            CatalogLocation::S3 { .. } => Err(plan
+                .catalog_problem("an S3 catalog is not available in this build yet")
+                .into()),
+        }
     }
 
     fn runner<'a>(&self, plan: &'a Plan, host: &'a PluginHost) -> Runner<'a> {

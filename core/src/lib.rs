@@ -20,7 +20,7 @@
 //! let host = PluginHost::new(); // register built-ins, then host.load_for_plan(&plan)?
 //! plan.check_configs(&host)?;
 //! let state = backplan_core::state::state_root(None);
-//! let catalog = Catalog::open(&backplan_core::state::catalog_dir(&plan, &state), &plan.name)?;
+//! let catalog = Catalog::open(&state.join("catalog"), &plan.name)?;
 //! let record = Runner::new(&plan, &host, state).run(&catalog, &RunRequest::new(RunKind::Backup)).await?;
 //! println!("{:?}", record.status);
 //! # Ok(()) }

@@ -25,10 +25,9 @@ pub fn state_root(explicit: Option<&Path>) -> PathBuf {
     PathBuf::from("/var/lib/backplan")
 }
 
-/// The folder holding the plan's catalog: the plan's own choice or `<state root>/catalog`.
-pub fn catalog_dir(plan: &Plan, state_root: &Path) -> PathBuf {
-    match &plan.catalog {
-        Some(CatalogLocation::Local(dir)) => dir.clone(),
-        None => state_root.join("catalog"),
-    }
+/// Where the plan's catalog is: the plan's own choice, or the folder `<state root>/catalog`.
+pub fn catalog_location(plan: &Plan, state_root: &Path) -> CatalogLocation {
+    plan.catalog
+        .clone()
+        .unwrap_or_else(|| CatalogLocation::Local(state_root.join("catalog")))
 }

@@ -37,6 +37,25 @@ use raw::RawPlan;
 pub enum CatalogLocation {
     /// A local folder (the default is the state folder).
     Local(PathBuf),
+    /// `s3://BUCKET/PREFIX` on AWS or any S3-compatible endpoint (`AWS_ENDPOINT_URL_S3`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix, without a trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+impl std::fmt::Display for CatalogLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogLocation::Local(dir) => write!(f, "{}", dir.display()),
+            CatalogLocation::S3 { bucket, prefix } if prefix.is_empty() => {
+                write!(f, "s3://{bucket}")
+            }
+            CatalogLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 /// A third-party plugin library named by the plan.
@@ -128,6 +147,8 @@ pub struct Plan {
     pub digest: String,
     /// Where run records go.
     pub catalog: Option<CatalogLocation>,
+    /// Where `catalog` is written in the file.
+    catalog_span: Option<Range<usize>>,
     /// How many steps may run at once.
     pub concurrency: usize,
     /// Third-party plugin libraries.
@@ -211,6 +232,7 @@ impl Plan {
             description: raw.plan.description.clone(),
             digest,
             catalog: header.catalog,
+            catalog_span: header.catalog_span,
             concurrency: header.concurrency,
             plugins,
             plugin_dirs: header.plugin_dirs,
@@ -244,6 +266,17 @@ impl Plan {
         let mut found = graph::ancestors(&self.deps[order.slot()], at, None);
         found.sort_unstable();
         found.into_iter().map(|i| &self.steps[i]).collect()
+    }
+
+    /// A problem with the catalog the plan names (a bucket that cannot be read, a server that
+    /// ignores conditional writes), reported at the `catalog` line.
+    pub fn catalog_problem(&self, message: impl Into<String>) -> PlanError {
+        PlanError::one(Located::new(
+            &self.path,
+            &self.source,
+            self.catalog_span.clone(),
+            message.into(),
+        ))
     }
 
     /// Checks that every step's plugin exists and its `config` satisfies the plugin's schema.

@@ -385,3 +385,41 @@ fn a_plan_of_thousands_of_chained_steps_validates_without_quadratic_memory() {
     assert_eq!(plan.ancestors(last, Order::Backup).len(), 3999);
     assert_eq!(plan.ancestors(last, Order::Restore)[0].id, "s0");
 }
+
+#[test]
+fn an_s3_catalog_is_a_bucket_and_a_prefix_and_a_bad_one_is_located() {
+    let with = |catalog: &str| {
+        parse(&format!(
+            "[plan]\nname = \"x\"\ncatalog = \"{catalog}\"\n[[steps]]\nid = \"a\"\nplugin = \"e\"\n"
+        ))
+    };
+    let plan = with("s3://backups-eu/backplan/fleet/").unwrap();
+    assert_eq!(
+        plan.catalog,
+        Some(CatalogLocation::S3 {
+            bucket: "backups-eu".into(),
+            prefix: "backplan/fleet".into()
+        })
+    );
+    assert_eq!(
+        plan.catalog.unwrap().to_string(),
+        "s3://backups-eu/backplan/fleet"
+    );
+    for bad in [
+        "s3://B",
+        "s3://ok-bucket/a//b",
+        "s3://ok-bucket/../x",
+        "ftp://x",
+    ] {
+        let p = with(bad).unwrap_err().problems.remove(0);
+        assert_eq!((p.line, p.column), (Some(3), Some(11)), "{bad}: {p}");
+    }
+    let plan = with("s3://ok-bucket").unwrap();
+    let problem = plan.catalog_problem("the bucket does not exist");
+    assert!(
+        problem
+            .to_string()
+            .contains(":3:11: the bucket does not exist"),
+        "{problem}"
+    );
+}

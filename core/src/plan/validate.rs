@@ -29,6 +29,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 pub(super) struct Header {
     pub name: String,
     pub catalog: Option<CatalogLocation>,
+    pub catalog_span: Option<std::ops::Range<usize>>,
     pub concurrency: usize,
     pub policy: StepPolicy,
     pub plugin_dirs: Vec<PathBuf>,
@@ -148,14 +149,19 @@ pub(super) fn header(problems: &mut Problems<'_>, raw: &RawHeader, dir: &Path) -
     }
     let catalog = raw.catalog.as_ref().and_then(|c| {
         let text = c.get_ref();
-        if text.starts_with("s3://") {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            match s3_location(rest) {
+                Ok(location) => Some(location),
+                Err(message) => {
+                    problems.add(Some(c.span()), message);
+                    None
+                }
+            }
+        } else if text.contains("://") {
             problems.add(
                 Some(c.span()),
-                "an S3 catalog is not available in this version; use a local folder",
+                "the catalog must be a local folder or s3://BUCKET/PREFIX",
             );
-            None
-        } else if text.contains("://") {
-            problems.add(Some(c.span()), "the catalog must be a local folder");
             None
         } else {
             path(problems, c, dir, "the catalog").map(CatalogLocation::Local)
@@ -181,10 +187,43 @@ pub(super) fn header(problems: &mut Problems<'_>, raw: &RawHeader, dir: &Path) -
     Header {
         name,
         catalog,
+        catalog_span: raw.catalog.as_ref().map(|c| c.span()),
         concurrency,
         policy,
         plugin_dirs,
     }
+}
+
+/// `BUCKET/PREFIX` (after `s3://`) as a catalog location: a valid bucket name, and a prefix of
+/// plain segments (no empty ones, no `.` or `..`).
+fn s3_location(rest: &str) -> Result<CatalogLocation, String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.']);
+    if !bucket_ok {
+        return Err(format!(
+            "{bucket:?} is not an S3 bucket name (3-63 lower-case letters, digits, '-' or '.'); \
+             write s3://BUCKET/PREFIX"
+        ));
+    }
+    let prefix = prefix.trim_end_matches('/');
+    if !prefix.is_empty()
+        && prefix
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "the catalog prefix {prefix:?} has an empty, `.` or `..` segment"
+        ));
+    }
+    Ok(CatalogLocation::S3 {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+    })
 }
 
 /// Validates one `[[plugins]]` entry.
