@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::host::{HostError, PluginHost};
-use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step};
+use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step, When};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
@@ -324,6 +324,7 @@ impl Session {
                         "level": backup_levels[s.id.as_str()],
                         "restore_after": s.restore_after,
                         "restore_level": restore_levels[s.id.as_str()],
+                        "when": s.when.as_str(),
                         "config": s.config,
                     })
                 })
@@ -377,7 +378,15 @@ impl Session {
                     } else {
                         format!("  after {}", deps.join(", "))
                     };
-                    outln!("    {:<20} {} ({origin}){after}", step.id, step.plugin);
+                    let when = match step.when {
+                        When::OnSuccess => String::new(),
+                        other => format!("  [{}]", other.as_str()),
+                    };
+                    outln!(
+                        "    {:<20} {} ({origin}){after}{when}",
+                        step.id,
+                        step.plugin
+                    );
                 }
             }
         }

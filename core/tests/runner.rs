@@ -587,6 +587,78 @@ async fn a_verify_of_every_step_marks_its_backup_verified_and_a_partial_one_does
 }
 
 #[tokio::test]
+async fn an_always_step_runs_after_a_failed_dependency_and_an_ordinary_one_is_skipped() {
+    let bench = Bench::new(
+        "always",
+        &(step("stop-app", "")
+            + &step(
+                "ami",
+                "after = [\"stop-app\"]\n[steps.config]\nfail_times = 1\nfail_kind = \"permanent\"",
+            )
+            + &step("upload", "after = [\"ami\"]")
+            + &step("start-app", "after = [\"ami\"]\nwhen = \"always\"")
+            + &step("page", "after = [\"ami\"]\nwhen = \"on-failure\"")
+            + &step("all-good", "after = [\"stop-app\"]\nwhen = \"on-failure\"")),
+    );
+    let record = bench.backup().await;
+    assert_eq!(
+        statuses(&record),
+        [
+            ("stop-app", StepStatus::Succeeded),
+            ("ami", StepStatus::Failed),
+            ("upload", StepStatus::Skipped),
+            ("start-app", StepStatus::Succeeded),
+            ("page", StepStatus::Succeeded),
+            ("all-good", StepStatus::Skipped),
+        ]
+    );
+    assert!(record.steps[5].error.is_none(), "not needed is no failure");
+    assert_eq!(record.status, RunStatus::PartiallyFailed);
+}
+
+#[tokio::test]
+async fn an_always_step_runs_when_the_run_is_cancelled_after_what_it_follows_stopped() {
+    let bench = Bench::new(
+        "always-cancel",
+        &(step("stop-app", "[steps.config]\nsleep_ms = 5000")
+            + &step("ami", "after = [\"stop-app\"]")
+            + &step("start-app", "after = [\"ami\"]\nwhen = \"always\"")),
+    );
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        trigger.cancel();
+    });
+    let record = bench
+        .runner()
+        .cancel_token(cancel)
+        .run(&bench.catalog(), &RunRequest::new(RunKind::Backup))
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(&record),
+        [
+            ("stop-app", StepStatus::Cancelled),
+            ("ami", StepStatus::Cancelled),
+            ("start-app", StepStatus::Succeeded),
+        ]
+    );
+    let attempts = seen("always-cancel");
+    let stop = attempts
+        .iter()
+        .find(|s| s.step == "stop-app" && s.action == Action::Backup);
+    let start = attempts
+        .iter()
+        .find(|s| s.step == "start-app" && s.action == Action::Backup);
+    assert!(
+        start.unwrap().started >= stop.unwrap().ended,
+        "start-app ran before stop-app ended"
+    );
+    assert_eq!(record.status, RunStatus::Cancelled);
+}
+
+#[tokio::test]
 async fn a_step_whose_plugin_cannot_verify_does_not_block_the_verification() {
     // The shipped services plan (ebs, services-host, nfs-objects, ...) could never be marked
     // verified by `verify`: services-host has nothing to verify.

@@ -97,6 +97,30 @@ impl Default for StepPolicy {
     }
 }
 
+/// When a step runs, given how the steps it runs after ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum When {
+    /// Only if every one of them succeeded (the default).
+    #[default]
+    OnSuccess,
+    /// Whatever they did, even when the run is cancelled: start the app again after a stop
+    /// hook, release an external lock.
+    Always,
+    /// Only if one of them did not succeed: clean up, page someone.
+    OnFailure,
+}
+
+impl When {
+    /// The plan's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::OnSuccess => "on-success",
+            When::Always => "always",
+            When::OnFailure => "on-failure",
+        }
+    }
+}
+
 /// One validated step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
@@ -116,6 +140,8 @@ pub struct Step {
     pub config: Value,
     /// Limits and retries.
     pub policy: StepPolicy,
+    /// When it runs, given how its dependencies ended.
+    pub when: When,
     /// Position in the file's `[[steps]]` (for locating config problems).
     index: usize,
     plugin_span: Range<usize>,

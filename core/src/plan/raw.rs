@@ -56,6 +56,8 @@ pub(crate) struct RawStep {
     #[serde(default)]
     pub restore_after: Option<Vec<Spanned<String>>>,
     #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    #[serde(default)]
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub retries: Option<Spanned<i64>>,

@@ -423,3 +423,17 @@ fn an_s3_catalog_is_a_bucket_and_a_prefix_and_a_bad_one_is_located() {
         "{problem}"
     );
 }
+
+#[test]
+fn when_takes_three_words_and_refuses_others_at_their_value() {
+    let text = |when: &str| {
+        format!("[plan]\nname = \"x\"\n[[steps]]\nid = \"a\"\nplugin = \"e\"\nwhen = \"{when}\"\n")
+    };
+    assert_eq!(parse(&text("always")).unwrap().steps[0].when, When::Always);
+    assert_eq!(
+        parse(&text("on-failure")).unwrap().steps[0].when,
+        When::OnFailure
+    );
+    let p = first_problem(&text("sometimes"));
+    assert_eq!((p.line, p.column), (Some(6), Some(8)), "{p}");
+}

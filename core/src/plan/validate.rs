@@ -18,7 +18,7 @@ use super::location::Problems;
 use super::raw::{RawHeader, RawPluginRef, RawStep};
 use super::refs::{self, Reference};
 use super::spans::config_span;
-use super::{CatalogLocation, PluginSpec, Step, StepPolicy};
+use super::{CatalogLocation, PluginSpec, Step, StepPolicy, When};
 
 /// The longest a step's attempt may be given.
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -335,6 +335,7 @@ pub(super) fn steps(
                     .map(|a| a.get_ref().clone())
                     .collect(),
                 config,
+                when: when(problems, step),
                 policy: policy(
                     problems,
                     base,
@@ -351,6 +352,25 @@ pub(super) fn steps(
         steps,
         restore_order: restore_order.iter().map(|&i| position[i]).collect(),
         deps,
+    }
+}
+
+/// The step's `when`: `on-success` (the default), `always` or `on-failure`.
+fn when(problems: &mut Problems<'_>, step: &RawStep) -> When {
+    let Some(raw) = &step.when else {
+        return When::OnSuccess;
+    };
+    match raw.get_ref().as_str() {
+        "on-success" => When::OnSuccess,
+        "always" => When::Always,
+        "on-failure" => When::OnFailure,
+        other => {
+            problems.add(
+                Some(raw.span()),
+                format!("when = {other:?}: write \"on-success\", \"always\" or \"on-failure\""),
+            );
+            When::OnSuccess
+        }
     }
 }
 

@@ -405,12 +405,12 @@ impl<'a> Runner<'a> {
                     .collect()
             })
             .collect();
-        let mut schedule = Scheduler::new(deps, self.plan.concurrency);
+        let when = steps.iter().map(|s| s.when).collect();
+        let mut schedule = Scheduler::with_when(deps, when, self.plan.concurrency);
         let mut scope = calls.scope();
         scope.outputs = calls.known_outputs();
         let mut running: JoinSet<StepRecord> = JoinSet::new();
         let mut task_step = HashMap::new();
-        let mut stopping = false;
         loop {
             while let Some(decision) = schedule.decide() {
                 match decision {
@@ -424,6 +424,13 @@ impl<'a> Runner<'a> {
                         });
                         self.observer.step_finished(entry);
                     }
+                    Decision::Cancel(step) => not_started(&mut record.steps[step]),
+                    Decision::NotNeeded(step) => {
+                        let entry = &mut record.steps[step];
+                        entry.status = StepStatus::Skipped;
+                        entry.summary = "not needed: every step it runs after succeeded".into();
+                        self.observer.step_finished(entry);
+                    }
                     Decision::Start(i) => match calls.step(steps[i], &scope) {
                         Err(not_run) => {
                             not_run.record_into(&mut record.steps[i]);
@@ -434,11 +441,18 @@ impl<'a> Runner<'a> {
                             let entry = &mut record.steps[i];
                             entry.status = StepStatus::Running;
                             entry.started_at = Some(Timestamp::now());
+                            // A step that runs whatever happened still runs after a stop: it
+                            // gets its own token (its timeout still holds).
+                            let cancel = if schedule.is_stopped() {
+                                CancellationToken::new()
+                            } else {
+                                self.cancel.clone()
+                            };
                             let job = StepJob {
                                 step: steps[i].id.clone(),
                                 plugin_name: steps[i].plugin.clone(),
                                 observer: self.observer.clone(),
-                                cancel: self.cancel.clone(),
+                                cancel,
                                 policy: steps[i].policy,
                                 grace: self.grace,
                             };
@@ -480,10 +494,9 @@ impl<'a> Runner<'a> {
                     self.observer.step_finished(&finished);
                     record.steps[i] = finished;
                 }
-                () = self.cancel.cancelled(), if !stopping => {
-                    stopping = true;
-                    schedule.stop();
+                () = self.cancel.cancelled(), if !schedule.is_stopped() => {
                     tracing::warn!("cancelled: waiting for running steps to stop");
+                    schedule.stop();
                 }
                 () = saver.wait_due(), if saver.pending() => {
                     saver.save(record)?;
@@ -491,15 +504,19 @@ impl<'a> Runner<'a> {
             }
         }
         for i in schedule.unstarted() {
-            let entry = &mut record.steps[i];
-            entry.status = StepStatus::Cancelled;
-            entry.error = Some(StepError::from(PluginError::new(
-                ErrorKind::Cancelled,
-                "not started: the run was cancelled",
-            )));
+            not_started(&mut record.steps[i]);
         }
         Ok(())
     }
+}
+
+/// Records a step the cancelled run never started.
+fn not_started(entry: &mut StepRecord) {
+    entry.status = StepStatus::Cancelled;
+    entry.error = Some(StepError::from(PluginError::new(
+        ErrorKind::Cancelled,
+        "not started: the run was cancelled",
+    )));
 }
 
 /// Records the outcome of a check phase that did not all pass (or was cancelled): failed checks

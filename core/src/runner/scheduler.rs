@@ -1,15 +1,24 @@
 //! Which step runs next: a state machine over the steps' states, with no I/O and no clock, so
 //! every scheduling rule is tested in microseconds.
 //!
-//! Steps are numbered in the run's order (backup or restore). A step is *ready* once every step
-//! it runs after has finished and all of them succeeded; it is *skipped* once they have all
-//! finished and one did not succeed (naming the first such dependency, in the order the plan
-//! lists them). Ready steps start in run order, at most `limit` at once; skips take no slot.
-//! Once stopped (Ctrl-C, SIGTERM, a lost lock) nothing more starts or is skipped: what never
-//! started is [`Scheduler::unstarted`]. Every event is O(the step's edges), so a run of ten
-//! thousand steps schedules in linear time.
+//! Steps are numbered in the run's order (backup or restore). A step waits until every step it
+//! runs after has finished; then what happens depends on its [`When`]:
+//!
+//! - `OnSuccess` (the default): it is *ready* if all of them succeeded, else *skipped*, naming the
+//!   first that did not (in the order the plan lists them);
+//! - `Always`: it is ready whatever they did (restart the app after a stop hook);
+//! - `OnFailure`: it is ready if one of them did not succeed, else not needed.
+//!
+//! Ready steps start in run order, at most `limit` at once; skips take no slot. Once stopped
+//! (Ctrl-C, SIGTERM, a lost lock) no ordinary step starts any more: each one is cancelled when
+//! its turn comes (and counts as not succeeded), while `Always` and `OnFailure` steps still start
+//! when their dependencies are over — a stopped app is started again even when the run is
+//! cancelled, and only after what it runs after has stopped. Every event is O(the step's edges), so a run of ten thousand steps schedules in
+//! linear time.
 
 use std::collections::BTreeSet;
+
+pub use crate::plan::When;
 
 /// What the runner should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +32,10 @@ pub enum Decision {
         /// Its dependency that did not succeed.
         because: usize,
     },
+    /// Record this `OnFailure` step as not needed: every dependency succeeded.
+    NotNeeded(usize),
+    /// Record this step as not started: the run was stopped before its turn.
+    Cancel(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,17 +54,27 @@ pub struct Scheduler {
     dependents: Vec<Vec<usize>>,
     unfinished_deps: Vec<usize>,
     state: Vec<State>,
+    when: Vec<When>,
     ready: BTreeSet<usize>,
     to_skip: BTreeSet<usize>,
+    not_needed: BTreeSet<usize>,
+    to_cancel: BTreeSet<usize>,
     running: usize,
     limit: usize,
     stopped: bool,
 }
 
 impl Scheduler {
-    /// A schedule of `deps.len()` steps, where `deps[i]` are the steps step `i` runs after,
-    /// with at most `limit` (at least 1) running at once.
+    /// A schedule of `deps.len()` steps, where `deps[i]` are the steps step `i` runs after, all
+    /// of them run on success of their dependencies, with at most `limit` (at least 1) running
+    /// at once.
     pub fn new(deps: Vec<Vec<usize>>, limit: usize) -> Self {
+        let when = vec![When::OnSuccess; deps.len()];
+        Self::with_when(deps, when, limit)
+    }
+
+    /// As [`Scheduler::new`], with each step's own [`When`].
+    pub fn with_when(deps: Vec<Vec<usize>>, when: Vec<When>, limit: usize) -> Self {
         let n = deps.len();
         let mut dependents = vec![Vec::new(); n];
         for (i, list) in deps.iter().enumerate() {
@@ -60,28 +83,37 @@ impl Scheduler {
             }
         }
         let unfinished_deps: Vec<usize> = deps.iter().map(Vec::len).collect();
-        let ready: BTreeSet<usize> = (0..n).filter(|&i| unfinished_deps[i] == 0).collect();
-        let mut state = vec![State::Waiting; n];
-        for &i in &ready {
-            state[i] = State::Ready;
-        }
-        Scheduler {
+        let mut scheduler = Scheduler {
             deps,
             dependents,
             unfinished_deps,
-            state,
-            ready,
+            state: vec![State::Waiting; n],
+            when,
+            ready: BTreeSet::new(),
             to_skip: BTreeSet::new(),
+            not_needed: BTreeSet::new(),
+            to_cancel: BTreeSet::new(),
             running: 0,
             limit: limit.max(1),
             stopped: false,
+        };
+        for i in 0..n {
+            if scheduler.unfinished_deps[i] == 0 {
+                scheduler.deps_over(i);
+            }
         }
+        scheduler
     }
 
     /// The next thing to do now, or `None` until a running step finishes.
     pub fn decide(&mut self) -> Option<Decision> {
-        if self.stopped {
-            return None;
+        if let Some(step) = self.to_cancel.pop_first() {
+            self.settle(step, false);
+            return Some(Decision::Cancel(step));
+        }
+        if let Some(step) = self.not_needed.pop_first() {
+            self.settle(step, false);
+            return Some(Decision::NotNeeded(step));
         }
         if let Some(step) = self.to_skip.pop_first() {
             let because = self.deps[step]
@@ -118,26 +150,58 @@ impl Scheduler {
         } else {
             State::NotSucceeded
         };
-        for &d in &self.dependents[step] {
+        for i in 0..self.dependents[step].len() {
+            let d = self.dependents[step][i];
             self.unfinished_deps[d] -= 1;
-            if self.unfinished_deps[d] > 0 {
-                continue;
-            }
-            let all_succeeded = self.deps[d]
-                .iter()
-                .all(|&x| self.state[x] == State::Succeeded);
-            if all_succeeded {
-                self.state[d] = State::Ready;
-                self.ready.insert(d);
-            } else {
-                self.to_skip.insert(d);
+            if self.unfinished_deps[d] == 0 && self.state[d] == State::Waiting {
+                self.deps_over(d);
             }
         }
     }
 
-    /// Starts and skips nothing more.
+    /// Every dependency of waiting step `step` is over: it becomes ready, skipped or not needed.
+    fn deps_over(&mut self, step: usize) {
+        let all_succeeded = self.deps[step]
+            .iter()
+            .all(|&x| self.state[x] == State::Succeeded);
+        let runs = match self.when[step] {
+            When::OnSuccess => all_succeeded,
+            When::Always => true,
+            When::OnFailure => !all_succeeded,
+        };
+        if self.stopped && self.when[step] == When::OnSuccess {
+            self.to_cancel.insert(step);
+        } else if runs {
+            self.state[step] = State::Ready;
+            self.ready.insert(step);
+        } else if self.when[step] == When::OnFailure {
+            self.not_needed.insert(step);
+        } else {
+            self.to_skip.insert(step);
+        }
+    }
+
+    /// Starts no ordinary step any more: each is cancelled when its dependencies are over
+    /// ([`Decision::Cancel`]), so that `Always` and `OnFailure` steps after them still run, in
+    /// order.
     pub fn stop(&mut self) {
         self.stopped = true;
+        let due: Vec<usize> = self
+            .ready
+            .iter()
+            .copied()
+            .filter(|&i| self.when[i] == When::OnSuccess)
+            .chain(std::mem::take(&mut self.to_skip))
+            .collect();
+        for i in due {
+            self.ready.remove(&i);
+            self.to_cancel.insert(i);
+        }
+    }
+
+    /// Whether the schedule was stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// How many steps are running.
@@ -145,7 +209,8 @@ impl Scheduler {
         self.running
     }
 
-    /// The steps that never started and were not skipped, in run order.
+    /// The steps that never started and were not skipped (only after a stop: `Always` steps
+    /// whose dependencies never ended), in run order.
     pub fn unstarted(&self) -> Vec<usize> {
         (0..self.state.len())
             .filter(|&i| matches!(self.state[i], State::Waiting | State::Ready))
@@ -156,7 +221,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Decision::{Skip, Start};
+    use Decision::{Cancel, NotNeeded, Skip, Start};
 
     fn drain(s: &mut Scheduler) -> Vec<Decision> {
         std::iter::from_fn(|| s.decide()).collect()
@@ -224,13 +289,56 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_schedule_starts_nothing_and_reports_what_never_started() {
+    fn a_stopped_schedule_cancels_what_never_started_and_starts_nothing_more() {
         let mut s = Scheduler::new(vec![vec![], vec![0], vec![]], 1);
         assert_eq!(drain(&mut s), [Start(0)]);
         s.stop();
+        assert_eq!(drain(&mut s), [Cancel(2)]);
         s.finished(0, true);
-        assert_eq!(drain(&mut s), []);
-        assert_eq!(s.unstarted(), [1, 2]);
+        assert_eq!(drain(&mut s), [Cancel(1)]);
+        assert!(s.unstarted().is_empty());
+    }
+
+    #[test]
+    fn an_always_step_runs_after_a_failure_and_an_on_failure_step_only_then() {
+        // 0 fails; 1 (always) and 2 (on failure) run after it; 3 runs after 1 on success.
+        // 4 succeeds; 5 (on failure, after 4) is not needed.
+        let deps = vec![vec![], vec![0], vec![0], vec![1], vec![], vec![4]];
+        let when = vec![
+            When::OnSuccess,
+            When::Always,
+            When::OnFailure,
+            When::OnSuccess,
+            When::OnSuccess,
+            When::OnFailure,
+        ];
+        let mut s = Scheduler::with_when(deps, when, 8);
+        assert_eq!(drain(&mut s), [Start(0), Start(4)]);
+        s.finished(4, true);
+        assert_eq!(drain(&mut s), [NotNeeded(5)]);
+        s.finished(0, false);
+        assert_eq!(drain(&mut s), [Start(1), Start(2)]);
+        s.finished(1, true);
+        s.finished(2, true);
+        assert_eq!(drain(&mut s), [Start(3)]);
+    }
+
+    #[test]
+    fn an_always_step_still_runs_when_the_run_is_stopped() {
+        // stop-app → ami → start-app (always): a Ctrl-C during stop-app cancels the AMI, and
+        // the app is started again all the same.
+        let deps = vec![vec![], vec![0], vec![1]];
+        let when = vec![When::OnSuccess, When::OnSuccess, When::Always];
+        let mut s = Scheduler::with_when(deps, when, 4);
+        assert_eq!(drain(&mut s), [Start(0)]);
+        s.stop();
+        assert_eq!(
+            drain(&mut s),
+            [],
+            "start-app waits until stop-app has stopped"
+        );
+        s.finished(0, false);
+        assert_eq!(drain(&mut s), [Cancel(1), Start(2)]);
     }
 
     #[test]
