@@ -12,8 +12,16 @@
 //! if it changed again it is stored marked `torn` and named in the report. Only when every pack
 //! is sealed and durable is the manifest published, then the snapshot header: a crash at any
 //! earlier point leaves the previous snapshots untouched and, at most, unreferenced packs.
+//!
+//! A new snapshot never references data that is not there. The backup lists the packs once at
+//! the start, and an unchanged file is only taken over from the previous snapshot when every
+//! reference it has lies inside an existing pack; otherwise it is read and stored again, like
+//! content whose index cannot be believed (see `dedup`). Re-storing is always possible (the file
+//! is there to read), so the backup never refuses for this: it repairs and names in its findings
+//! what it did not trust. Staged files left in the staging area by killed runs are collected
+//! first (see `backend::leftovers`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
@@ -23,22 +31,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::backend::{Leftovers, leftovers};
 use crate::blob::{BlobRef, Encoder};
 use crate::control::{Control, Reporter};
-use crate::dedup::DedupIndex;
+use crate::dedup::{self, DedupIndex};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
 use crate::id::ContentId;
+use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
 use crate::pool::{Pool, Worker};
-use crate::repo::{Repository, manifest_object};
+use crate::repo::{Repository, manifest_object, pack_object};
 use crate::snapshot::{self, Snapshot, SnapshotStats};
 use crate::walk::{Found, Step, Walk};
 
-/// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
-/// repository-wide dedup index.
-const DEDUP_MIN_LENGTH: u64 = 256 * 1024;
 /// Small files are sent to the workers in batches of about this many bytes...
 const BATCH_BYTES: u64 = 1 << 20;
 /// ...or this many files, whichever comes first.
@@ -95,6 +102,11 @@ pub struct Skipped {
 pub struct BackupReport {
     pub snapshot: Snapshot,
     pub skipped: Vec<Skipped>,
+    /// Repository objects the backup did not trust (a missing pack, an index that does not
+    /// describe its pack), each with what was stored again instead.
+    pub findings: Vec<Finding>,
+    /// Staged files of killed runs removed before the backup started.
+    pub leftovers: Leftovers,
 }
 
 /// Backs up `options.source` into `repo` and publishes a new snapshot.
@@ -104,6 +116,7 @@ pub fn backup(
     control: Control<'_>,
 ) -> Result<BackupReport> {
     let backend = repo.backend();
+    let leftovers = backend.collect_leftovers(leftovers::MAX_AGE, false);
     let source = options.source.display().to_string();
     let parent = snapshot::list(backend.as_ref())?
         .into_iter()
@@ -115,14 +128,18 @@ pub fn backup(
         .transpose()?
         .map(Iterator::peekable);
     let walk = Walk::new(&options.source, options.one_file_system)?;
+    // After the snapshots: every pack the parent references was published before it.
+    let packs = Arc::new(PackSizes::list(backend.as_ref())?);
 
     let time = jiff::Timestamp::now();
     let id = snapshot::new_id(time);
-    let staged = StagedFile(backend.staging_dir().join(format!("{id}.manifest")));
+    let staged = StagedFile(backend.staging_file(".manifest"));
     let shared = Shared {
         dedup: DedupIndex::new(
             Arc::clone(backend),
-            DEDUP_MIN_LENGTH.min(repo.config().chunk_size),
+            dedup::min_length(repo.config().chunk_size),
+            Arc::clone(&packs),
+            options.workers.max(1),
         ),
         bytes_stored: AtomicU64::new(0),
         packs_written: AtomicU64::new(0),
@@ -145,6 +162,8 @@ pub fn backup(
             chunk_size: repo.config().chunk_size,
             manifest: ManifestWriter::create(&staged.0)?,
             previous,
+            packs: &packs,
+            unusable: BTreeMap::new(),
             slots: VecDeque::new(),
             first_slot: 0,
             batch: Vec::new(),
@@ -170,6 +189,7 @@ pub fn backup(
             stats,
             skipped,
             torn,
+            unusable,
             ..
         } = run;
         pool.finish()?;
@@ -178,6 +198,7 @@ pub fn backup(
             stats,
             skipped,
             torn,
+            unusable,
         })
     })?;
 
@@ -207,9 +228,22 @@ pub fn backup(
         torn: run.torn,
     };
     snapshot::publish(backend.as_ref(), &snapshot)?;
+    let mut findings = shared.dedup.into_distrusted();
+    findings.extend(
+        run.unusable
+            .into_iter()
+            .map(|(object, (problem, files))| Finding {
+                object,
+                problem: format!(
+                    "{problem}: {files} unchanged file(s) referencing it were read and stored again"
+                ),
+            }),
+    );
     Ok(BackupReport {
         snapshot,
         skipped: run.skipped,
+        findings,
+        leftovers,
     })
 }
 
@@ -391,6 +425,11 @@ struct Run<'scope, 'env> {
     chunk_size: u64,
     manifest: ManifestWriter,
     previous: Option<Peekable<ManifestReader>>,
+    /// The packs listed at the start, to check what is taken over from `previous`.
+    packs: &'env PackSizes,
+    /// Packs the previous snapshot references that cannot hold what it says, by object name:
+    /// the first problem found and how many files were stored again because of it.
+    unusable: BTreeMap<String, (String, u64)>,
     slots: VecDeque<Slot>,
     first_slot: u64,
     batch: Vec<ReadTask>,
@@ -409,6 +448,7 @@ struct Finished {
     stats: SnapshotStats,
     skipped: Vec<Skipped>,
     torn: Vec<String>,
+    unusable: BTreeMap<String, (String, u64)>,
 }
 
 impl<'scope, 'env: 'scope> Run<'scope, 'env> {
@@ -439,8 +479,9 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                 }
             }
             if entry.kind == Kind::File && entry.size > 0 {
-                let unchanged =
-                    previous.filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry));
+                let unchanged = previous
+                    .filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry))
+                    .filter(|p| self.all_present(&p.chunks));
                 match unchanged {
                     Some(previous) => {
                         entry.chunks = previous.chunks;
@@ -454,6 +495,19 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         self.write_ready()?;
         while self.slots.len() >= WINDOW && self.wait_for_one()? {}
         Ok(())
+    }
+
+    /// Whether every one of `chunks` lies inside an existing pack; if not, the first that does
+    /// not is recorded against its pack.
+    fn all_present(&mut self, chunks: &[BlobRef]) -> bool {
+        let Some((pack, problem)) = chunks
+            .iter()
+            .find_map(|c| self.packs.flaw(c).map(|flaw| (pack_object(&c.pack), flaw)))
+        else {
+            return true;
+        };
+        self.unusable.entry(pack).or_insert((problem, 0)).1 += 1;
+        false
     }
 
     /// The previous snapshot's entry for `path`, if it has one (entries before it are skipped).

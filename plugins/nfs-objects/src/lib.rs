@@ -14,6 +14,7 @@ pub mod direct;
 pub mod error;
 pub mod fetch;
 pub mod id;
+pub mod index;
 pub mod manifest;
 pub mod mount;
 pub mod pack;

@@ -20,12 +20,16 @@ pub const MANIFEST_PREFIX: &str = "manifests/";
 /// Folder of snapshot headers; a snapshot exists exactly when its header does.
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 
+/// Objects younger than this may belong to a backup still running: prune does not delete them
+/// when unreferenced, and verify does not judge a pack without an index before.
+pub const IN_PROGRESS_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 const FORMAT_NAME: &str = "backplan-nfs-objects";
 const FORMAT_VERSION: u32 = 1;
 
 /// Object name of pack `name`.
 pub fn pack_object(name: &str) -> String {
-    format!("{DATA_PREFIX}{}/{name}.pack", &name[..2.min(name.len())])
+    format!("{DATA_PREFIX}{}/{name}.pack", name.get(..2).unwrap_or(name))
 }
 
 /// Object name of the index of pack `name`.

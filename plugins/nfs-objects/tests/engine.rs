@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use backplan_plugin_nfs_objects::backend::{Backend, LocalBackend, ObjectInfo};
+use backplan_plugin_nfs_objects::backend::{Backend, Leftovers, LocalBackend, ObjectInfo};
 use backplan_plugin_nfs_objects::backup::{BackupOptions, BackupReport, backup};
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
@@ -351,6 +351,9 @@ impl Backend for CrashingBackend {
     fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name)
     }
+    fn collect_leftovers(&self, max_age: std::time::Duration, dry_run: bool) -> Leftovers {
+        self.inner.collect_leftovers(max_age, dry_run)
+    }
 }
 
 #[test]
@@ -405,6 +408,7 @@ fn a_crash_at_any_write_leaves_earlier_snapshots_intact() {
         source: None,
         dry_run: false,
         min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
     };
     let pruned = prune(&repo, &options, Control::silent()).unwrap();
     assert!(!pruned.deleted_objects.is_empty());
@@ -613,6 +617,7 @@ fn prune_keeps_by_retention_and_deletes_only_unreferenced_data() {
         source: None,
         dry_run: true,
         min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
     };
     let dry = prune(&repo, &options, Control::silent()).unwrap();
     assert_eq!(dry.forgotten.len(), 2);

@@ -2,14 +2,16 @@
 //!
 //! Objects are plain files named like their object names. Writes go to `tmp/` inside the
 //! repository, are fsynced, then renamed into place, and the folder holding them is fsynced, so a
-//! crash never leaves a half-written object under its final name.
+//! crash never leaves a half-written object under its final name. What a killed writer leaves in
+//! `tmp/` is collected by the next backup or prune (see `leftovers`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, Leftovers, ObjectInfo, leftovers};
 use crate::error::{Error, Result};
 
 /// The folder holding staged, not yet published files.
@@ -110,6 +112,10 @@ impl Backend for LocalBackend {
         &self.staging
     }
 
+    fn collect_leftovers(&self, max_age: Duration, dry_run: bool) -> Leftovers {
+        leftovers::collect(&self.staging, "", max_age, SystemTime::now(), dry_run)
+    }
+
     fn put_file(&self, name: &str, staged: &Path) -> Result<()> {
         File::open(staged)
             .and_then(|file| file.sync_all())
@@ -118,7 +124,7 @@ impl Backend for LocalBackend {
     }
 
     fn put_bytes(&self, name: &str, data: &[u8]) -> Result<()> {
-        let staged = self.staging.join(crate::id::random_name());
+        let staged = self.staging_file("");
         let written = File::create(&staged).and_then(|mut file| {
             file.write_all(data)?;
             file.sync_all()
