@@ -1,6 +1,7 @@
 //! The plugin through the SDK's in-process harness (the real ABI), as the runner drives it.
 
 use std::fs;
+use std::path::Path;
 
 use backplan_plugin_nfs_objects::plugin::plugin_descriptor;
 use backplan_plugin_sdk::testing::Harness;
@@ -89,4 +90,60 @@ fn an_s3_repository_asks_for_its_bucket_and_prefix_only() {
     let local = json!({"source": "/data", "repository": "/var/backups/artifacts"});
     let none = harness.run(Action::Permissions, local).unwrap().record;
     assert!(none.get("aws_iam_statements").is_none(), "{none}");
+}
+
+#[test]
+fn a_plan_that_would_back_up_its_own_repository_or_write_where_it_was_not_asked_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data");
+    fs::create_dir(&source).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&source, &link).unwrap();
+    let harness = Harness::new(plugin_descriptor());
+    let cases = [
+        (
+            json!({"repository": source.join("repo")}),
+            "is inside source",
+        ),
+        (
+            json!({"repository": link.join("new/../repo")}),
+            "is inside source",
+        ),
+        (json!({"repository": dir.path()}), "is inside repository"),
+        (json!({"repository": ""}), "must be an absolute path"),
+        (
+            json!({"repository": "backups/repo"}),
+            "must be an absolute path",
+        ),
+        (json!({"source": "data"}), "must be an absolute path"),
+        (
+            json!({"retention": {"keep_last": 0, "keep_daily": 0}}),
+            "keep nothing",
+        ),
+        (json!({"verify_fraction": 1.5}), "verify_fraction"),
+    ];
+    for (change, expected) in cases {
+        let mut config = json!({
+            "source": source,
+            "repository": dir.path().join("elsewhere"),
+        });
+        for (key, value) in change.as_object().unwrap() {
+            config[key] = value.clone();
+        }
+        for action in [Action::Check, Action::Backup] {
+            let err = harness.run(action, config.clone()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Config, "{change}: {err:?}");
+            assert!(err.message.contains(expected), "{change}: {}", err.message);
+        }
+        assert!(
+            fs::read_dir(&source).unwrap().next().is_none(),
+            "{change}: nothing written"
+        );
+        assert!(!dir.path().join("elsewhere").exists(), "{change}");
+        assert!(!Path::new("tmp").exists() && !Path::new("config.json").exists());
+    }
+    let zero = json!({"source": source, "repository": dir.path().join("r"),
+                      "retention": {"keep_last": 0}});
+    let err = harness.run(Action::Prune, zero).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config, "{err:?}");
 }
