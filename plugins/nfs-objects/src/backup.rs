@@ -500,10 +500,14 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
     /// Whether every one of `chunks` lies inside an existing pack; if not, the first that does
     /// not is recorded against its pack.
     fn all_present(&mut self, chunks: &[BlobRef]) -> bool {
-        let Some((pack, problem)) = chunks
-            .iter()
-            .find_map(|c| self.packs.flaw(c).map(|flaw| (pack_object(&c.pack), flaw)))
-        else {
+        let Some((pack, problem)) = chunks.iter().find_map(|c| {
+            let flaw = self.packs.flaw(c)?;
+            let missing = self.packs.get(&c.pack).is_none();
+            Some((
+                pack_object(&c.pack),
+                if missing { "missing".into() } else { flaw },
+            ))
+        }) else {
             return true;
         };
         self.unusable.entry(pack).or_insert((problem, 0)).1 += 1;

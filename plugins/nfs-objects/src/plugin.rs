@@ -195,7 +195,7 @@ impl Config {
         Ok(if folder.join(CONFIG_OBJECT).exists() {
             Repository::open(self.backend()?).map_err(to_plugin_error)?;
             RepositoryState::Readable
-        } else if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_some()) {
+        } else if LocalBackend::holds_only_staged_files(folder) == Some(false) {
             RepositoryState::Foreign
         } else {
             RepositoryState::Empty

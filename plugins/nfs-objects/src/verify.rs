@@ -252,7 +252,8 @@ fn check_indexes(
             findings.add(
                 name,
                 format!(
-                    "lists blobs of pack {}, which is missing",
+                    "lists blobs of pack {}, which is missing (snapshots using it are damaged; \
+                     prune deletes this index)",
                     pack_object(pack)
                 ),
             );

@@ -147,3 +147,34 @@ fn a_plan_that_would_back_up_its_own_repository_or_write_where_it_was_not_asked_
     let err = harness.run(Action::Prune, zero).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Config, "{err:?}");
 }
+
+#[test]
+fn a_first_backup_killed_before_it_wrote_its_config_does_not_make_the_folder_foreign() {
+    let (source, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(source.path().join("a.txt"), b"a").unwrap();
+    let repo = dir.path().join("repo");
+    fs::create_dir_all(repo.join("tmp")).unwrap();
+    // The staged config.json of the killed run (named as before writers were named).
+    fs::write(repo.join("tmp/0123456789abcdef0123456789abcdef"), b"{}").unwrap();
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({"source": source.path(), "repository": repo});
+    let checked = harness.run(Action::Check, config.clone()).unwrap();
+    assert!(
+        checked.summary.contains("will be created"),
+        "{}",
+        checked.summary
+    );
+    harness.run(Action::Backup, config.clone()).unwrap();
+
+    // Anything else in it is someone else's.
+    let other = dir.path().join("other");
+    fs::create_dir_all(other.join("tmp")).unwrap();
+    fs::write(other.join("tmp/notes.txt"), b"mine").unwrap();
+    let config = json!({"source": source.path(), "repository": other});
+    let err = harness.run(Action::Check, config).unwrap_err();
+    assert!(
+        err.message.contains("neither a repository nor empty"),
+        "{}",
+        err.message
+    );
+}

@@ -35,16 +35,6 @@ pub struct Leftovers {
     pub bytes: u64,
 }
 
-impl Leftovers {
-    /// Both collections together.
-    pub fn add(self, other: Leftovers) -> Leftovers {
-        Leftovers {
-            files: self.files + other.files,
-            bytes: self.bytes + other.bytes,
-        }
-    }
-}
-
 /// The process that wrote a staged file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Writer {
@@ -109,6 +99,15 @@ impl Writer {
 pub fn staged_name(suffix: &str) -> String {
     let writer = Writer::current().map_or_else(|| "unknown".to_owned(), Writer::tag);
     format!("{writer}.{}{suffix}", random_name())
+}
+
+/// Whether `name` is one this crate gives staged files: named after a writer, or (before
+/// writers were named) 32 hex digits and a suffix.
+pub fn is_staged_name(name: &str) -> bool {
+    let first = name.split('.').next().unwrap_or_default();
+    Writer::parse(name).is_some()
+        || name.starts_with("unknown.")
+        || (first.len() == 32 && first.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Removes the leftovers among the entries of `dir` whose names start with `prefix`: files, or
@@ -316,6 +315,9 @@ mod tests {
         assert_eq!(writer.alive(), Some(true));
         assert!(name.ends_with(".pack"));
         assert_eq!(Writer::parse("0123abcd.pack"), None);
+        assert!(is_staged_name(&name) && is_staged_name(&staged_name("")));
+        assert!(is_staged_name("0123456789abcdef0123456789abcdef"));
+        assert!(!is_staged_name("notes.txt") && !is_staged_name("0123.pack"));
         assert_eq!(Writer::parse("unknown.0123.pack"), None);
     }
 }

@@ -36,6 +36,27 @@ impl LocalBackend {
         Ok(Self { root, staging })
     }
 
+    /// Whether folder `root` holds nothing but staged files in `tmp/`: what a first backup
+    /// killed before it wrote `config.json` leaves, as good as empty. `None` if it cannot be
+    /// read.
+    pub fn holds_only_staged_files(root: &Path) -> Option<bool> {
+        for entry in fs::read_dir(root).ok()? {
+            let entry = entry.ok()?;
+            if entry.file_name() != STAGING || !entry.file_type().ok()?.is_dir() {
+                return Some(false);
+            }
+            for staged in fs::read_dir(entry.path()).ok()? {
+                let staged = staged.ok()?;
+                let name = staged.file_name();
+                let file = staged.file_type().ok()?.is_file();
+                if !file || !name.to_str().is_some_and(leftovers::is_staged_name) {
+                    return Some(false);
+                }
+            }
+        }
+        Some(true)
+    }
+
     fn path_of(&self, name: &str) -> Result<PathBuf> {
         let valid = !name.is_empty()
             && name
