@@ -110,6 +110,11 @@ pub struct BackupReport {
 }
 
 /// Backs up `options.source` into `repo` and publishes a new snapshot.
+///
+/// The latest snapshot of the source is the parent whose unchanged files are taken over. If its
+/// manifest turns out missing or corrupt (its digest is checked before anything is published),
+/// nothing it said is used: the backup starts again reading every file, and names the manifest
+/// in its findings.
 pub fn backup(
     repo: &Repository,
     options: &BackupOptions,
@@ -122,8 +127,40 @@ pub fn backup(
         .into_iter()
         .rev()
         .find(|snapshot| snapshot.source == source);
+    let mut report = match attempt(repo, options, control, parent.as_ref(), true) {
+        Err(Error::MissingObject(name) | Error::Corrupt { name, .. })
+            if parent.as_ref().is_some_and(|p| p.manifest == name) =>
+        {
+            let mut report = attempt(repo, options, control, parent.as_ref(), false)?;
+            report.findings.insert(
+                0,
+                Finding {
+                    object: name,
+                    problem: "missing or corrupt: the parent snapshot's files were not taken \
+                              over, every file was read again"
+                        .into(),
+                },
+            );
+            report
+        }
+        other => other?,
+    };
+    report.leftovers = leftovers;
+    Ok(report)
+}
+
+/// One backup against `parent`, whose manifest's entries are taken over only if `compare`.
+fn attempt(
+    repo: &Repository,
+    options: &BackupOptions,
+    control: Control<'_>,
+    parent: Option<&Snapshot>,
+    compare: bool,
+) -> Result<BackupReport> {
+    let backend = repo.backend();
+    let source = options.source.display().to_string();
     let previous = parent
-        .as_ref()
+        .filter(|_| compare)
         .map(|p| ManifestReader::open(backend.as_ref(), &p.manifest, p.manifest_blake3))
         .transpose()?
         .map(Iterator::peekable);
@@ -154,7 +191,7 @@ pub fn backup(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let reporter = Reporter::new(control, "backup", parent.as_ref().map(|p| p.stats.bytes));
+    let reporter = Reporter::new(control, "backup", parent.map(|p| p.stats.bytes));
 
     let mut run = std::thread::scope(|scope| -> Result<Finished> {
         let mut run = Run {
@@ -183,6 +220,13 @@ pub fn backup(
             run.collect_ready()?;
         }
         run.drain()?;
+        // The rest of the previous manifest, so its digest is checked before anything that
+        // was taken from it is published.
+        if let Some(previous) = run.previous.as_mut() {
+            for entry in previous {
+                entry?;
+            }
+        }
         let Run {
             pool,
             manifest,
@@ -204,7 +248,7 @@ pub fn backup(
 
     let entries = run.stats.files + run.stats.dirs + run.stats.symlinks + run.stats.hardlinks;
     if entries <= 1 && !options.allow_empty {
-        if let Some(parent) = parent.as_ref().filter(|p| p.stats.files > 0) {
+        if let Some(parent) = parent.filter(|p| p.stats.files > 0) {
             return Err(Error::Mount(format!(
                 "{source} is empty but snapshot {} had {} files; is the volume mounted?",
                 parent.id, parent.stats.files
@@ -221,7 +265,7 @@ pub fn backup(
         time,
         source,
         host: snapshot::host_name(),
-        parent: parent.map(|p| p.id),
+        parent: parent.filter(|_| compare).map(|p| p.id.clone()),
         manifest: manifest_name,
         manifest_blake3: manifest.digest,
         stats: run.stats,
@@ -243,7 +287,7 @@ pub fn backup(
         snapshot,
         skipped: run.skipped,
         findings,
-        leftovers,
+        leftovers: Leftovers::default(),
     })
 }
 

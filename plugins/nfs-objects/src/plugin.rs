@@ -343,6 +343,9 @@ impl Plugin for NfsObjects {
         Request::require_resolved([&*config.source.to_string_lossy()])?;
         config.validate()?;
         check_current(&config.source, &config.expectation()).map_err(to_plugin_error)?;
+        if ctx.request().dry_run {
+            return dry_backup(config);
+        }
         let repo = Repository::open_or_init(config.backend()?, RepoConfig::default())
             .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
@@ -581,6 +584,36 @@ impl Plugin for NfsObjects {
 }
 
 backplan_plugin_sdk::declare_plugin!(NfsObjects);
+
+/// What a backup would do, writing nothing: where it would go and what it would compare with.
+fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
+    let source = config.source.display().to_string();
+    let against = match config.repository_state()? {
+        RepositoryState::Foreign => {
+            return Err(PluginError::config(format!(
+                "{} is neither a repository nor empty",
+                config.repository
+            )));
+        }
+        RepositoryState::Empty => "a new repository".to_owned(),
+        RepositoryState::Readable => {
+            let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+            let snapshots = snapshot::list(repo.backend().as_ref()).map_err(to_plugin_error)?;
+            match snapshots.into_iter().rev().find(|s| s.source == source) {
+                Some(parent) => format!(
+                    "the repository, reading only what changed since snapshot {} ({} files, {} \
+                     bytes)",
+                    parent.id, parent.stats.files, parent.stats.bytes
+                ),
+                None => "the repository, reading every file (no snapshot of it yet)".to_owned(),
+            }
+        }
+    };
+    Ok(StepOutput::new(format!(
+        "would back up {source} into {} ({against}); nothing written",
+        config.repository
+    )))
+}
 
 /// Runs `action` with the context's cancellation flag and progress reporting.
 fn with_control<T>(

@@ -841,3 +841,31 @@ fn leftovers_of_killed_runs_are_removed_by_the_next_backup_and_reported_by_prune
     assert!(!young.exists());
     assert!(live.exists(), "a live writer's file is never taken");
 }
+
+#[test]
+fn a_backup_whose_parent_manifest_is_corrupt_reads_every_file_again() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    // The same entries compressed otherwise: every line parses, only the digest differs. The
+    // last entry (sparse.img) is gone from the source, so the walk never reads to the end.
+    let path = repo_dir.path().join(&first.manifest);
+    let lines = zstd::decode_all(&fs::read(&path).unwrap()[..]).unwrap();
+    fs::write(&path, zstd::encode_all(&lines[..], 19).unwrap()).unwrap();
+    fs::remove_file(source.path().join("sparse.img")).unwrap();
+
+    let report = run_backup(&repo, source.path()).unwrap();
+    assert_eq!(objects_of(&report.findings), [first.manifest.as_str()]);
+    let second = &report.snapshot;
+    assert_eq!(second.parent, None, "nothing was taken over from it");
+    assert_eq!(second.stats.files_reused, 0);
+    assert_eq!(second.stats.files_read, first.stats.files_read - 1);
+    assert!(verify_now(&repo, second).is_sound());
+    restore_to(&repo, second, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+}

@@ -178,3 +178,28 @@ fn a_first_backup_killed_before_it_wrote_its_config_does_not_make_the_folder_for
         err.message
     );
 }
+
+#[test]
+fn a_dry_run_backup_writes_nothing() {
+    let (source, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(source.path().join("a.txt"), b"a").unwrap();
+    let repo = dir.path().join("repo");
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({"source": source.path(), "repository": repo});
+    let mut dry = harness.request(Action::Backup, config.clone());
+    dry.dry_run = true;
+    let out = harness.run_request(&dry).unwrap();
+    assert!(out.summary.contains("would back up"), "{}", out.summary);
+    assert!(!repo.exists(), "nothing written");
+
+    harness.run(Action::Backup, config).unwrap();
+    let snapshots = || fs::read_dir(repo.join("snapshots")).unwrap().count();
+    fs::write(source.path().join("b.txt"), b"b").unwrap();
+    let out = harness.run_request(&dry).unwrap();
+    assert!(
+        out.summary.contains("changed since snapshot"),
+        "{}",
+        out.summary
+    );
+    assert_eq!(snapshots(), 1);
+}
