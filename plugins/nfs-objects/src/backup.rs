@@ -381,7 +381,7 @@ impl FileReader<'_> {
         let raw_length = raw.len() as u64;
         let dedup = &self.shared.dedup;
         if dedup.tracks(raw_length) {
-            if let Some(existing) = dedup.find(&id)? {
+            if let Some(existing) = dedup.find(&id, raw_length)? {
                 return Ok(existing);
             }
         }

@@ -21,7 +21,7 @@ use crate::blob::BlobRef;
 use crate::error::{Error, Result};
 use crate::id::ContentId;
 use crate::index::{self, Finding, Findings, PackSizes};
-use crate::repo::{INDEX_PREFIX, object_stem, pack_object};
+use crate::repo::{INDEX_PREFIX, index_object, object_stem, pack_object};
 
 /// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
 /// repository-wide dedup index.
@@ -68,9 +68,25 @@ impl DedupIndex {
         raw_length >= self.min_length
     }
 
-    /// A stored copy of content `id`, if the repository has one.
-    pub fn find(&self, id: &ContentId) -> Result<Option<BlobRef>> {
-        Ok(self.loaded()?.as_ref().and_then(|map| map.get(id).cloned()))
+    /// A stored copy of content `id` of `raw_length` bytes, if the repository has one. An entry
+    /// of another length cannot hold that content (its index was edited): it is not used, and
+    /// named among the findings.
+    pub fn find(&self, id: &ContentId, raw_length: u64) -> Result<Option<BlobRef>> {
+        let found = self.loaded()?.as_ref().and_then(|map| map.get(id).cloned());
+        Ok(found.filter(|blob| {
+            let plausible = blob.raw_length == raw_length;
+            if !plausible {
+                self.distrusted.add(
+                    &index_object(&blob.pack),
+                    format!(
+                        "lists blob {id} as {} bytes long, but it is {raw_length}; it is stored \
+                         again",
+                        blob.raw_length
+                    ),
+                );
+            }
+            plausible
+        }))
     }
 
     /// Records a blob this backup has just stored.
@@ -187,7 +203,6 @@ mod tests {
     use super::*;
     use crate::backend::LocalBackend;
     use crate::pack::PackWriter;
-    use crate::repo::index_object;
 
     fn index_of(backend: &Arc<dyn Backend>, min_length: u64) -> DedupIndex {
         let packs = PackSizes::list(backend.as_ref()).unwrap();
@@ -206,8 +221,8 @@ mod tests {
         writer.finish().unwrap();
 
         let index = index_of(&backend, 5);
-        assert_eq!(index.find(&large.id).unwrap(), Some(large));
-        assert_eq!(index.find(&small.id).unwrap(), None, "below min_length");
+        assert_eq!(index.find(&large.id, 5).unwrap(), Some(large));
+        assert_eq!(index.find(&small.id, 1).unwrap(), None, "below min_length");
         let fresh = BlobRef {
             id: ContentId::of(b"fresh"),
             pack: "p".into(),
@@ -216,10 +231,15 @@ mod tests {
             raw_length: 5,
             zstd: false,
         };
-        assert_eq!(index.find(&fresh.id).unwrap(), None);
+        assert_eq!(index.find(&fresh.id, 5).unwrap(), None);
         index.remember(&fresh).unwrap();
-        assert_eq!(index.find(&fresh.id).unwrap(), Some(fresh));
+        assert_eq!(index.find(&fresh.id, 5).unwrap(), Some(fresh.clone()));
         assert!(index.into_distrusted().is_empty());
+
+        let index = index_of(&backend, 5);
+        index.remember(&fresh).unwrap();
+        assert_eq!(index.find(&fresh.id, 6).unwrap(), None, "of another length");
+        assert_eq!(index.into_distrusted().len(), 1);
     }
 
     #[test]
@@ -249,9 +269,13 @@ mod tests {
         fs_write(&backend, &index_object(&blobs[1].pack), &bytes);
 
         let index = index_of(&backend, 1);
-        assert_eq!(index.find(&blobs[0].id).unwrap(), None, "pack missing");
-        assert_eq!(index.find(&blobs[1].id).unwrap(), None, "offset corrupted");
-        let sound = index.find(&blobs[2].id).unwrap().map(|blob| blob.pack);
+        assert_eq!(index.find(&blobs[0].id, 5).unwrap(), None, "pack missing");
+        assert_eq!(
+            index.find(&blobs[1].id, 6).unwrap(),
+            None,
+            "offset corrupted"
+        );
+        let sound = index.find(&blobs[2].id, 5).unwrap().map(|blob| blob.pack);
         assert_eq!(sound.as_ref(), Some(&blobs[2].pack));
         let distrusted: Vec<String> = index
             .into_distrusted()

@@ -7,13 +7,14 @@
 //! one listing of the packs, so a missing pack or a range beyond a pack's end names its files
 //! without any read. The manifest's own digest is checked as it is streamed.
 //!
-//! Backups trust the indexes to deduplicate, so while the files are read, other threads read
-//! every index and check it against its pack (see `index`): an index whose pack is missing, or
-//! that does not describe its pack exactly, is reported. Deduplicated blobs (the only ones a
-//! backup looks up) that verify reads intact must appear, identically, in their pack's index. A
-//! pack without an index is reported when this snapshot uses it (its index was lost); otherwise
-//! it is only noted, since a backup killed between a pack and its index leaves one, and prune
-//! removes it. Packs younger than `grace` are not judged at all: a backup may be writing them.
+//! Backups trust the indexes to deduplicate, so first every index is read (on several threads:
+//! on S3 each is a GET) and checked against its pack (see `index`): an index whose pack is
+//! missing, or that does not describe its pack exactly, is reported. Deduplicated blobs (the only
+//! ones a backup looks up) that verify reads intact must appear, identically, in their pack's
+//! index. A pack without an index is reported when this snapshot uses it (its index was lost);
+//! otherwise it is only noted, since a backup killed between a pack and its index leaves one, and
+//! prune removes it. Packs younger than `grace` are not judged at all: a backup may be writing
+//! them.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -109,6 +110,7 @@ pub fn verify(
     let packs = PackSizes::list(backend)?;
     let tracked = dedup::min_length(repo.config().chunk_size);
     let workers = options.workers.max(1);
+    let indexes = check_indexes(backend, &index_names, &packs, tracked, workers)?;
     let mut rng = options
         .seed
         .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
@@ -121,21 +123,20 @@ pub fn verify(
                 decoder: Decoder::new()?,
                 fetched: Vec::new(),
                 tracked,
+                indexes: &indexes,
             })
         })
         .collect::<Result<_>>()?;
     let manifest = ManifestReader::open(backend, &snapshot.manifest, snapshot.manifest_blake3)?;
     let mut used = HashSet::new();
-    let mut intact_tracked = Vec::new();
+    let mut disagreeing = Vec::new();
 
-    let indexes = std::thread::scope(|scope| -> Result<Indexes> {
-        let indexes =
-            scope.spawn(|| check_indexes(backend, &index_names, &packs, tracked, workers));
+    std::thread::scope(|scope| -> Result<()> {
         let mut pool = Pool::start(scope, checkers);
         let mut batch: Vec<(String, BlobRef)> = Vec::new();
         let take = |output: Result<Checked>,
                     report: &mut VerifyReport,
-                    intact: &mut Vec<BlobRef>|
+                    disagreeing: &mut Vec<BlobRef>|
          -> Result<()> {
             let checked = output?;
             for damaged in checked.damaged {
@@ -143,7 +144,7 @@ pub fn verify(
                     report.damaged.push(damaged);
                 }
             }
-            intact.extend(checked.intact_tracked);
+            disagreeing.extend(checked.disagreeing);
             Ok(())
         };
         for entry in manifest {
@@ -182,11 +183,11 @@ pub fn verify(
                 pool.submit(std::mem::take(&mut batch))?;
             }
             while let Some(output) = pool.ready() {
-                take(output, &mut report, &mut intact_tracked)?;
+                take(output, &mut report, &mut disagreeing)?;
             }
             while pool.pending() >= IN_FLIGHT {
                 if let Some(output) = pool.wait() {
-                    take(output, &mut report, &mut intact_tracked)?;
+                    take(output, &mut report, &mut disagreeing)?;
                 }
             }
             reporter.report(report.files_checked, report.bytes_checked, false);
@@ -195,12 +196,9 @@ pub fn verify(
             pool.submit(batch)?;
         }
         while let Some(output) = pool.wait() {
-            take(output, &mut report, &mut intact_tracked)?;
+            take(output, &mut report, &mut disagreeing)?;
         }
-        pool.finish()?;
-        indexes
-            .join()
-            .map_err(|_| Error::Internal("the index checker panicked".into()))?
+        pool.finish()
     })?;
     report.damaged.sort_by(|a, b| a.path.cmp(&b.path));
     report.damaged.dedup_by(|a, b| a.path == b.path);
@@ -209,7 +207,7 @@ pub fn verify(
         indexes,
         &packs,
         &used,
-        &intact_tracked,
+        &disagreeing,
         options.grace,
     );
     reporter.report(report.files_checked, report.bytes_checked, true);
@@ -226,6 +224,14 @@ struct Indexes {
     /// Fingerprints of the deduplicated blobs of sound indexes.
     entries: HashSet<u64>,
     findings: Vec<Finding>,
+}
+
+impl Indexes {
+    /// Whether `blob` is listed exactly so by its pack's index, or that index is missing or
+    /// already found at fault (so not to be compared).
+    fn lists(&self, blob: &BlobRef) -> bool {
+        !self.sound.contains(&blob.pack) || self.entries.contains(&fingerprint(blob))
+    }
 }
 
 /// Reads every index and checks it against the listed packs.
@@ -304,17 +310,14 @@ fn judge(
     indexes: Indexes,
     packs: &PackSizes,
     used: &HashSet<String>,
-    intact_tracked: &[BlobRef],
+    disagreeing: &[BlobRef],
     grace: Duration,
 ) {
     report.inconsistent = indexes.findings;
-    let mut disagreeing = HashSet::new();
-    for blob in intact_tracked {
+    let mut named = HashSet::new();
+    for blob in disagreeing {
         let index = index_object(&blob.pack);
-        if indexes.sound.contains(&blob.pack)
-            && !indexes.entries.contains(&fingerprint(blob))
-            && disagreeing.insert(index.clone())
-        {
+        if named.insert(index.clone()) {
             report.inconsistent.push(Finding {
                 object: index,
                 problem: format!(
@@ -373,16 +376,18 @@ fn fingerprint(blob: &BlobRef) -> u64 {
 /// What a worker found in one batch.
 struct Checked {
     damaged: Vec<Skipped>,
-    /// Intact blobs large enough to be deduplicated (so looked up in indexes).
-    intact_tracked: Vec<BlobRef>,
+    /// Intact deduplicated blobs that their pack's (otherwise sound) index does not list.
+    disagreeing: Vec<BlobRef>,
 }
 
-/// A worker: fetches pieces and reports the files whose bytes do not check out.
+/// A worker: fetches pieces, reports the files whose bytes do not check out, and the intact
+/// deduplicated blobs their index does not list as they are.
 struct BlobChecker<'a> {
     backend: &'a dyn Backend,
     decoder: Decoder,
     fetched: Vec<u8>,
     tracked: u64,
+    indexes: &'a Indexes,
 }
 
 impl Worker for BlobChecker<'_> {
@@ -392,8 +397,9 @@ impl Worker for BlobChecker<'_> {
     fn run(&mut self, pieces: Vec<(String, BlobRef)>) -> Result<Checked> {
         let mut checked = Checked {
             damaged: Vec::new(),
-            intact_tracked: Vec::new(),
+            disagreeing: Vec::new(),
         };
+        let indexes = self.indexes;
         fetch_each(
             self.backend,
             &mut self.decoder,
@@ -401,8 +407,8 @@ impl Worker for BlobChecker<'_> {
             pieces,
             |path, blob, raw| match raw {
                 Err(reason) => checked.damaged.push(Skipped { path, reason }),
-                Ok(_) if blob.raw_length >= self.tracked => {
-                    checked.intact_tracked.push(blob.clone());
+                Ok(_) if blob.raw_length >= self.tracked && !indexes.lists(blob) => {
+                    checked.disagreeing.push(blob.clone());
                 }
                 Ok(_) => {}
             },

@@ -869,3 +869,34 @@ fn a_backup_whose_parent_manifest_is_corrupt_reads_every_file_again() {
     restore_to(&repo, second, target.path());
     assert_eq!(describe(source.path()), describe(target.path()));
 }
+
+#[test]
+fn verify_reports_an_index_that_lists_the_wrong_blob_where_the_snapshot_reads_another() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(
+        source.path().join("big.bin"),
+        pseudo_random(4 * CHUNK as usize, 8),
+    )
+    .unwrap();
+    let repo = open_repo(repo_dir.path());
+    let mut options = BackupOptions::new(source.path());
+    options.workers = 1;
+    let snapshot = backup(&repo, &options, Control::silent()).unwrap().snapshot;
+    let pack = manifest_entries(&repo, &snapshot).pop().unwrap().chunks[0]
+        .pack
+        .clone();
+    // Two blobs of the same length trade ids: the index still covers its pack exactly.
+    let index_path = repo_dir.path().join(index_object(&pack));
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let entries = index.as_array_mut().unwrap();
+    let first_id = entries[0]["id"].clone();
+    entries[0]["id"] = entries[1]["id"].clone();
+    entries[1]["id"] = first_id;
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let check = verify_now(&repo, &snapshot);
+    assert!(check.damaged.is_empty());
+    assert_eq!(objects_of(&check.inconsistent), [index_object(&pack)]);
+    assert!(check.inconsistent[0].problem.contains("does not list blob"));
+}
