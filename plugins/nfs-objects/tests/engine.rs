@@ -815,7 +815,8 @@ fn leftovers_of_killed_runs_are_removed_by_the_next_backup_and_reported_by_prune
     );
     assert!(!old.exists());
 
-    let young = tmp.join("x.manifest");
+    // Named by a writer that could not tell who it was: judged by age.
+    let young = tmp.join("unknown.0123456789abcdef0123456789abcdef.manifest");
     fs::write(&young, b"0123456789").unwrap();
     let live = repo.backend().staging_file(".pack");
     fs::write(&live, b"being written").unwrap();

@@ -101,19 +101,26 @@ pub fn staged_name(suffix: &str) -> String {
     format!("{writer}.{}{suffix}", random_name())
 }
 
-/// Whether `name` is one this crate gives staged files: named after a writer, or (before
-/// writers were named) 32 hex digits and a suffix.
+/// Whether `name` is one this crate gives staged files: named after a writer, or as before
+/// writers were named, 32 hex digits and a suffix, or `<snapshot id>.manifest`.
 pub fn is_staged_name(name: &str) -> bool {
     let first = name.split('.').next().unwrap_or_default();
+    let hex = |text: &str| text.bytes().all(|b| b.is_ascii_hexdigit());
+    let snapshot_id = first.len() == 25
+        && first.as_bytes()[8] == b'T'
+        && first.get(15..17) == Some("Z-")
+        && hex(&first[17..]);
     Writer::parse(name).is_some()
         || name.starts_with("unknown.")
-        || (first.len() == 32 && first.bytes().all(|b| b.is_ascii_hexdigit()))
+        || (first.len() == 32 && hex(first))
+        || (snapshot_id && name.ends_with(".manifest"))
 }
 
-/// Removes the leftovers among the entries of `dir` whose names start with `prefix`: files, or
-/// folders with their files. Only entries owned by this user are considered (in a shared
-/// `$TMPDIR` nothing of anyone else's is touched) and symlinks are removed, never followed.
-/// Best effort: what cannot be inspected or removed is left and not counted.
+/// Removes the leftovers among the entries of `dir` named `prefix` and a staged name (see
+/// [`is_staged_name`]): files, or folders with their files. Only entries owned by this user are
+/// considered (in a shared `$TMPDIR` nothing of anyone else's is touched), symlinks are removed,
+/// never followed, and a `dir` that is itself a symlink is left alone. Best effort: what cannot
+/// be inspected or removed is left and not counted.
 pub fn collect(
     dir: &Path,
     prefix: &str,
@@ -122,6 +129,9 @@ pub fn collect(
     dry_run: bool,
 ) -> Leftovers {
     let mut removed = Leftovers::default();
+    if dir.symlink_metadata().is_ok_and(|meta| meta.is_symlink()) {
+        return removed;
+    }
     let Ok(entries) = fs::read_dir(dir) else {
         return removed;
     };
@@ -131,7 +141,7 @@ pub fn collect(
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        let Some(staged) = name.strip_prefix(prefix) else {
+        let Some(staged) = name.strip_prefix(prefix).filter(|s| is_staged_name(s)) else {
             continue;
         };
         let Ok(meta) = entry.path().symlink_metadata() else {
@@ -275,7 +285,7 @@ mod tests {
             ..Writer::current().unwrap().clone()
         };
         let other_host = dir.path().join(format!("{}.x.pack", foreign.tag()));
-        let unnamed = dir.path().join("0123456789abcdef.manifest");
+        let unnamed = dir.path().join("20240601T000000Z-1a2b3c4d.manifest");
         for path in [&other_host, &unnamed] {
             fs::write(path, b"left").unwrap();
         }
@@ -308,6 +318,27 @@ mod tests {
     }
 
     #[test]
+    fn only_staged_names_are_collected_and_a_symlinked_folder_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("notes.txt");
+        fs::write(&notes, b"someone's").unwrap();
+        set_age(&notes, 10 * MAX_AGE);
+        let old = dir.path().join("0123456789abcdef0123456789abcdef.pack");
+        fs::write(&old, b"old").unwrap();
+        set_age(&old, 10 * MAX_AGE);
+        let link = dir.path().join("tmp");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            collect(&link, "", MAX_AGE, now, false),
+            Leftovers::default()
+        );
+        assert!(old.exists(), "not through a symlink");
+        assert_eq!(collect(dir.path(), "", MAX_AGE, now, false).files, 1);
+        assert!(notes.exists() && !old.exists());
+    }
+
+    #[test]
     fn writer_names_round_trip() {
         let name = staged_name(".pack");
         let writer = Writer::parse(&name).unwrap();
@@ -317,6 +348,8 @@ mod tests {
         assert_eq!(Writer::parse("0123abcd.pack"), None);
         assert!(is_staged_name(&name) && is_staged_name(&staged_name("")));
         assert!(is_staged_name("0123456789abcdef0123456789abcdef"));
+        assert!(is_staged_name("20240601T000000Z-1a2b3c4d.manifest"));
+        assert!(!is_staged_name("20240601T000000Z-1a2b3c4d.json"));
         assert!(!is_staged_name("notes.txt") && !is_staged_name("0123.pack"));
         assert_eq!(Writer::parse("unknown.0123.pack"), None);
     }
