@@ -37,8 +37,9 @@ pub enum Kind {
     Local,
 }
 
-/// Most worker threads a step may ask for: each holds a few MiB of buffers, and two cores are
-/// kept busy by five.
+/// Most worker threads a step may ask for (the schema's bound of `workers`, and the cap of the
+/// default on a machine with many cores): each holds a few MiB of buffers, a chunk as read, its
+/// compressed form and a pack buffer.
 pub const MAX_WORKERS: usize = 64;
 
 /// The step's `config` table. Every number is bounded and every string must be non-empty in the
@@ -551,14 +552,14 @@ impl Plugin for NfsObjects {
             leftover_age: leftovers::MAX_AGE,
         };
         let report = with_control(ctx, |control| prune(&repo, &options, control))?;
-        let verb = if report.dry_run {
-            "would forget"
+        let (verb, remove) = if report.dry_run {
+            ("would forget", "would remove")
         } else {
-            "forgot"
+            ("forgot", "removed")
         };
         let mut output = StepOutput::new(format!(
-            "{verb} {} snapshot(s), kept {}; {} object(s), {} bytes; {} staged file(s) left by \
-             killed runs, {} bytes",
+            "{verb} {} snapshot(s), kept {}; {} object(s), {} bytes; {remove} {} staged file(s) \
+             of killed runs, {} bytes",
             report.forgotten.len(),
             report.kept.len(),
             report.deleted_objects.len(),

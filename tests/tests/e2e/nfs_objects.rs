@@ -645,8 +645,8 @@ fn a_killed_s3_backups_staging_folder_is_removed_and_reported_by_prune() {
             .map(|dir| fs::read_dir(dir).unwrap().count())
             .sum()
     };
-    let first = binary(&["--json", "run", &plan]).status().unwrap();
-    assert!(first.success());
+    let first = binary(&["--json", "run", &plan]).output().unwrap();
+    assert!(first.status.success(), "{first:?}");
 
     let mut killed = false;
     for attempt in 0..5 {
