@@ -12,8 +12,16 @@
 //! if it changed again it is stored marked `torn` and named in the report. Only when every pack
 //! is sealed and durable is the manifest published, then the snapshot header: a crash at any
 //! earlier point leaves the previous snapshots untouched and, at most, unreferenced packs.
+//!
+//! A new snapshot never references data that is not there. The backup lists the packs once at
+//! the start, and an unchanged file is only taken over from the previous snapshot when every
+//! reference it has lies inside an existing pack; otherwise it is read and stored again, like
+//! content whose index cannot be believed (see `dedup`). Re-storing is always possible (the file
+//! is there to read), so the backup never refuses for this: it repairs and names in its findings
+//! what it did not trust. Staged files left in the staging area by killed runs are collected
+//! first (see `backend::leftovers`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
@@ -23,22 +31,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::backend::{Leftovers, leftovers};
 use crate::blob::{BlobRef, Encoder};
 use crate::control::{Control, Reporter};
-use crate::dedup::DedupIndex;
+use crate::dedup::{self, DedupIndex};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
 use crate::id::ContentId;
+use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
 use crate::pool::{Pool, Worker};
-use crate::repo::{Repository, manifest_object};
+use crate::repo::{Repository, manifest_object, pack_object};
 use crate::snapshot::{self, Snapshot, SnapshotStats};
 use crate::walk::{Found, Step, Walk};
 
-/// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
-/// repository-wide dedup index.
-const DEDUP_MIN_LENGTH: u64 = 256 * 1024;
 /// Small files are sent to the workers in batches of about this many bytes...
 const BATCH_BYTES: u64 = 1 << 20;
 /// ...or this many files, whichever comes first.
@@ -95,34 +102,81 @@ pub struct Skipped {
 pub struct BackupReport {
     pub snapshot: Snapshot,
     pub skipped: Vec<Skipped>,
+    /// Repository objects the backup did not trust (a missing pack, an index that does not
+    /// describe its pack), each with what was stored again instead.
+    pub findings: Vec<Finding>,
+    /// Staged files of killed runs removed before the backup started.
+    pub leftovers: Leftovers,
 }
 
 /// Backs up `options.source` into `repo` and publishes a new snapshot.
+///
+/// The latest snapshot of the source is the parent whose unchanged files are taken over. If its
+/// manifest turns out missing or corrupt (its digest is checked before anything is published),
+/// nothing it said is used: the backup starts again reading every file, and names the manifest
+/// in its findings.
 pub fn backup(
     repo: &Repository,
     options: &BackupOptions,
     control: Control<'_>,
 ) -> Result<BackupReport> {
     let backend = repo.backend();
+    let leftovers = backend.collect_leftovers(leftovers::MAX_AGE, false);
     let source = options.source.display().to_string();
     let parent = snapshot::list(backend.as_ref())?
         .into_iter()
         .rev()
         .find(|snapshot| snapshot.source == source);
+    let mut report = match attempt(repo, options, control, parent.as_ref(), true) {
+        Err(Error::MissingObject(name) | Error::Corrupt { name, .. })
+            if parent.as_ref().is_some_and(|p| p.manifest == name) =>
+        {
+            let mut report = attempt(repo, options, control, parent.as_ref(), false)?;
+            report.findings.insert(
+                0,
+                Finding {
+                    object: name,
+                    problem: "missing or corrupt: the parent snapshot's files were not taken \
+                              over, every file was read again"
+                        .into(),
+                },
+            );
+            report
+        }
+        other => other?,
+    };
+    report.leftovers = leftovers;
+    Ok(report)
+}
+
+/// One backup against `parent`, whose manifest's entries are taken over only if `compare`.
+fn attempt(
+    repo: &Repository,
+    options: &BackupOptions,
+    control: Control<'_>,
+    parent: Option<&Snapshot>,
+    compare: bool,
+) -> Result<BackupReport> {
+    let backend = repo.backend();
+    let source = options.source.display().to_string();
     let previous = parent
-        .as_ref()
+        .filter(|_| compare)
         .map(|p| ManifestReader::open(backend.as_ref(), &p.manifest, p.manifest_blake3))
         .transpose()?
         .map(Iterator::peekable);
     let walk = Walk::new(&options.source, options.one_file_system)?;
+    // After the snapshots: every pack the parent references was published before it.
+    let packs = Arc::new(PackSizes::list(backend.as_ref())?);
 
     let time = jiff::Timestamp::now();
     let id = snapshot::new_id(time);
-    let staged = StagedFile(backend.staging_dir().join(format!("{id}.manifest")));
+    let staged = StagedFile(backend.staging_file(".manifest"));
     let shared = Shared {
         dedup: DedupIndex::new(
             Arc::clone(backend),
-            DEDUP_MIN_LENGTH.min(repo.config().chunk_size),
+            dedup::min_length(repo.config().chunk_size),
+            Arc::clone(&packs),
+            options.workers.max(1),
         ),
         bytes_stored: AtomicU64::new(0),
         packs_written: AtomicU64::new(0),
@@ -137,7 +191,7 @@ pub fn backup(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let reporter = Reporter::new(control, "backup", parent.as_ref().map(|p| p.stats.bytes));
+    let reporter = Reporter::new(control, "backup", parent.map(|p| p.stats.bytes));
 
     let mut run = std::thread::scope(|scope| -> Result<Finished> {
         let mut run = Run {
@@ -145,6 +199,8 @@ pub fn backup(
             chunk_size: repo.config().chunk_size,
             manifest: ManifestWriter::create(&staged.0)?,
             previous,
+            packs: &packs,
+            unusable: BTreeMap::new(),
             slots: VecDeque::new(),
             first_slot: 0,
             batch: Vec::new(),
@@ -164,12 +220,20 @@ pub fn backup(
             run.collect_ready()?;
         }
         run.drain()?;
+        // The rest of the previous manifest, so its digest is checked before anything that
+        // was taken from it is published.
+        if let Some(previous) = run.previous.as_mut() {
+            for entry in previous {
+                entry?;
+            }
+        }
         let Run {
             pool,
             manifest,
             stats,
             skipped,
             torn,
+            unusable,
             ..
         } = run;
         pool.finish()?;
@@ -178,12 +242,13 @@ pub fn backup(
             stats,
             skipped,
             torn,
+            unusable,
         })
     })?;
 
     let entries = run.stats.files + run.stats.dirs + run.stats.symlinks + run.stats.hardlinks;
     if entries <= 1 && !options.allow_empty {
-        if let Some(parent) = parent.as_ref().filter(|p| p.stats.files > 0) {
+        if let Some(parent) = parent.filter(|p| p.stats.files > 0) {
             return Err(Error::Mount(format!(
                 "{source} is empty but snapshot {} had {} files; is the volume mounted?",
                 parent.id, parent.stats.files
@@ -200,16 +265,29 @@ pub fn backup(
         time,
         source,
         host: snapshot::host_name(),
-        parent: parent.map(|p| p.id),
+        parent: parent.filter(|_| compare).map(|p| p.id.clone()),
         manifest: manifest_name,
         manifest_blake3: manifest.digest,
         stats: run.stats,
         torn: run.torn,
     };
     snapshot::publish(backend.as_ref(), &snapshot)?;
+    let mut findings = shared.dedup.into_distrusted();
+    findings.extend(
+        run.unusable
+            .into_iter()
+            .map(|(object, (problem, files))| Finding {
+                object,
+                problem: format!(
+                    "{problem}: {files} unchanged file(s) referencing it were read and stored again"
+                ),
+            }),
+    );
     Ok(BackupReport {
         snapshot,
         skipped: run.skipped,
+        findings,
+        leftovers: Leftovers::default(),
     })
 }
 
@@ -303,7 +381,7 @@ impl FileReader<'_> {
         let raw_length = raw.len() as u64;
         let dedup = &self.shared.dedup;
         if dedup.tracks(raw_length) {
-            if let Some(existing) = dedup.find(&id)? {
+            if let Some(existing) = dedup.find(&id, raw_length)? {
                 return Ok(existing);
             }
         }
@@ -391,6 +469,11 @@ struct Run<'scope, 'env> {
     chunk_size: u64,
     manifest: ManifestWriter,
     previous: Option<Peekable<ManifestReader>>,
+    /// The packs listed at the start, to check what is taken over from `previous`.
+    packs: &'env PackSizes,
+    /// Packs the previous snapshot references that cannot hold what it says, by object name:
+    /// the first problem found and how many files were stored again because of it.
+    unusable: BTreeMap<String, (String, u64)>,
     slots: VecDeque<Slot>,
     first_slot: u64,
     batch: Vec<ReadTask>,
@@ -409,6 +492,7 @@ struct Finished {
     stats: SnapshotStats,
     skipped: Vec<Skipped>,
     torn: Vec<String>,
+    unusable: BTreeMap<String, (String, u64)>,
 }
 
 impl<'scope, 'env: 'scope> Run<'scope, 'env> {
@@ -439,8 +523,9 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                 }
             }
             if entry.kind == Kind::File && entry.size > 0 {
-                let unchanged =
-                    previous.filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry));
+                let unchanged = previous
+                    .filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry))
+                    .filter(|p| self.all_present(&p.chunks));
                 match unchanged {
                     Some(previous) => {
                         entry.chunks = previous.chunks;
@@ -454,6 +539,23 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         self.write_ready()?;
         while self.slots.len() >= WINDOW && self.wait_for_one()? {}
         Ok(())
+    }
+
+    /// Whether every one of `chunks` lies inside an existing pack; if not, the first that does
+    /// not is recorded against its pack.
+    fn all_present(&mut self, chunks: &[BlobRef]) -> bool {
+        let Some((pack, problem)) = chunks.iter().find_map(|c| {
+            let flaw = self.packs.flaw(c)?;
+            let missing = self.packs.get(&c.pack).is_none();
+            Some((
+                pack_object(&c.pack),
+                if missing { "missing".into() } else { flaw },
+            ))
+        }) else {
+            return true;
+        };
+        self.unusable.entry(pack).or_insert((problem, 0)).1 += 1;
+        false
     }
 
     /// The previous snapshot's entry for `path`, if it has one (entries before it are skipped).

@@ -7,6 +7,11 @@
 //! 500,000 small files would otherwise need tens of megabytes here); duplicate small files cost
 //! little space. It is loaded from the `index/` objects the first time a backup has new data, so
 //! a no-change run never pays for it.
+//!
+//! A new snapshot must never reference data that is not there, so an index is only believed
+//! when it describes a pack that exists, exactly (see `index`): the index of a missing pack, an
+//! unreadable one, or one whose entries do not cover its pack is left out, the content it
+//! lists is stored again, and the backup names it among its findings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,23 +20,46 @@ use crate::backend::Backend;
 use crate::blob::BlobRef;
 use crate::error::{Error, Result};
 use crate::id::ContentId;
-use crate::repo::INDEX_PREFIX;
+use crate::index::{self, Finding, Findings, PackSizes};
+use crate::repo::{INDEX_PREFIX, index_object, object_stem, pack_object};
+
+/// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
+/// repository-wide dedup index.
+const MIN_LENGTH: u64 = 256 * 1024;
+
+/// The smallest blob worth deduplicating in a repository cutting files into `chunk_size` pieces.
+pub fn min_length(chunk_size: u64) -> u64 {
+    MIN_LENGTH.min(chunk_size)
+}
 
 /// A lazily loaded map from content id to a stored copy, shared by the worker threads.
 #[derive(Debug)]
 pub struct DedupIndex {
     backend: Arc<dyn Backend>,
     min_length: u64,
+    /// The packs listed when the backup started.
+    packs: Arc<PackSizes>,
+    /// Threads reading index objects when the index is loaded.
+    threads: usize,
     known: Mutex<Option<HashMap<ContentId, BlobRef>>>,
+    distrusted: Findings,
 }
 
 impl DedupIndex {
-    /// An index of blobs of at least `min_length` raw bytes.
-    pub fn new(backend: Arc<dyn Backend>, min_length: u64) -> Self {
+    /// An index of blobs of at least `min_length` raw bytes, believing only indexes of `packs`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        min_length: u64,
+        packs: Arc<PackSizes>,
+        threads: usize,
+    ) -> Self {
         Self {
             backend,
             min_length,
+            packs,
+            threads,
             known: Mutex::new(None),
+            distrusted: Findings::default(),
         }
     }
 
@@ -40,9 +68,25 @@ impl DedupIndex {
         raw_length >= self.min_length
     }
 
-    /// A stored copy of content `id`, if the repository has one.
-    pub fn find(&self, id: &ContentId) -> Result<Option<BlobRef>> {
-        Ok(self.loaded()?.as_ref().and_then(|map| map.get(id).cloned()))
+    /// A stored copy of content `id` of `raw_length` bytes, if the repository has one. An entry
+    /// of another length cannot hold that content (its index was edited): it is not used, and
+    /// named among the findings.
+    pub fn find(&self, id: &ContentId, raw_length: u64) -> Result<Option<BlobRef>> {
+        let found = self.loaded()?.as_ref().and_then(|map| map.get(id).cloned());
+        Ok(found.filter(|blob| {
+            let plausible = blob.raw_length == raw_length;
+            if !plausible {
+                self.distrusted.add(
+                    &index_object(&blob.pack),
+                    format!(
+                        "lists blob {id} as {} bytes long, but it is {raw_length}; it is stored \
+                         again",
+                        blob.raw_length
+                    ),
+                );
+            }
+            plausible
+        }))
     }
 
     /// Records a blob this backup has just stored.
@@ -55,32 +99,102 @@ impl DedupIndex {
         Ok(())
     }
 
+    /// The indexes left out, and why.
+    pub fn into_distrusted(self) -> Vec<Finding> {
+        self.distrusted.into_sorted()
+    }
+
     fn loaded(&self) -> Result<MutexGuard<'_, Option<HashMap<ContentId, BlobRef>>>> {
         let mut guard = self
             .known
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if guard.is_none() {
-            let mut map = HashMap::new();
-            for object in self.backend.list(INDEX_PREFIX)? {
-                let bytes = match self.backend.get(&object.name) {
-                    Ok(bytes) => bytes,
-                    // Pruned meanwhile: nothing to learn from it.
-                    Err(Error::MissingObject(_)) => continue,
-                    Err(err) => return Err(err),
-                };
-                let blobs: Vec<BlobRef> =
-                    serde_json::from_slice(&bytes).map_err(|err| Error::Corrupt {
-                        name: object.name.clone(),
-                        reason: err.to_string(),
-                    })?;
-                for blob in blobs.into_iter().filter(|b| self.tracks(b.raw_length)) {
-                    map.insert(blob.id, blob);
-                }
-            }
-            *guard = Some(map);
+            *guard = Some(self.load()?);
         }
         Ok(guard)
+    }
+
+    fn load(&self) -> Result<HashMap<ContentId, BlobRef>> {
+        let backend = self.backend.as_ref();
+        let names: Vec<String> = backend
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|object| object.name)
+            .collect();
+        // A pack is published before its index: one listed now whose pack was not there at the
+        // start was sealed meanwhile by another backup, and a fresh listing has it.
+        let pack_of = |name: &str| object_stem(name, ".json").map(str::to_owned);
+        let refreshed;
+        let packs = if names
+            .iter()
+            .filter_map(|n| pack_of(n))
+            .any(|pack| self.packs.get(&pack).is_none())
+        {
+            refreshed = PackSizes::list(backend)?;
+            &refreshed
+        } else {
+            self.packs.as_ref()
+        };
+        let wanted: Vec<String> = names
+            .into_iter()
+            .filter(
+                |name| match pack_of(name).filter(|p| index::valid_pack_name(p)) {
+                    None => {
+                        self.distrusted.add(name, "not named after a pack; ignored");
+                        false
+                    }
+                    Some(pack) if packs.get(&pack).is_none() => {
+                        self.distrusted.add(
+                            name,
+                            format!(
+                                "its pack {} is missing: content it lists is stored again \
+                             (snapshots that used the pack are damaged; run verify)",
+                                pack_object(&pack)
+                            ),
+                        );
+                        false
+                    }
+                    Some(_) => true,
+                },
+            )
+            .collect();
+        let map = Mutex::new(HashMap::new());
+        let failure = Mutex::new(None);
+        index::read_each(backend, &wanted, self.threads, |name, entries| {
+            let pack = pack_of(name).unwrap_or_default();
+            let size = packs.get(&pack).map_or(0, |p| p.size);
+            match entries {
+                Ok(entries) => match index::index_flaw(&pack, &entries, size) {
+                    Some(flaw) => self.distrusted.add(
+                        name,
+                        format!("{flaw}; the index is not used, content it lists is stored again"),
+                    ),
+                    None => {
+                        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                        for blob in entries.into_iter().filter(|b| self.tracks(b.raw_length)) {
+                            map.insert(blob.id, blob);
+                        }
+                    }
+                },
+                // Pruned meanwhile: nothing to learn from it.
+                Err(Error::MissingObject(_)) => {}
+                Err(Error::Corrupt { reason, .. }) => self.distrusted.add(
+                    name,
+                    format!("unreadable ({reason}); content it lists is stored again"),
+                ),
+                Err(err) => {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(err);
+                }
+            }
+        });
+        if let Some(err) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(err);
+        }
+        Ok(map.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -89,6 +203,11 @@ mod tests {
     use super::*;
     use crate::backend::LocalBackend;
     use crate::pack::PackWriter;
+
+    fn index_of(backend: &Arc<dyn Backend>, min_length: u64) -> DedupIndex {
+        let packs = PackSizes::list(backend.as_ref()).unwrap();
+        DedupIndex::new(backend.clone(), min_length, Arc::new(packs), 2)
+    }
 
     #[test]
     fn finds_large_blobs_of_earlier_packs_and_new_ones() {
@@ -101,9 +220,9 @@ mod tests {
         let small = writer.add(ContentId::of(b"s"), b"s", 1, false).unwrap();
         writer.finish().unwrap();
 
-        let index = DedupIndex::new(backend, 5);
-        assert_eq!(index.find(&large.id).unwrap(), Some(large));
-        assert_eq!(index.find(&small.id).unwrap(), None, "below min_length");
+        let index = index_of(&backend, 5);
+        assert_eq!(index.find(&large.id, 5).unwrap(), Some(large));
+        assert_eq!(index.find(&small.id, 1).unwrap(), None, "below min_length");
         let fresh = BlobRef {
             id: ContentId::of(b"fresh"),
             pack: "p".into(),
@@ -112,8 +231,64 @@ mod tests {
             raw_length: 5,
             zstd: false,
         };
-        assert_eq!(index.find(&fresh.id).unwrap(), None);
+        assert_eq!(index.find(&fresh.id, 5).unwrap(), None);
         index.remember(&fresh).unwrap();
-        assert_eq!(index.find(&fresh.id).unwrap(), Some(fresh));
+        assert_eq!(index.find(&fresh.id, 5).unwrap(), Some(fresh.clone()));
+        assert!(index.into_distrusted().is_empty());
+
+        let index = index_of(&backend, 5);
+        index.remember(&fresh).unwrap();
+        assert_eq!(index.find(&fresh.id, 6).unwrap(), None, "of another length");
+        assert_eq!(index.into_distrusted().len(), 1);
+    }
+
+    #[test]
+    fn an_index_whose_pack_is_missing_or_which_misdescribes_it_is_not_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
+        let mut blobs = Vec::new();
+        for content in [&b"first"[..], b"second", b"third"] {
+            let mut writer = PackWriter::new(backend.clone(), 1 << 20);
+            let id = ContentId::of(content);
+            blobs.push(
+                writer
+                    .add(id, content, content.len() as u64, false)
+                    .unwrap(),
+            );
+            writer
+                .add(id, content, content.len() as u64, false)
+                .unwrap();
+            writer.finish().unwrap();
+        }
+        backend.delete(&pack_object(&blobs[0].pack)).unwrap();
+        let mut shifted = blobs[1].clone();
+        shifted.offset += 1;
+        let mut other = blobs[1].clone();
+        other.offset = blobs[1].length;
+        let bytes = serde_json::to_vec(&[shifted, other]).unwrap();
+        fs_write(&backend, &index_object(&blobs[1].pack), &bytes);
+
+        let index = index_of(&backend, 1);
+        assert_eq!(index.find(&blobs[0].id, 5).unwrap(), None, "pack missing");
+        assert_eq!(
+            index.find(&blobs[1].id, 6).unwrap(),
+            None,
+            "offset corrupted"
+        );
+        let sound = index.find(&blobs[2].id, 5).unwrap().map(|blob| blob.pack);
+        assert_eq!(sound.as_ref(), Some(&blobs[2].pack));
+        let distrusted: Vec<String> = index
+            .into_distrusted()
+            .into_iter()
+            .map(|f| format!("{}: {}", f.object, f.problem))
+            .collect();
+        assert_eq!(distrusted.len(), 2, "{distrusted:?}");
+        assert!(distrusted.iter().any(|f| f.contains("is missing")));
+        assert!(distrusted.iter().any(|f| f.contains("a gap after byte 0")));
+    }
+
+    fn fs_write(backend: &Arc<dyn Backend>, name: &str, bytes: &[u8]) {
+        backend.delete(name).unwrap();
+        backend.put_bytes(name, bytes).unwrap();
     }
 }

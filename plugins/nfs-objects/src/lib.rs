@@ -15,6 +15,7 @@ pub mod error;
 pub mod existing;
 pub mod fetch;
 pub mod id;
+pub mod index;
 pub mod manifest;
 pub mod mount;
 pub mod pack;

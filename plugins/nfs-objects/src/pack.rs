@@ -123,7 +123,7 @@ impl PackWriter {
 
     fn start_pack(&self) -> Result<OpenPack> {
         let name = random_name();
-        let staged = self.backend.staging_dir().join(format!("{name}.pack"));
+        let staged = self.backend.staging_file(".pack");
         let file = DirectFile::create(&staged).at(&staged)?;
         Ok(OpenPack {
             name,

@@ -5,7 +5,7 @@
 //! The backup record names the repository and snapshot, which is all that verify, restore and
 //! prune need on a fresh machine.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use backplan_plugin_sdk::{
@@ -15,13 +15,13 @@ use backplan_plugin_sdk::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, LocalBackend, S3Backend, S3Location, S3Options};
+use crate::backend::{Backend, LocalBackend, S3Backend, S3Location, S3Options, leftovers};
 use crate::backup::{BackupOptions, Skipped, backup, default_workers};
 use crate::control::{self, Control};
 use crate::error::Error;
 use crate::mount::{MountExpectation, SourceKind, check_current};
 use crate::prune::{PruneOptions, Retention, prune};
-use crate::repo::{CONFIG_OBJECT, RepoConfig, Repository};
+use crate::repo::{CONFIG_OBJECT, IN_PROGRESS_GRACE, RepoConfig, Repository};
 use crate::restore::{RestoreOptions, restore};
 use crate::snapshot;
 use crate::verify::{VerifyOptions, verify};
@@ -37,18 +37,32 @@ pub enum Kind {
     Local,
 }
 
-/// The step's `config` table.
+/// Most worker threads a step may ask for (the schema's bound of `workers`, and the cap of the
+/// default on a machine with many cores): each holds a few MiB of buffers, a chunk as read, its
+/// compressed form and a pack buffer.
+pub const MAX_WORKERS: usize = 64;
+
+/// The step's `config` table. Every number is bounded and every string must be non-empty in the
+/// schema, so an absurd value is a plan error at its line, before anything runs; what the
+/// schema cannot say (absolute paths, a repository inside the source, retention rules that keep
+/// nothing) is refused by `check`, and again by the action when a value came from an earlier
+/// step.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The folder to back up; restore puts files back here.
+    /// The folder to back up, an absolute path; restore puts files back here.
+    #[schemars(length(min = 1))]
     pub source: PathBuf,
-    /// The repository: a local folder, or `s3://bucket/prefix`.
+    /// The repository: an absolute path of a local folder (outside `source`), or
+    /// `s3://bucket/prefix`.
+    #[schemars(length(min = 1))]
     pub repository: String,
     /// S3 repository: the bucket's region (default: the AWS chain's, else us-east-1).
+    #[schemars(length(min = 1))]
     pub region: Option<String>,
     /// S3 repository: an S3-compatible endpoint (default: the AWS chain's, e.g.
     /// `AWS_ENDPOINT_URL_S3`).
+    #[schemars(length(min = 1))]
     pub endpoint_url: Option<String>,
     /// S3 repository: path-style addressing (default: on when an endpoint is configured).
     pub force_path_style: Option<bool>,
@@ -56,14 +70,21 @@ pub struct Config {
     #[serde(default)]
     pub kind: Kind,
     /// Exact filesystem type the source must be on, e.g. `nfs4`.
+    #[schemars(length(min = 1))]
     pub expect_fs_type: Option<String>,
     /// Exact mount source the source must be on, e.g. `10.0.0.5:/exports/circleci`.
+    #[schemars(length(min = 1))]
     pub expect_device: Option<String>,
-    /// Worker threads (default: cores + 1).
+    /// Worker threads, 1 to 64 (default: cores + 3, at most 64).
+    #[schemars(range(min = 1, max = 64))]
     pub workers: Option<usize>,
-    /// zstd level for compressible data (default 1).
+    /// zstd level for compressible data, 1 to 9 (default 1). Higher levels are not offered: each
+    /// worker would need 40 to 60 MB more and compress several times slower, for little gain on
+    /// build logs.
+    #[schemars(range(min = 1, max = 9))]
     pub compression_level: Option<i32>,
     /// Share of files `verify` re-reads, in (0, 1] (default 1: all).
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0))]
     pub verify_fraction: Option<f64>,
     /// Restore: take a file already in place with the snapshot's size and mtime as restored,
     /// without reading it (default false: it is read and compared with the snapshot's content).
@@ -86,7 +107,57 @@ impl Config {
     }
 
     fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(default_workers).max(1)
+        self.workers
+            .unwrap_or_else(default_workers)
+            .clamp(1, MAX_WORKERS)
+    }
+
+    /// What the schema cannot say about this config (see [`Config`]). Values that come from an
+    /// earlier step are judged once they are known.
+    fn validate(&self) -> PluginResult<()> {
+        if let Some(fraction) = self.verify_fraction {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(PluginError::config("verify_fraction must be in (0, 1]"));
+            }
+        }
+        self.retention.validate().map_err(PluginError::config)?;
+        let source = self.source.to_string_lossy();
+        let source_known = !Request::is_unresolved(&source);
+        if source_known && !self.source.is_absolute() {
+            return Err(PluginError::config(format!(
+                "source {source:?} must be an absolute path"
+            )));
+        }
+        if Request::is_unresolved(&self.repository) || S3Location::parse(&self.repository).is_some()
+        {
+            return Ok(());
+        }
+        let repository = local_path(&self.repository)?;
+        if !repository.is_absolute() {
+            return Err(PluginError::config(format!(
+                "repository {:?} must be an absolute path or s3://bucket/prefix (a relative \
+                 one would depend on the folder backplan is started from)",
+                self.repository
+            )));
+        }
+        if source_known {
+            let (source, repository) = (resolved(&self.source), resolved(repository));
+            if repository.starts_with(&source) {
+                return Err(PluginError::config(format!(
+                    "repository {} is inside source {}: the backup would contain itself",
+                    repository.display(),
+                    source.display()
+                )));
+            }
+            if source.starts_with(&repository) {
+                return Err(PluginError::config(format!(
+                    "source {} is inside repository {}",
+                    source.display(),
+                    repository.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn backend(&self) -> PluginResult<Arc<dyn Backend>> {
@@ -129,7 +200,7 @@ impl Config {
         Ok(if folder.join(CONFIG_OBJECT).exists() {
             Repository::open(self.backend()?).map_err(to_plugin_error)?;
             RepositoryState::Readable
-        } else if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_some()) {
+        } else if LocalBackend::holds_only_staged_files(folder) == Some(false) {
             RepositoryState::Foreign
         } else {
             RepositoryState::Empty
@@ -279,11 +350,7 @@ impl Plugin for NfsObjects {
     }
 
     fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
-        if let Some(fraction) = config.verify_fraction {
-            if !(fraction > 0.0 && fraction <= 1.0) {
-                return Err(PluginError::config("verify_fraction must be in (0, 1]"));
-            }
-        }
+        config.validate()?;
         let restoring = ctx.request().check_for == Some(Action::Restore);
         if restoring {
             RestoreRequest::parse(ctx)?;
@@ -330,7 +397,11 @@ impl Plugin for NfsObjects {
 
     fn backup(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         Request::require_resolved([&*config.source.to_string_lossy()])?;
+        config.validate()?;
         check_current(&config.source, &config.expectation()).map_err(to_plugin_error)?;
+        if ctx.request().dry_run {
+            return dry_backup(config);
+        }
         let repo = Repository::open_or_init(config.backend()?, RepoConfig::default())
             .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
@@ -342,10 +413,17 @@ impl Plugin for NfsObjects {
         let report = with_control(ctx, |control| backup(&repo, &options, control))?;
         let snapshot = &report.snapshot;
         let stats = &snapshot.stats;
-        let summary = format!(
+        let mut summary = format!(
             "snapshot {}: {} files, {} read ({} bytes), {} bytes stored",
             snapshot.id, stats.files, stats.files_read, stats.bytes_read, stats.bytes_stored
         );
+        let leftovers = report.leftovers;
+        if leftovers.files > 0 {
+            summary.push_str(&format!(
+                "; removed {} staged file(s) ({} bytes) left by killed runs",
+                leftovers.files, leftovers.bytes
+            ));
+        }
         let mut output = StepOutput::new(summary)
             .record(Record {
                 repository: config.repository.clone(),
@@ -363,6 +441,9 @@ impl Plugin for NfsObjects {
                 "{torn} kept changing while read; stored marked torn"
             ));
         }
+        for finding in &report.findings {
+            output = output.warning(format!("{}: {}", finding.object, finding.problem));
+        }
         Ok(with_warnings(output, &report.skipped, "skipped"))
     }
 
@@ -377,26 +458,43 @@ impl Plugin for NfsObjects {
             fraction: request.fraction.or(config.verify_fraction).unwrap_or(1.0),
             seed: request.seed,
             workers: config.workers(),
+            grace: IN_PROGRESS_GRACE,
         };
         let report = with_control(ctx, |control| verify(&repo, &snapshot, &options, control))?;
-        if !report.damaged.is_empty() {
-            let names: Vec<String> = report
+        let orphans = report
+            .orphans
+            .iter()
+            .map(|o| format!("{}: {}", o.object, o.problem));
+        if !report.is_sound() {
+            let lines: Vec<String> = report
                 .damaged
                 .iter()
                 .map(|d| format!("{}: {}", d.path, d.reason))
+                .chain(
+                    report
+                        .inconsistent
+                        .iter()
+                        .map(|f| format!("{}: {}", f.object, f.problem)),
+                )
+                .chain(orphans)
                 .collect();
             return Err(PluginError::permanent(format!(
-                "snapshot {}: {} damaged file(s)",
+                "snapshot {}: {} damaged file(s); repository: {} inconsistent object(s)",
                 snapshot.id,
-                report.damaged.len()
+                report.damaged.len(),
+                report.inconsistent.len()
             ))
-            .with_detail(names.join("\n")));
+            .with_detail(lines.join("\n")));
         }
-        Ok(StepOutput::new(format!(
-            "snapshot {}: {} files ({} bytes) verified",
+        let mut output = StepOutput::new(format!(
+            "snapshot {}: {} files ({} bytes) verified; indexes match the packs",
             snapshot.id, report.files_checked, report.bytes_checked
         ))
-        .bytes(report.bytes_checked))
+        .bytes(report.bytes_checked);
+        for orphan in orphans {
+            output = output.warning(orphan);
+        }
+        Ok(output)
     }
 
     fn restore(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
@@ -486,6 +584,7 @@ impl Plugin for NfsObjects {
     }
 
     fn prune(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        config.retention.validate().map_err(PluginError::config)?;
         let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
         // Only this step's snapshots are pruned. A source made by an earlier step is not known
         // at prune time; the backups this step recorded say which it was.
@@ -512,25 +611,31 @@ impl Plugin for NfsObjects {
             source: Some(source),
             dry_run: ctx.request().dry_run,
             // A backup of another plan sharing the repository may be writing right now.
-            min_age: std::time::Duration::from_secs(3600),
+            min_age: IN_PROGRESS_GRACE,
+            leftover_age: leftovers::MAX_AGE,
         };
         let report = with_control(ctx, |control| prune(&repo, &options, control))?;
-        let verb = if report.dry_run {
-            "would forget"
+        let (verb, remove) = if report.dry_run {
+            ("would forget", "would remove")
         } else {
-            "forgot"
+            ("forgot", "removed")
         };
         let mut output = StepOutput::new(format!(
-            "{verb} {} snapshot(s), kept {}; {} object(s), {} bytes",
+            "{verb} {} snapshot(s), kept {}; {} object(s), {} bytes; {remove} {} staged file(s) \
+             of killed runs, {} bytes",
             report.forgotten.len(),
             report.kept.len(),
             report.deleted_objects.len(),
-            report.freed_bytes
+            report.freed_bytes,
+            report.leftovers.files,
+            report.leftovers.bytes
         ))
         .record(serde_json::json!({
             "forgotten": report.forgotten,
             "kept": report.kept,
             "deleted_objects": report.deleted_objects,
+            "freed_bytes": report.freed_bytes,
+            "leftovers": {"files": report.leftovers.files, "bytes": report.leftovers.bytes},
             "dry_run": report.dry_run,
         }));
         if report.dry_run {
@@ -543,6 +648,36 @@ impl Plugin for NfsObjects {
 }
 
 backplan_plugin_sdk::declare_plugin!(NfsObjects);
+
+/// What a backup would do, writing nothing: where it would go and what it would compare with.
+fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
+    let source = config.source.display().to_string();
+    let against = match config.repository_state()? {
+        RepositoryState::Foreign => {
+            return Err(PluginError::config(format!(
+                "{} is neither a repository nor empty",
+                config.repository
+            )));
+        }
+        RepositoryState::Empty => "a new repository".to_owned(),
+        RepositoryState::Readable => {
+            let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+            let snapshots = snapshot::list(repo.backend().as_ref()).map_err(to_plugin_error)?;
+            match snapshots.into_iter().rev().find(|s| s.source == source) {
+                Some(parent) => format!(
+                    "the repository, reading only what changed since snapshot {} ({} files, {} \
+                     bytes)",
+                    parent.id, parent.stats.files, parent.stats.bytes
+                ),
+                None => "the repository, reading every file (no snapshot of it yet)".to_owned(),
+            }
+        }
+    };
+    Ok(StepOutput::new(format!(
+        "would back up {source} into {} ({against}); nothing written",
+        config.repository
+    )))
+}
 
 /// Runs `action` with the context's cancellation flag and progress reporting.
 fn with_control<T>(
@@ -581,6 +716,32 @@ fn options<T: for<'de> Deserialize<'de> + Default>(ctx: &Context) -> PluginResul
         value => serde_json::from_value(value.clone())
             .map_err(|err| PluginError::config(format!("options: {err}"))),
     }
+}
+
+/// `path` made absolute, with the symlinks of the part that exists resolved and `.`/`..` of the
+/// rest applied, so two paths compare as the places they name.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    for existing in absolute.ancestors() {
+        let Ok(mut real) = existing.canonicalize() else {
+            continue;
+        };
+        for part in absolute
+            .strip_prefix(existing)
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            match part {
+                Component::ParentDir => {
+                    real.pop();
+                }
+                Component::Normal(name) => real.push(name),
+                _ => {}
+            }
+        }
+        return real;
+    }
+    absolute
 }
 
 /// The folder of a local repository; an address of another kind is refused.

@@ -5,11 +5,13 @@
 //! index before the pack itself (so deduplication never points into a deleted pack).
 //! Unreferenced objects younger than `min_age` are left alone: they may belong to a backup that is
 //! still running. Packs holding some live blobs are kept whole; artifacts are write-once and age out
-//! together, so rewriting packs is not worth its risk.
+//! together, so rewriting packs is not worth its risk. Staged files that killed runs left in the
+//! staging area are collected too (see `backend::leftovers`) and counted in the report.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
+use crate::backend::Leftovers;
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::manifest::ManifestReader;
@@ -31,6 +33,9 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Unreferenced objects younger than this are kept.
     pub min_age: Duration,
+    /// Staged files whose writer cannot be told alive or dead are removed once untouched this
+    /// long (those of dead writers at once).
+    pub leftover_age: Duration,
 }
 
 /// What prune removed (or, in a dry run, would remove).
@@ -40,7 +45,10 @@ pub struct PruneReport {
     pub forgotten: Vec<String>,
     /// Deleted objects: packs, their indexes, orphaned manifests.
     pub deleted_objects: Vec<String>,
+    /// Bytes of `deleted_objects` (packs and manifests).
     pub freed_bytes: u64,
+    /// Staged files of killed runs removed from the staging area.
+    pub leftovers: Leftovers,
     pub dry_run: bool,
 }
 
@@ -145,6 +153,7 @@ pub fn prune(
         }
         report.deleted_objects.push(name);
     }
+    report.leftovers = backend.collect_leftovers(options.leftover_age, options.dry_run);
     Ok(report)
 }
 

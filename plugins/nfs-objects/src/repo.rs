@@ -20,12 +20,23 @@ pub const MANIFEST_PREFIX: &str = "manifests/";
 /// Folder of snapshot headers; a snapshot exists exactly when its header does.
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 
+/// Objects younger than this may belong to a backup still running: prune does not delete them
+/// when unreferenced, and verify does not judge a pack without an index before.
+pub const IN_PROGRESS_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 const FORMAT_NAME: &str = "backplan-nfs-objects";
 const FORMAT_VERSION: u32 = 1;
 
+/// Bounds of `chunk_size`. Each worker holds a chunk (and its compressed form) in memory, and a
+/// manifest entry holds one reference per chunk of its file, so neither end may be absurd.
+pub const CHUNK_SIZE: std::ops::RangeInclusive<u64> = (64 << 10)..=(16 << 20);
+/// Bounds of `pack_size`: a pack is at most `pack_size` plus one blob, far below the 80 GB of
+/// a multipart upload of 8 MiB parts.
+pub const PACK_SIZE: std::ops::RangeInclusive<u64> = 1..=(1 << 30);
+
 /// Object name of pack `name`.
 pub fn pack_object(name: &str) -> String {
-    format!("{DATA_PREFIX}{}/{name}.pack", &name[..2.min(name.len())])
+    format!("{DATA_PREFIX}{}/{name}.pack", name.get(..2).unwrap_or(name))
 }
 
 /// Object name of the index of pack `name`.
@@ -62,6 +73,28 @@ pub struct RepoConfig {
     pub pack_size: u64,
 }
 
+impl RepoConfig {
+    /// Why these tunables are unusable, if they are.
+    fn flaw(&self) -> Option<String> {
+        if !CHUNK_SIZE.contains(&self.chunk_size) {
+            return Some(format!(
+                "chunk_size {} is not between {} and {}",
+                self.chunk_size,
+                CHUNK_SIZE.start(),
+                CHUNK_SIZE.end()
+            ));
+        }
+        (!PACK_SIZE.contains(&self.pack_size)).then(|| {
+            format!(
+                "pack_size {} is not between {} and {}",
+                self.pack_size,
+                PACK_SIZE.start(),
+                PACK_SIZE.end()
+            )
+        })
+    }
+}
+
 impl Default for RepoConfig {
     fn default() -> Self {
         Self {
@@ -86,6 +119,9 @@ impl Repository {
         match backend.get(CONFIG_OBJECT) {
             Ok(bytes) => Self::from_config_bytes(backend, &bytes),
             Err(Error::MissingObject(_)) => {
+                if let Some(flaw) = defaults.flaw() {
+                    return Err(Error::Invalid(flaw));
+                }
                 if !backend.list(SNAPSHOT_PREFIX)?.is_empty() {
                     return Err(Error::NotARepository(format!(
                         "{CONFIG_OBJECT} is missing but snapshots exist"
@@ -122,10 +158,8 @@ impl Repository {
                 config.format, config.version
             )));
         }
-        if config.chunk_size == 0 || config.pack_size == 0 {
-            return Err(Error::NotARepository(
-                "chunk_size and pack_size must be > 0".into(),
-            ));
+        if let Some(flaw) = config.flaw() {
+            return Err(Error::NotARepository(format!("{CONFIG_OBJECT}: {flaw}")));
         }
         Ok(Self { backend, config })
     }
@@ -155,14 +189,14 @@ mod tests {
             Err(Error::NotARepository(_))
         ));
         let custom = RepoConfig {
-            chunk_size: 1024,
+            chunk_size: 64 << 10,
             ..RepoConfig::default()
         };
         Repository::open_or_init(backend.clone(), custom.clone()).unwrap();
         assert_eq!(Repository::open(backend.clone()).unwrap().config(), &custom);
         // Defaults given later do not override what the repository was created with.
         let again = Repository::open_or_init(backend.clone(), RepoConfig::default()).unwrap();
-        assert_eq!(again.config().chunk_size, 1024);
+        assert_eq!(again.config().chunk_size, 64 << 10);
 
         backend
             .put_bytes(CONFIG_OBJECT, br#"{"format":"restic"}"#)
@@ -171,6 +205,31 @@ mod tests {
             Repository::open(backend),
             Err(Error::NotARepository(_))
         ));
+    }
+
+    #[test]
+    fn absurd_chunk_and_pack_sizes_in_a_repository_config_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
+        let tiny = RepoConfig {
+            chunk_size: 1,
+            ..RepoConfig::default()
+        };
+        let err = Repository::open_or_init(backend.clone(), tiny).unwrap_err();
+        assert!(
+            err.to_string().contains("chunk_size 1 is not between"),
+            "{err}"
+        );
+        for (chunk, pack) in [(u64::MAX, 1 << 20), (4 << 20, 0), (4 << 20, u64::MAX)] {
+            let config = format!(
+                r#"{{"format":"backplan-nfs-objects","version":1,"chunk_size":{chunk},"pack_size":{pack}}}"#
+            );
+            backend.delete(CONFIG_OBJECT).unwrap();
+            backend.put_bytes(CONFIG_OBJECT, config.as_bytes()).unwrap();
+            let err = Repository::open(backend.clone()).unwrap_err();
+            assert!(matches!(err, Error::NotARepository(_)), "{err}");
+            assert!(err.to_string().contains("is not between"), "{err}");
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! A snapshot exists exactly when its header object `snapshots/<id>.json` does, and the header is
 //! written last, after the manifest and every pack it references are durable. Ids start with the
-//! UTC time, so listing the folder lists snapshots oldest first.
+//! UTC time to the second, for people reading a listing; but within one second the random suffix
+//! decides their order, so snapshots are ordered by the header's `time` (nanoseconds), never by
+//! name: that is how the parent of a backup and "latest" are chosen.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +61,7 @@ pub fn new_id(time: jiff::Timestamp) -> String {
     )
 }
 
-/// Every snapshot in the repository, oldest first.
+/// Every snapshot in the repository, oldest first by header time (ties broken by id).
 pub fn list(backend: &dyn Backend) -> Result<Vec<Snapshot>> {
     let mut snapshots = Vec::new();
     for object in backend.list(SNAPSHOT_PREFIX)? {
@@ -134,6 +136,26 @@ mod tests {
             load(&backend, "c"),
             Err(Error::SnapshotNotFound(_))
         ));
+    }
+
+    #[test]
+    fn the_latest_snapshot_is_chosen_by_its_time_not_by_its_name_within_one_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path()).unwrap();
+        let second = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let at = |id: &str, millis: i64| Snapshot {
+            id: id.into(),
+            time: second + jiff::SignedDuration::from_millis(millis),
+            ..snapshot(id, 0)
+        };
+        let (earlier, later) = (
+            at("20231114T221320Z-ffffffff", 100),
+            at("20231114T221320Z-00000000", 700),
+        );
+        publish(&backend, &earlier).unwrap();
+        publish(&backend, &later).unwrap();
+        assert_eq!(list(&backend).unwrap(), [earlier, later.clone()]);
+        assert_eq!(load(&backend, &later.id).unwrap().time, later.time);
     }
 
     #[test]

@@ -8,16 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use backplan_plugin_nfs_objects::backend::{Backend, LocalBackend, ObjectInfo};
+use backplan_plugin_nfs_objects::backend::{Backend, Leftovers, LocalBackend, ObjectInfo};
 use backplan_plugin_nfs_objects::backup::{BackupOptions, BackupReport, backup};
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
 use backplan_plugin_nfs_objects::manifest::{Entry, ManifestReader};
 use backplan_plugin_nfs_objects::prune::{PruneOptions, Retention, prune};
-use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository, pack_object};
+use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository, index_object, pack_object};
 use backplan_plugin_nfs_objects::restore::{RestoreOptions, restore};
 use backplan_plugin_nfs_objects::snapshot::{self, Snapshot};
-use backplan_plugin_nfs_objects::verify::{VerifyOptions, verify};
+use backplan_plugin_nfs_objects::verify::{VerifyOptions, VerifyReport, verify};
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -351,6 +351,9 @@ impl Backend for CrashingBackend {
     fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name)
     }
+    fn collect_leftovers(&self, max_age: std::time::Duration, dry_run: bool) -> Leftovers {
+        self.inner.collect_leftovers(max_age, dry_run)
+    }
 }
 
 #[test]
@@ -405,6 +408,7 @@ fn a_crash_at_any_write_leaves_earlier_snapshots_intact() {
         source: None,
         dry_run: false,
         min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
     };
     let pruned = prune(&repo, &options, Control::silent()).unwrap();
     assert!(!pruned.deleted_objects.is_empty());
@@ -613,6 +617,7 @@ fn prune_keeps_by_retention_and_deletes_only_unreferenced_data() {
         source: None,
         dry_run: true,
         min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
     };
     let dry = prune(&repo, &options, Control::silent()).unwrap();
     assert_eq!(dry.forgotten.len(), 2);
@@ -644,4 +649,255 @@ fn prune_keeps_by_retention_and_deletes_only_unreferenced_data() {
         prune(&repo, &options, Control::silent()),
         Err(Error::Invalid(_))
     ));
+}
+
+/// Verify with every pack judged, however young.
+fn verify_now(repo: &Repository, snapshot: &Snapshot) -> VerifyReport {
+    let options = VerifyOptions {
+        grace: std::time::Duration::ZERO,
+        ..VerifyOptions::default()
+    };
+    verify(repo, snapshot, &options, Control::silent()).unwrap()
+}
+
+fn objects_of(findings: &[backplan_plugin_nfs_objects::index::Finding]) -> Vec<&str> {
+    findings.iter().map(|f| f.object.as_str()).collect()
+}
+
+#[test]
+fn a_backup_after_a_pack_was_deleted_stores_its_content_again_and_never_references_it() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    let entries = manifest_entries(&repo, &first);
+    let random = entries
+        .iter()
+        .find(|e| e.path == b"jobs/1/random.bin")
+        .unwrap();
+    let lost = random.chunks[0].pack.clone();
+    fs::remove_file(repo_dir.path().join(pack_object(&lost))).unwrap();
+    // New content equal to some of the lost data, under a new path: the index offers it.
+    fs::write(
+        source.path().join("jobs/again.bin"),
+        pseudo_random(300_000, 1),
+    )
+    .unwrap();
+
+    let report = run_backup(&repo, source.path()).unwrap();
+    let second = &report.snapshot;
+    for entry in manifest_entries(&repo, second) {
+        assert!(
+            entry.chunks.iter().all(|c| c.pack != lost),
+            "{} references the deleted pack",
+            String::from_utf8_lossy(&entry.path)
+        );
+    }
+    let found = objects_of(&report.findings);
+    assert!(found.contains(&pack_object(&lost).as_str()), "{found:?}");
+    assert!(found.contains(&index_object(&lost).as_str()), "{found:?}");
+    assert!(
+        second.stats.files_read > 1,
+        "unchanged files of the lost pack are read again"
+    );
+    restore_to(&repo, second, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+
+    let check = verify_now(&repo, second);
+    assert!(check.damaged.is_empty(), "{:?}", check.damaged);
+    assert_eq!(objects_of(&check.inconsistent), [index_object(&lost)]);
+    assert!(check.inconsistent[0].problem.contains("which is missing"));
+    assert!(!verify_now(&repo, &first).damaged.is_empty());
+}
+
+#[test]
+fn a_backup_after_an_index_offset_was_corrupted_does_not_copy_it() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let content = pseudo_random(4 * CHUNK as usize, 5);
+    fs::write(source.path().join("big.bin"), &content).unwrap();
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    let chunk = manifest_entries(&repo, &first).pop().unwrap().chunks[1].clone();
+    // Shift the blob's entry by one byte: the range still lies inside the pack.
+    let index_path = repo_dir.path().join(index_object(&chunk.pack));
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let entry = index
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["offset"] == chunk.offset)
+        .unwrap();
+    entry["offset"] = (chunk.offset + 1).into();
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(source.path().join("copy.bin"), &content).unwrap();
+
+    let report = run_backup(&repo, source.path()).unwrap();
+    let check = verify_now(&repo, &report.snapshot);
+    assert!(check.damaged.is_empty(), "{:?}", check.damaged);
+    assert_eq!(
+        objects_of(&report.findings),
+        [index_object(&chunk.pack)],
+        "{:?}",
+        report.findings
+    );
+    assert_eq!(objects_of(&check.inconsistent), [index_object(&chunk.pack)]);
+    restore_to(&repo, &report.snapshot, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+}
+
+#[test]
+fn verify_reports_a_lost_index_a_dangling_index_and_orphaned_packs() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let snapshot = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert!(verify_now(&repo, &snapshot).is_sound());
+    let used = manifest_entries(&repo, &snapshot)
+        .into_iter()
+        .find(|e| !e.chunks.is_empty())
+        .unwrap()
+        .chunks[0]
+        .pack
+        .clone();
+    fs::remove_file(repo_dir.path().join(index_object(&used))).unwrap();
+    let unused = "ab".repeat(16);
+    fs::create_dir_all(repo_dir.path().join("data/ab")).unwrap();
+    fs::write(repo_dir.path().join(pack_object(&unused)), b"left over").unwrap();
+    let vanished = "cd".repeat(16);
+    fs::write(repo_dir.path().join(index_object(&vanished)), b"[]").unwrap();
+
+    let check = verify_now(&repo, &snapshot);
+    assert!(check.damaged.is_empty(), "the data itself is intact");
+    assert_eq!(
+        objects_of(&check.inconsistent),
+        [pack_object(&used), index_object(&vanished)]
+    );
+    assert!(check.inconsistent[0].problem.contains("has no index"));
+    assert_eq!(objects_of(&check.orphans), [pack_object(&unused)]);
+    // Young packs may be a running backup's: not judged within the grace period.
+    let patient = verify(
+        &repo,
+        &snapshot,
+        &VerifyOptions::default(),
+        Control::silent(),
+    )
+    .unwrap();
+    assert_eq!(objects_of(&patient.inconsistent), [index_object(&vanished)]);
+    assert!(patient.orphans.is_empty());
+}
+
+#[test]
+fn leftovers_of_killed_runs_are_removed_by_the_next_backup_and_reported_by_prune() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let tmp = repo_dir.path().join("tmp");
+    // Named before writers were named, untouched since 2020: judged by age.
+    let old = tmp.join("0123456789abcdef0123456789abcdef.pack");
+    fs::write(&old, vec![7; 1000]).unwrap();
+    set_mtime(&old, 1_600_000_000);
+    let report = run_backup(&repo, source.path()).unwrap();
+    assert_eq!(
+        report.leftovers,
+        Leftovers {
+            files: 1,
+            bytes: 1000
+        }
+    );
+    assert!(!old.exists());
+
+    // Named by a writer that could not tell who it was: judged by age.
+    let young = tmp.join("unknown.0123456789abcdef0123456789abcdef.manifest");
+    fs::write(&young, b"0123456789").unwrap();
+    let live = repo.backend().staging_file(".pack");
+    fs::write(&live, b"being written").unwrap();
+    let mut options = PruneOptions {
+        retention: Retention::default(),
+        source: None,
+        dry_run: true,
+        min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
+    };
+    let dry = prune(&repo, &options, Control::silent()).unwrap();
+    let expected = Leftovers {
+        files: 1,
+        bytes: 10,
+    };
+    assert_eq!(dry.leftovers, expected);
+    assert!(young.exists());
+    options.dry_run = false;
+    assert_eq!(
+        prune(&repo, &options, Control::silent()).unwrap().leftovers,
+        expected
+    );
+    assert!(!young.exists());
+    assert!(live.exists(), "a live writer's file is never taken");
+}
+
+#[test]
+fn a_backup_whose_parent_manifest_is_corrupt_reads_every_file_again() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    // The same entries compressed otherwise: every line parses, only the digest differs. The
+    // last entry (sparse.img) is gone from the source, so the walk never reads to the end.
+    let path = repo_dir.path().join(&first.manifest);
+    let lines = zstd::decode_all(&fs::read(&path).unwrap()[..]).unwrap();
+    fs::write(&path, zstd::encode_all(&lines[..], 19).unwrap()).unwrap();
+    fs::remove_file(source.path().join("sparse.img")).unwrap();
+
+    let report = run_backup(&repo, source.path()).unwrap();
+    assert_eq!(objects_of(&report.findings), [first.manifest.as_str()]);
+    let second = &report.snapshot;
+    assert_eq!(second.parent, None, "nothing was taken over from it");
+    assert_eq!(second.stats.files_reused, 0);
+    assert_eq!(second.stats.files_read, first.stats.files_read - 1);
+    assert!(verify_now(&repo, second).is_sound());
+    restore_to(&repo, second, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+}
+
+#[test]
+fn verify_reports_an_index_that_lists_the_wrong_blob_where_the_snapshot_reads_another() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(
+        source.path().join("big.bin"),
+        pseudo_random(4 * CHUNK as usize, 8),
+    )
+    .unwrap();
+    let repo = open_repo(repo_dir.path());
+    let mut options = BackupOptions::new(source.path());
+    options.workers = 1;
+    let snapshot = backup(&repo, &options, Control::silent()).unwrap().snapshot;
+    let pack = manifest_entries(&repo, &snapshot).pop().unwrap().chunks[0]
+        .pack
+        .clone();
+    // Two blobs of the same length trade ids: the index still covers its pack exactly.
+    let index_path = repo_dir.path().join(index_object(&pack));
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let entries = index.as_array_mut().unwrap();
+    let first_id = entries[0]["id"].clone();
+    entries[0]["id"] = entries[1]["id"].clone();
+    entries[1]["id"] = first_id;
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let check = verify_now(&repo, &snapshot);
+    assert!(check.damaged.is_empty());
+    assert_eq!(objects_of(&check.inconsistent), [index_object(&pack)]);
+    assert!(check.inconsistent[0].problem.contains("does not list blob"));
 }

@@ -311,3 +311,377 @@ fn an_s3_prefix_holding_something_else_is_never_written_into() {
         aws.script("print([o['Key'] for o in s3.list_objects_v2(Bucket='shared')['Contents']])");
     assert_eq!(keys.trim(), "['team/notes.txt']");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A damaged repository, leftovers and refused plans (local repositories)
+
+/// Every file under `folder` of a local repository.
+fn files_under(repository: &Path, folder: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in fs::read_dir(dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&repository.join(folder), &mut out);
+    out.sort();
+    out
+}
+
+/// The object name (`data/ab/ab….pack`) of a file of a local repository.
+fn object_name(repository: &Path, file: &Path) -> String {
+    file.strip_prefix(repository).unwrap().display().to_string()
+}
+
+/// Sets a file's modification time `age` into the past.
+fn age(file: &Path, age: std::time::Duration) {
+    fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+/// The error message and detail of the only step of a failed run.
+fn failure_text(run: &Value) -> String {
+    let error = &step(run)["error"];
+    format!("{} {}", error["message"], error["detail"])
+}
+
+/// Restores the latest backup into a drill folder and compares it with `source`.
+fn assert_latest_restores(sandbox: &Sandbox, plan: &str, source: &Path) {
+    let target = sandbox.path().join("drill");
+    let option = format!("target={}", target.display());
+    sandbox
+        .run(["--json", "restore", plan, "--run", "latest", "-o", &option])
+        .expect_code(0);
+    assert_eq!(describe(&target), describe(source));
+    fs::remove_dir_all(&target).unwrap();
+}
+
+#[test]
+fn a_backup_after_a_pack_was_deleted_stores_its_content_again_and_verify_reports_the_pack() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    let repository = sandbox.path().join("repo");
+    random_files(&source.join("blobs"), 4, 1 << 20);
+    fs::write(source.join("notes.txt"), "small\n".repeat(100)).unwrap();
+    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+    let first = sandbox.run(["--json", "run", &plan]);
+    let first_run = first.expect_code(0).json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pack = files_under(&repository, "data").remove(0);
+    let lost = object_name(&repository, &pack);
+    fs::remove_file(&pack).unwrap();
+    // New files with the content of old ones: the index offers it, the pack may be gone.
+    for i in 0..4 {
+        fs::copy(
+            source.join(format!("blobs/blob-{i}.bin")),
+            source.join(format!("copy-{i}.bin")),
+        )
+        .unwrap();
+    }
+
+    let second = sandbox.run(["--json", "run", &plan]);
+    let second = second.expect_code(0).json();
+    let warnings = step(&second)["warnings"].to_string();
+    assert!(
+        warnings.contains(&lost) && warnings.contains("stored again"),
+        "{warnings}"
+    );
+    // The new snapshot restores whole: it references nothing of the deleted pack.
+    assert_latest_restores(&sandbox, &plan, &source);
+
+    let latest = sandbox.run(["--json", "verify", &plan]);
+    assert_ne!(latest.code(), 0);
+    let text = failure_text(&latest.json());
+    assert!(text.contains("0 damaged file(s)"), "{text}");
+    assert!(
+        text.contains(&format!("{lost}, which is missing")),
+        "{text}"
+    );
+    let old = sandbox.run(["--json", "verify", &plan, "--run", &first_run]);
+    let text = failure_text(&old.json());
+    assert!(text.contains(&format!("pack {lost} is missing")), "{text}");
+}
+
+#[test]
+fn a_backup_after_an_index_offset_was_corrupted_does_not_copy_it_and_verify_reports_it() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    let repository = sandbox.path().join("repo");
+    random_files(&source, 2, 1 << 20);
+    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+    // One worker: both files in one pack, so the changed range stays inside it.
+    let mut text = fs::read_to_string(&plan).unwrap();
+    text.push_str("workers = 1\n");
+    fs::write(&plan, text).unwrap();
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    let index_file = files_under(&repository, "index").remove(0);
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_file).unwrap()).unwrap();
+    let first = index
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["offset"] == 0)
+        .unwrap();
+    first["offset"] = 1.into();
+    fs::write(&index_file, serde_json::to_vec(&index).unwrap()).unwrap();
+    let index_name = object_name(&repository, &index_file);
+    for i in 0..2 {
+        fs::copy(
+            source.join(format!("blob-{i}.bin")),
+            source.join(format!("copy-{i}.bin")),
+        )
+        .unwrap();
+    }
+
+    let second = sandbox.run(["--json", "run", &plan]);
+    let warnings = step(&second.expect_code(0).json())["warnings"].to_string();
+    assert!(warnings.contains(&index_name), "{warnings}");
+    assert_latest_restores(&sandbox, &plan, &source);
+    let verified = sandbox.run(["--json", "verify", &plan]);
+    let text = failure_text(&verified.json());
+    assert!(
+        text.contains("0 damaged file(s)") && text.contains(&index_name),
+        "{text}"
+    );
+}
+
+#[test]
+fn verify_reports_the_pack_whose_index_was_deleted() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    let repository = sandbox.path().join("repo");
+    random_files(&source, 3, 1 << 20);
+    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    sandbox.run(["--json", "verify", &plan]).expect_code(0);
+    let index_file = files_under(&repository, "index").remove(0);
+    fs::remove_file(&index_file).unwrap();
+    // Within the first hour a pack without an index may be a running backup's.
+    sandbox.run(["--json", "verify", &plan]).expect_code(0);
+    let pack_name = object_name(&repository, &index_file)
+        .replace("index/", "")
+        .replace(".json", "");
+    let pack = repository.join(format!("data/{}/{pack_name}.pack", &pack_name[..2]));
+    age(&pack, std::time::Duration::from_secs(2 * 3600));
+    let verified = sandbox.run(["--json", "verify", &plan]);
+    assert_ne!(verified.code(), 0);
+    let text = failure_text(&verified.json());
+    assert!(
+        text.contains(&format!("{pack_name}.pack: has no index")),
+        "{text}"
+    );
+}
+
+/// Starts a backup of `plan` and SIGKILLs it once it has staged something in `tmp/`; `false`
+/// if it finished first.
+fn kill_while_staging(sandbox: &Sandbox, plan: &str, repository: &Path) -> bool {
+    use std::time::{Duration, Instant};
+    let mut child = sandbox
+        .cmd(["--json", "run", plan])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if files_under(repository, "tmp")
+            .iter()
+            .any(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0))
+        {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn leftovers_of_killed_backups_are_removed_by_the_next_run_and_reported_by_prune() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    let repository = sandbox.path().join("repo");
+    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+    random_files(&source.join("first"), 1, 1 << 10);
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    let kill = |round: usize| {
+        for attempt in 0..5 {
+            random_files(
+                &source.join(format!("round-{round}-{attempt}")),
+                12,
+                4 << 20,
+            );
+            if kill_while_staging(&sandbox, &plan, &repository) {
+                return;
+            }
+        }
+        panic!("every backup finished before it could be killed");
+    };
+
+    kill(0);
+    let left = files_under(&repository, "tmp");
+    assert!(!left.is_empty());
+    let bytes: u64 = left.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    let pruned = sandbox.run(["--json", "prune", &plan]);
+    let record = step(&pruned.expect_code(0).json())["record"].clone();
+    assert_eq!(record["leftovers"]["files"], left.len(), "{record}");
+    assert_eq!(record["leftovers"]["bytes"], bytes, "{record}");
+    assert!(files_under(&repository, "tmp").is_empty());
+
+    kill(1);
+    assert!(!files_under(&repository, "tmp").is_empty());
+    let run = sandbox.run(["--json", "run", &plan]);
+    let summary = step(&run.expect_code(0).json())["summary"].to_string();
+    assert!(summary.contains("left by killed runs"), "{summary}");
+    assert!(files_under(&repository, "tmp").is_empty());
+}
+
+#[test]
+fn absurd_numbers_and_empty_values_are_plan_errors_at_their_line() {
+    let cases = [
+        ("workers = 9223372036854775807", ":10:11:", "workers"),
+        ("verify_fraction = 1.5", ":10:19:", "verify_fraction"),
+        ("verify_fraction = 0.0", ":10:19:", "verify_fraction"),
+        ("compression_level = 1000", ":10:21:", "compression_level"),
+        ("region = \"\"", ":10:10:", "region"),
+    ];
+    for (line, at, key) in cases {
+        let sandbox = Sandbox::new();
+        let source = sandbox.path().join("data");
+        fs::create_dir(&source).unwrap();
+        let repository = sandbox.path().join("repo");
+        let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+        let mut text = fs::read_to_string(&plan).unwrap();
+        text.push_str(&format!("{line}\n"));
+        fs::write(&plan, text).unwrap();
+        let out = sandbox.run(["plan", "check", &plan]);
+        out.expect_code(CONFIG_ERROR);
+        let stderr = out.stderr();
+        assert!(
+            stderr.contains(&format!("plan.toml{at}")) && stderr.contains(key),
+            "{line}: {stderr}"
+        );
+        assert!(!repository.exists(), "{line}");
+    }
+
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    fs::create_dir(&source).unwrap();
+    let empty = plan(&sandbox, &source, "");
+    let out = sandbox.run(["plan", "check", &empty]);
+    out.expect_code(CONFIG_ERROR);
+    assert!(out.stderr().contains("plan.toml:9:14:"), "{}", out.stderr());
+    let out = sandbox.run(["run", &empty]);
+    out.expect_code(CONFIG_ERROR);
+    for name in ["tmp", "config.json"] {
+        assert!(
+            !sandbox.path().join(name).exists(),
+            "{name} written into the current folder"
+        );
+    }
+}
+
+#[test]
+fn a_repository_inside_the_source_is_a_check_error_and_nothing_is_written() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("a.txt"), "a").unwrap();
+    let inside = source.join("backups/repo");
+    for (repository, expected) in [
+        (inside.to_str().unwrap(), "is inside source"),
+        (sandbox.path().to_str().unwrap(), "is inside repository"),
+        ("repo", "must be an absolute path"),
+    ] {
+        let plan = plan(&sandbox, &source, repository);
+        for command in ["plan check", "run"] {
+            let args: Vec<&str> = command.split(' ').chain([plan.as_str()]).collect();
+            let out = sandbox.run(&args);
+            out.expect_code(CONFIG_ERROR);
+            let text = format!("{}{}", out.stdout(), out.stderr());
+            assert!(text.contains(expected), "{repository}: {text}");
+        }
+        assert!(!source.join("backups").exists());
+        assert!(!sandbox.path().join("repo").exists());
+    }
+}
+
+#[test]
+fn a_killed_s3_backups_staging_folder_is_removed_and_reported_by_prune() {
+    use std::time::{Duration, Instant};
+    let aws = LocalAws::start(&[]);
+    aws.script("s3.create_bucket(Bucket='backups')");
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    random_files(&source.join("first"), 1, 1 << 10);
+    let plan = plan(&sandbox, &source, "s3://backups/artifacts");
+    let temp = sandbox.path().join("temp");
+    fs::create_dir(&temp).unwrap();
+    let binary = |args: &[&str]| {
+        let mut cmd = sandbox.cmd(args);
+        aws.apply(&mut cmd).env("TMPDIR", &temp);
+        cmd
+    };
+    let staged = || -> usize {
+        fs::read_dir(&temp)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .map(|dir| fs::read_dir(dir).unwrap().count())
+            .sum()
+    };
+    let first = binary(&["--json", "run", &plan]).output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+
+    let mut killed = false;
+    for attempt in 0..5 {
+        random_files(&source.join(format!("more-{attempt}")), 12, 4 << 20);
+        let mut child = binary(&["--json", "run", &plan])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && staged() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(120));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    assert!(killed, "every backup finished before it could be killed");
+    let left = staged();
+    assert!(left > 0);
+    let pruned = binary(&["--json", "prune", &plan]).output().unwrap();
+    assert!(pruned.status.success(), "{pruned:?}");
+    let pruned: Value = serde_json::from_slice(&pruned.stdout).unwrap();
+    assert_eq!(
+        step(&pruned)["record"]["leftovers"]["files"],
+        left,
+        "{pruned:#}"
+    );
+    assert_eq!(
+        fs::read_dir(&temp).unwrap().count(),
+        0,
+        "the folder is gone"
+    );
+}

@@ -2,14 +2,16 @@
 //!
 //! Objects are plain files named like their object names. Writes go to `tmp/` inside the
 //! repository, are fsynced, then renamed into place, and the folder holding them is fsynced, so a
-//! crash never leaves a half-written object under its final name.
+//! crash never leaves a half-written object under its final name. What a killed writer leaves in
+//! `tmp/` is collected by the next backup or prune (see `leftovers`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, Leftovers, ObjectInfo, leftovers};
 use crate::error::{Error, Result};
 
 /// The folder holding staged, not yet published files.
@@ -32,6 +34,27 @@ impl LocalBackend {
             source,
         })?;
         Ok(Self { root, staging })
+    }
+
+    /// Whether folder `root` holds nothing but staged files in `tmp/`: what a first backup
+    /// killed before it wrote `config.json` leaves, as good as empty. `None` if it cannot be
+    /// read.
+    pub fn holds_only_staged_files(root: &Path) -> Option<bool> {
+        for entry in fs::read_dir(root).ok()? {
+            let entry = entry.ok()?;
+            if entry.file_name() != STAGING || !entry.file_type().ok()?.is_dir() {
+                return Some(false);
+            }
+            for staged in fs::read_dir(entry.path()).ok()? {
+                let staged = staged.ok()?;
+                let name = staged.file_name();
+                let file = staged.file_type().ok()?.is_file();
+                if !file || !name.to_str().is_some_and(leftovers::is_staged_name) {
+                    return Some(false);
+                }
+            }
+        }
+        Some(true)
     }
 
     fn path_of(&self, name: &str) -> Result<PathBuf> {
@@ -110,6 +133,10 @@ impl Backend for LocalBackend {
         &self.staging
     }
 
+    fn collect_leftovers(&self, max_age: Duration, dry_run: bool) -> Leftovers {
+        leftovers::collect(&self.staging, "", max_age, SystemTime::now(), dry_run)
+    }
+
     fn put_file(&self, name: &str, staged: &Path) -> Result<()> {
         File::open(staged)
             .and_then(|file| file.sync_all())
@@ -118,7 +145,7 @@ impl Backend for LocalBackend {
     }
 
     fn put_bytes(&self, name: &str, data: &[u8]) -> Result<()> {
-        let staged = self.staging.join(crate::id::random_name());
+        let staged = self.staging_file("");
         let written = File::create(&staged).and_then(|mut file| {
             file.write_all(data)?;
             file.sync_all()

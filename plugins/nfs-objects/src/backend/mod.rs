@@ -2,16 +2,20 @@
 //!
 //! The engine only ever needs whole named objects ("data/ab/abcd….pack", "snapshots/….json"),
 //! written once and never modified, so the same code runs against a local folder
-//! ([`LocalBackend`]) and an S3 bucket/prefix ([`S3Backend`]). Every `put` is atomic and durable when it returns: that is what lets a
-//! backup publish its snapshot last and survive a crash at any moment.
+//! ([`LocalBackend`]) and an S3 bucket/prefix ([`S3Backend`]). Every `put` is atomic and
+//! durable when it returns: that is what lets a backup publish its snapshot last and survive a
+//! crash at any moment. What a crash leaves in the staging area is collected by
+//! [`Backend::collect_leftovers`] (see [`leftovers`]).
 
+pub mod leftovers;
 mod local;
 mod s3;
 
 use std::io::Read;
-use std::path::Path;
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
+pub use leftovers::Leftovers;
 pub use local::LocalBackend;
 pub use s3::{S3Backend, S3Location, S3Options};
 
@@ -34,6 +38,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// [`Backend::put_file`]; for a local repository it is on the same filesystem, so publishing
     /// is a rename, not a copy.
     fn staging_dir(&self) -> &Path;
+
+    /// A fresh path in [`Backend::staging_dir`] for a file ending in `suffix`, named so that
+    /// [`Backend::collect_leftovers`] can tell whether its writer is still alive.
+    fn staging_file(&self, suffix: &str) -> PathBuf {
+        self.staging_dir().join(leftovers::staged_name(suffix))
+    }
+
+    /// Removes staged files that processes killed before they could clean up left behind: those
+    /// of provably dead writers, and those untouched for `max_age` whose writer cannot be
+    /// judged (see [`leftovers`]). In a `dry_run`, only counts them. Best effort.
+    fn collect_leftovers(&self, max_age: Duration, dry_run: bool) -> Leftovers;
 
     /// Publishes the finished local file `staged` as object `name`, consuming the file.
     /// Atomic (readers see all or nothing) and durable when it returns.

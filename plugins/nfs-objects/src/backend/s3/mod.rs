@@ -28,7 +28,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::Region;
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, Leftovers, ObjectInfo};
 use crate::error::{Error, Result};
 use errors::{body_error, classify};
 use staging::StagingDir;
@@ -231,6 +231,12 @@ async fn client(options: &S3Options) -> Client {
 impl Backend for S3Backend {
     fn staging_dir(&self) -> &Path {
         self.staging.path()
+    }
+
+    /// The staging folders of killed S3 backups, under `$TMPDIR` (the objects of a killed
+    /// backup in the bucket are unreferenced and go with the next prune).
+    fn collect_leftovers(&self, max_age: Duration, dry_run: bool) -> Leftovers {
+        staging::collect_leftovers(&std::env::temp_dir(), max_age, dry_run)
     }
 
     fn put_file(&self, name: &str, staged: &Path) -> Result<()> {
