@@ -486,6 +486,17 @@ fn verify_reports_the_pack_whose_index_was_deleted() {
 /// Starts a backup of `plan` and SIGKILLs it once it has staged something in `tmp/`; `false`
 /// if it finished first.
 fn kill_while_staging(sandbox: &Sandbox, plan: &str, repository: &Path) -> bool {
+    stop_while_staging(sandbox, plan, repository, None).is_some()
+}
+
+/// Starts a backup and, once it has staged data, SIGKILLs it (`signal` None) or sends `signal`;
+/// its exit code (-1 when killed), or None if it finished first.
+fn stop_while_staging(
+    sandbox: &Sandbox,
+    plan: &str,
+    repository: &Path,
+    signal: Option<i32>,
+) -> Option<i32> {
     use std::time::{Duration, Instant};
     let mut child = sandbox
         .cmd(["--json", "run", plan])
@@ -496,19 +507,61 @@ fn kill_while_staging(sandbox: &Sandbox, plan: &str, repository: &Path) -> bool 
     let started = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
-            return false;
+            return None;
         }
         if files_under(repository, "tmp")
             .iter()
             .any(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0))
         {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return true;
+            match signal {
+                // SAFETY: sending a signal to our own child process.
+                Some(number) => unsafe {
+                    libc_kill(child.id() as i32, number);
+                },
+                None => child.kill().unwrap(),
+            }
+            return Some(child.wait().unwrap().code().unwrap_or(-1));
         }
         assert!(started.elapsed() < Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[test]
+fn sigterm_during_a_backup_exits_143_frees_the_lock_and_the_next_run_leaves_tmp_empty() {
+    // SIGTERM (what systemd sends) used to leave the record "Running", the lock held and the
+    // staged files behind.
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    let repository = sandbox.path().join("repo");
+    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
+    random_files(&source.join("first"), 1, 1 << 10);
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    let code = (0..5)
+        .find_map(|attempt| {
+            random_files(&source.join(format!("more-{attempt}")), 12, 4 << 20);
+            stop_while_staging(&sandbox, &plan, &repository, Some(15))
+        })
+        .expect("every backup finished before it could be stopped");
+    assert_eq!(code, 143);
+    let records = sandbox.records("artifacts");
+    let stopped = records.last().unwrap();
+    assert_eq!(stopped["status"], "Cancelled", "{stopped}");
+    assert!(
+        !sandbox.state_dir().join("catalog/artifacts/lock").exists(),
+        "the lock is held"
+    );
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    assert!(
+        files_under(&repository, "tmp").is_empty(),
+        "staged files are left"
+    );
+    sandbox.run(["verify", &plan]).expect_code(0);
 }
 
 #[test]
