@@ -71,6 +71,10 @@ pub enum Command {
     /// The runs recorded in a plan's catalog.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// For monitors: is every step's latest backup fresh and verified? Exits 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN (the monitoring-plugin convention) and prints one line a pager can
+    /// show, then each step.
+    Status(StatusArgs),
     /// The plugins available.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -164,6 +168,18 @@ pub struct DrillArgs {
     /// Say what would be launched, launch nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// CRITICAL when a step's newest successful backup is older than this.
+    #[arg(long, value_name = "DURATION", default_value = "26h", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// WARNING when a step's newest verified backup is older than this (`0` to not check).
+    #[arg(long, value_name = "DURATION", default_value = "8d", value_parser = humantime::parse_duration)]
+    pub verified_within: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

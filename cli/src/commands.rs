@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
+use backplan_core::health;
 use backplan_core::host::{HostError, PluginHost};
 use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step, When};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
@@ -20,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::args::{
     Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs,
-    RunsCommand, SourceArgs,
+    RunsCommand, SourceArgs, StatusArgs,
 };
 use crate::output;
 use crate::signals::Stop;
@@ -70,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Plan(PlanCommand::Show(args)) => session.plan_show(&args.plan),
         Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
+        Command::Status(args) => Ok(session.status(&args)),
         Command::Runs(RunsCommand::Show { plan, run }) => session.runs_show(&plan.plan, &run),
         Command::Plugins(PluginsCommand::List { plan }) => session.plugins_list(plan.as_deref()),
         Command::Plugins(PluginsCommand::Info { name, plan }) => {
@@ -391,6 +393,50 @@ impl Session {
             }
         }
         Ok(exit::SUCCEEDED)
+    }
+
+    /// `status`: never fails as a command; what goes wrong is UNKNOWN (3), as monitors expect.
+    fn status(&self, args: &StatusArgs) -> i32 {
+        let facts = Plan::load(&args.plan.plan)
+            .map_err(anyhow::Error::from)
+            .and_then(|plan| {
+                let records = self.catalog(&plan)?.list_now()?.0;
+                Ok(health::health(&plan, &records))
+            });
+        let health = match facts {
+            Ok(health) => health,
+            Err(error) => {
+                let line = format!("backplan UNKNOWN: {error:#}");
+                if self.global.json {
+                    outln!("{}", json!({"level": "UNKNOWN", "line": line}));
+                } else {
+                    outln!("{line}");
+                }
+                return health::Level::Unknown as i32;
+            }
+        };
+        let limits = health::Limits {
+            max_age: args.max_age,
+            verified_within: (!args.verified_within.is_zero()).then_some(args.verified_within),
+        };
+        let now = jiff::Timestamp::now();
+        let verdict = health::judge(&health, now, limits);
+        if self.global.json {
+            let report = json!({
+                "level": verdict.level,
+                "line": verdict.line(&health.plan),
+                "findings": verdict.findings,
+                "health": health,
+            });
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            outln!("{}", verdict.line(&health.plan));
+            out!("{}", output::status_report(&health, now));
+        }
+        verdict.level as i32
     }
 
     fn runs_list(&self, path: &Path) -> anyhow::Result<i32> {

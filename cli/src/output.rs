@@ -267,3 +267,34 @@ pub fn check_report(results: &[CheckResult]) -> String {
     }
     out
 }
+
+/// The steps under `status`'s line: each one's newest successful and verified backup and their
+/// ages.
+pub fn status_report(health: &backplan_core::health::Health, now: jiff::Timestamp) -> String {
+    let ago = |run: &Option<backplan_core::health::RunFact>| match run {
+        Some(run) => {
+            let age: Duration = now
+                .duration_since(run.started_at)
+                .try_into()
+                .unwrap_or_default();
+            let hours = age.as_secs() / 3600;
+            format!(
+                "{} ({}h{:02}m ago)",
+                run.run_id,
+                hours,
+                age.as_secs() / 60 % 60
+            )
+        }
+        None => "never".into(),
+    };
+    let mut out = String::new();
+    for step in &health.steps {
+        out.push_str(&format!(
+            "  {:<20} last success {:<44} last verified {}\n",
+            step.step,
+            ago(&step.last_success),
+            ago(&step.last_verified)
+        ));
+    }
+    out
+}

@@ -29,6 +29,7 @@
 pub mod catalog;
 pub mod digest;
 pub mod exit;
+pub mod health;
 pub mod host;
 pub mod iam;
 pub mod plan;

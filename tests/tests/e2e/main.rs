@@ -9,4 +9,5 @@ mod postgres;
 mod restore;
 mod runs;
 mod s3_verify;
+mod status;
 mod stops;
