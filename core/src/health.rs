@@ -263,7 +263,7 @@ pub fn judge(health: &Health, now: Timestamp, limits: Limits) -> Verdict {
             ),
         ));
     }
-    findings.sort_by(|a, b| b.0.cmp(&a.0));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.0));
     Verdict {
         level: findings.first().map_or(Level::Ok, |f| f.0),
         findings: findings.into_iter().map(|f| f.1).collect(),
