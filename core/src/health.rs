@@ -275,7 +275,6 @@ mod tests {
     use super::*;
     use crate::record::{PlanInfo, StepRecord, Verification};
 
-    const HOUR: Duration = Duration::from_secs(3600);
     const LIMITS: Limits = Limits {
         max_age: Duration::from_secs(26 * 3600),
         verified_within: Some(Duration::from_secs(8 * 24 * 3600)),
