@@ -49,6 +49,15 @@ pub struct Global {
     /// Never draw progress bars, even on a terminal.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// After every run, write the plan's metrics here (for node_exporter's textfile collector;
+    /// overrides the plan's `metrics_file`).
+    #[arg(
+        long,
+        global = true,
+        env = "BACKPLAN_METRICS_FILE",
+        value_name = "FILE"
+    )]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

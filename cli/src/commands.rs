@@ -23,6 +23,7 @@ use crate::args::{
     Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs,
     RunsCommand, SourceArgs, StatusArgs,
 };
+use crate::metrics;
 use crate::output;
 use crate::signals::Stop;
 use crate::stdout::{out, outln};
@@ -195,8 +196,32 @@ impl Session {
         } else {
             out!("{}", output::run_report(&record, &path));
         }
+        self.write_metrics(plan, &catalog);
         let code = self.stop.exit_code(&record);
         Ok((record, code))
+    }
+
+    /// Writes the plan's metrics file, if one is asked for; a failure is a warning, never the
+    /// run's failure.
+    fn write_metrics(&self, plan: &Plan, catalog: &Catalog) {
+        let Some(path) = self
+            .global
+            .metrics_file
+            .as_ref()
+            .or(plan.metrics_file.as_ref())
+        else {
+            return;
+        };
+        let written = catalog
+            .list_now()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|(records, _)| metrics::write(path, &health::health(plan, &records)));
+        if let Err(error) = written {
+            tracing::warn!(
+                "could not write the metrics file {}: {error}",
+                path.display()
+            );
+        }
     }
 
     async fn run(&self, args: RunArgs) -> anyhow::Result<i32> {

@@ -6,6 +6,7 @@
 
 mod args;
 mod commands;
+mod metrics;
 mod output;
 mod signals;
 mod stdout;

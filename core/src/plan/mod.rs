@@ -181,6 +181,8 @@ pub struct Plan {
     pub plugins: Vec<PluginSpec>,
     /// Folders whose plugin libraries are all loaded.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Where to write the plan's metrics after every run (node_exporter's textfile collector).
+    pub metrics_file: Option<PathBuf>,
     /// The steps, dependencies first.
     pub steps: Vec<Step>,
     /// Indices into `steps` in restore order (`restore_after` dependencies first).
@@ -262,6 +264,7 @@ impl Plan {
             concurrency: header.concurrency,
             plugins,
             plugin_dirs: header.plugin_dirs,
+            metrics_file: header.metrics_file,
             steps,
             restore_order,
             deps,

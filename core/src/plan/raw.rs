@@ -34,6 +34,8 @@ pub(crate) struct RawHeader {
     pub retry_delay: Option<Spanned<String>>,
     #[serde(default)]
     pub plugin_dirs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub metrics_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

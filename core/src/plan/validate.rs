@@ -33,6 +33,7 @@ pub(super) struct Header {
     pub concurrency: usize,
     pub policy: StepPolicy,
     pub plugin_dirs: Vec<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -184,7 +185,12 @@ pub(super) fn header(problems: &mut Problems<'_>, raw: &RawHeader, dir: &Path) -
         .iter()
         .filter_map(|d| path(problems, d, dir, "a plugin folder"))
         .collect();
+    let metrics_file = raw
+        .metrics_file
+        .as_ref()
+        .and_then(|m| path(problems, m, dir, "the metrics file"));
     Header {
+        metrics_file,
         name,
         catalog,
         catalog_span: raw.catalog.as_ref().map(|c| c.span()),

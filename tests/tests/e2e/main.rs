@@ -3,6 +3,7 @@
 mod circleci_restore;
 mod ebs;
 mod json;
+mod monitoring;
 mod nfs_objects;
 mod plugins;
 mod postgres;
