@@ -80,6 +80,9 @@ pub enum Command {
     /// The runs recorded in a plan's catalog.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Run a plan unattended: write systemd service and timer units (catch-up after downtime,
+    /// randomized start, the journal for logs), or print a cron line.
+    Schedule(ScheduleArgs),
     /// For monitors: is every step's latest backup fresh and verified? Exits 0 OK, 1 WARNING,
     /// 2 CRITICAL, 3 UNKNOWN (the monitoring-plugin convention) and prints one line a pager can
     /// show, then each step.
@@ -177,6 +180,39 @@ pub struct DrillArgs {
     /// Say what would be launched, launch nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// When to back up, in systemd's calendar syntax: `daily`, `hourly`, `"*-*-* 03:00"`.
+    #[arg(long, value_name = "CALENDAR", default_value = "daily")]
+    pub every: String,
+    /// Also apply retention on this calendar.
+    #[arg(long, value_name = "CALENDAR")]
+    pub prune: Option<String>,
+    /// Also run a restore drill on this calendar (needs --drill-step and --drill-health).
+    #[arg(long, value_name = "CALENDAR", requires_all = ["drill_step", "drill_health"])]
+    pub drill: Option<String>,
+    /// The steps the scheduled drill restores (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub drill_step: Vec<String>,
+    /// What must answer for the scheduled drill to pass (`HOST:PORT`, may use references).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub drill_health: Option<String>,
+    /// Where to write the units.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// The environment file the units read (credentials, AWS_*); it may be absent.
+    #[arg(long, value_name = "FILE")]
+    pub environment_file: Option<PathBuf>,
+    /// Print the units instead of writing them.
+    #[arg(long)]
+    pub print: bool,
+    /// Print crontab lines instead (for machines without systemd).
+    #[arg(long, conflicts_with = "print")]
+    pub cron: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::health;
@@ -21,10 +21,11 @@ use serde_json::{Value, json};
 
 use crate::args::{
     Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs,
-    RunsCommand, SourceArgs, StatusArgs,
+    RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
 };
 use crate::metrics;
 use crate::output;
+use crate::schedule;
 use crate::signals::Stop;
 use crate::stdout::{out, outln};
 
@@ -73,6 +74,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
         Command::Status(args) => Ok(session.status(&args)),
+        Command::Schedule(args) => session.schedule(&args),
         Command::Runs(RunsCommand::Show { plan, run }) => session.runs_show(&plan.plan, &run),
         Command::Plugins(PluginsCommand::List { plan }) => session.plugins_list(plan.as_deref()),
         Command::Plugins(PluginsCommand::Info { name, plan }) => {
@@ -417,6 +419,101 @@ impl Session {
                 }
             }
         }
+        Ok(exit::SUCCEEDED)
+    }
+
+    fn schedule(&self, args: &ScheduleArgs) -> anyhow::Result<i32> {
+        let (plan, _host) = self.load(&args.plan.plan)?;
+        let plan_path = plan.path.display().to_string();
+        let job = |name: &'static str, every: &str, args: Vec<String>, what: &str| {
+            let every = schedule::check_calendar(every)?;
+            schedule::check_with_systemd(&every)?;
+            Ok(schedule::Job {
+                name,
+                every,
+                args,
+                description: format!("backplan {what} of plan {}", plan.name),
+            })
+        };
+        let mut jobs = vec![job(
+            "backup",
+            &args.every,
+            vec!["run".into(), plan_path.clone()],
+            "backup",
+        )];
+        if let Some(every) = &args.prune {
+            jobs.push(job(
+                "prune",
+                every,
+                vec!["prune".into(), plan_path.clone()],
+                "retention",
+            ));
+        }
+        if let Some(every) = &args.drill {
+            let mut drill = vec!["drill".into(), plan_path.clone()];
+            for step in &args.drill_step {
+                drill.extend(["--step".into(), step.clone()]);
+            }
+            drill.extend([
+                "--health".into(),
+                args.drill_health.clone().unwrap_or_default(),
+            ]);
+            jobs.push(job("drill", every, drill, "restore drill"));
+        }
+        let jobs = match jobs.into_iter().collect::<Result<Vec<_>, String>>() {
+            Ok(jobs) => jobs,
+            Err(message) => {
+                let _ = writeln!(std::io::stderr(), "error: {message}");
+                return Ok(exit::USAGE);
+            }
+        };
+        let mut state_args = Vec::new();
+        if let Some(dir) = &self.global.state_dir {
+            state_args = vec![
+                "--state-dir".to_owned(),
+                std::path::absolute(dir)?.display().to_string(),
+            ];
+        }
+        let units = schedule::Units {
+            plan: plan.name.clone(),
+            binary: std::env::current_exe().context("finding the backplan binary")?,
+            environment_file: args
+                .environment_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/etc/backplan/{}.env", plan.name))),
+            jobs: jobs
+                .into_iter()
+                .map(|mut job| {
+                    job.args.splice(0..0, state_args.iter().cloned());
+                    job
+                })
+                .collect(),
+        };
+        if args.cron {
+            out!("{}", units.cron().map_err(|e| anyhow!(e))?);
+            return Ok(exit::SUCCEEDED);
+        }
+        let files = units.files();
+        if args.print {
+            for (name, text) in &files {
+                outln!("# {name}\n{text}");
+            }
+            return Ok(exit::SUCCEEDED);
+        }
+        for path in schedule::write(&args.unit_dir, &files)
+            .with_context(|| format!("writing the units into {}", args.unit_dir.display()))?
+        {
+            outln!("wrote {}", path.display());
+        }
+        let timers: Vec<&str> = files
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| name.ends_with(".timer"))
+            .collect();
+        outln!(
+            "then: systemctl daemon-reload && systemctl enable --now {}",
+            timers.join(" ")
+        );
         Ok(exit::SUCCEEDED)
     }
 

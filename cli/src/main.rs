@@ -8,6 +8,7 @@ mod args;
 mod commands;
 mod metrics;
 mod output;
+mod schedule;
 mod signals;
 mod stdout;
 

@@ -10,5 +10,6 @@ mod postgres;
 mod restore;
 mod runs;
 mod s3_verify;
+mod schedule;
 mod status;
 mod stops;
