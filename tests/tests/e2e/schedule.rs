@@ -90,7 +90,7 @@ fn schedule_prints_cron_lines_and_refuses_a_calendar_systemd_does_not_know() {
     let cron = sandbox.run(["schedule", &path, "--cron", "--every", "*-*-* 02:45"]);
     cron.expect_code(0);
     assert!(
-        cron.stdout().contains(&format!("45 2 * * *  set -a;")),
+        cron.stdout().contains("45 2 * * *  set -a;"),
         "{}",
         cron.stdout()
     );
