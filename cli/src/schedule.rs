@@ -224,11 +224,14 @@ mod tests {
             "{}",
             files[0].1
         );
-        assert!(
-            files[1]
-                .1
-                .contains("OnCalendar=*-*-* 03:00\nPersistent=true\n")
-        );
+        assert!(files[1].1.contains(
+            "OnCalendar=*-*-* 03:00
+"
+        ));
+        assert!(files[1].1.contains(
+            "Persistent=true
+"
+        ));
     }
 
     #[test]
