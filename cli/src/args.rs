@@ -192,6 +192,9 @@ pub struct ScheduleArgs {
     /// Also apply retention on this calendar.
     #[arg(long, value_name = "CALENDAR")]
     pub prune: Option<String>,
+    /// Also check freshness on this calendar (`status --notify`: `stale` notifications).
+    #[arg(long, value_name = "CALENDAR")]
+    pub status: Option<String>,
     /// Also run a restore drill on this calendar (needs --drill-step and --drill-health).
     #[arg(long, value_name = "CALENDAR", requires_all = ["drill_step", "drill_health"])]
     pub drill: Option<String>,
@@ -225,6 +228,10 @@ pub struct StatusArgs {
     /// WARNING when a step's newest verified backup is older than this (`0` to not check).
     #[arg(long, value_name = "DURATION", default_value = "8d", value_parser = humantime::parse_duration)]
     pub verified_within: std::time::Duration,
+    /// When a step has no fresh backup (CRITICAL), tell the plan's `[[notify]]` entries that
+    /// want `stale` (run it from a timer: `backplan schedule --status hourly`).
+    #[arg(long)]
+    pub notify: bool,
 }
 
 #[derive(Debug, Args)]

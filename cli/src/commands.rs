@@ -10,6 +10,7 @@ use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::health;
 use backplan_core::host::{HostError, PluginHost};
+use backplan_core::notify;
 use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step, When};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
@@ -24,6 +25,7 @@ use crate::args::{
     RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
 };
 use crate::metrics;
+use crate::notifier;
 use crate::output;
 use crate::schedule;
 use crate::signals::Stop;
@@ -73,7 +75,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Plan(PlanCommand::Show(args)) => session.plan_show(&args.plan),
         Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
-        Command::Status(args) => Ok(session.status(&args)),
+        Command::Status(args) => Ok(session.status(&args).await),
         Command::Schedule(args) => session.schedule(&args),
         Command::Runs(RunsCommand::Show { plan, run }) => session.runs_show(&plan.plan, &run),
         Command::Plugins(PluginsCommand::List { plan }) => session.plugins_list(plan.as_deref()),
@@ -181,6 +183,7 @@ impl Session {
         Runner::new(plan, host, self.state_root.clone())
             .observer(self.observer.clone())
             .cancel_token(self.stop.token())
+            .notifier(Arc::new(notifier::Deliveries::new()))
     }
 
     /// Runs a request and reports it; returns the record for follow-up work.
@@ -449,6 +452,10 @@ impl Session {
                 "retention",
             ));
         }
+        if let Some(every) = &args.status {
+            let check = vec!["status".into(), plan_path.clone(), "--notify".into()];
+            jobs.push(job("status", every, check, "freshness check"));
+        }
         if let Some(every) = &args.drill {
             let mut drill = vec!["drill".into(), plan_path.clone()];
             for step in &args.drill_step {
@@ -518,14 +525,14 @@ impl Session {
     }
 
     /// `status`: never fails as a command; what goes wrong is UNKNOWN (3), as monitors expect.
-    fn status(&self, args: &StatusArgs) -> i32 {
+    async fn status(&self, args: &StatusArgs) -> i32 {
         let facts = Plan::load(&args.plan.plan)
             .map_err(anyhow::Error::from)
             .and_then(|plan| {
                 let records = self.catalog(&plan)?.list_now()?.0;
-                Ok(health::health(&plan, &records))
+                Ok((health::health(&plan, &records), plan))
             });
-        let health = match facts {
+        let (health, plan) = match facts {
             Ok(health) => health,
             Err(error) => {
                 let line = format!("backplan UNKNOWN: {error:#}");
@@ -543,6 +550,18 @@ impl Session {
         };
         let now = jiff::Timestamp::now();
         let verdict = health::judge(&health, now, limits);
+        if args.notify && verdict.level == health::Level::Critical {
+            let message = notify::Message::stale(
+                &plan.name,
+                verdict.findings.clone(),
+                verdict.line(&plan.name),
+            );
+            let specs = plan.notify.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                notify::notify_all(&notifier::Deliveries::new(), &specs, &message)
+            })
+            .await;
+        }
         if self.global.json {
             let report = json!({
                 "level": verdict.level,

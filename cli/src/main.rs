@@ -7,9 +7,11 @@
 mod args;
 mod commands;
 mod metrics;
+mod notifier;
 mod output;
 mod schedule;
 mod signals;
+mod sns;
 mod stdout;
 
 use std::io::Write;

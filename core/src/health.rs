@@ -315,6 +315,7 @@ mod tests {
             backplan_version: String::new(),
             verified: None,
             drill: None,
+            notifications: Vec::new(),
             steps: steps
                 .iter()
                 .map(|(id, status)| StepRecord {

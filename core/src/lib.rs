@@ -32,6 +32,7 @@ pub mod exit;
 pub mod health;
 pub mod host;
 pub mod iam;
+pub mod notify;
 pub mod plan;
 pub mod record;
 pub mod runner;

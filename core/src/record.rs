@@ -263,6 +263,9 @@ pub struct RunRecord {
     pub drill: Option<DrillOutcome>,
     /// Every step, in the order the run took them.
     pub steps: Vec<StepRecord>,
+    /// The notifications sent about this run, delivered or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<crate::notify::Delivery>,
 }
 
 /// What a restore drill showed.

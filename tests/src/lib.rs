@@ -7,9 +7,11 @@
 
 mod aws;
 mod exports;
+mod http;
 mod postgres;
 
 pub use aws::LocalAws;
+pub use http::{HttpStandIn, Seen};
 pub use postgres::LocalPostgres;
 
 use std::path::{Path, PathBuf};

@@ -183,6 +183,8 @@ pub struct Plan {
     pub plugin_dirs: Vec<PathBuf>,
     /// Where to write the plan's metrics after every run (node_exporter's textfile collector).
     pub metrics_file: Option<PathBuf>,
+    /// Who hears about runs (and stale backups).
+    pub notify: Vec<crate::notify::NotifySpec>,
     /// The steps, dependencies first.
     pub steps: Vec<Step>,
     /// Indices into `steps` in restore order (`restore_after` dependencies first).
@@ -237,6 +239,11 @@ impl Plan {
             .iter()
             .filter_map(|p| validate::plugin_spec(&mut problems, p, &dir))
             .collect();
+        let notify = raw
+            .notify
+            .iter()
+            .filter_map(|n| validate::notify(&mut problems, n, &dir))
+            .collect();
         let steps = validate::steps(
             &mut problems,
             &raw.steps,
@@ -265,6 +272,7 @@ impl Plan {
             plugins,
             plugin_dirs: header.plugin_dirs,
             metrics_file: header.metrics_file,
+            notify,
             steps,
             restore_order,
             deps,

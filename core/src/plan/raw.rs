@@ -14,6 +14,22 @@ pub(crate) struct RawPlan {
     pub plugins: Vec<RawPluginRef>,
     #[serde(default)]
     pub steps: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    pub notify: Vec<Spanned<RawNotify>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub on: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub webhook: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhook_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhook_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sns_topic: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,10 +15,11 @@ use toml::Spanned;
 use super::graph::{self, Order};
 use super::json::{strings_with_pointers, toml_to_json};
 use super::location::Problems;
-use super::raw::{RawHeader, RawPluginRef, RawStep};
+use super::raw::{RawHeader, RawNotify, RawPluginRef, RawStep};
 use super::refs::{self, Reference};
 use super::spans::config_span;
 use super::{CatalogLocation, PluginSpec, Step, StepPolicy, When};
+use crate::notify::{Event, NotifySpec, Secret, Target};
 
 /// The longest a step's attempt may be given.
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -230,6 +231,80 @@ fn s3_location(rest: &str) -> Result<CatalogLocation, String> {
         bucket: bucket.to_owned(),
         prefix: prefix.to_owned(),
     })
+}
+
+/// Validates one `[[notify]]` entry: known events, exactly one target.
+pub(super) fn notify(
+    problems: &mut Problems<'_>,
+    raw: &Spanned<RawNotify>,
+    dir: &Path,
+) -> Option<NotifySpec> {
+    let entry = raw.get_ref();
+    let mut on = Vec::new();
+    for event in entry.on.get_ref() {
+        match event.get_ref().as_str() {
+            "success" => on.push(Event::Success),
+            "partial" => on.push(Event::Partial),
+            "failure" => on.push(Event::Failure),
+            "stale" => on.push(Event::Stale),
+            other => problems.add(
+                Some(event.span()),
+                format!("{other:?} is not an event: use success, partial, failure or stale"),
+            ),
+        }
+    }
+    if entry.on.get_ref().is_empty() {
+        problems.add(Some(entry.on.span()), "`on` must name at least one event");
+    }
+    let targets = [
+        &entry.webhook,
+        &entry.webhook_env,
+        &entry.webhook_file,
+        &entry.sns_topic,
+    ];
+    if targets.iter().filter(|t| t.is_some()).count() != 1 {
+        problems.add(
+            Some(raw.span()),
+            "a [[notify]] entry needs exactly one of webhook, webhook_env, webhook_file, sns_topic",
+        );
+        return None;
+    }
+    let nonempty = |problems: &mut Problems<'_>, value: &Spanned<String>, what: &str| {
+        let text = value.get_ref().trim();
+        if text.is_empty() {
+            problems.add(Some(value.span()), format!("{what} must not be empty"));
+            None
+        } else {
+            Some(text.to_owned())
+        }
+    };
+    let target = if let Some(url) = &entry.webhook {
+        let url = nonempty(problems, url, "webhook")
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"));
+        if url.is_none() {
+            problems.add(
+                entry.webhook.as_ref().map(|u| u.span()),
+                "webhook must be an http:// or https:// URL (keep a secret one in webhook_env or webhook_file)",
+            );
+        }
+        Target::Webhook(Secret::Plain(url?))
+    } else if let Some(name) = &entry.webhook_env {
+        Target::Webhook(Secret::Env(nonempty(problems, name, "webhook_env")?))
+    } else if let Some(file) = &entry.webhook_file {
+        Target::Webhook(Secret::File(path(problems, file, dir, "webhook_file")?))
+    } else {
+        let arn = entry.sns_topic.as_ref()?;
+        let text = nonempty(problems, arn, "sns_topic")?;
+        if !text.starts_with("arn:") || text.split(':').count() != 6 {
+            problems.add(
+                Some(arn.span()),
+                format!("{text:?} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"),
+            );
+            return None;
+        }
+        Target::Sns { topic_arn: text }
+    };
+    Some(NotifySpec { on, target })
 }
 
 /// Validates one `[[plugins]]` entry.

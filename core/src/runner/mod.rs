@@ -39,6 +39,7 @@ use scheduler::{Decision, Scheduler};
 
 use crate::catalog::{Catalog, CatalogError, HEARTBEAT, LockGuard};
 use crate::host::PluginHost;
+use crate::notify::{Message, Notifier, notify_all};
 use crate::plan::{Plan, Step};
 use crate::record::{
     PlanInfo, RECORD_FORMAT, RunKind, RunRecord, RunStatus, StepError, StepRecord, StepStatus,
@@ -154,6 +155,7 @@ pub struct Runner<'a> {
     cancel: CancellationToken,
     state_root: PathBuf,
     grace: Duration,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl std::fmt::Debug for Runner<'_> {
@@ -174,7 +176,14 @@ impl<'a> Runner<'a> {
             cancel: CancellationToken::new(),
             state_root,
             grace: STOP_GRACE,
+            notifier: None,
         }
+    }
+
+    /// Tells the plan's `[[notify]]` entries about each run through `notifier`.
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// How long a timed-out or cancelled step may take to stop before it is abandoned
@@ -316,6 +325,7 @@ impl<'a> Runner<'a> {
             backplan_version: env!("CARGO_PKG_VERSION").to_owned(),
             verified: None,
             drill: None,
+            notifications: Vec::new(),
             steps: steps
                 .iter()
                 .map(|s| {
@@ -366,6 +376,7 @@ impl<'a> Runner<'a> {
             record.interrupted = self.cancel.is_cancelled();
             record.conclude();
         }
+        self.notify(&mut record).await;
         saver.save(&record)?;
         let verifiable = |plugin: &str| {
             self.host
@@ -382,6 +393,22 @@ impl<'a> Runner<'a> {
             tracing::warn!("could not release the plan's lock: {error}");
         }
         Ok(record)
+    }
+
+    /// Tells the plan's `[[notify]]` entries about the finished `record` (not for dry runs),
+    /// and keeps what became of each delivery in it.
+    async fn notify(&self, record: &mut RunRecord) {
+        let Some(notifier) = self.notifier.clone() else {
+            return;
+        };
+        if self.plan.notify.is_empty() || record.dry_run {
+            return;
+        }
+        let specs = self.plan.notify.clone();
+        let message = Message::of_run(record);
+        let deliveries =
+            tokio::task::spawn_blocking(move || notify_all(&*notifier, &specs, &message)).await;
+        record.notifications = deliveries.unwrap_or_default();
     }
 
     async fn run_graph(

@@ -5,6 +5,7 @@ mod ebs;
 mod json;
 mod monitoring;
 mod nfs_objects;
+mod notify;
 mod plugins;
 mod postgres;
 mod restore;
