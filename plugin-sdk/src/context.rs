@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::PluginError;
-use crate::abi::HostLink;
+use crate::abi::link::HostLink;
 use crate::protocol::{Level, Outputs, Progress, Request};
 
 /// Progress updates closer together than this are dropped (the last one always goes through).
@@ -46,6 +46,31 @@ impl Context {
             })?;
         serde_json::from_value(record)
             .map_err(|e| PluginError::permanent(format!("the backup record is unreadable: {e}")))
+    }
+
+    /// Whether this is a dry run (`--dry-run`): say what would be done, change nothing.
+    pub fn dry_run(&self) -> bool {
+        self.request.dry_run
+    }
+
+    /// Whether the operator passed `--force` to override a safety refusal (e.g. overwriting a
+    /// file that differs from the backup).
+    pub fn force(&self) -> bool {
+        self.request.force
+    }
+
+    /// The command line's `-o KEY=VALUE` options, decoded into the plugin's own options type;
+    /// none given is `T::default()`.
+    ///
+    /// Use `#[serde(deny_unknown_fields)]` on `T` so that a mistyped option is an error, not
+    /// silently ignored. An option that does not decode is a config error naming the action.
+    pub fn options<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, PluginError> {
+        match &self.request.options {
+            serde_json::Value::Null => Ok(T::default()),
+            given => serde_json::from_value(given.clone()).map_err(|e| {
+                PluginError::config(format!("{} options (-o): {e}", self.request.action))
+            }),
+        }
     }
 
     /// Whether the action should stop now (Ctrl-C, step timeout). Long loops check it often.
