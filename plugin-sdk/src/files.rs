@@ -8,6 +8,7 @@
 //! temporary file. (After a SIGKILL a hidden `.NAME.PID-N.partial` may stay behind; it is never
 //! mistaken for the target.) The bytes are counted and hashed (SHA-256) on the way, progress is
 //! reported in bytes, cancellation is honoured between chunks, and every error names the path.
+//! Missing folders above the file are created first.
 //!
 //! The file gets the mode the process's umask gives a new file; a plugin that must keep an
 //! original file's permissions sets them itself.
@@ -90,17 +91,93 @@ pub fn verify_checksum(ctx: &Context, path: &Path, expected: &Checksum) -> Plugi
 }
 
 /// Copies the regular file `from` to `to` atomically (see the module docs) and returns the
-/// [`Checksum`] of the bytes written. `to`'s folder must exist.
+/// [`Checksum`] of the bytes written. Missing folders above `to` are created.
 pub fn copy(ctx: &Context, from: &Path, to: &Path) -> PluginResult<Checksum> {
+    copy_checked(ctx, from, to, None)
+}
+
+/// Copies `from` to `to` like [`copy`], but puts the copy in place only if its bytes have the
+/// `expected` checksum (a restore's last line of defence): otherwise `to` is left as it was and
+/// the error is a permanent checksum mismatch.
+pub fn copy_verified(
+    ctx: &Context,
+    from: &Path,
+    to: &Path,
+    expected: &Checksum,
+) -> PluginResult<()> {
+    copy_checked(ctx, from, to, Some(expected)).map(drop)
+}
+
+fn copy_checked(
+    ctx: &Context,
+    from: &Path,
+    to: &Path,
+    expected: Option<&Checksum>,
+) -> PluginResult<Checksum> {
     let (mut source, total) = open_regular(from)?;
     let label = format!("copying {}", from.display());
-    write_with(ctx, to, label, total, |out| {
+    write_with(ctx, to, label, total, expected, |out| {
         pump(ctx, &mut source, from, out, to)
     })
 }
 
+/// Whether a restore must write `target`, by the rule every restore follows: never destroy data
+/// that is not in the backup unless the operator said `--force`.
+///
+/// `Ok(false)`: `target` already holds exactly the `expected` bytes, there is nothing to do.
+/// `Ok(true)`: `target` does not exist, or it differs and `--force` was given (a warning is
+/// logged). An error: it differs and `--force` was not given (a permanent refusal that says how
+/// to proceed), or it cannot be read, or it is not a regular file.
+pub fn needs_restore(ctx: &Context, target: &Path, expected: &Checksum) -> PluginResult<bool> {
+    // A dangling symlink counts as missing: the rename replaces the link, never its target.
+    if fs::metadata(target).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        return Ok(true);
+    }
+    let found = checksum(ctx, target)?;
+    if found == *expected {
+        return Ok(false);
+    }
+    let shown = target.display();
+    if !ctx.force() {
+        return Err(PluginError::permanent(format!(
+            "refusing to overwrite {shown}: it differs from the backup (sha256 {}, the backup \
+             has {})",
+            found.sha256, expected.sha256
+        ))
+        .with_detail("restore with --force to overwrite it"));
+    }
+    ctx.warn(format!(
+        "overwriting {shown}, which differs from the backup (--force)"
+    ));
+    Ok(true)
+}
+
+/// A config error unless `path` (the config key `key`) is absolute.
+pub fn require_absolute(key: &str, path: &Path) -> PluginResult<()> {
+    if !path.is_absolute() {
+        return Err(PluginError::config(format!(
+            "`{key}` must be an absolute path, not {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A config error unless `path` (the config key `key`) is a place to write into: absolute, and a
+/// folder if it exists at all (a missing one is created when needed).
+pub fn require_destination(key: &str, path: &Path) -> PluginResult<()> {
+    require_absolute(key, path)?;
+    if path.exists() && !path.is_dir() {
+        return Err(PluginError::config(format!(
+            "`{key}` {} exists and is not a folder",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `path` atomically (see the module docs) with what `write` writes, and returns the
-/// [`Checksum`] of those bytes. `path`'s folder must exist.
+/// [`Checksum`] of those bytes. Missing folders above `path` are created.
 ///
 /// A write that fails or is cancelled (the writer then fails with an error, and the result is
 /// [`PluginError::cancelled`]) leaves `path` as it was.
@@ -110,16 +187,21 @@ pub fn write_atomically(
     write: impl FnOnce(&mut dyn Write) -> PluginResult<()>,
 ) -> PluginResult<Checksum> {
     let label = format!("writing {}", path.display());
-    write_with(ctx, path, label, None, |out| write(out))
+    write_with(ctx, path, label, None, None, |out| write(out))
 }
 
+/// Writes `path` atomically through `write`; with `expected`, only if the bytes have it.
 fn write_with(
     ctx: &Context,
     path: &Path,
     label: String,
     total: Option<u64>,
+    expected: Option<&Checksum>,
     write: impl FnOnce(&mut Tally<'_, BufWriter<&File>>) -> PluginResult<()>,
 ) -> PluginResult<Checksum> {
+    if let Some(folder) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        fs::create_dir_all(folder).io_context("cannot create", folder)?;
+    }
     let temp = TempFile::next_to(path)?;
     let mut out = Tally::new(
         BufWriter::with_capacity(CHUNK, &temp.file),
@@ -136,6 +218,18 @@ fn write_with(
         });
     }
     let (_, checksum) = out.finish();
+    if let Some(expected) = expected.filter(|expected| **expected != checksum) {
+        return Err(PluginError::permanent(format!(
+            "checksum mismatch: the copy for {} has sha256 {} ({} bytes), the backup recorded {} \
+             ({} bytes); {} was left as it was",
+            path.display(),
+            checksum.sha256,
+            checksum.size,
+            expected.sha256,
+            expected.size,
+            path.display()
+        )));
+    }
     temp.file.sync_all().io_context("cannot sync", &temp.path)?;
     temp.rename_to(path)?;
     Ok(checksum)
@@ -315,6 +409,15 @@ mod tests {
 
     /// A context whose host says "cancelled" or never does.
     fn context(cancelled: bool) -> Context {
+        context_with(cancelled, false)
+    }
+
+    /// A context for a restore, with or without `--force`.
+    fn restoring(force: bool) -> Context {
+        context_with(false, force)
+    }
+
+    fn context_with(cancelled: bool, force: bool) -> Context {
         let api = Box::leak(Box::new(HostApi {
             abi_version: ABI_VERSION,
             struct_size: size_of::<HostApi>() as u32,
@@ -324,7 +427,8 @@ mod tests {
             is_cancelled: if cancelled { always } else { never },
         }));
         let request: Request = serde_json::from_value(json!({
-            "action": "backup", "plan": "p", "run_id": "r", "step_id": "s", "config": {}
+            "action": "restore", "plan": "p", "run_id": "r", "step_id": "s", "config": {},
+            "force": force,
         }))
         .unwrap();
         Context::new(request, HostLink::new(api))
@@ -473,5 +577,76 @@ mod tests {
         let err = copy(&context(false), &fifo, &dir.path().join("copy")).unwrap_err();
         assert!(err.message.ends_with("is not a regular file"), "{err}");
         assert_eq!(regular_file_size(&fifo).unwrap_err(), err);
+    }
+
+    fn abc() -> Checksum {
+        Checksum {
+            size: 3,
+            sha256: ABC_SHA256.into(),
+        }
+    }
+
+    #[test]
+    fn a_verified_copy_with_other_bytes_leaves_the_target_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&from, b"abd").unwrap();
+        fs::write(&to, b"the good old file").unwrap();
+        let err = copy_verified(&context(false), &from, &to, &abc()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Permanent);
+        assert!(err.message.starts_with("checksum mismatch: "), "{err}");
+        assert_eq!(fs::read(&to).unwrap(), b"the good old file");
+        assert_eq!(names(dir.path()), ["a", "b"]);
+
+        fs::write(&from, b"abc").unwrap();
+        copy_verified(&context(false), &from, &to, &abc()).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_restore_over_a_different_file_is_refused_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app.conf");
+        assert!(needs_restore(&restoring(false), &target, &abc()).unwrap());
+        fs::write(&target, b"abc").unwrap();
+        assert!(!needs_restore(&restoring(false), &target, &abc()).unwrap());
+        fs::write(&target, b"changed since").unwrap();
+        let err = needs_restore(&restoring(false), &target, &abc()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Permanent);
+        assert!(err.message.starts_with("refusing to overwrite"), "{err}");
+        assert!(needs_restore(&restoring(true), &target, &abc()).unwrap());
+    }
+
+    #[test]
+    fn a_dangling_symlink_at_the_target_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, target, nowhere) = (
+            dir.path().join("a"),
+            dir.path().join("app.conf"),
+            dir.path().join("nowhere"),
+        );
+        fs::write(&from, b"abc").unwrap();
+        std::os::unix::fs::symlink(&nowhere, &target).unwrap();
+        assert!(needs_restore(&restoring(false), &target, &abc()).unwrap());
+        copy_verified(&context(false), &from, &target, &abc()).unwrap();
+        assert!(fs::symlink_metadata(&target).unwrap().is_file());
+        assert!(!nowhere.exists());
+    }
+
+    #[test]
+    fn config_paths_must_be_absolute_and_destinations_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let err = require_absolute("source", Path::new("app.conf")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert_eq!(
+            err.message,
+            "`source` must be an absolute path, not app.conf"
+        );
+        require_destination("destination", dir.path()).unwrap();
+        require_destination("destination", &dir.path().join("new")).unwrap();
+        let err = require_destination("destination", &file).unwrap_err();
+        assert!(err.message.ends_with("exists and is not a folder"), "{err}");
     }
 }
