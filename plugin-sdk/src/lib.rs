@@ -45,6 +45,13 @@
 //!
 //! Errors say whether a retry may help ([`ErrorKind`]); long work reports [`Progress`] and checks
 //! [`Context::is_cancelled`]; logs go through [`Context::log`] to the host's `tracing` output.
+//! [`Context::options`], [`Context::dry_run`] and [`Context::force`] read what the operator asked
+//! for, and [`IoResultExt::io_context`] turns an `io::Error` into a [`PluginError`] naming the path.
+//!
+//! The modules follow who uses them. A plugin author needs the crate root, [`files`] (atomic
+//! writes, checksums, the restore's overwrite rule), [`testing`] and, to prune, `retention`.
+//! [`abi`] holds only the `#[repr(C)]` shapes both sides agree on, [`host`] is what backplan-core
+//! uses to call a plugin, and a hidden `__private` module is what `declare_plugin!` expands to.
 
 #![warn(missing_docs, unreachable_pub)]
 
