@@ -121,3 +121,45 @@ impl Context {
         self.log(Level::Warn, message);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+    use crate::ErrorKind;
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RestoreOptions {
+        target: Option<String>,
+    }
+
+    fn with_options(options: serde_json::Value) -> Context {
+        let request: Request = serde_json::from_value(json!({
+            "action": "restore", "plan": "p", "run_id": "r", "step_id": "s", "config": {},
+            "options": options,
+        }))
+        .unwrap();
+        Context::new(request, HostLink::new(std::ptr::null()))
+    }
+
+    #[test]
+    fn options_decode_into_the_plugins_type_and_none_given_is_the_default() {
+        let given = with_options(json!({"target": "/srv/drill"}));
+        let options: RestoreOptions = given.options().unwrap();
+        assert_eq!(options.target.as_deref(), Some("/srv/drill"));
+        let none: RestoreOptions = with_options(serde_json::Value::Null).options().unwrap();
+        assert_eq!(none, RestoreOptions::default());
+    }
+
+    #[test]
+    fn a_mistyped_option_is_a_config_error_naming_it() {
+        let typo = with_options(json!({"taget": "/srv/drill"}));
+        let err = typo.options::<RestoreOptions>().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.message.starts_with("restore options (-o): "), "{err}");
+        assert!(err.message.contains("taget"), "{err}");
+    }
+}
