@@ -16,7 +16,8 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use backplan_plugin_sdk::abi::{ENTRY_SYMBOL, EntryFn, PluginDescriptor, PluginRef};
+use backplan_plugin_sdk::abi::{ENTRY_SYMBOL, EntryFn, PluginDescriptor};
+use backplan_plugin_sdk::host::PluginRef;
 use backplan_plugin_sdk::{Action, Description};
 use serde_json::Value;
 

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::PluginError;
-use crate::abi::HostLink;
+use crate::abi::link::HostLink;
 use crate::protocol::{Level, Outputs, Progress, Request};
 
 /// Progress updates closer together than this are dropped (the last one always goes through).
@@ -46,6 +46,31 @@ impl Context {
             })?;
         serde_json::from_value(record)
             .map_err(|e| PluginError::permanent(format!("the backup record is unreadable: {e}")))
+    }
+
+    /// Whether this is a dry run (`--dry-run`): say what would be done, change nothing.
+    pub fn dry_run(&self) -> bool {
+        self.request.dry_run
+    }
+
+    /// Whether the operator passed `--force` to override a safety refusal (e.g. overwriting a
+    /// file that differs from the backup).
+    pub fn force(&self) -> bool {
+        self.request.force
+    }
+
+    /// The command line's `-o KEY=VALUE` options, decoded into the plugin's own options type;
+    /// none given is `T::default()`.
+    ///
+    /// Use `#[serde(deny_unknown_fields)]` on `T` so that a mistyped option is an error, not
+    /// silently ignored. An option that does not decode is a config error naming the action.
+    pub fn options<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, PluginError> {
+        match &self.request.options {
+            serde_json::Value::Null => Ok(T::default()),
+            given => serde_json::from_value(given.clone()).map_err(|e| {
+                PluginError::config(format!("{} options (-o): {e}", self.request.action))
+            }),
+        }
     }
 
     /// Whether the action should stop now (Ctrl-C, step timeout). Long loops check it often.
@@ -94,5 +119,47 @@ impl Context {
     /// A warning-level log record.
     pub fn warn(&self, message: impl AsRef<str>) {
         self.log(Level::Warn, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+    use crate::ErrorKind;
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RestoreOptions {
+        target: Option<String>,
+    }
+
+    fn with_options(options: serde_json::Value) -> Context {
+        let request: Request = serde_json::from_value(json!({
+            "action": "restore", "plan": "p", "run_id": "r", "step_id": "s", "config": {},
+            "options": options,
+        }))
+        .unwrap();
+        Context::new(request, HostLink::new(std::ptr::null()))
+    }
+
+    #[test]
+    fn options_decode_into_the_plugins_type_and_none_given_is_the_default() {
+        let given = with_options(json!({"target": "/srv/drill"}));
+        let options: RestoreOptions = given.options().unwrap();
+        assert_eq!(options.target.as_deref(), Some("/srv/drill"));
+        let none: RestoreOptions = with_options(serde_json::Value::Null).options().unwrap();
+        assert_eq!(none, RestoreOptions::default());
+    }
+
+    #[test]
+    fn a_mistyped_option_is_a_config_error_naming_it() {
+        let typo = with_options(json!({"taget": "/srv/drill"}));
+        let err = typo.options::<RestoreOptions>().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.message.starts_with("restore options (-o): "), "{err}");
+        assert!(err.message.contains("taget"), "{err}");
     }
 }

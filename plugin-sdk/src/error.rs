@@ -7,6 +7,9 @@
 //! before anything runs when it comes from `check`). Errors cross the C ABI as JSON, so they carry
 //! plain strings, never boxed sources.
 
+use std::io;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 /// What went wrong, at the level the runner acts on.
@@ -99,6 +102,24 @@ impl PluginError {
             format!("this plugin does not support `{action}`"),
         )
     }
+    /// An I/O failure while doing something to `path`: `"{doing} {path}: {why}"`.
+    ///
+    /// Transient when the OS says the condition may pass (interrupted, timed out, would block),
+    /// permanent otherwise; a missing file reads "it does not exist".
+    /// [`IoResultExt::io_context`] is the same for an `io::Result`, with `?`.
+    pub fn io(doing: &str, path: &Path, error: &io::Error) -> Self {
+        let why = match error.kind() {
+            io::ErrorKind::NotFound => "it does not exist".to_owned(),
+            _ => error.to_string(),
+        };
+        let message = format!("{doing} {}: {why}", path.display());
+        match error.kind() {
+            io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                Self::transient(message)
+            }
+            _ => Self::permanent(message),
+        }
+    }
     /// Adds a line of detail.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
@@ -112,3 +133,27 @@ impl PluginError {
 
 /// The result type of plugin actions.
 pub type PluginResult<T> = Result<T, PluginError>;
+
+/// Names the path an I/O call failed on, for `?` in an action.
+///
+/// ```
+/// use backplan_plugin_sdk::{IoResultExt, PluginResult};
+///
+/// fn make(dir: &std::path::Path) -> PluginResult<()> {
+///     std::fs::create_dir_all(dir).io_context("cannot create", dir)?;
+///     Ok(())
+/// }
+/// # make(&std::env::temp_dir()).unwrap();
+/// let err = make("/proc/no/such".as_ref()).unwrap_err();
+/// assert!(err.message.starts_with("cannot create /proc/no/such: "), "{err}");
+/// ```
+pub trait IoResultExt<T> {
+    /// The value, or [`PluginError::io`] of the error: `"{doing} {path}: {why}"`.
+    fn io_context(self, doing: &str, path: &Path) -> PluginResult<T>;
+}
+
+impl<T> IoResultExt<T> for io::Result<T> {
+    fn io_context(self, doing: &str, path: &Path) -> PluginResult<T> {
+        self.map_err(|error| PluginError::io(doing, path, &error))
+    }
+}

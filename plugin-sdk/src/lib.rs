@@ -45,10 +45,23 @@
 //!
 //! Errors say whether a retry may help ([`ErrorKind`]); long work reports [`Progress`] and checks
 //! [`Context::is_cancelled`]; logs go through [`Context::log`] to the host's `tracing` output.
+//! [`Context::options`], [`Context::dry_run`] and [`Context::force`] read what the operator asked
+//! for, and [`IoResultExt::io_context`] turns an `io::Error` into a [`PluginError`] naming the path.
+//!
+//! The modules follow who uses them. A plugin author needs the crate root, [`files`] (atomic
+//! writes, checksums, the restore's overwrite rule), [`testing`] and, to prune, `retention`.
+//! [`abi`] holds only the `#[repr(C)]` shapes both sides agree on, [`host`] is what backplan-core
+//! uses to call a plugin, and a hidden `__private` module is what `declare_plugin!` expands to.
 
+#![warn(missing_docs, unreachable_pub)]
+
+#[doc(hidden)]
+pub mod __private;
 pub mod abi;
 mod context;
 mod error;
+pub mod files;
+pub mod host;
 mod plugin;
 mod protocol;
 #[cfg(feature = "retention")]
@@ -56,7 +69,7 @@ pub mod retention;
 pub mod testing;
 
 pub use context::Context;
-pub use error::{ErrorKind, PluginError, PluginResult};
+pub use error::{ErrorKind, IoResultExt, PluginError, PluginResult};
 pub use plugin::Plugin;
 pub use protocol::{
     Action, Description, HistoryEntry, Level, Outputs, Permissions, Progress, Request, Response,
@@ -69,43 +82,6 @@ pub use serde_json;
 
 /// The version of this SDK, recorded in every [`Description`].
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Builds the [`Description`] of plugin `P`.
-pub fn describe<P: Plugin>(version: &str) -> Description {
-    let schema = schemars::schema_for!(P::Config);
-    Description {
-        name: P::NAME.to_owned(),
-        version: version.to_owned(),
-        summary: P::SUMMARY.to_owned(),
-        docs: P::DOCS.to_owned(),
-        actions: P::ACTIONS.to_vec(),
-        config_schema: serde_json::to_value(schema).unwrap_or_default(),
-        sdk_version: SDK_VERSION.to_owned(),
-    }
-}
-
-/// Deserialises the config and dispatches the request to the plugin's action.
-fn run_action<P: Plugin>(plugin: &P, ctx: &Context) -> PluginResult<StepOutput> {
-    let request = ctx.request();
-    let config: P::Config = serde_json::from_value(request.config.clone()).map_err(|e| {
-        PluginError::config(format!("step `{}`: invalid config: {e}", request.step_id))
-    })?;
-    let always = [Action::Check, Action::Permissions];
-    if !always.contains(&request.action) && !P::ACTIONS.contains(&request.action) {
-        return Err(PluginError::unsupported(request.action));
-    }
-    match request.action {
-        Action::Permissions => {
-            Ok(StepOutput::new("permissions").record(plugin.permissions(&config)))
-        }
-        Action::Check => plugin.check(ctx, &config),
-        Action::Backup => plugin.backup(ctx, &config),
-        Action::Verify => plugin.verify(ctx, &config),
-        Action::Restore => plugin.restore(ctx, &config),
-        Action::Prune => plugin.prune(ctx, &config),
-        Action::Teardown => plugin.teardown(ctx, &config),
-    }
-}
 
 /// Declares the plugin of this crate.
 ///
@@ -123,35 +99,21 @@ macro_rules! declare_plugin {
     ($plugin:ty, $constructor:expr) => {
         /// This crate's plugin, as the backplan host reaches it.
         pub fn plugin_descriptor() -> &'static $crate::abi::PluginDescriptor {
-            static INSTANCE: ::std::sync::OnceLock<$plugin> = ::std::sync::OnceLock::new();
-            static DESCRIPTOR: $crate::abi::plugin_side::DescriptorCell =
-                $crate::abi::plugin_side::DescriptorCell::new();
-            fn instance() -> &'static $plugin {
-                INSTANCE.get_or_init(|| $constructor)
-            }
-            unsafe extern "C" fn describe(out: *mut $crate::abi::Buffer) -> i32 {
-                // SAFETY: the host upholds the ABI contract for `out`.
-                unsafe {
-                    $crate::abi::plugin_side::describe::<$plugin>(env!("CARGO_PKG_VERSION"), out)
+            struct Declared;
+            impl $crate::__private::Declared for Declared {
+                type Plugin = $plugin;
+                const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+                fn instance() -> &'static $plugin {
+                    static INSTANCE: ::std::sync::OnceLock<$plugin> = ::std::sync::OnceLock::new();
+                    INSTANCE.get_or_init(|| $constructor)
+                }
+                fn descriptor_cell() -> &'static $crate::__private::DescriptorCell {
+                    static DESCRIPTOR: $crate::__private::DescriptorCell =
+                        $crate::__private::DescriptorCell::new();
+                    &DESCRIPTOR
                 }
             }
-            unsafe extern "C" fn invoke(
-                request: *const u8,
-                len: usize,
-                host: *const $crate::abi::HostApi,
-                out: *mut $crate::abi::Buffer,
-            ) -> i32 {
-                // SAFETY: the host upholds the ABI contract for every pointer.
-                unsafe {
-                    $crate::abi::plugin_side::invoke::<$plugin>(instance, request, len, host, out)
-                }
-            }
-            DESCRIPTOR.get_or_init(
-                <$plugin as $crate::Plugin>::NAME,
-                env!("CARGO_PKG_VERSION"),
-                describe,
-                invoke,
-            )
+            $crate::__private::descriptor::<Declared>()
         }
 
         /// The exported entry symbol of a dynamically loaded plugin.

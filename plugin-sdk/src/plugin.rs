@@ -15,6 +15,11 @@ use crate::{Action, Context, Permissions, PluginError, PluginResult, StepOutput}
 ///
 /// Actions not listed in [`Plugin::ACTIONS`] are never called; their default bodies answer
 /// "unsupported" all the same. `check` and `permissions` are always callable.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a backplan plugin",
+    label = "`declare_plugin!` needs a type that implements `backplan_plugin_sdk::Plugin`",
+    note = "implement `Plugin` for `{Self}`: its `Config`, `NAME`, `SUMMARY`, `ACTIONS` and actions"
+)]
 pub trait Plugin: Send + Sync + 'static {
     /// The step's `config` table. Derive `Deserialize` and `JsonSchema`, and use
     /// `#[serde(deny_unknown_fields)]` so that a typo in a plan is an error, not a silent default.
@@ -67,8 +72,16 @@ pub trait Plugin: Send + Sync + 'static {
         Err(PluginError::unsupported(Action::Prune))
     }
 
-    /// Undoes the drill restore described by `ctx.request().record` (what `restore` returned):
-    /// `backplan drill` calls it after the restored system answered its health check.
+    /// Undoes the drill restore described by `ctx.request().record` (what `restore` returned),
+    /// e.g. terminates the instance launched from the image.
+    ///
+    /// `backplan drill` calls it for every step whose restore succeeded, in reverse restore
+    /// order, once the health check is over — **whether or not it passed**, and also when it was
+    /// never tried because another step's restore failed or the run was cancelled: a drill must
+    /// never leave a launched machine behind. It runs even after Ctrl-C, with a cancellation flag
+    /// of its own that the run's Ctrl-C does not raise (the step's timeout still applies). It is
+    /// not called in a dry run. So it must work from the record alone, and succeed when what it
+    /// would remove is already gone.
     fn teardown(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
         let _ = (ctx, config);
         Err(PluginError::unsupported(Action::Teardown))

@@ -13,8 +13,13 @@ use serde_json::Value;
 use crate::PluginError;
 
 /// What the runner asks a plugin to do.
+///
+/// New actions may come in later SDK versions, so the enum is `#[non_exhaustive]` and reads
+/// any name it does not know as [`Action::Unknown`]: an older host reading a newer plugin's
+/// description, or an older plugin reading a newer host's request, never fails on one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Action {
     /// Validate the configuration and preflight (credentials, permissions, paths). Changes nothing.
     Check,
@@ -32,11 +37,18 @@ pub enum Action {
     /// Undo a restore made only to prove the backup works (a restore drill): e.g. terminate the
     /// instance launched from the image. The request's `record` is what that restore returned.
     Teardown,
+    /// An action this SDK version does not know (named by a newer plugin or host). Never called:
+    /// a plugin answers it as unsupported, and a [`Description`] drops it when read.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Action {
-    /// Every action that acts on backups, in the order a backup's life goes through them.
-    pub const ALL: [Action; 5] = [
+    /// The actions of a backup's life, in the order a backup goes through them: the check before
+    /// each run, then backup, verify, restore and prune. Not `permissions` (a question about the
+    /// configuration, answered without acting) nor `teardown` (the undo of a drill's restore). A
+    /// plugin that implements the whole life (like `exec`) lists these as its `ACTIONS`.
+    pub const LIFECYCLE: [Action; 5] = [
         Action::Check,
         Action::Backup,
         Action::Verify,
@@ -54,6 +66,7 @@ impl Action {
             Action::Prune => "prune",
             Action::Permissions => "permissions",
             Action::Teardown => "teardown",
+            Action::Unknown => "unknown",
         }
     }
 }
@@ -77,13 +90,24 @@ pub struct Description {
     /// Longer documentation (Markdown): configuration notes, what the record holds.
     #[serde(default)]
     pub docs: String,
-    /// The actions it implements.
+    /// The actions it implements. Reading a description drops the actions this SDK does not know
+    /// (a newer plugin's), so a host only ever sees actions it can call.
+    #[serde(deserialize_with = "known_actions")]
     pub actions: Vec<Action>,
     /// A JSON Schema of the step's `config` table.
     pub config_schema: Value,
     /// The version of the SDK the plugin was built with.
     #[serde(default)]
     pub sdk_version: String,
+}
+
+/// Reads a list of actions, leaving out those this SDK does not know.
+fn known_actions<'de, D: serde::Deserializer<'de>>(reader: D) -> Result<Vec<Action>, D::Error> {
+    let actions = Vec::<Action>::deserialize(reader)?;
+    Ok(actions
+        .into_iter()
+        .filter(|action| *action != Action::Unknown)
+        .collect())
 }
 
 /// The outputs of one earlier step, as a later step sees them.
@@ -188,6 +212,11 @@ pub struct StepOutput {
     /// Things the operator should know that did not fail the step.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Why the record or an output could not be encoded as JSON (a path that is not UTF-8, a
+    /// map with non-string keys): the step then fails with this, rather than store a `null`
+    /// record that no restore could use.
+    #[serde(skip)]
+    encode_error: Option<String>,
 }
 
 impl StepOutput {
@@ -198,18 +227,34 @@ impl StepOutput {
             ..Self::default()
         }
     }
-    /// Sets the record (anything serialisable).
+    /// Sets the record (anything serialisable): what `verify`, `restore` and `prune` read back
+    /// with [`Context::record`](crate::Context::record). A record that does not encode as JSON
+    /// fails the step.
     pub fn record(mut self, record: impl Serialize) -> Self {
-        self.record = serde_json::to_value(record).unwrap_or(Value::Null);
+        self.record = self.encode("the record", record);
         self
     }
-    /// Adds an output later steps may read.
+    /// Adds an output later steps may read. A value that does not encode as JSON fails the step.
     pub fn output(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
-        self.outputs.insert(
-            key.into(),
-            serde_json::to_value(value).unwrap_or(Value::Null),
-        );
+        let key = key.into();
+        let value = self.encode(&format!("the output `{key}`"), value);
+        self.outputs.insert(key, value);
         self
+    }
+    /// `value` as JSON; on failure, `null`, remembering the first failure for [`Self::encoded`].
+    fn encode(&mut self, what: &str, value: impl Serialize) -> Value {
+        serde_json::to_value(value).unwrap_or_else(|e| {
+            self.encode_error
+                .get_or_insert_with(|| format!("{what} cannot be encoded as JSON: {e}"));
+            Value::Null
+        })
+    }
+    /// The output, or the error of a record or output that could not be encoded.
+    pub(crate) fn encoded(self) -> Result<Self, PluginError> {
+        match &self.encode_error {
+            Some(error) => Err(PluginError::new(crate::ErrorKind::Internal, error.clone())),
+            None => Ok(self),
+        }
     }
     /// Sets the byte count.
     pub fn bytes(mut self, bytes: u64) -> Self {
@@ -284,4 +329,29 @@ pub struct Progress {
     /// What is happening now, e.g. `waiting for snap-123`.
     #[serde(default)]
     pub message: String,
+}
+
+impl Progress {
+    /// Progress in bytes: `done` of `total` (when known), with what is being read or written.
+    pub fn bytes(done: u64, total: Option<u64>, message: impl Into<String>) -> Self {
+        Self {
+            done,
+            total,
+            unit: "bytes".into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_action_this_sdk_does_not_know_reads_as_unknown() {
+        let action: Action = serde_json::from_str(r#""snapshot_tags""#).unwrap();
+        assert_eq!(action, Action::Unknown);
+        let known: Action = serde_json::from_str(r#""teardown""#).unwrap();
+        assert_eq!(known, Action::Teardown);
+    }
 }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 
-use crate::abi::{HostHooks, PluginDescriptor, PluginRef};
+use crate::abi::PluginDescriptor;
+use crate::host::{HostHooks, PluginRef};
 use crate::protocol::{Action, Description, Level, Progress, Request, Response};
 use crate::{ErrorKind, PluginError, PluginResult, StepOutput};
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backplan_plugin_sdk::abi::{HostHooks, PluginRef};
+use backplan_plugin_sdk::host::{HostHooks, PluginRef};
 use backplan_plugin_sdk::{ErrorKind, Level, PluginError, Progress, Request, Response, StepOutput};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backplan_plugin_sdk::abi::PluginRef;
+use backplan_plugin_sdk::host::PluginRef;
 use backplan_plugin_sdk::{Action, ErrorKind, HistoryEntry, Outputs, PluginError, Request};
 use tokio_util::sync::CancellationToken;
 

@@ -1,16 +1,17 @@
-//! `checksum-file`: an example third-party backplan plugin.
+//! `checksum-file`: an example third-party backplan plugin, and the smallest complete one.
 //!
-//! It backs up one file by copying it into a folder, with the copy's sha256 in the run record;
-//! `verify` re-reads the copy and compares the checksum; `restore` puts the copy back (by default
-//! where it came from), refusing to overwrite a different existing file unless the operator
-//! passes `--force`. Every action honours `--dry-run`, reports progress in bytes, logs through the
-//! context, and stops when the run is cancelled.
+//! It backs up one file by copying it into a folder, with the copy's size and sha256 in the run
+//! record; `verify` re-reads the copy and compares the checksum; `restore` puts the copy back (by
+//! default where it came from, or to `-o target=PATH`), refusing to overwrite a different
+//! existing file unless the operator passes `--force`. Every action honours `--dry-run`, reports
+//! progress in bytes, logs through the context, and stops when the run is cancelled.
 //!
-//! It is small on purpose: it shows everything a plugin author needs — a documented
-//! `deny_unknown_fields` config with a JSON Schema, typed errors that tell the runner whether a
-//! retry may help, a record that `verify` and `restore` read back, `declare_plugin!` with the
-//! `dynamic` feature for the `cdylib`, and in-process tests through
-//! [`backplan_plugin_sdk::testing::Harness`].
+//! It shows what a plugin author writes: a documented `deny_unknown_fields` config with a JSON
+//! Schema, a record that `verify` and `restore` read back, errors that tell the runner whether a
+//! retry may help, `declare_plugin!` with the `dynamic` feature for the `cdylib`, and in-process
+//! tests through [`backplan_plugin_sdk::testing::Harness`]. The generic parts — writing a file
+//! atomically, checksums, progress, cancellation, I/O errors that name the path — are the SDK's
+//! [`files`] helpers.
 //!
 //! ```toml
 //! [[plugins]]
@@ -24,16 +25,12 @@
 //! destination = "/var/backups/replicated"
 //! ```
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use backplan_plugin_sdk::{
-    Action, Context, Plugin, PluginError, PluginResult, Progress, StepOutput, declare_plugin,
-};
+use backplan_plugin_sdk::files::{self, Checksum};
+use backplan_plugin_sdk::{Action, Context, Plugin, PluginResult, StepOutput, declare_plugin};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The `config` table of a `checksum-file` step.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -53,10 +50,17 @@ pub struct CopyRecord {
     pub source: PathBuf,
     /// Where the copy is.
     pub copy: PathBuf,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its SHA-256, lower-case hex.
-    pub sha256: String,
+    /// The copy's size and sha256 (recorded as the fields `size` and `sha256`).
+    #[serde(flatten)]
+    pub checksum: Checksum,
+}
+
+/// The `-o KEY=VALUE` options of `restore`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreOptions {
+    /// Where to put the file back instead of its `source`.
+    target: Option<PathBuf>,
 }
 
 /// The `checksum-file` plugin.
@@ -69,267 +73,89 @@ impl Plugin for ChecksumFile {
     const SUMMARY: &'static str =
         "Copies one file aside with its sha256; verifies and restores it.";
     const DOCS: &'static str = include_str!("../README.md");
-    const ACTIONS: &'static [Action] = &[
-        Action::Check,
-        Action::Backup,
-        Action::Verify,
-        Action::Restore,
-    ];
+    // `check` is always callable, listed or not.
+    const ACTIONS: &'static [Action] = &[Action::Backup, Action::Verify, Action::Restore];
 
     fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
-        for (key, path) in [
-            ("source", &config.source),
-            ("destination", &config.destination),
-        ] {
-            if !path.is_absolute() {
-                return Err(PluginError::config(format!(
-                    "`{key}` must be an absolute path, not {}",
-                    path.display()
-                )));
-            }
-        }
-        if config.destination.exists() && !config.destination.is_dir() {
-            return Err(PluginError::config(format!(
-                "`destination` {} exists and is not a folder",
-                config.destination.display()
-            )));
-        }
+        files::require_absolute("source", &config.source)?;
+        files::require_destination("destination", &config.destination)?;
         // Before a restore (possibly on a fresh machine) the source need not exist yet.
         if ctx.request().check_for == Some(Action::Restore) {
             return Ok(StepOutput::new("configuration is valid"));
         }
-        let size = source_size(&config.source)?;
+        let size = files::regular_file_size(&config.source)?;
+        let source = config.source.display();
         Ok(StepOutput::new(format!(
-            "{} is readable ({size} bytes)",
-            config.source.display()
+            "{source} is readable ({size} bytes)"
         )))
     }
 
     fn backup(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
-        let size = source_size(&config.source)?;
-        let name = config
-            .source
-            .file_name()
-            .ok_or_else(|| PluginError::config("`source` has no file name"))?;
-        let copy = config.destination.join(format!(
-            "{}-{}",
-            ctx.request().run_id,
-            name.to_string_lossy()
-        ));
-        if ctx.request().dry_run {
+        let (source, destination) = (&config.source, &config.destination);
+        let size = files::regular_file_size(source)?;
+        // A regular file's path always ends in a file name.
+        let name = source.file_name().unwrap_or_default().to_string_lossy();
+        let copy = destination.join(format!("{}-{name}", ctx.request().run_id));
+        let (from, to) = (source.display(), copy.display());
+        if ctx.dry_run() {
             return Ok(StepOutput::new(format!(
-                "would copy {} ({size} bytes) to {}",
-                config.source.display(),
-                copy.display()
+                "would copy {from} ({size} bytes) to {to}"
             )));
         }
-        fs::create_dir_all(&config.destination)
-            .map_err(|e| io_error("cannot create", &config.destination, &e))?;
-        ctx.info(format!(
-            "copying {} to {}",
-            config.source.display(),
-            copy.display()
-        ));
-        let (size, sha256) = copy_checksummed(ctx, &config.source, &copy)?;
+        ctx.info(format!("copying {from} to {to}"));
+        // Creates `destination` when missing; the copy is complete and synced, or absent.
+        let checksum = files::copy(ctx, source, &copy)?;
+        let summary = format!("copied {from} ({checksum}) to {to}");
         let record = CopyRecord {
-            source: config.source.clone(),
+            source: source.clone(),
             copy: copy.clone(),
-            size,
-            sha256: sha256.clone(),
+            checksum: checksum.clone(),
         };
-        Ok(StepOutput::new(format!(
-            "copied {} ({size} bytes, sha256 {}…) to {}",
-            config.source.display(),
-            &sha256[..12],
-            copy.display()
-        ))
-        .output("copy", &copy)
-        .output("sha256", &sha256)
-        .bytes(size)
-        .record(record))
+        Ok(StepOutput::new(summary)
+            .output("copy", &copy)
+            .output("sha256", &checksum.sha256)
+            .bytes(checksum.size)
+            .record(record))
     }
 
     fn verify(&self, ctx: &Context, _config: &Config) -> PluginResult<StepOutput> {
         let record: CopyRecord = ctx.record()?;
-        check_copy(ctx, &record)?;
-        Ok(StepOutput::new(format!(
-            "{} is intact (sha256 {}…)",
-            record.copy.display(),
-            &record.sha256[..12.min(record.sha256.len())]
-        ))
-        .bytes(record.size))
+        files::verify_checksum(ctx, &record.copy, &record.checksum)?;
+        let summary = format!("{} is intact ({})", record.copy.display(), record.checksum);
+        Ok(StepOutput::new(summary).bytes(record.checksum.size))
     }
 
     fn restore(&self, ctx: &Context, _config: &Config) -> PluginResult<StepOutput> {
         let record: CopyRecord = ctx.record()?;
-        let request = ctx.request();
-        let target = match request.options.get("target").and_then(|t| t.as_str()) {
-            Some(target) => PathBuf::from(target),
-            None => record.source.clone(),
-        };
+        let target = ctx.options::<RestoreOptions>()?.target;
+        let target = target.unwrap_or_else(|| record.source.clone());
+        let (from, to) = (record.copy.display(), target.display());
         // Never put back a copy that is not the one backed up.
-        check_copy(ctx, &record)?;
-        if target.exists() {
-            let (_, existing) = hash_file(ctx, &target, None)?;
-            if existing == record.sha256 {
-                return Ok(StepOutput::new(format!(
-                    "{} already matches the backup",
-                    target.display()
-                )));
-            }
-            if !request.force {
-                return Err(PluginError::permanent(format!(
-                    "refusing to overwrite {}: it differs from the backup (sha256 {existing}, \
-                     the backup has {})",
-                    target.display(),
-                    record.sha256
-                ))
-                .with_detail("restore with --force to overwrite it"));
-            }
-            ctx.warn(format!(
-                "overwriting {}, which differs from the backup (--force)",
-                target.display()
-            ));
+        files::verify_checksum(ctx, &record.copy, &record.checksum)?;
+        if !files::needs_restore(ctx, &target, &record.checksum)? {
+            return Ok(StepOutput::new(format!("{to} already matches the backup")));
         }
-        if request.dry_run {
-            return Ok(StepOutput::new(format!(
-                "would restore {} to {}",
-                record.copy.display(),
-                target.display()
-            )));
+        if ctx.dry_run() {
+            return Ok(StepOutput::new(format!("would restore {from} to {to}")));
         }
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
-        }
-        let (size, sha256) = copy_checksummed(ctx, &record.copy, &target)?;
-        if sha256 != record.sha256 {
-            return Err(PluginError::transient(format!(
-                "the restored {} has sha256 {sha256}, the backup has {}",
-                target.display(),
-                record.sha256
-            )));
-        }
-        Ok(
-            StepOutput::new(format!("restored {} ({size} bytes)", target.display()))
-                .output("path", &target)
-                .bytes(size),
-        )
+        // Put in place only if the bytes written are the backup's.
+        files::copy_verified(ctx, &record.copy, &target, &record.checksum)?;
+        let size = record.checksum.size;
+        Ok(StepOutput::new(format!("restored {to} ({size} bytes)"))
+            .output("path", &target)
+            .bytes(size))
     }
 }
 
 declare_plugin!(ChecksumFile);
-
-/// The size of the file to back up, or a clear error when it is not there.
-fn source_size(source: &Path) -> PluginResult<u64> {
-    match fs::metadata(source) {
-        Ok(meta) if meta.is_file() => Ok(meta.len()),
-        Ok(_) => Err(PluginError::permanent(format!(
-            "the source {} is not a regular file",
-            source.display()
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PluginError::permanent(format!(
-            "the source file {} does not exist",
-            source.display()
-        ))),
-        Err(e) => Err(io_error("cannot read", source, &e)),
-    }
-}
-
-/// Confirms the copy a record names has the recorded checksum.
-fn check_copy(ctx: &Context, record: &CopyRecord) -> PluginResult<()> {
-    if !record.copy.is_file() {
-        return Err(PluginError::permanent(format!(
-            "the copy {} is missing",
-            record.copy.display()
-        )));
-    }
-    let (size, sha256) = hash_file(ctx, &record.copy, None)?;
-    if sha256 != record.sha256 || size != record.size {
-        return Err(PluginError::permanent(format!(
-            "checksum mismatch: {} has sha256 {sha256} ({size} bytes), the backup recorded {} \
-             ({} bytes)",
-            record.copy.display(),
-            record.sha256,
-            record.size
-        )));
-    }
-    Ok(())
-}
-
-/// Copies `from` to `to` through a temporary file next to `to` (renamed when complete and
-/// synced), returning the size and sha256 of the bytes written.
-fn copy_checksummed(ctx: &Context, from: &Path, to: &Path) -> PluginResult<(u64, String)> {
-    let name = to.file_name().unwrap_or_default().to_string_lossy();
-    let partial = to.with_file_name(format!(".{name}.partial"));
-    let result = (|| {
-        let mut out =
-            File::create(&partial).map_err(|e| io_error("cannot create", &partial, &e))?;
-        let hashed = hash_file(ctx, from, Some(&mut out))?;
-        out.sync_all()
-            .map_err(|e| io_error("cannot write", &partial, &e))?;
-        fs::rename(&partial, to).map_err(|e| io_error("cannot rename into", to, &e))?;
-        Ok(hashed)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-    }
-    result
-}
-
-/// Reads `path` once, hashing it and writing it to `sink` if given; reports progress and stops
-/// when the run is cancelled.
-fn hash_file(
-    ctx: &Context,
-    path: &Path,
-    mut sink: Option<&mut File>,
-) -> PluginResult<(u64, String)> {
-    let mut file = File::open(path).map_err(|e| io_error("cannot open", path, &e))?;
-    let total = file.metadata().map(|m| m.len()).ok();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut done = 0u64;
-    loop {
-        ctx.check_cancelled()?;
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| io_error("cannot read", path, &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        if let Some(out) = sink.as_mut() {
-            out.write_all(&buf[..n])
-                .map_err(|e| PluginError::permanent(format!("cannot write the copy: {e}")))?;
-        }
-        done += n as u64;
-        ctx.progress(Progress {
-            done,
-            total,
-            unit: "bytes".into(),
-            message: format!("reading {}", path.display()),
-        });
-    }
-    let digest = hasher.finalize();
-    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((done, hex))
-}
-
-/// An I/O failure: transient when the OS says it may pass, permanent otherwise.
-fn io_error(what: &str, path: &Path, e: &io::Error) -> PluginError {
-    let message = format!("{what} {}: {e}", path.display());
-    match e.kind() {
-        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            PluginError::transient(message)
-        }
-        _ => PluginError::permanent(message),
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use backplan_plugin_sdk::testing::Harness;
     use backplan_plugin_sdk::{ErrorKind, Level};
     use serde_json::{Value, json};
+
+    use std::fs;
 
     use super::*;
 
@@ -383,12 +209,12 @@ mod tests {
 
         let backup = f.harness.run(Action::Backup, f.config()).unwrap();
         let record: CopyRecord = serde_json::from_value(backup.record.clone()).unwrap();
-        assert_eq!(record.size, 19);
+        assert_eq!(record.checksum.size, 19);
         assert_eq!(
             fs::read(&record.copy).unwrap(),
             fs::read(f.source()).unwrap()
         );
-        assert_eq!(backup.outputs["sha256"], record.sha256.as_str());
+        assert_eq!(backup.outputs["sha256"], record.checksum.sha256.as_str());
         assert!(
             f.harness
                 .logs()

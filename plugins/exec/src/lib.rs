@@ -111,7 +111,7 @@ impl ExecConfig {
             Action::Verify => self.verify_command.as_ref(),
             Action::Restore => self.restore_command.as_ref(),
             Action::Prune => self.prune_command.as_ref(),
-            Action::Permissions | Action::Teardown => None,
+            _ => None,
         }
     }
 
@@ -171,12 +171,12 @@ impl Plugin for ExecPlugin {
     const SUMMARY: &'static str =
         "Runs a command as a step: application hooks, external datastores' dump tools.";
     const DOCS: &'static str = include_str!("../README.md");
-    const ACTIONS: &'static [Action] = &Action::ALL;
+    const ACTIONS: &'static [Action] = &Action::LIFECYCLE;
 
     fn check(&self, ctx: &Context, config: &ExecConfig) -> PluginResult<StepOutput> {
         config.timeout()?;
         let mut checked = Vec::new();
-        for action in Action::ALL {
+        for action in Action::LIFECYCLE {
             if let Some(command) = config.command_for(action) {
                 let argv = config.argv(command)?;
                 process::find_program(&argv[0], config.cwd.as_deref())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use backplan_core::host::{Origin, PluginHost};
 use backplan_core::plan::SchemaSource;
 use backplan_e2e::{Fixture, Outcome, Sandbox, build_plugin};
-use backplan_plugin_sdk::abi::{HostHooks, PluginRef};
+use backplan_plugin_sdk::host::{HostHooks, PluginRef};
 use backplan_plugin_sdk::{Action, Level, Progress, Request, Response};
 use serde_json::{Value, json};
 
