@@ -21,7 +21,7 @@ fn key_value(pair: &str) -> Result<(String, Value), String> {
 /// Plugin-based backups for self-hosted CircleCI Server: AMIs, artifact trees, buckets.
 #[derive(Debug, Parser)]
 #[command(name = "backplan", version, about, max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
@@ -30,7 +30,7 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// Print machine-readable JSON on stdout instead of a report.
     #[arg(long, global = true)]
     pub json: bool,
@@ -61,7 +61,7 @@ pub struct Global {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Back up: check every step, then run the plan's graph.
     Run(RunArgs),
     /// Verify a recorded backup is intact (default: the latest).
@@ -98,14 +98,14 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct PlanArg {
+pub(crate) struct PlanArg {
     /// The plan file (TOML).
     #[arg(env = "BACKPLAN_PLAN", value_name = "PLAN")]
     pub plan: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// Run only these steps (repeatable).
@@ -120,7 +120,7 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// The backup run to act on, or `latest` (the newest backup that ran to its end with at
@@ -136,7 +136,7 @@ pub struct SourceArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
+pub(crate) struct RestoreArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// The backup run to restore, or `latest`.
@@ -158,7 +158,7 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DrillArgs {
+pub(crate) struct DrillArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// The backup run to drill, or `latest`.
@@ -183,7 +183,7 @@ pub struct DrillArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ScheduleArgs {
+pub(crate) struct ScheduleArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// When to back up, in systemd's calendar syntax: `daily`, `hourly`, `"*-*-* 03:00"`.
@@ -219,7 +219,7 @@ pub struct ScheduleArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// CRITICAL when a step's newest successful backup is older than this.
@@ -235,7 +235,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PruneArgs {
+pub(crate) struct PruneArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// List what would be removed, remove nothing.
@@ -247,7 +247,7 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PlanCommand {
+pub(crate) enum PlanCommand {
     /// Validate the plan and run every step's check (a dry run that touches nothing).
     Check(PlanArg),
     /// Show the plan's steps as a graph.
@@ -257,7 +257,7 @@ pub enum PlanCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum RunsCommand {
+pub(crate) enum RunsCommand {
     /// Every recorded run, oldest first.
     List(PlanArg),
     /// One run's record.
@@ -270,7 +270,7 @@ pub enum RunsCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PluginsCommand {
+pub(crate) enum PluginsCommand {
     /// Every plugin: built-ins, and those a plan loads.
     List {
         /// Also load the plugins this plan names.

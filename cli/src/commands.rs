@@ -50,7 +50,7 @@ struct Session {
     stop: Stop,
 }
 
-pub async fn dispatch(cli: Cli) -> i32 {
+pub(crate) async fn dispatch(cli: Cli) -> i32 {
     let bars =
         output::bars_wanted(cli.global.json, cli.global.no_progress).then(MultiProgress::new);
     output::init_logging(cli.global.verbose, cli.global.quiet, bars.clone());

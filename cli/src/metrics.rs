@@ -31,7 +31,7 @@ fn seconds(at: jiff::Timestamp) -> f64 {
 }
 
 /// The metrics of `health` in the text exposition format.
-pub fn render(health: &Health) -> String {
+pub(crate) fn render(health: &Health) -> String {
     let mut registry = Registry::with_prefix("backplan");
     let run_time = gauges(
         &mut registry,
@@ -134,7 +134,7 @@ pub fn render(health: &Health) -> String {
 }
 
 /// Writes the metrics of `health` to `path`, atomically.
-pub fn write(path: &Path, health: &Health) -> std::io::Result<()> {
+pub(crate) fn write(path: &Path, health: &Health) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

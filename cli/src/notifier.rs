@@ -9,18 +9,18 @@ use std::time::Duration;
 use backplan_core::notify::{Message, Notifier, Target};
 
 /// How many times a delivery is tried.
-pub const ATTEMPTS: u32 = 5;
+pub(crate) const ATTEMPTS: u32 = 5;
 /// The delay before the first retry; it doubles each time.
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 
 /// The notifier of the `backplan` binary.
 #[derive(Debug)]
-pub struct Deliveries {
+pub(crate) struct Deliveries {
     agent: ureq::Agent,
 }
 
 impl Deliveries {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .http_status_as_error(false)

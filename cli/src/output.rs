@@ -12,12 +12,12 @@ use backplan_plugin_sdk::{PluginError, Progress};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Whether to draw bars: stderr is a terminal, no `--json`, no `--no-progress`.
-pub fn bars_wanted(json: bool, no_progress: bool) -> bool {
+pub(crate) fn bars_wanted(json: bool, no_progress: bool) -> bool {
     !json && !no_progress && std::io::stderr().is_terminal()
 }
 
 /// Sets up `tracing` to stderr. With bars, log lines are printed above them.
-pub fn init_logging(verbose: u8, quiet: bool, bars: Option<MultiProgress>) {
+pub(crate) fn init_logging(verbose: u8, quiet: bool, bars: Option<MultiProgress>) {
     let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -54,14 +54,14 @@ impl Write for SuspendingWriter {
 }
 
 /// One bar per running step.
-pub struct BarObserver {
+pub(crate) struct BarObserver {
     bars: MultiProgress,
     steps: Mutex<HashMap<String, ProgressBar>>,
 }
 
 impl BarObserver {
     /// Bars drawn on stderr.
-    pub fn new(bars: MultiProgress) -> Self {
+    pub(crate) fn new(bars: MultiProgress) -> Self {
         bars.set_draw_target(ProgressDrawTarget::stderr());
         BarObserver {
             bars,
@@ -135,7 +135,7 @@ impl Observer for BarObserver {
 
 /// Progress as `tracing` events, at most one per step every few seconds.
 #[derive(Default)]
-pub struct LogObserver {
+pub(crate) struct LogObserver {
     last: Mutex<HashMap<String, Instant>>,
 }
 
@@ -185,7 +185,7 @@ fn mark(status: StepStatus) -> &'static str {
 }
 
 /// One line per step: mark, id, plugin, duration, summary or error.
-pub fn step_line(step: &StepRecord) -> String {
+pub(crate) fn step_line(step: &StepRecord) -> String {
     let duration = step
         .duration()
         .map(|d| format!("{:.1}s", d.as_secs_f64()))
@@ -205,7 +205,7 @@ pub fn step_line(step: &StepRecord) -> String {
 }
 
 /// The report printed after a run.
-pub fn run_report(record: &RunRecord, record_location: &str) -> String {
+pub(crate) fn run_report(record: &RunRecord, record_location: &str) -> String {
     let duration = record
         .finished_at
         .and_then(|end| end.duration_since(record.started_at).try_into().ok())
@@ -256,7 +256,7 @@ pub fn run_report(record: &RunRecord, record_location: &str) -> String {
 }
 
 /// The report printed by `plan check`.
-pub fn check_report(results: &[CheckResult]) -> String {
+pub(crate) fn check_report(results: &[CheckResult]) -> String {
     let mut out = String::new();
     for check in results {
         let (mark, text) = match &check.result {
@@ -270,7 +270,10 @@ pub fn check_report(results: &[CheckResult]) -> String {
 
 /// The steps under `status`'s line: each one's newest successful and verified backup and their
 /// ages.
-pub fn status_report(health: &backplan_core::health::Health, now: jiff::Timestamp) -> String {
+pub(crate) fn status_report(
+    health: &backplan_core::health::Health,
+    now: jiff::Timestamp,
+) -> String {
     let ago = |run: &Option<backplan_core::health::RunFact>| match run {
         Some(run) => {
             let age: Duration = now

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// One job to schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
+pub(crate) struct Job {
     /// `backup`, `prune` or `drill`: part of the unit's name.
     pub name: &'static str,
     /// `OnCalendar=` (systemd calendar syntax: `daily`, `*-*-* 03:00`, `Sun 04:00`).
@@ -24,7 +24,7 @@ pub struct Job {
 
 /// Everything the units need to know.
 #[derive(Debug, Clone)]
-pub struct Units {
+pub(crate) struct Units {
     /// The plan's name.
     pub plan: String,
     /// The backplan binary, absolute.
@@ -36,7 +36,7 @@ pub struct Units {
 }
 
 /// A calendar expression usable in a unit file and a shell line: one line, no quotes.
-pub fn check_calendar(every: &str) -> Result<String, String> {
+pub(crate) fn check_calendar(every: &str) -> Result<String, String> {
     let every = every.trim();
     if every.is_empty() || every.contains(['\n', '\r', '"', '\'', '\\', '%', ';']) {
         return Err(format!(
@@ -48,7 +48,7 @@ pub fn check_calendar(every: &str) -> Result<String, String> {
 
 /// Asks `systemd-analyze calendar` whether systemd accepts `every`, where systemd is installed;
 /// elsewhere the units' own load will say.
-pub fn check_with_systemd(every: &str) -> Result<(), String> {
+pub(crate) fn check_with_systemd(every: &str) -> Result<(), String> {
     let Ok(out) = std::process::Command::new("systemd-analyze")
         .args(["calendar", every])
         .output()
@@ -91,7 +91,7 @@ impl Units {
     }
 
     /// The unit files: (file name, contents), service then timer for each job.
-    pub fn files(&self) -> Vec<(String, String)> {
+    pub(crate) fn files(&self) -> Vec<(String, String)> {
         let mut files = Vec::new();
         for job in &self.jobs {
             let name = self.unit_name(job);
@@ -144,7 +144,7 @@ impl Units {
     }
 
     /// Cron lines for machines without systemd; only for the calendar words cron knows.
-    pub fn cron(&self) -> Result<String, String> {
+    pub(crate) fn cron(&self) -> Result<String, String> {
         let mut out = String::from("# m h dom mon dow  command   (backplan schedule --cron)\n");
         for job in &self.jobs {
             let when = match job.every.as_str() {
@@ -183,7 +183,7 @@ impl Units {
 }
 
 /// Writes `files` into `dir` (atomically each); returns the paths written.
-pub fn write(dir: &Path, files: &[(String, String)]) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn write(dir: &Path, files: &[(String, String)]) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     files
         .iter()

@@ -15,14 +15,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// The cancellation of this command, and which signal caused it.
 #[derive(Debug, Clone)]
-pub struct Stop {
+pub(crate) struct Stop {
     token: CancellationToken,
     signal: Arc<AtomicI32>,
 }
 
 impl Stop {
     /// Cancels on the first SIGINT or SIGTERM; exits on the second.
-    pub fn on_signals() -> Self {
+    pub(crate) fn on_signals() -> Self {
         let stop = Stop {
             token: CancellationToken::new(),
             signal: Arc::new(AtomicI32::new(0)),
@@ -57,12 +57,12 @@ impl Stop {
     }
 
     /// The token the runner watches.
-    pub fn token(&self) -> CancellationToken {
+    pub(crate) fn token(&self) -> CancellationToken {
         self.token.clone()
     }
 
     /// The exit code of a finished run: a run stopped by a signal ends with 128 + its number.
-    pub fn exit_code(&self, record: &RunRecord) -> i32 {
+    pub(crate) fn exit_code(&self, record: &RunRecord) -> i32 {
         match self.signal.load(Ordering::SeqCst) {
             0 => exit::for_run(record),
             _ if !record.interrupted => exit::for_run(record),

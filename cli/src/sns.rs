@@ -4,7 +4,7 @@
 use backplan_core::notify::Message;
 
 /// Publishes `message` to `topic_arn`: one attempt (the SDK retries throttling and 5xx itself).
-pub fn publish(topic_arn: &str, message: &Message) -> (u32, Result<(), String>) {
+pub(crate) fn publish(topic_arn: &str, message: &Message) -> (u32, Result<(), String>) {
     // Called from a blocking thread of the command's runtime: drive the SDK on that runtime.
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return (0, Err("no async runtime to call SNS on".into()));

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// Writes `args` to stdout and flushes; nothing once stdout is closed.
-pub fn write(args: fmt::Arguments<'_>) {
+pub(crate) fn write(args: fmt::Arguments<'_>) {
     if CLOSED.load(Ordering::Relaxed) {
         return;
     }

@@ -166,7 +166,7 @@ mod backup_only {
     use backplan_plugin_sdk::{Action, Plugin, declare_plugin};
 
     #[derive(Default)]
-    pub struct BackupOnly;
+    pub(crate) struct BackupOnly;
 
     impl Plugin for BackupOnly {
         type Config = serde_json::Value;

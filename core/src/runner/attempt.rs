@@ -63,7 +63,11 @@ pub(super) enum Attempt {
 
 impl Attempt {
     /// The attempt as a result, a timeout being a transient error that says what timed out.
-    pub fn into_result(self, what: &str, timeout: Duration) -> Result<StepOutput, PluginError> {
+    pub(super) fn into_result(
+        self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<StepOutput, PluginError> {
         match self {
             Attempt::Done(output) => Ok(output),
             Attempt::Failed(error) => Err(error),
@@ -134,7 +138,12 @@ pub(super) struct StepJob {
 impl StepJob {
     /// Attempts the call until it succeeds, fails for good, runs out of retries or time, or the
     /// run is cancelled; `entry` comes back final.
-    pub async fn run(self, plugin: PluginRef, call: Request, mut entry: StepRecord) -> StepRecord {
+    pub(super) async fn run(
+        self,
+        plugin: PluginRef,
+        call: Request,
+        mut entry: StepRecord,
+    ) -> StepRecord {
         let mut attempt_no = 0;
         loop {
             attempt_no += 1;

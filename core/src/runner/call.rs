@@ -41,7 +41,7 @@ impl NotRun {
     }
 
     /// Writes this outcome into the step's record.
-    pub fn record_into(self, entry: &mut StepRecord) {
+    pub(super) fn record_into(self, entry: &mut StepRecord) {
         match self {
             NotRun::Failed(error) => {
                 entry.status = StepStatus::Failed;
@@ -75,7 +75,7 @@ pub(crate) struct Calls<'r> {
 }
 
 impl<'r> Calls<'r> {
-    pub fn new(
+    pub(super) fn new(
         plan: &'r Plan,
         host: &'r PluginHost,
         state_root: &'r Path,
@@ -109,7 +109,7 @@ impl<'r> Calls<'r> {
     }
 
     /// A scope for references in this run, with no outputs yet.
-    pub fn scope(&self) -> Scope {
+    pub(super) fn scope(&self) -> Scope {
         Scope {
             run_id: self.run_id.clone(),
             plan_name: self.plan.name.clone(),
@@ -121,7 +121,7 @@ impl<'r> Calls<'r> {
     }
 
     /// The callbacks of one call of `step`, cancelled by `cancel`.
-    pub fn hooks(&self, step: &Step, cancel: CancellationToken) -> Arc<StepHooks> {
+    pub(super) fn hooks(&self, step: &Step, cancel: CancellationToken) -> Arc<StepHooks> {
         Arc::new(StepHooks {
             step: step.id.clone(),
             plugin: step.plugin.clone(),
@@ -175,7 +175,7 @@ impl<'r> Calls<'r> {
 
     /// A `check` (or `permissions`) call: made before anything runs, references to other
     /// steps' outputs left as written.
-    pub fn check(&self, step: &Step, action: Action, scope: &Scope) -> Result<Call, NotRun> {
+    pub(super) fn check(&self, step: &Step, action: Action, scope: &Scope) -> Result<Call, NotRun> {
         let plugin = self.plugin(step)?.plugin;
         let mut request = self.request(step, action, scope)?;
         request.check_for = (action == Action::Check).then(|| self.request.kind.action());
@@ -184,7 +184,7 @@ impl<'r> Calls<'r> {
 
     /// The call of a step in the run's graph, or why it does not run. `scope` holds the outputs
     /// of every step so far.
-    pub fn step(&self, step: &Step, scope: &Scope) -> Result<Call, NotRun> {
+    pub(super) fn step(&self, step: &Step, scope: &Scope) -> Result<Call, NotRun> {
         let action = self.request.kind.action();
         let hosted = self.plugin(step)?;
         if !hosted.supports(action) {
@@ -234,7 +234,7 @@ impl<'r> Calls<'r> {
     }
 
     /// A drill's teardown of `step`, given what its restore returned.
-    pub fn teardown(
+    pub(super) fn teardown(
         &self,
         step: &Step,
         restored: &StepRecord,
@@ -282,7 +282,7 @@ impl<'r> Calls<'r> {
 
     /// The outputs references may use before any step of this run finished: for verify and
     /// restore those of the backup acted on, then those given from an earlier run.
-    pub fn known_outputs(&self) -> BTreeMap<String, Outputs> {
+    pub(super) fn known_outputs(&self) -> BTreeMap<String, Outputs> {
         let mut outputs: BTreeMap<String, Outputs> = self
             .request
             .source
@@ -301,7 +301,7 @@ impl<'r> Calls<'r> {
     }
 
     /// The order of this run.
-    pub fn order(&self) -> Order {
+    pub(super) fn order(&self) -> Order {
         self.request.kind.order()
     }
 }

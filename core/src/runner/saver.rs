@@ -25,7 +25,7 @@ pub(crate) struct RecordSaver<'c> {
 }
 
 impl<'c> RecordSaver<'c> {
-    pub fn new(catalog: &'c Catalog) -> Self {
+    pub(crate) fn new(catalog: &'c Catalog) -> Self {
         RecordSaver {
             catalog,
             last: None,
@@ -41,7 +41,7 @@ impl<'c> RecordSaver<'c> {
     }
 
     /// The record changed: writes it now if due, else remembers to.
-    pub fn changed(&mut self, record: &RunRecord) -> Result<(), CatalogError> {
+    pub(crate) fn changed(&mut self, record: &RunRecord) -> Result<(), CatalogError> {
         self.dirty = true;
         if Instant::now() >= self.due() {
             self.save(record)?;
@@ -50,12 +50,12 @@ impl<'c> RecordSaver<'c> {
     }
 
     /// Whether a change waits to be written.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.dirty
     }
 
     /// Sleeps until the pending change is due (forever if there is none).
-    pub async fn wait_due(&self) {
+    pub(crate) async fn wait_due(&self) {
         if self.dirty {
             tokio::time::sleep_until(self.due().into()).await;
         } else {
@@ -64,7 +64,7 @@ impl<'c> RecordSaver<'c> {
     }
 
     /// Writes the record now.
-    pub fn save(&mut self, record: &RunRecord) -> Result<(), CatalogError> {
+    pub(crate) fn save(&mut self, record: &RunRecord) -> Result<(), CatalogError> {
         let started = Instant::now();
         self.catalog.save(record)?;
         self.cost = started.elapsed();

@@ -48,7 +48,7 @@ impl Capture {
     }
 
     /// The captured tail as text (invalid UTF-8 replaced).
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let (a, b) = self.tail.as_slices();
         String::from_utf8_lossy(&[a, b].concat()).into_owned()
     }
