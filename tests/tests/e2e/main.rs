@@ -8,4 +8,5 @@ mod postgres;
 mod restore;
 mod runs;
 mod s3_verify;
+mod schemas;
 mod stops;
