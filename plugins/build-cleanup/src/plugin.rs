@@ -20,18 +20,32 @@ pub struct Config {
     /// The install's address, e.g. `https://circleci.example.com`: its v1.1 API lists the
     /// builds. Either this or `running_command`.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub api_url: Option<String>,
     /// The environment variable holding an API token (never recorded or logged).
     #[serde(default = "default_token_env")]
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
     pub token_env: String,
-    /// How many pages of 100 recent builds to look through.
+    /// How many pages of 100 recent builds to look through (1 to 1000).
     #[serde(default = "default_pages")]
+    #[schemars(range(min = 1, max = 1000))]
     pub pages: u32,
     /// Instead of the API: a command that prints the running builds' URLs, one per line.
     #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 4096),
+        extend("prefixItems" = [{"type": "string", "minLength": 1}])
+    )]
     pub running_command: Option<Vec<String>>,
     /// At restore, feed the delete lines to this command's standard input.
     #[serde(default = "default_console")]
+    #[schemars(
+        length(min = 1, max = 4096),
+        extend("prefixItems" = [{"type": "string", "minLength": 1}])
+    )]
     pub console_command: Vec<String>,
     /// At restore, actually delete (also `-o delete=true`); otherwise only print the lines.
     #[serde(default)]
@@ -90,6 +104,7 @@ impl Plugin for BuildCleanup {
         }
         match (&config.api_url, &config.running_command) {
             (Some(url), None) => {
+                api_address(url)?;
                 token(config)?;
                 Ok(StepOutput::new(format!("lists running builds from {url}")))
             }
@@ -186,6 +201,19 @@ impl Plugin for BuildCleanup {
 
 backplan_plugin_sdk::declare_plugin!(BuildCleanup);
 
+/// The API's address must be an http(s) URL: anything else would fail only at backup time.
+fn api_address(url: &str) -> PluginResult<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
+        _ => Err(PluginError::config(format!(
+            "api_url {url:?} is not an http(s) address such as https://circleci.example.com"
+        ))),
+    }
+}
+
 fn token(config: &Config) -> PluginResult<String> {
     std::env::var(&config.token_env)
         .ok()
@@ -248,4 +276,26 @@ fn feed_console(command: &[String], lines: &[String]) -> PluginResult<String> {
         .with_detail(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
     Ok(printed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_url_must_be_an_http_address() {
+        for good in ["https://circleci.example.com", "http://127.0.0.1:8080"] {
+            assert!(api_address(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "circleci.example.com",
+            "https://",
+            "ftp://x",
+            "https:///path",
+            " ",
+        ] {
+            let error = api_address(bad).unwrap_err();
+            assert!(error.message.contains("not an http(s) address"), "{bad}");
+        }
+    }
 }

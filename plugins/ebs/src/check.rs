@@ -1,31 +1,17 @@
 //! The check action: credentials and region resolve the standard way, the instance exists, and
-//! IAM allows the calls the step will make, probed with EC2's `DryRun` (AWS answers
-//! `DryRunOperation` when a call would be allowed, `UnauthorizedOperation` when not). Before a
-//! restore no source instance is needed: the recorded image and RunInstances are checked instead.
+//! IAM allows the calls the step will make ([`probe`]: EC2's `DryRun`). Before a restore no
+//! source instance is needed: the recorded image and RunInstances are checked instead
+//! ([`restore::preflight`]).
 
-use aws_sdk_ec2::Client;
 use backplan_plugin_sdk::{Action, Context, PluginError, PluginResult, StepOutput};
 
-use crate::client::{Aws, AwsError, call};
+use crate::client::{Aws, call};
 use crate::config::{LaunchOptions, Mode, Settings, Target, Volumes};
 use crate::instance;
+use crate::probe;
 use crate::record::BackupRecord;
 use crate::restore::{self, Launch};
 use crate::tags::{Owner, image_name};
-
-/// Turns a DryRun probe's answer into "allowed" or a clear error naming the action.
-pub fn allowed<T>(operation: &str, answer: Result<T, AwsError>) -> PluginResult<()> {
-    match answer {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_dry_run_ok() => Ok(()),
-        Err(e) if e.is_unauthorized() => Err(PluginError::config(format!(
-            "IAM does not allow ec2:{operation} ({}): add it to the policy (`backplan plan permissions` prints one)",
-            e.code
-        ))
-        .with_detail(e.message)),
-        Err(e) => Err(e.into()),
-    }
-}
 
 pub async fn run(
     ctx: &Context,
@@ -39,7 +25,7 @@ pub async fn run(
     let request = ctx.request();
     if request.check_for == Some(Action::Restore) {
         let Some(record) = &request.record else {
-            probe_describe(ctx, &ec2).await?;
+            probe::describe(ctx, &ec2).await?;
             return Ok(StepOutput::new(format!(
                 "credentials and {region} reachable; the backup to restore is chosen later"
             )));
@@ -57,14 +43,14 @@ pub async fn run(
         request.check_for,
         Some(Action::Verify | Action::Prune | Action::Teardown)
     ) {
-        probe_describe(ctx, &ec2).await?;
+        probe::describe(ctx, &ec2).await?;
         return Ok(StepOutput::new(format!(
             "credentials valid; {region} reachable"
         )));
     }
     if matches!(settings.target, Some(Target::Id(ref id)) if backplan_plugin_sdk::Request::is_unresolved(id))
     {
-        probe_describe(ctx, &ec2).await?;
+        probe::describe(ctx, &ec2).await?;
         return Ok(StepOutput::new(
             "the instance comes from an earlier step; checked when the step runs",
         ));
@@ -73,7 +59,7 @@ pub async fn run(
     let found = instance::resolve(ctx, &ec2, target).await?;
     let id = found.instance_id().unwrap_or_default().to_owned();
     let mut probed = vec!["DescribeImages"];
-    probe_describe(ctx, &ec2).await?;
+    probe::describe(ctx, &ec2).await?;
     match settings.mode {
         Mode::Ami => {
             let answer = call(ctx, "CreateImage", || {
@@ -85,7 +71,7 @@ pub async fn run(
                     .send()
             })
             .await;
-            allowed("CreateImage", answer)?;
+            probe::allowed(answer)?;
             probed.push("CreateImage");
         }
         Mode::Snapshots => {
@@ -104,12 +90,12 @@ pub async fn run(
                 ec2.create_snapshot().dry_run(true).volume_id(volume).send()
             })
             .await;
-            allowed("CreateSnapshot", answer)?;
+            probe::allowed(answer)?;
             probed.push("CreateSnapshot");
         }
     }
     for copy in &settings.copies {
-        probe_describe(ctx, &aws.ec2(&copy.region)).await?;
+        probe::describe(ctx, &aws.ec2(&copy.region)).await?;
     }
     let copies = if settings.copies.is_empty() {
         String::new()
@@ -129,12 +115,4 @@ pub async fn run(
         instance::state(&found),
         probed.join(", ")
     )))
-}
-
-async fn probe_describe(ctx: &Context, ec2: &Client) -> PluginResult<()> {
-    let answer = call(ctx, "DescribeImages", || {
-        ec2.describe_images().dry_run(true).owners("self").send()
-    })
-    .await;
-    allowed("DescribeImages", answer)
 }

@@ -1,24 +1,22 @@
-//! The connection to EC2: runtime, configuration, clients per region, and what its errors mean.
+//! The connection to EC2: runtime, configuration, clients per region, and EC2's errors.
 //!
-//! The AWS SDK is async; actions are called on a blocking thread, so each action builds its own
-//! small current-thread runtime here and drives everything on it. Configuration comes from the
-//! standard chain only (environment, profile, IMDS; `AWS_ENDPOINT_URL` for a local endpoint), so
-//! tests exercise the same code as production. Every EC2 call goes through [`call`]: the SDK's
-//! standard retry first, then a bounded retry of our own for throttling and 5xx, then a transient
-//! error the runner may retry once more. Errors keep AWS's own code and words.
+//! The runtime, the standard configuration chain (`AWS_ENDPOINT_URL` for a local endpoint) and
+//! what an error means come from `backplan-aws`, shared with the other AWS plugins, so tests
+//! exercise the same code as production. Every EC2 call goes through [`call`]: the SDK's
+//! standard retry first, then a bounded retry of our own for throttling and 5xx, then a
+//! transient error the runner may retry once more. Errors keep AWS's own code and words.
 
 use std::future::Future;
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Region;
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use backplan_aws::{Failure, Meaning, SdkConfig};
 use backplan_plugin_sdk::{Context, PluginError, PluginResult};
 use tokio::runtime::Runtime;
 
-use crate::throttle::{backoff, is_throttling};
+use crate::throttle::backoff;
 use crate::wait::pause;
 
 /// Attempts the SDK makes per call (its standard mode: exponential backoff with jitter).
@@ -28,93 +26,53 @@ const OUR_ATTEMPTS: u32 = 3;
 const OUR_BACKOFF_BASE: Duration = Duration::from_secs(2);
 const OUR_BACKOFF_CAP: Duration = Duration::from_secs(20);
 
-/// An EC2 failure, with AWS's code and message.
+/// A failed EC2 call: the operation, and what AWS or the SDK said.
 #[derive(Debug, Clone)]
 pub struct AwsError {
     /// The API operation, e.g. `CreateImage`.
     pub operation: &'static str,
-    /// AWS's error code (`InvalidAMIID.NotFound`), empty for network failures.
-    pub code: String,
-    pub message: String,
-    /// Throttling, 5xx, timeouts, connection failures.
-    pub transient: bool,
+    pub failure: Failure,
 }
 
 impl AwsError {
-    fn from_sdk<E>(operation: &'static str, error: SdkError<E>) -> AwsError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        match &error {
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().unwrap_or_default().to_owned();
-                let message = service.err().message().unwrap_or_default().to_owned();
-                let status = service.raw().status().as_u16();
-                AwsError {
-                    operation,
-                    transient: is_throttling(&code, status),
-                    message: if message.is_empty() {
-                        format!("HTTP {status}")
-                    } else {
-                        message
-                    },
-                    code,
-                }
-            }
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => AwsError {
-                operation,
-                code: String::new(),
-                message: DisplayErrorContext(&error).to_string(),
-                transient: true,
-            },
-            _ => AwsError {
-                operation,
-                code: String::new(),
-                message: DisplayErrorContext(&error).to_string(),
-                transient: false,
-            },
-        }
-    }
-
     /// Whether AWS answered `DryRunOperation`: the call would have been allowed.
     pub fn is_dry_run_ok(&self) -> bool {
-        self.code == "DryRunOperation"
+        self.failure.code.as_deref() == Some("DryRunOperation")
     }
 
-    /// Whether the caller lacks the IAM permission.
-    pub fn is_unauthorized(&self) -> bool {
-        matches!(
-            self.code.as_str(),
-            "UnauthorizedOperation" | "AccessDenied" | "AuthFailure"
-        )
-    }
-
-    /// Whether the resource named does not exist.
+    /// Whether the resource named does not exist (or its id cannot exist).
     pub fn is_not_found(&self) -> bool {
-        self.code.ends_with(".NotFound") || self.code.ends_with(".Malformed")
+        self.failure.meaning == Meaning::NotFound
+            || self
+                .failure
+                .code
+                .as_deref()
+                .is_some_and(|c| c.ends_with(".Malformed"))
+    }
+
+    /// Throttling, 5xx, timeouts, connection failures.
+    pub fn is_transient(&self) -> bool {
+        self.failure.meaning == Meaning::Transient
     }
 }
 
 impl From<AwsError> for PluginError {
     fn from(e: AwsError) -> PluginError {
-        let text = if e.code.is_empty() {
-            format!("{} failed: {}", e.operation, e.message)
-        } else {
-            format!("{} failed: {}: {}", e.operation, e.code, e.message)
+        let operation = e.operation;
+        let reason = e.failure.reason();
+        let message = match (e.failure.meaning, &e.failure.message) {
+            (Meaning::Denied, _) => format!(
+                "ec2:{operation} was refused ({reason}): check the credentials and that the IAM policy allows it (`backplan plan permissions` prints one)"
+            ),
+            (Meaning::Unresolved, _) => format!(
+                "{operation} could not be sent: no AWS credentials, or no endpoint for the region"
+            ),
+            (_, Some(message)) if e.failure.code.is_some() => {
+                format!("{operation} failed: {reason}: {message}")
+            }
+            (_, _) => format!("{operation} failed: {}", e.failure.words),
         };
-        if e.is_unauthorized() {
-            PluginError::permanent(format!(
-                "not allowed to call ec2:{} ({}): grant it in the IAM policy (`backplan plan permissions`)",
-                e.operation, e.code
-            ))
-            .with_detail(e.message)
-        } else if e.transient {
-            PluginError::transient(text)
-        } else {
-            PluginError::permanent(text)
-        }
+        e.failure.into_error(message)
     }
 }
 
@@ -134,15 +92,17 @@ where
         match send().await {
             Ok(value) => return Ok(value),
             Err(error) => {
-                let error = AwsError::from_sdk(operation, error);
-                if !error.transient || attempt >= OUR_ATTEMPTS || ctx.is_cancelled() {
+                let error = AwsError {
+                    operation,
+                    failure: Failure::of(&error),
+                };
+                if !error.is_transient() || attempt >= OUR_ATTEMPTS || ctx.is_cancelled() {
                     return Err(error);
                 }
                 let wait = backoff(attempt, OUR_BACKOFF_BASE, OUR_BACKOFF_CAP);
                 ctx.warn(format!(
-                    "{operation}: {} {}; retrying in {:.1}s",
-                    error.code,
-                    error.message,
+                    "{operation}: {}; retrying in {:.1}s",
+                    error.failure.words,
                     wait.as_secs_f64()
                 ));
                 if pause(ctx, wait).await.is_err() {
@@ -165,16 +125,12 @@ pub struct Aws {
 impl Aws {
     /// Loads the standard configuration; `region` overrides the chain's region.
     pub fn connect(region: Option<&str>) -> PluginResult<Aws> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| PluginError::permanent(format!("cannot start an async runtime: {e}")))?;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS));
-        if let Some(region) = region {
-            loader = loader.region(Region::new(region.to_owned()));
-        }
-        let config = runtime.block_on(loader.load());
+        let runtime = backplan_aws::runtime::current_thread()?;
+        let config = runtime.block_on(backplan_aws::load(&backplan_aws::Settings {
+            region: region.map(str::to_owned),
+            max_attempts: Some(SDK_ATTEMPTS),
+            ..backplan_aws::Settings::default()
+        }));
         let region = config.region().map(ToString::to_string).ok_or_else(|| {
             PluginError::config(
                 "no AWS region: set `region` in the step, or AWS_REGION / a profile's region",
@@ -207,16 +163,57 @@ impl Aws {
 
     /// Resolves credentials now, for `check`: a config error says where they were looked for.
     pub async fn check_credentials(&self) -> PluginResult<()> {
-        use aws_sdk_ec2::config::ProvideCredentials;
-        let provider = self
-            .config
-            .credentials_provider()
-            .ok_or_else(|| PluginError::config("no AWS credentials provider is configured"))?;
-        provider.provide_credentials().await.map(|_| ()).map_err(|e| {
-            PluginError::config(format!(
-                "no AWS credentials (environment, profile, SSO, web identity, IMDS were tried): {}",
-                DisplayErrorContext(&e)
-            ))
-        })
+        backplan_aws::check_credentials(&self.config).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backplan_plugin_sdk::ErrorKind;
+
+    use super::*;
+
+    fn answered(code: &str, status: u16) -> AwsError {
+        AwsError {
+            operation: "CreateImage",
+            failure: Failure {
+                code: Some(code.to_owned()),
+                message: Some("AWS's own words".into()),
+                status: Some(status),
+                meaning: backplan_aws::error::meaning(Some(code), Some(status)),
+                words: format!("{code}: AWS's own words (HTTP {status})"),
+            },
+        }
+    }
+
+    #[test]
+    fn an_unauthorized_call_during_a_run_is_a_configuration_error_like_in_check() {
+        let error = PluginError::from(answered("UnauthorizedOperation", 403));
+        assert_eq!(error.kind, ErrorKind::Config, "{error:?}");
+        assert!(
+            error.message.contains("ec2:CreateImage"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.detail.as_deref().unwrap().contains("AWS's own words"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn throttling_is_transient_and_a_missing_image_permanent_with_aws_words() {
+        let throttled = PluginError::from(answered("RequestLimitExceeded", 503));
+        assert_eq!(throttled.kind, ErrorKind::Transient);
+        assert!(
+            throttled
+                .message
+                .contains("RequestLimitExceeded: AWS's own words")
+        );
+        let missing = answered("InvalidAMIID.NotFound", 400);
+        assert!(missing.is_not_found());
+        assert_eq!(PluginError::from(missing).kind, ErrorKind::Permanent);
+        assert!(answered("InvalidInstanceID.Malformed", 400).is_not_found());
+        assert!(answered("DryRunOperation", 412).is_dry_run_ok());
     }
 }

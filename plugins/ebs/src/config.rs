@@ -17,6 +17,14 @@ use serde_json::Value;
 /// The longest pause between two polls, whatever `poll_interval` starts at (unless it starts
 /// higher).
 const POLL_CAP: Duration = Duration::from_secs(60);
+/// The longest first pause between polls.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest wait for one image, snapshot or instance (the runner's longest step timeout).
+const MAX_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most tags EC2 allows on a resource, the `backplan:*` ones included.
+const MAX_TAGS: usize = 50;
+/// The `backplan:*` tags a resource may carry: plan, step, run, restored-from, verified.
+const OWN_TAGS: usize = 5;
 
 /// What to make of the instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -45,6 +53,7 @@ pub enum Volumes {
 #[serde(deny_unknown_fields)]
 pub struct CopyConfig {
     /// The region the AMI is copied to, e.g. `us-west-2`.
+    #[schemars(length(min = 1, max = 64))]
     pub region: String,
     /// Retention of the copies in that region (default: the step's `retention`).
     pub retention: Option<Retention>,
@@ -56,12 +65,16 @@ pub struct CopyConfig {
 #[serde(deny_unknown_fields)]
 pub struct LaunchConfig {
     /// e.g. `m5.2xlarge`.
+    #[schemars(length(min = 1, max = 64))]
     pub instance_type: Option<String>,
     /// The subnet to launch into (its VPC must hold the security groups).
+    #[schemars(length(min = 1, max = 255))]
     pub subnet_id: Option<String>,
     /// Security groups of the new instance.
+    #[schemars(length(max = 64), inner(length(min = 1, max = 255)))]
     pub security_group_ids: Option<Vec<String>>,
     /// The EC2 key pair.
+    #[schemars(length(min = 1, max = 255))]
     pub key_name: Option<String>,
 }
 
@@ -70,11 +83,13 @@ pub struct LaunchConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `i-...`, or `self` for the machine backplan runs on (found through IMDSv2).
+    #[schemars(length(min = 1, max = 255))]
     pub instance: Option<String>,
     /// Find the instance by tags instead, e.g. `{ Name = "circleci-services" }`: exactly one
     /// running instance must match.
     pub instance_tags: Option<BTreeMap<String, String>>,
     /// The region (default: the standard AWS chain: `AWS_REGION`, profile, IMDS).
+    #[schemars(length(min = 1, max = 64))]
     pub region: Option<String>,
     /// `ami` (default) or `snapshots`.
     #[serde(default)]
@@ -88,12 +103,16 @@ pub struct Config {
     /// Extra tags on everything made, besides the `backplan:*` ones.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-    /// First pause between polls while waiting (default `15s`); it doubles up to a minute.
+    /// First pause between polls while waiting (default `15s`, at most `1h`); it doubles up to
+    /// a minute.
+    #[schemars(length(min = 1))]
     pub poll_interval: Option<String>,
-    /// How long to wait for images, snapshots and instances (default `2h`).
+    /// How long to wait for images, snapshots and instances (default `2h`, at most 30 days).
+    #[schemars(length(min = 1))]
     pub wait_timeout: Option<String>,
     /// Cross-region copies of the AMI (`mode = "ami"` only).
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub copy_to: Vec<CopyConfig>,
     /// Retention applied by `prune` in the main region.
     #[serde(default)]
@@ -176,6 +195,14 @@ impl Settings {
             (None, Some(tags)) => Some(Target::Tags(tags.clone())),
             (None, None) => None,
         };
+        tag_keys("instance_tags", config.instance_tags.iter().flatten())?;
+        tag_keys("tags", &config.tags)?;
+        if config.tags.len() > MAX_TAGS - OWN_TAGS {
+            return Err(PluginError::config(format!(
+                "`tags` has {} tags: EC2 allows {MAX_TAGS} per resource, {OWN_TAGS} of them backplan's",
+                config.tags.len()
+            )));
+        }
         if let Some(key) = config.tags.keys().find(|k| k.starts_with("backplan:")) {
             return Err(PluginError::config(format!(
                 "tag {key:?}: the `backplan:` prefix is reserved for the tags backplan sets"
@@ -211,11 +238,18 @@ impl Settings {
         }
         let retention = config.retention;
         retention.validate().map_err(PluginError::config)?;
-        let poll_start = duration("poll_interval", config.poll_interval.as_deref(), "15s")?;
-        let timeout = duration("wait_timeout", config.wait_timeout.as_deref(), "2h")?;
-        if poll_start.is_zero() {
-            return Err(PluginError::config("poll_interval must be more than 0"));
-        }
+        let poll_start = duration(
+            "poll_interval",
+            config.poll_interval.as_deref(),
+            "15s",
+            MAX_POLL_INTERVAL,
+        )?;
+        let timeout = duration(
+            "wait_timeout",
+            config.wait_timeout.as_deref(),
+            "2h",
+            MAX_WAIT,
+        )?;
         Ok(Settings {
             target,
             region: config.region.clone(),
@@ -246,10 +280,47 @@ impl Settings {
     }
 }
 
-fn duration(key: &str, value: Option<&str>, default: &str) -> PluginResult<Duration> {
+/// The duration `key` gives, more than zero and at most `max`.
+fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+    max: Duration,
+) -> PluginResult<Duration> {
     let text = value.unwrap_or(default);
-    humantime::parse_duration(text)
-        .map_err(|e| PluginError::config(format!("{key} = {text:?}: {e} (e.g. \"30s\", \"2h\")")))
+    let parsed = humantime::parse_duration(text).map_err(|e| {
+        PluginError::config(format!("{key} = {text:?}: {e} (e.g. \"30s\", \"2h\")"))
+    })?;
+    if parsed.is_zero() {
+        return Err(PluginError::config(format!("{key} must be more than 0")));
+    }
+    if parsed > max {
+        return Err(PluginError::config(format!(
+            "{key} = {text:?} is longer than the most allowed, {}",
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(parsed)
+}
+
+/// Tag keys EC2 accepts: 1 to 128 characters.
+fn tag_keys<'a>(
+    table: &str,
+    tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> PluginResult<()> {
+    for (key, value) in tags {
+        if key.trim().is_empty() || key.chars().count() > 128 {
+            return Err(PluginError::config(format!(
+                "`{table}` has the tag key {key:?}: a tag key is 1 to 128 characters"
+            )));
+        }
+        if value.chars().count() > 256 {
+            return Err(PluginError::config(format!(
+                "`{table}` tag {key:?}: a tag value is at most 256 characters"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Restore options given with `-o KEY=VALUE`: they win over `launch` and the record. Every step
@@ -364,6 +435,18 @@ mod tests {
                 json!({"instance": "i-1", "copy_to": [{"region": "a"}, {"region": "a"}]}),
                 "twice",
             ),
+            (
+                json!({"instance": "i-1", "poll_interval": "0s"}),
+                "poll_interval must be more than 0",
+            ),
+            (
+                json!({"instance": "i-1", "tags": {"": "x"}}),
+                "a tag key is 1 to 128",
+            ),
+            (
+                json!({"instance_tags": {" ": "x"}}),
+                "`instance_tags` has the tag key",
+            ),
         ] {
             let error = settings(value.clone()).unwrap_err();
             assert!(
@@ -372,6 +455,30 @@ mod tests {
                 error.message
             );
         }
+    }
+
+    #[test]
+    fn a_wait_timeout_of_centuries_or_an_hour_between_polls_is_refused() {
+        let error =
+            settings(json!({"instance": "i-1", "wait_timeout": "100000000years"})).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("longer than the most allowed, 30days"),
+            "{}",
+            error.message
+        );
+        let error = settings(json!({"instance": "i-1", "poll_interval": "2h"})).unwrap_err();
+        assert!(error.message.contains("poll_interval"), "{}", error.message);
+        assert!(settings(json!({"instance": "i-1", "wait_timeout": "30days"})).is_ok());
+    }
+
+    #[test]
+    fn more_tags_than_ec2_allows_are_refused() {
+        let tags: serde_json::Map<String, Value> =
+            (0..46).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let error = settings(json!({"instance": "i-1", "tags": tags})).unwrap_err();
+        assert!(error.message.contains("EC2 allows 50"), "{}", error.message);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //!
 //! The modules each do one job:
 //! - [`config`]: the step's table and `-o` options, validated before any AWS call;
-//! - [`client`]: the runtime, the standard AWS configuration, retries and error meaning;
+//! - [`client`]: EC2 clients, retries on throttling, and EC2's errors (the runtime, the
+//!   configuration chain and what an error means are `backplan-aws`'s);
 //! - [`instance`], [`image`], [`snapshot`]: the EC2 resources;
 //! - [`wait`] and [`throttle`]: polling, backoff and EC2's rate limits;
 //! - [`retention`]: what prune deletes in a region: the SDK's retention rules, sparing the newest
 //!   verified backup (pure);
 //! - [`backup`], [`verify`], [`restore`], [`prune`], [`check`], [`permissions`]: the actions;
+//! - [`probe`]: DryRun permission probes, for `check` and a restore's preflight;
 //! - [`plugin`]: the SDK trait, mapping actions onto the above.
 //!
 //! Everything the plugin makes is tagged `backplan:plan`, `backplan:step` and `backplan:run`
@@ -22,6 +24,7 @@ pub mod image;
 pub mod instance;
 pub mod permissions;
 pub mod plugin;
+pub mod probe;
 pub mod prune;
 pub mod record;
 pub mod restore;

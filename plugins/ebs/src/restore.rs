@@ -10,12 +10,14 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{Instance, InstanceType, ResourceType, Tag, TagSpecification};
 use backplan_plugin_sdk::{Context, PluginError, PluginResult, StepOutput};
 
 use crate::client::{Aws, call};
 use crate::config::{LaunchOptions, Mode, Settings, Timing};
 use crate::instance::{self, state};
+use crate::probe;
 use crate::record::{BackupRecord, RestoreRecord};
 use crate::tags::{self, Owner, RESTORED_FROM};
 use crate::wait::Poll;
@@ -218,16 +220,7 @@ async fn run_instance(
         })
         .collect();
     let out = call(ctx, "RunInstances", || {
-        ec2.run_instances()
-            .image_id(&plan.image_id)
-            .instance_type(InstanceType::from(plan.instance_type.as_str()))
-            .min_count(1)
-            .max_count(1)
-            .set_subnet_id(plan.subnet_id.clone())
-            .set_security_group_ids(
-                (!plan.security_group_ids.is_empty()).then(|| plan.security_group_ids.clone()),
-            )
-            .set_key_name(plan.key_name.clone())
+        run_instances(ec2, plan)
             .set_tag_specifications(Some(specs.clone()))
             .send()
     })
@@ -240,6 +233,20 @@ async fn run_instance(
         .to_owned();
     ctx.info(format!("launched {id}: {}", plan.describe()));
     Ok(id)
+}
+
+/// The RunInstances call that launches `plan`: one instance, untagged.
+fn run_instances(ec2: &Client, plan: &Launch) -> RunInstancesFluentBuilder {
+    ec2.run_instances()
+        .image_id(&plan.image_id)
+        .instance_type(InstanceType::from(plan.instance_type.as_str()))
+        .min_count(1)
+        .max_count(1)
+        .set_subnet_id(plan.subnet_id.clone())
+        .set_security_group_ids(
+            (!plan.security_group_ids.is_empty()).then(|| plan.security_group_ids.clone()),
+        )
+        .set_key_name(plan.key_name.clone())
 }
 
 /// Waits until instance `id` reaches state `wanted` (`running` or `terminated`).
@@ -322,22 +329,11 @@ pub async fn preflight(ctx: &Context, aws: &Aws, plan: &Launch) -> PluginResult<
             plan.image_id
         )));
     }
-    let probe = call(ctx, "RunInstances", || {
-        ec2.run_instances()
-            .dry_run(true)
-            .image_id(&plan.image_id)
-            .instance_type(InstanceType::from(plan.instance_type.as_str()))
-            .min_count(1)
-            .max_count(1)
-            .set_subnet_id(plan.subnet_id.clone())
-            .set_security_group_ids(
-                (!plan.security_group_ids.is_empty()).then(|| plan.security_group_ids.clone()),
-            )
-            .set_key_name(plan.key_name.clone())
-            .send()
+    let answer = call(ctx, "RunInstances", || {
+        run_instances(&ec2, plan).dry_run(true).send()
     })
     .await;
-    crate::check::allowed("RunInstances", probe)?;
+    probe::allowed(answer)?;
     Ok(format!(
         "{} is available; RunInstances allowed for {}",
         plan.image_id,

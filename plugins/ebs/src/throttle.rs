@@ -4,7 +4,8 @@
 //! (`SnapshotCreationPerVolumeRateExceeded`) and more than 5 pending snapshots per volume;
 //! CopyImage is throttled hard per account. Rather than hitting those limits and retrying, the
 //! plugin waits before the call. The same module holds the backoff used when AWS throttles
-//! anyway (exponential, with full jitter, so parallel steps do not retry in lock-step).
+//! anyway (exponential, with full jitter, so parallel steps do not retry in lock-step); which
+//! answers are throttling is `backplan-aws`'s one error policy.
 
 use std::time::{Duration, Instant};
 
@@ -92,24 +93,6 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-/// Whether an EC2 error code or HTTP status means "slow down or try later".
-pub fn is_throttling(code: &str, status: u16) -> bool {
-    status >= 500
-        || status == 429
-        || matches!(
-            code,
-            "RequestLimitExceeded"
-                | "Throttling"
-                | "ThrottlingException"
-                | "TooManyRequestsException"
-                | "SnapshotCreationPerVolumeRateExceeded"
-                | "ResourceLimitExceeded"
-                | "InternalError"
-                | "ServiceUnavailable"
-                | "Unavailable"
-        )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,14 +161,5 @@ mod tests {
             let late = backoff(30, base, cap);
             assert!(late >= Duration::from_secs(4) && late <= cap, "{late:?}");
         }
-    }
-
-    #[test]
-    fn throttling_codes_and_server_errors_are_retryable() {
-        assert!(is_throttling("RequestLimitExceeded", 503));
-        assert!(is_throttling("Throttling", 400));
-        assert!(is_throttling("", 500));
-        assert!(!is_throttling("InvalidAMIID.NotFound", 400));
-        assert!(!is_throttling("UnauthorizedOperation", 403));
     }
 }

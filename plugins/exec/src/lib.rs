@@ -29,10 +29,16 @@ use process::{Finished, Invocation};
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum CommandLine {
-    /// Program and arguments, run directly.
-    Args(Vec<String>),
+    /// Program and arguments, run directly; the program may not be empty.
+    Args(
+        #[schemars(
+            length(min = 1, max = 4096),
+            extend("prefixItems" = [{"type": "string", "minLength": 1}])
+        )]
+        Vec<String>,
+    ),
     /// A shell command line, run with `sh -c` (requires `shell = true`).
-    Shell(String),
+    Shell(#[schemars(length(min = 1))] String),
 }
 
 /// What to do with the command's standard output.
@@ -77,18 +83,25 @@ pub struct ExecConfig {
     pub clear_env: bool,
     /// Working directory.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub cwd: Option<PathBuf>,
-    /// Kill the command after this long, e.g. "90s", "15m". The step's own timeout still applies.
+    /// Kill the command after this long, e.g. "90s", "15m" (at most 30 days). The step's own
+    /// timeout still applies.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub timeout: Option<String>,
-    /// Exit codes that count as success.
+    /// Exit codes that count as success (0 to 255).
     #[serde(default = "default_success_codes")]
+    #[schemars(length(min = 1, max = 256), inner(range(min = 0, max = 255)))]
     pub success_codes: Vec<i32>,
     /// Exit codes that mean "try again later" (the runner retries them with backoff).
     #[serde(default)]
+    #[schemars(length(max = 256), inner(range(min = 0, max = 255)))]
     pub retry_codes: Vec<i32>,
-    /// How many bytes of stdout and of stderr the record keeps (the tail when longer).
+    /// How many bytes of stdout and of stderr the record keeps (the tail when longer), at most
+    /// 16 MiB each: the capture is held in memory and written into the record.
     #[serde(default = "default_capture_bytes")]
+    #[schemars(range(max = MAX_CAPTURE_BYTES))]
     pub capture_bytes: usize,
     /// Whether stdout becomes the step's outputs.
     #[serde(default)]
@@ -98,6 +111,11 @@ pub struct ExecConfig {
 fn default_success_codes() -> Vec<i32> {
     vec![0]
 }
+
+/// The most of stdout or stderr a record keeps.
+const MAX_CAPTURE_BYTES: usize = 16 << 20;
+/// The longest `timeout` (the runner's longest step timeout).
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn default_capture_bytes() -> usize {
     64 * 1024
@@ -116,21 +134,42 @@ impl ExecConfig {
     }
 
     fn timeout(&self) -> PluginResult<Option<Duration>> {
-        self.timeout
-            .as_deref()
-            .map(|t| {
-                humantime::parse_duration(t)
-                    .map_err(|e| PluginError::config(format!("timeout {t:?}: {e}")))
-            })
-            .transpose()
+        let Some(text) = self.timeout.as_deref() else {
+            return Ok(None);
+        };
+        match humantime::parse_duration(text) {
+            Err(e) => Err(PluginError::config(format!("timeout {text:?}: {e}"))),
+            Ok(t) if t.is_zero() => Err(PluginError::config(format!(
+                "timeout {text:?}: the command would be killed at once; give more than zero"
+            ))),
+            Ok(t) if t > MAX_TIMEOUT => Err(PluginError::config(format!(
+                "timeout {text:?} is longer than the most allowed, {}",
+                humantime::format_duration(MAX_TIMEOUT)
+            ))),
+            Ok(t) => Ok(Some(t)),
+        }
+    }
+
+    /// Variable names the environment can hold: not empty, no `=` and no NUL.
+    fn check_env(&self) -> PluginResult<()> {
+        match self
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains(['=', '\0']))
+        {
+            Some(name) => Err(PluginError::config(format!(
+                "env has the variable name {name:?}: a name is not empty and has no `=` or NUL"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Turns a configured command into argv, enforcing the shell rule.
     fn argv(&self, command: &CommandLine) -> PluginResult<Vec<String>> {
         match (command, self.shell) {
-            (CommandLine::Args(args), false) if args.is_empty() => {
-                Err(PluginError::config("the command list is empty"))
-            }
+            (CommandLine::Args(args), false) if args.first().is_none_or(String::is_empty) => Err(
+                PluginError::config("the command list is empty or names no program"),
+            ),
             (CommandLine::Args(args), false) => Ok(args.clone()),
             (CommandLine::Shell(line), true) => Ok(vec!["sh".into(), "-c".into(), line.clone()]),
             (CommandLine::Shell(line), false) => Err(PluginError::config(format!(
@@ -175,6 +214,7 @@ impl Plugin for ExecPlugin {
 
     fn check(&self, ctx: &Context, config: &ExecConfig) -> PluginResult<StepOutput> {
         config.timeout()?;
+        config.check_env()?;
         let mut checked = Vec::new();
         for action in Action::LIFECYCLE {
             if let Some(command) = config.command_for(action) {

@@ -12,14 +12,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::findings::{Check, Severity};
 
+/// The most objects a sample may pick.
+pub const MAX_SAMPLE: u64 = 1_000_000;
+/// The most prefixes a step may list.
+pub const MAX_PREFIXES: usize = 1_000;
+/// The most keys `expected_keys` may name (a longer list belongs in `expected_manifest`).
+pub const MAX_EXPECTED_KEYS: usize = 100_000;
+/// The most parallel S3 requests.
+pub const MAX_CONCURRENCY: usize = 1_024;
+/// A century, the longest retention a bucket is checked for.
+pub const MAX_DAYS: u32 = 36_500;
+/// Ten years, the longest a replication may stay pending.
+pub const MAX_HOURS: u64 = 87_600;
+
 /// How many objects to pick: a fixed number or a share of the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sample {
-    /// At most this many objects (`{ count = 100 }`).
-    Count(u64),
-    /// This share of the objects, in [0, 1] (`{ fraction = 0.01 }`).
-    Fraction(f64),
+    /// At most this many objects (`{ count = 100 }`), at most a million: each one is kept in
+    /// memory until the listing ends.
+    Count(#[schemars(range(max = MAX_SAMPLE))] u64),
+    /// This share of the objects, in [0, 1] (`{ fraction = 0.01 }`), at most a million of them.
+    Fraction(#[schemars(range(min = 0.0, max = 1.0))] f64),
 }
 
 /// Where replicas must live for the replication check to pass.
@@ -50,6 +64,7 @@ pub struct ReplicationConfig {
     /// A sampled object whose replication is still PENDING after this many hours is a finding
     /// (default 24).
     #[serde(default = "default_pending_hours")]
+    #[schemars(range(max = MAX_HOURS))]
     pub pending_hours: u64,
 }
 
@@ -68,15 +83,19 @@ impl Default for ReplicationConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The bucket to check.
+    #[schemars(length(min = 1, max = 255))]
     pub bucket: String,
     /// Key prefixes in use (default: the whole bucket). Listing, sampling and the replication and
     /// lifecycle coverage checks are limited to these.
     #[serde(default)]
+    #[schemars(length(max = MAX_PREFIXES), inner(length(min = 1)))]
     pub prefixes: Vec<String>,
     /// Region of the client (default: the environment's; the bucket's own region is looked up
     /// and used after that).
+    #[schemars(length(min = 1, max = 64))]
     pub region: Option<String>,
     /// The region the bucket must be in; another region is a `region` finding.
+    #[schemars(length(min = 1, max = 64))]
     pub expected_region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`). Default: on when an endpoint is set through
     /// `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (local S3 stand-ins need it), off otherwise.
@@ -84,6 +103,7 @@ pub struct Config {
     /// Objects must be kept at least this many days: lifecycle rules that expire current or
     /// noncurrent versions sooner are `lifecycle` findings (default 30).
     #[serde(default = "default_min_retention_days")]
+    #[schemars(range(max = MAX_DAYS))]
     pub min_retention_days: u32,
     /// MFA delete must be enabled (default false).
     #[serde(default)]
@@ -103,12 +123,15 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Keys that must exist.
     #[serde(default)]
+    #[schemars(length(max = MAX_EXPECTED_KEYS), inner(length(min = 1, max = 1024)))]
     pub expected_keys: Vec<String>,
     /// A local file with one key per line that must exist (blank lines and `#` comments skipped).
+    #[schemars(length(min = 1))]
     pub expected_manifest: Option<PathBuf>,
     /// A fall in object count or bytes since the last run larger than this is a `count_drop`
     /// finding (default 10).
     #[serde(default = "default_max_drop_percent")]
+    #[schemars(range(min = 0.0, max = 100.0))]
     pub max_drop_percent: f64,
     /// Checks whose problems fail the step (shortcut for `severity = { CHECK = "fail" }`).
     #[serde(default)]
@@ -118,6 +141,7 @@ pub struct Config {
     pub severity: BTreeMap<Check, Severity>,
     /// Parallel S3 requests (default 32).
     #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = MAX_CONCURRENCY))]
     pub concurrency: usize,
 }
 
@@ -167,6 +191,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.bucket.trim().is_empty() {
             return Err("`bucket` is empty".into());
+        }
+        if self.prefixes.iter().any(|p| p.is_empty()) {
+            return Err(
+                "`prefixes` holds an empty prefix (leave `prefixes` out for the whole bucket)"
+                    .into(),
+            );
         }
         for (name, sample) in [
             ("sample", self.sample),

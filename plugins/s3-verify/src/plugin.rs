@@ -4,7 +4,6 @@
 //! `verify` re-runs them, compared with the record it is given. A failing finding fails the step
 //! with a permanent error listing every problem; warnings become step warnings.
 
-use aws_sdk_s3::config::ProvideCredentials;
 use backplan_plugin_sdk::{
     Action, Context, Permissions, Plugin, PluginError, PluginResult, Request, StepOutput,
 };
@@ -140,12 +139,7 @@ impl Plugin for S3Verify {
         let bucket = config.bucket.as_str();
         run::runtime()?.block_on(async {
             let sdk = aws::load(config).await;
-            let provider = sdk
-                .credentials_provider()
-                .ok_or_else(|| PluginError::config("no AWS credentials provider is configured"))?;
-            provider.provide_credentials().await.map_err(|e| {
-                PluginError::config(format!("AWS credentials could not be resolved: {e}"))
-            })?;
+            backplan_aws::check_credentials(&sdk).await?;
             run::head_bucket(&aws::client(&sdk, config, None), bucket).await?;
             ctx.debug(format!("s3://{bucket} answers HeadBucket"));
             Ok(StepOutput::new(format!(

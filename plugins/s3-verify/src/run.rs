@@ -127,11 +127,7 @@ pub async fn head_bucket(client: &Client, bucket: &str) -> PluginResult<()> {
 /// The runtime a run uses: S3 calls are I/O, XML parsing is CPU, so one worker per core.
 pub fn runtime() -> PluginResult<tokio::runtime::Runtime> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(|e| PluginError::new(ErrorKind::Internal, format!("cannot start a runtime: {e}")))
+    backplan_aws::runtime::multi_thread(workers, "s3-verify")
 }
 
 /// Every check; `previous` is the record of the run to compare with (`(run_id, record)`).

@@ -16,7 +16,7 @@ use md5::Digest as _;
 use serde::Serialize;
 
 use crate::aws;
-use crate::config::Sample;
+use crate::config::{MAX_SAMPLE, Sample};
 
 /// The seeded rank of a key: FNV-1a over the bytes, then a splitmix64 finaliser.
 pub fn rank(seed: u64, key: &str) -> u64 {
@@ -40,27 +40,43 @@ pub struct Picked {
     pub etag: Option<String>,
 }
 
-/// Keeps the objects of one sample while the listing streams past.
+/// Keeps the objects of one sample while the listing streams past: at most [`MAX_SAMPLE`],
+/// even for a share of a huge bucket, so that a sample never holds the whole listing in memory.
 #[derive(Debug, Clone)]
 pub struct Selector {
     sample: Sample,
     seed: u64,
+    /// The most objects kept: the count, or [`MAX_SAMPLE`] for a share.
+    cap: u64,
     /// Max-heap on rank: the top is the first to go when a smaller rank arrives.
     picked: BinaryHeap<Picked>,
 }
 
 impl Selector {
     pub fn new(sample: Sample, seed: u64) -> Self {
+        Self::capped(sample, seed, MAX_SAMPLE)
+    }
+
+    /// A selector that keeps at most `cap` objects.
+    fn capped(sample: Sample, seed: u64, cap: u64) -> Self {
+        let cap = match sample {
+            Sample::Count(n) => n.min(cap),
+            Sample::Fraction(_) => cap,
+        };
         Self {
             sample,
             seed,
+            cap,
             picked: BinaryHeap::new(),
         }
     }
 
     /// An empty selector of the same sample, for another listing task.
     pub fn fresh(&self) -> Self {
-        Self::new(self.sample, self.seed)
+        Self {
+            picked: BinaryHeap::new(),
+            ..self.clone()
+        }
     }
 
     /// Offers one listed object; allocates only when it is kept.
@@ -78,21 +94,19 @@ impl Selector {
     }
 
     fn wants(&self, rank: u64) -> bool {
-        match self.sample {
-            Sample::Count(0) => false,
-            Sample::Count(n) => {
-                (self.picked.len() as u64) < n
-                    || self.picked.peek().is_some_and(|top| rank < top.rank)
-            }
+        let in_share = match self.sample {
+            Sample::Count(_) => true,
             Sample::Fraction(f) => f >= 1.0 || (rank as f64) < f * (u64::MAX as f64),
-        }
+        };
+        in_share
+            && self.cap > 0
+            && ((self.picked.len() as u64) < self.cap
+                || self.picked.peek().is_some_and(|top| rank < top.rank))
     }
 
     fn keep(&mut self, picked: Picked) {
         self.picked.push(picked);
-        if let Sample::Count(n) = self.sample
-            && self.picked.len() as u64 > n
-        {
+        if self.picked.len() as u64 > self.cap {
             self.picked.pop();
         }
     }
@@ -553,6 +567,24 @@ mod tests {
         assert!(select(Sample::Fraction(0.0), 1, keys()).is_empty());
         assert_eq!(select(Sample::Fraction(1.0), 1, keys()).len(), 10_000);
         assert!(select(Sample::Count(0), 1, keys()).is_empty());
+    }
+
+    #[test]
+    fn a_share_of_a_huge_bucket_keeps_at_most_the_cap_in_memory() {
+        let mut whole = Selector::capped(Sample::Fraction(1.0), 1, 100);
+        for key in keys() {
+            whole.offer(&key, 1, None);
+        }
+        let kept = whole.into_sorted();
+        assert_eq!(kept.len(), 100);
+        let mut ten = Selector::capped(Sample::Count(10), 1, 100);
+        keys().for_each(|k| ten.offer(&k, 1, None));
+        let first_ten: Vec<String> = kept.iter().take(10).map(|p| p.key.clone()).collect();
+        let ten: Vec<String> = ten.into_sorted().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            ten, first_ten,
+            "the cap keeps the lowest ranks, like a count"
+        );
     }
 
     #[test]

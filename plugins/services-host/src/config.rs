@@ -26,38 +26,58 @@ pub struct Config {
     /// The filesystem root the paths below are taken from. `/` on a real machine; a copy of it
     /// for a test or a rehearsal.
     #[serde(default = "default_root")]
+    #[schemars(length(min = 1))]
     pub root: PathBuf,
     /// Configuration files that name the machine's addresses. Missing ones are skipped (the
     /// list covers both the Debian/Ubuntu and the RHEL/CentOS layouts).
     #[serde(default = "default_config_files")]
+    #[schemars(length(max = 1000), inner(length(min = 1)))]
     pub config_files: Vec<PathBuf>,
     /// The folder removed by `reset-nomad`.
     #[serde(default = "default_nomad_dir")]
+    #[schemars(length(min = 1))]
     pub nomad_dir: PathBuf,
     /// The restore tasks, in order.
     #[serde(default = "default_tasks")]
+    #[schemars(length(max = 16))]
     pub restore_tasks: Vec<Task>,
     /// Stops the app (no shell: program and arguments).
     #[serde(default = "default_stop")]
+    #[schemars(
+        length(min = 1, max = 4096),
+        extend("prefixItems" = [{"type": "string", "minLength": 1}])
+    )]
     pub stop_command: Vec<String>,
     /// Restarts the Replicated daemons so they read the rewritten files; empty to skip.
     #[serde(default = "default_restart")]
+    #[schemars(
+        length(max = 4096),
+        extend("prefixItems" = [{"type": "string", "minLength": 1}])
+    )]
     pub restart_command: Vec<String>,
     /// Starts the app.
     #[serde(default = "default_start")]
+    #[schemars(
+        length(min = 1, max = 4096),
+        extend("prefixItems" = [{"type": "string", "minLength": 1}])
+    )]
     pub start_command: Vec<String>,
     /// This machine's private address, when the instance metadata service cannot tell (e.g.
     /// `${steps.machine.outputs.private_ip}` from the launch step). Also `-o private_ip=...`.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub private_ip: Option<String>,
     /// This machine's public address, likewise. Also `-o public_ip=...`.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub public_ip: Option<String>,
     /// The old addresses to replace, when they are not the ones recorded at backup time.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub old_private_ip: Option<String>,
     /// The old public address to replace.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub old_public_ip: Option<String>,
     /// Ask the instance metadata service (IMDSv2) for missing addresses (default true).
     #[serde(default = "yes")]

@@ -12,5 +12,6 @@ mod restore;
 mod runs;
 mod s3_verify;
 mod schedule;
+mod schemas;
 mod status;
 mod stops;

@@ -22,11 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::Region;
 
 use super::{Backend, Leftovers, ObjectInfo};
 use crate::error::{Error, Result};
@@ -197,35 +193,16 @@ impl S3Backend {
 
 /// An S3 client from the standard chain, with `options` applied on top.
 async fn client(options: &S3Options) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(120))
-                .build(),
-        );
-    if let Some(region) = &options.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(url) = &options.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    let mut sdk = loader.load().await;
-    if sdk.region().is_none() {
-        sdk = sdk
-            .into_builder()
-            .region(Region::from_static("us-east-1"))
-            .build();
-    }
-    let endpoint_set = options.endpoint_url.is_some()
-        || ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-            .iter()
-            .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
-    let config = aws_sdk_s3::config::Builder::from(&sdk)
-        .force_path_style(options.force_path_style.unwrap_or(endpoint_set))
-        .build();
-    Client::from_conf(config)
+    let sdk = backplan_aws::load(&backplan_aws::Settings {
+        region: options.region.clone(),
+        fallback_region: Some("us-east-1"),
+        endpoint_url: options.endpoint_url.clone(),
+        max_attempts: Some(MAX_ATTEMPTS),
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(120)),
+    })
+    .await;
+    backplan_aws::s3::client(&sdk, None, options.force_path_style)
 }
 
 impl Backend for S3Backend {
