@@ -1,5 +1,6 @@
-//! Publishing a notification to an SNS topic (through the standard AWS configuration chain and
-//! `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL`, as every AWS call of backplan's).
+//! Publishing a notification to an SNS topic, in the topic's region, through backplan-aws's
+//! configuration (the standard chain, `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL`), as every AWS
+//! call of backplan's.
 
 use backplan_core::notify::Message;
 
@@ -16,11 +17,11 @@ pub(crate) fn publish(topic_arn: &str, message: &Message) -> (u32, Result<(), St
         .take(100)
         .collect();
     let result = handle.block_on(async move {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if !region.is_empty() {
-            loader = loader.region(aws_config::Region::new(region));
-        }
-        let client = aws_sdk_sns::Client::new(&loader.load().await);
+        let settings = backplan_aws::Settings {
+            region: (!region.is_empty()).then_some(region),
+            ..Default::default()
+        };
+        let client = aws_sdk_sns::Client::new(&backplan_aws::load(&settings).await);
         client
             .publish()
             .topic_arn(topic_arn)
