@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
+use backplan_catalog_s3::S3Store;
 use backplan_core::catalog::{Catalog, CatalogError};
 use backplan_core::exit;
 use backplan_core::health;
@@ -173,9 +174,11 @@ impl Session {
     fn catalog(&self, plan: &Plan) -> anyhow::Result<Catalog> {
         match state::catalog_location(plan, &self.state_root) {
             CatalogLocation::Local(dir) => Ok(Catalog::open(&dir, &plan.name)?),
-            CatalogLocation::S3 { .. } => Err(plan
-                .catalog_problem("an S3 catalog is not available in this build yet")
-                .into()),
+            CatalogLocation::S3 { bucket, prefix } => {
+                let store = S3Store::open(&bucket, &prefix, &plan.name)
+                    .map_err(|e| plan.catalog_problem(e.0))?;
+                Ok(Catalog::new(&plan.name, Arc::new(store)))
+            }
         }
     }
 
@@ -294,6 +297,10 @@ impl Session {
 
     async fn plan_check(&self, path: &Path) -> anyhow::Result<i32> {
         let (plan, host) = self.load(path)?;
+        if matches!(plan.catalog, Some(CatalogLocation::S3 { .. })) {
+            // The bucket exists and can be read, and its server enforces conditional writes.
+            self.catalog(&plan)?;
+        }
         let results = self
             .runner(&plan, &host)
             .check(&RunRequest::new(RunKind::Backup))

@@ -1,5 +1,6 @@
 //! End-to-end tests: one test binary, one module per area.
 
+mod catalog_s3;
 mod circleci_restore;
 mod ebs;
 mod json;
