@@ -17,7 +17,7 @@ use crate::config::Config;
 /// Loads the AWS configuration (credentials, region, endpoint) from the environment and the
 /// step. Without a region anywhere, us-east-1: GetBucketLocation answers from any region, and
 /// the bucket's own is used after that.
-pub async fn load(config: &Config) -> SdkConfig {
+pub(crate) async fn load(config: &Config) -> SdkConfig {
     backplan_aws::load(&backplan_aws::Settings {
         region: config.region.clone(),
         fallback_region: Some("us-east-1"),
@@ -27,12 +27,12 @@ pub async fn load(config: &Config) -> SdkConfig {
 }
 
 /// An S3 client in `region` (or the loaded configuration's).
-pub fn client(sdk: &SdkConfig, config: &Config, region: Option<&str>) -> Client {
+pub(crate) fn client(sdk: &SdkConfig, config: &Config, region: Option<&str>) -> Client {
     backplan_aws::s3::client(sdk, region, config.force_path_style)
 }
 
 /// The error code of a service error (`NoSuchBucket`, `AccessDenied`...), if the call got that far.
-pub fn code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+pub(crate) fn code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     match err {
         SdkError::ServiceError(e) => e.err().code(),
         _ => None,
@@ -40,7 +40,7 @@ pub fn code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
 }
 
 /// Translates a failed call on `bucket` into a plugin error naming both.
-pub fn error<E>(bucket: &str, call: &str, err: SdkError<E, HttpResponse>) -> PluginError
+pub(crate) fn error<E>(bucket: &str, call: &str, err: SdkError<E, HttpResponse>) -> PluginError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

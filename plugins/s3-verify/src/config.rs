@@ -13,22 +13,22 @@ use serde::{Deserialize, Serialize};
 use crate::findings::{Check, Severity};
 
 /// The most objects a sample may pick.
-pub const MAX_SAMPLE: u64 = 1_000_000;
+pub(crate) const MAX_SAMPLE: u64 = 1_000_000;
 /// The most prefixes a step may list.
-pub const MAX_PREFIXES: usize = 1_000;
+pub(crate) const MAX_PREFIXES: usize = 1_000;
 /// The most keys `expected_keys` may name (a longer list belongs in `expected_manifest`).
-pub const MAX_EXPECTED_KEYS: usize = 100_000;
+pub(crate) const MAX_EXPECTED_KEYS: usize = 100_000;
 /// The most parallel S3 requests.
-pub const MAX_CONCURRENCY: usize = 1_024;
+pub(crate) const MAX_CONCURRENCY: usize = 1_024;
 /// A century, the longest retention a bucket is checked for.
-pub const MAX_DAYS: u32 = 36_500;
+pub(crate) const MAX_DAYS: u32 = 36_500;
 /// Ten years, the longest a replication may stay pending.
-pub const MAX_HOURS: u64 = 87_600;
+pub(crate) const MAX_HOURS: u64 = 87_600;
 
 /// How many objects to pick: a fixed number or a share of the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Sample {
+pub(crate) enum Sample {
     /// At most this many objects (`{ count = 100 }`), at most a million: each one is kept in
     /// memory until the listing ends.
     Count(#[schemars(range(max = MAX_SAMPLE))] u64),
@@ -39,7 +39,7 @@ pub enum Sample {
 /// Where replicas must live for the replication check to pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum Destination {
+pub(crate) enum Destination {
     /// Another region than the bucket's (the default: survives a regional outage).
     #[default]
     OtherRegion,
@@ -54,7 +54,7 @@ pub enum Destination {
 /// The `[steps.config.replication]` table.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReplicationConfig {
+pub(crate) struct ReplicationConfig {
     /// Whether the bucket must replicate (default true).
     #[serde(default = "yes")]
     pub required: bool,
@@ -81,7 +81,7 @@ impl Default for ReplicationConfig {
 /// The step's `config` table.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// The bucket to check.
     #[schemars(length(min = 1, max = 255))]
     pub bucket: String,
@@ -162,13 +162,13 @@ fn default_concurrency() -> usize {
 }
 
 /// Reads before checking anything: no sample by default would prove nothing about integrity.
-pub const DEFAULT_SAMPLE: Sample = Sample::Count(20);
+pub(crate) const DEFAULT_SAMPLE: Sample = Sample::Count(20);
 /// Replication-status lookups (HeadObject) are cheap: look at more objects than are read.
-pub const DEFAULT_STATUS_SAMPLE: Sample = Sample::Count(200);
+pub(crate) const DEFAULT_STATUS_SAMPLE: Sample = Sample::Count(200);
 
 impl Config {
     /// The severity a problem of `check` has under this configuration.
-    pub fn severity(&self, check: Check) -> Severity {
+    pub(crate) fn severity(&self, check: Check) -> Severity {
         if self.fail_on.contains(&check) {
             return Severity::Fail;
         }
@@ -179,7 +179,7 @@ impl Config {
     }
 
     /// The prefixes to list: the configured ones, or the whole bucket.
-    pub fn scopes(&self) -> Vec<String> {
+    pub(crate) fn scopes(&self) -> Vec<String> {
         if self.prefixes.is_empty() {
             vec![String::new()]
         } else {
@@ -188,7 +188,7 @@ impl Config {
     }
 
     /// Rejects values the schema cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.bucket.trim().is_empty() {
             return Err("`bucket` is empty".into());
         }

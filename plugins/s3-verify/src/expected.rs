@@ -13,7 +13,7 @@ use crate::config::Config;
 
 /// The expected keys and whether each was seen.
 #[derive(Debug, Default)]
-pub struct Expected {
+pub(crate) struct Expected {
     index: HashMap<String, usize>,
     keys: Vec<String>,
     seen: Vec<AtomicBool>,
@@ -21,7 +21,7 @@ pub struct Expected {
 
 impl Expected {
     /// Builds the set from `expected_keys` and `expected_manifest`.
-    pub fn load(config: &Config) -> PluginResult<Self> {
+    pub(crate) fn load(config: &Config) -> PluginResult<Self> {
         let mut keys = config.expected_keys.clone();
         if let Some(path) = &config.expected_manifest {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -47,23 +47,23 @@ impl Expected {
         set
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// Called by the listing for every key it sees.
-    pub fn mark(&self, key: &str) {
+    pub(crate) fn mark(&self, key: &str) {
         if let Some(i) = self.index.get(key) {
             self.seen[*i].store(true, Ordering::Relaxed);
         }
     }
 
     /// The keys not seen so far, in the order they were given.
-    pub fn unseen(&self) -> Vec<&str> {
+    pub(crate) fn unseen(&self) -> Vec<&str> {
         self.keys
             .iter()
             .zip(&self.seen)
@@ -75,7 +75,7 @@ impl Expected {
 
 /// One key per line; blank lines and lines starting with `#` are skipped. Keys are taken
 /// verbatim (no trimming of inner spaces), only the line ending is removed.
-pub fn parse_manifest(text: &str) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn parse_manifest(text: &str) -> impl Iterator<Item = String> + '_ {
     text.lines()
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum Check {
+pub(crate) enum Check {
     /// Versioning is enabled.
     Versioning,
     /// MFA delete is enabled (only when required).
@@ -46,7 +46,7 @@ pub enum Check {
 
 impl Check {
     /// The name used in plans and records.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Check::Versioning => "versioning",
             Check::MfaDelete => "mfa_delete",
@@ -67,7 +67,7 @@ impl Check {
 
     /// How serious a problem is unless the plan says otherwise: what loses data or redundancy
     /// fails, hardening and things that may be deliberate warn.
-    pub fn default_severity(self) -> Severity {
+    pub(crate) fn default_severity(self) -> Severity {
         match self {
             Check::Versioning
             | Check::MfaDelete
@@ -90,7 +90,7 @@ impl Check {
 /// How much a problem matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+pub(crate) enum Severity {
     /// The step fails.
     Fail,
     /// The step succeeds with a warning.
@@ -102,7 +102,7 @@ pub enum Severity {
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     Pass,
     Warn,
     Fail,
@@ -111,7 +111,7 @@ pub enum Status {
 
 /// One line of the result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub check: Check,
     pub status: Status,
     /// What was seen, in one line.
@@ -123,7 +123,7 @@ pub struct Finding {
 
 impl Finding {
     /// `check: message (fix: ...)`, for warnings and error details.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         match &self.fix {
             Some(fix) => format!("{}: {} — fix: {fix}", self.check.as_str(), self.message),
             None => format!("{}: {}", self.check.as_str(), self.message),
@@ -133,7 +133,7 @@ impl Finding {
 
 /// Counts of findings per status, for the record and the summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub pass: usize,
     pub warn: usize,
     pub fail: usize,
@@ -142,11 +142,11 @@ pub struct Tally {
 
 /// All findings of one run, in the order the checks ran.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Findings(pub Vec<Finding>);
+pub(crate) struct Findings(pub Vec<Finding>);
 
 impl Findings {
     /// Records a check that passed.
-    pub fn pass(&mut self, check: Check, message: impl Into<String>) {
+    pub(crate) fn pass(&mut self, check: Check, message: impl Into<String>) {
         self.0.push(Finding {
             check,
             status: Status::Pass,
@@ -156,7 +156,7 @@ impl Findings {
     }
 
     /// Records a problem; `severity` (from the configuration) decides its status.
-    pub fn push_problem(
+    pub(crate) fn push_problem(
         &mut self,
         check: Check,
         severity: Severity,
@@ -176,7 +176,7 @@ impl Findings {
     }
 
     /// Counts per status.
-    pub fn tally(&self) -> Tally {
+    pub(crate) fn tally(&self) -> Tally {
         let mut tally = Tally::default();
         for finding in &self.0 {
             match finding.status {
@@ -190,7 +190,7 @@ impl Findings {
     }
 
     /// The findings with `status`.
-    pub fn with_status(&self, status: Status) -> impl Iterator<Item = &Finding> {
+    pub(crate) fn with_status(&self, status: Status) -> impl Iterator<Item = &Finding> {
         self.0.iter().filter(move |f| f.status == status)
     }
 }

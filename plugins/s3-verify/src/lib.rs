@@ -7,14 +7,14 @@
 //! with the last run ([`run`]). What is a warning and what fails the step is configuration
 //! ([`config`], [`findings`]); [`plugin`] maps it all onto the SDK's actions.
 
-pub mod aws;
-pub mod config;
-pub mod expected;
-pub mod findings;
-pub mod listing;
-pub mod plugin;
-pub mod posture;
-pub mod run;
-pub mod sample;
+mod aws;
+mod config;
+mod expected;
+mod findings;
+mod listing;
+mod plugin;
+mod posture;
+mod run;
+mod sample;
 
 pub use plugin::plugin_descriptor;

@@ -33,14 +33,14 @@ const MAX_DEPTH: usize = 3;
 
 /// Count and bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Amount {
+pub(crate) struct Amount {
     pub count: u64,
     pub bytes: u64,
 }
 
 /// What the listing counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     pub count: u64,
     pub bytes: u64,
     /// Per storage class.
@@ -89,7 +89,7 @@ struct Partial {
 
 /// The listing's result.
 #[derive(Debug)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub inventory: Inventory,
     pub reads: Selector,
     pub statuses: Selector,
@@ -109,7 +109,7 @@ struct Shared {
 /// One flat listing: every key under `prefix` that has at least `min_slashes` slashes (a group of
 /// sub-prefixes also matches the objects beside them, which discovery already counted).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
+pub(crate) struct Scope {
     pub prefix: String,
     pub min_slashes: usize,
 }
@@ -121,7 +121,7 @@ type Found = (String, Option<usize>);
 /// Groups sibling sub-prefixes by their first characters beyond their parent: the shortest
 /// extension that gives at least half of `target` groups. Groups never reach above a parent, so a
 /// group only matches keys under one listed parent.
-pub fn group(found: &[Found], target: usize) -> Vec<Scope> {
+pub(crate) fn group(found: &[Found], target: usize) -> Vec<Scope> {
     let whole = |(prefix, _): &Found| Scope {
         prefix: prefix.clone(),
         min_slashes: 0,
@@ -272,7 +272,7 @@ async fn run_level(
 }
 
 /// Lists `scopes` of `bucket`, feeding the read and status samples and marking expected keys.
-pub async fn list(
+pub(crate) async fn list(
     ctx: &Context,
     client: Client,
     bucket: &str,

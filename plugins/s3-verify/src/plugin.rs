@@ -16,7 +16,7 @@ use crate::run::{self, Report};
 
 /// The plugin.
 #[derive(Debug, Default)]
-pub struct S3Verify;
+pub(crate) struct S3Verify;
 
 fn now() -> i64 {
     std::time::SystemTime::now()

@@ -19,7 +19,7 @@ use crate::findings::{Check, Findings};
 
 /// A replication rule, reduced to what the checks need.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ReplicationRule {
+pub(crate) struct ReplicationRule {
     pub id: String,
     pub enabled: bool,
     /// The key prefix it applies to ("" = every key).
@@ -34,7 +34,7 @@ pub struct ReplicationRule {
 
 /// A lifecycle rule, reduced to what can delete or demote data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct LifecycleRule {
+pub(crate) struct LifecycleRule {
     pub id: String,
     pub enabled: bool,
     pub prefix: String,
@@ -48,7 +48,7 @@ pub struct LifecycleRule {
 
 /// Object lock, when enabled.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ObjectLock {
+pub(crate) struct ObjectLock {
     pub enabled: bool,
     pub mode: Option<String>,
     pub retention_days: Option<i64>,
@@ -56,7 +56,7 @@ pub struct ObjectLock {
 
 /// What the bucket's configuration says.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub region: String,
     /// `Enabled`, `Suspended`, or `None` (never enabled).
     pub versioning: Option<String>,
@@ -74,7 +74,7 @@ pub struct Facts {
 }
 
 /// The bucket's region from GetBucketLocation (empty means us-east-1, `EU` eu-west-1).
-pub async fn bucket_region(client: &Client, bucket: &str) -> PluginResult<String> {
+pub(crate) async fn bucket_region(client: &Client, bucket: &str) -> PluginResult<String> {
     let out = client
         .get_bucket_location()
         .bucket(bucket)
@@ -92,7 +92,7 @@ pub async fn bucket_region(client: &Client, bucket: &str) -> PluginResult<String
 
 /// Reads the bucket's configuration (all calls in parallel). A configuration that does not exist
 /// is a fact (`None`); a denied call is an error naming it.
-pub async fn gather(client: &Client, bucket: &str, region: String) -> PluginResult<Facts> {
+pub(crate) async fn gather(client: &Client, bucket: &str, region: String) -> PluginResult<Facts> {
     let (versioning, replication, lifecycle, encryption, public_access, object_lock) = tokio::join!(
         client.get_bucket_versioning().bucket(bucket).send(),
         client.get_bucket_replication().bucket(bucket).send(),
@@ -253,7 +253,7 @@ fn overlaps(rule_prefix: &str, scope: &str) -> bool {
 }
 
 /// Judges the facts. `now` (seconds since the epoch) is a parameter so tests are exact.
-pub fn evaluate(facts: &Facts, config: &Config, now: i64, findings: &mut Findings) {
+pub(crate) fn evaluate(facts: &Facts, config: &Config, now: i64, findings: &mut Findings) {
     let bucket = &config.bucket;
     match facts.versioning.as_deref() {
         Some("Enabled") => findings.pass(Check::Versioning, "versioning is enabled"),
@@ -507,7 +507,7 @@ fn object_lock(facts: &Facts, config: &Config, findings: &mut Findings) {
 }
 
 /// Storage classes kept in a single availability zone (or with reduced durability).
-pub fn is_low_redundancy(class: &str) -> bool {
+pub(crate) fn is_low_redundancy(class: &str) -> bool {
     matches!(
         class,
         "REDUCED_REDUNDANCY" | "ONEZONE_IA" | "EXPRESS_ONEZONE"
@@ -516,7 +516,7 @@ pub fn is_low_redundancy(class: &str) -> bool {
 
 /// Enabled lifecycle rules touching a prefix in use that expire current or noncurrent versions
 /// within `min_days`, one line each.
-pub fn lifecycle_problems(
+pub(crate) fn lifecycle_problems(
     rules: &[LifecycleRule],
     scopes: &[String],
     min_days: u32,

@@ -27,7 +27,7 @@ const EXAMPLES: usize = 20;
 
 /// What the sampled reads found.
 #[derive(Debug, Default, Serialize)]
-pub struct SampleReport {
+pub(crate) struct SampleReport {
     pub read: usize,
     pub bytes: u64,
     pub verified: usize,
@@ -42,7 +42,7 @@ pub struct SampleReport {
 
 /// What the replication-status lookups found.
 #[derive(Debug, Default, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     pub sampled: usize,
     pub completed: usize,
     pub pending: usize,
@@ -54,7 +54,7 @@ pub struct StatusReport {
 
 /// Expected keys.
 #[derive(Debug, Default, Serialize)]
-pub struct ExpectedReport {
+pub(crate) struct ExpectedReport {
     pub checked: usize,
     pub missing_count: usize,
     pub missing: Vec<String>,
@@ -62,7 +62,7 @@ pub struct ExpectedReport {
 
 /// The last run this one is compared with.
 #[derive(Debug, Serialize)]
-pub struct Previous {
+pub(crate) struct Previous {
     pub run_id: String,
     pub count: u64,
     pub bytes: u64,
@@ -70,7 +70,7 @@ pub struct Previous {
 
 /// Everything one run found: the step's record.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub bucket: String,
     pub region: String,
     pub prefixes: Vec<String>,
@@ -114,7 +114,7 @@ where
 }
 
 /// HeadBucket: the bucket exists and these credentials may use it.
-pub async fn head_bucket(client: &Client, bucket: &str) -> PluginResult<()> {
+pub(crate) async fn head_bucket(client: &Client, bucket: &str) -> PluginResult<()> {
     client
         .head_bucket()
         .bucket(bucket)
@@ -125,13 +125,13 @@ pub async fn head_bucket(client: &Client, bucket: &str) -> PluginResult<()> {
 }
 
 /// The runtime a run uses: S3 calls are I/O, XML parsing is CPU, so one worker per core.
-pub fn runtime() -> PluginResult<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> PluginResult<tokio::runtime::Runtime> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     backplan_aws::runtime::multi_thread(workers, "s3-verify")
 }
 
 /// Every check; `previous` is the record of the run to compare with (`(run_id, record)`).
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Context,
     config: &Config,
     previous: Option<(String, serde_json::Value)>,
@@ -335,7 +335,12 @@ async fn exists(client: &Client, bucket: &str, key: &str) -> PluginResult<bool> 
 }
 
 /// A fall in count or bytes beyond `max_drop_percent` since the previous run.
-pub fn compare(previous: &Previous, now: &Inventory, config: &Config, findings: &mut Findings) {
+pub(crate) fn compare(
+    previous: &Previous,
+    now: &Inventory,
+    config: &Config,
+    findings: &mut Findings,
+) {
     let drop = |before: u64, after: u64| {
         (before > 0 && after < before).then(|| (before - after) as f64 * 100.0 / before as f64)
     };

@@ -19,7 +19,7 @@ use crate::aws;
 use crate::config::{MAX_SAMPLE, Sample};
 
 /// The seeded rank of a key: FNV-1a over the bytes, then a splitmix64 finaliser.
-pub fn rank(seed: u64, key: &str) -> u64 {
+pub(crate) fn rank(seed: u64, key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in key.as_bytes() {
         h ^= u64::from(*b);
@@ -33,7 +33,7 @@ pub fn rank(seed: u64, key: &str) -> u64 {
 
 /// A listed object that made it into a sample.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Picked {
+pub(crate) struct Picked {
     pub rank: u64,
     pub key: String,
     pub size: u64,
@@ -43,7 +43,7 @@ pub struct Picked {
 /// Keeps the objects of one sample while the listing streams past: at most [`MAX_SAMPLE`],
 /// even for a share of a huge bucket, so that a sample never holds the whole listing in memory.
 #[derive(Debug, Clone)]
-pub struct Selector {
+pub(crate) struct Selector {
     sample: Sample,
     seed: u64,
     /// The most objects kept: the count, or [`MAX_SAMPLE`] for a share.
@@ -53,7 +53,7 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn new(sample: Sample, seed: u64) -> Self {
+    pub(crate) fn new(sample: Sample, seed: u64) -> Self {
         Self::capped(sample, seed, MAX_SAMPLE)
     }
 
@@ -72,7 +72,7 @@ impl Selector {
     }
 
     /// An empty selector of the same sample, for another listing task.
-    pub fn fresh(&self) -> Self {
+    pub(crate) fn fresh(&self) -> Self {
         Self {
             picked: BinaryHeap::new(),
             ..self.clone()
@@ -80,7 +80,7 @@ impl Selector {
     }
 
     /// Offers one listed object; allocates only when it is kept.
-    pub fn offer(&mut self, key: &str, size: u64, etag: Option<&str>) {
+    pub(crate) fn offer(&mut self, key: &str, size: u64, etag: Option<&str>) {
         let rank = rank(self.seed, key);
         if !self.wants(rank) {
             return;
@@ -112,7 +112,7 @@ impl Selector {
     }
 
     /// Adds another task's selection.
-    pub fn merge(&mut self, other: Selector) {
+    pub(crate) fn merge(&mut self, other: Selector) {
         for picked in other.picked {
             if self.wants(picked.rank) {
                 self.keep(picked);
@@ -121,7 +121,7 @@ impl Selector {
     }
 
     /// The selection, smallest rank first.
-    pub fn into_sorted(self) -> Vec<Picked> {
+    pub(crate) fn into_sorted(self) -> Vec<Picked> {
         self.picked.into_sorted_vec()
     }
 }
@@ -129,7 +129,7 @@ impl Selector {
 /// How a sampled object's content was checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The content matches the stored checksum.
     Verified { algorithm: String },
     /// The content does not match.
@@ -147,7 +147,7 @@ pub enum Verdict {
 
 /// What one sampled read found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Read {
+pub(crate) struct Read {
     pub key: String,
     pub bytes: u64,
     #[serde(flatten)]
@@ -158,7 +158,7 @@ pub struct Read {
 
 /// An object's replication status and age, from GetObject or HeadObject.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replication {
+pub(crate) struct Replication {
     pub status: ReplicationStatus,
     /// Seconds since the epoch.
     pub last_modified: Option<i64>,
@@ -410,7 +410,7 @@ async fn part_sizes(
 
 /// Reads `key` in full (streaming, constant memory) and checks it against its stored checksum;
 /// a multipart checksum is recomputed part by part from the part sizes.
-pub async fn read(client: &Client, bucket: &str, key: &str) -> PluginResult<Read> {
+pub(crate) async fn read(client: &Client, bucket: &str, key: &str) -> PluginResult<Read> {
     let out = match client
         .get_object()
         .bucket(bucket)
@@ -503,7 +503,11 @@ pub async fn read(client: &Client, bucket: &str, key: &str) -> PluginResult<Read
 }
 
 /// The replication status of `key` (HeadObject); `None` when it has none or is gone.
-pub async fn status(client: &Client, bucket: &str, key: &str) -> PluginResult<Option<Replication>> {
+pub(crate) async fn status(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+) -> PluginResult<Option<Replication>> {
     match client.head_object().bucket(bucket).key(key).send().await {
         Ok(out) => Ok(out.replication_status().map(|status| Replication {
             status: status.clone(),

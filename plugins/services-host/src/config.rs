@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// One restore task, run in the order given in `restore_tasks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum Task {
+pub(crate) enum Task {
     /// Run `stop_command` (stop the app before changing anything under it).
     StopApp,
     /// Replace the old addresses with the new ones in `config_files`.
@@ -22,7 +22,7 @@ pub enum Task {
 /// The step's `config` table.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// The filesystem root the paths below are taken from. `/` on a real machine; a copy of it
     /// for a test or a rehearsal.
     #[serde(default = "default_root")]
@@ -86,7 +86,7 @@ pub struct Config {
 
 impl Config {
     /// `path` (absolute, as on the machine) under `root`.
-    pub fn under_root(&self, path: &Path) -> PathBuf {
+    pub(crate) fn under_root(&self, path: &Path) -> PathBuf {
         let relative = path.strip_prefix("/").unwrap_or(path);
         self.root.join(relative)
     }

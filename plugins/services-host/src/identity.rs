@@ -6,7 +6,7 @@ use std::net::UdpSocket;
 use crate::imds::Imds;
 
 /// The machine's name as the kernel knows it.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -17,7 +17,7 @@ pub fn hostname() -> String {
 
 /// The address of the interface that routes to the outside. A connected UDP socket sends
 /// nothing; it only makes the kernel pick the source address.
-pub fn routed_private_ip() -> Option<String> {
+pub(crate) fn routed_private_ip() -> Option<String> {
     let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect("192.0.2.1:9").ok()?;
     let ip = socket.local_addr().ok()?.ip();
@@ -26,7 +26,7 @@ pub fn routed_private_ip() -> Option<String> {
 
 /// Where an address came from, for the record and the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// The address.
     pub ip: String,
     /// `config`, `option`, `imds` or `route`.
@@ -35,7 +35,7 @@ pub struct Found {
 
 /// The first address among: an explicit one, then IMDS (`imds_path`), then the default route
 /// (private addresses only).
-pub fn address(
+pub(crate) fn address(
     explicit: Option<(&str, &'static str)>,
     imds: Option<&Imds>,
     imds_path: &str,

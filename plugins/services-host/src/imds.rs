@@ -14,13 +14,13 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The instance metadata service, if this process may use it.
 #[derive(Debug, Clone)]
-pub struct Imds {
+pub(crate) struct Imds {
     host_port: String,
 }
 
 impl Imds {
     /// The service named by the environment, or `None` when it is disabled.
-    pub fn from_env() -> Option<Imds> {
+    pub(crate) fn from_env() -> Option<Imds> {
         if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
         {
             return None;
@@ -40,7 +40,7 @@ impl Imds {
     }
 
     /// A metadata value such as `local-ipv4`, or `None` when there is none (or no service).
-    pub fn get(&self, path: &str) -> Option<String> {
+    pub(crate) fn get(&self, path: &str) -> Option<String> {
         let token = self.request(
             "PUT",
             "/latest/api/token",

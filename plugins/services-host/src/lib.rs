@@ -10,11 +10,11 @@
 //! a copy of the filesystem instead of the real `/etc`; nothing below it is reached through a
 //! symlink (see `rooted`).
 
-pub mod config;
-pub mod identity;
-pub mod imds;
-pub mod plugin;
-pub mod rewrite;
-pub mod rooted;
+mod config;
+mod identity;
+mod imds;
+mod plugin;
+mod rewrite;
+mod rooted;
 
 pub use plugin::plugin_descriptor;

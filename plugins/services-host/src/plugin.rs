@@ -22,11 +22,11 @@ use crate::rooted::Rooted;
 
 /// The plugin.
 #[derive(Debug, Default)]
-pub struct ServicesHost;
+pub(crate) struct ServicesHost;
 
 /// A configuration file as it was at backup time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileIdentity {
+pub(crate) struct FileIdentity {
     pub path: PathBuf,
     pub exists: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,7 +35,7 @@ pub struct FileIdentity {
 
 /// What a backup records: the identity the restore replaces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub hostname: String,
     #[serde(default)]
     pub private_ip: Option<String>,

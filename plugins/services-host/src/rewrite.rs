@@ -18,7 +18,7 @@ use crate::rooted::{Contents, Rooted};
 
 /// Replace `old` with `new`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replacement {
+pub(crate) struct Replacement {
     /// The address to find.
     pub old: String,
     /// What to put instead.
@@ -26,7 +26,7 @@ pub struct Replacement {
 }
 
 /// `text` with every whole-token occurrence of each `old` replaced, and how many there were.
-pub fn replace_addresses(text: &str, replacements: &[Replacement]) -> (String, usize) {
+pub(crate) fn replace_addresses(text: &str, replacements: &[Replacement]) -> (String, usize) {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut count = 0;
@@ -64,7 +64,7 @@ fn is_token(bytes: &[u8], start: usize, end: usize) -> bool {
 }
 
 /// The changed lines of `before` → `after` (same number of lines), as a readable diff.
-pub fn line_diff(path: &Path, before: &str, after: &str) -> String {
+pub(crate) fn line_diff(path: &Path, before: &str, after: &str) -> String {
     let mut out = String::new();
     for (number, (old, new)) in before.lines().zip(after.lines()).enumerate() {
         if old != new {
@@ -79,14 +79,14 @@ pub fn line_diff(path: &Path, before: &str, after: &str) -> String {
 }
 
 /// Suffix of the copy of a file's original content, made before its first rewrite.
-pub const ORIGINAL: &str = ".backplan-orig";
+pub(crate) const ORIGINAL: &str = ".backplan-orig";
 /// Suffix of the new content while it is written.
 const TEMPORARY: &str = ".backplan-tmp";
 
 /// Checks that `file` can be rewritten without following a link: its original copy is absent
 /// or a regular file, and its temporary name is not a folder. Called before any file is
 /// rewritten, so a refusal leaves them all as they were.
-pub fn check_rewritable(file: &Rooted) -> io::Result<()> {
+pub(crate) fn check_rewritable(file: &Rooted) -> io::Result<()> {
     match file.sibling(ORIGINAL)?.kind()? {
         None | Some(FileType::RegularFile) => {}
         Some(FileType::Symlink) => return Err(file.sibling(ORIGINAL)?.not_followed()),
@@ -113,7 +113,11 @@ fn not_a_file(path: &Rooted) -> io::Error {
 /// (first time only), then writes a synced temporary file with the same mode and owner and
 /// renames it over the file. Nothing is written through a link: the original and the temporary
 /// file are created new, and the rename replaces the name itself. Returns where the original is.
-pub fn write_atomically(file: &Rooted, before: &Contents, content: &str) -> io::Result<PathBuf> {
+pub(crate) fn write_atomically(
+    file: &Rooted,
+    before: &Contents,
+    content: &str,
+) -> io::Result<PathBuf> {
     check_rewritable(file)?;
     let original = file.sibling(ORIGINAL)?;
     if original.kind()?.is_none() {

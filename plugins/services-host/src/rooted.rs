@@ -21,7 +21,7 @@ use rustix::io::Errno;
 
 /// A path under the root: its opened folder and its name there.
 #[derive(Debug)]
-pub struct Rooted {
+pub(crate) struct Rooted {
     folder: OwnedFd,
     name: Vec<u8>,
     /// The path as shown in messages (under the root).
@@ -30,7 +30,7 @@ pub struct Rooted {
 
 /// A regular file as read: its bytes, permission bits and owner.
 #[derive(Debug)]
-pub struct Contents {
+pub(crate) struct Contents {
     pub bytes: Vec<u8>,
     pub mode: u32,
     pub uid: u32,
@@ -40,7 +40,7 @@ pub struct Contents {
 impl Rooted {
     /// Finds `path` (absolute, as on the machine) under `root`: every folder on the way is
     /// opened without following a link. `None` if one of them does not exist.
-    pub fn locate(root: &Path, path: &Path) -> io::Result<Option<Self>> {
+    pub(crate) fn locate(root: &Path, path: &Path) -> io::Result<Option<Self>> {
         let names: Vec<&OsStr> = path
             .components()
             .filter_map(|part| match part {
@@ -86,12 +86,12 @@ impl Rooted {
     }
 
     /// The path as shown in messages.
-    pub fn shown(&self) -> &Path {
+    pub(crate) fn shown(&self) -> &Path {
         &self.shown
     }
 
     /// What is at the path, without following a link; `None` if nothing is.
-    pub fn kind(&self) -> io::Result<Option<FileType>> {
+    pub(crate) fn kind(&self) -> io::Result<Option<FileType>> {
         match rustix::fs::statat(&self.folder, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => Ok(Some(FileType::from_raw_mode(stat.st_mode))),
             Err(Errno::NOENT) => Ok(None),
@@ -101,7 +101,7 @@ impl Rooted {
 
     /// The file's contents; `None` if nothing is there. A symlink or anything but a regular
     /// file is an error.
-    pub fn read(&self) -> io::Result<Option<Contents>> {
+    pub(crate) fn read(&self) -> io::Result<Option<Contents>> {
         match self.kind()? {
             None => return Ok(None),
             Some(FileType::RegularFile) => {}
@@ -130,7 +130,7 @@ impl Rooted {
     }
 
     /// The path next to this one named with `suffix` added (`FILE.backplan-orig`).
-    pub fn sibling(&self, suffix: &str) -> io::Result<Rooted> {
+    pub(crate) fn sibling(&self, suffix: &str) -> io::Result<Rooted> {
         let mut name = self.name.clone();
         name.extend_from_slice(suffix.as_bytes());
         let mut shown = self.shown.clone().into_os_string();
@@ -144,7 +144,7 @@ impl Rooted {
 
     /// Creates the new file (never through a link; fails if anything has the name) with
     /// `bytes`, permission bits `mode` and owner `uid`:`gid`, synced.
-    pub fn create(&self, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+    pub(crate) fn create(&self, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let write = || -> io::Result<()> {
@@ -168,7 +168,7 @@ impl Rooted {
 
     /// Renames this file over `to` (a name in the same folder; a link there is replaced, never
     /// followed) and syncs the folder.
-    pub fn rename_over(&self, to: &Rooted) -> io::Result<()> {
+    pub(crate) fn rename_over(&self, to: &Rooted) -> io::Result<()> {
         rustix::fs::renameat(&self.folder, &self.name, &to.folder, &to.name)
             .map_err(|err| self.error(err.into()))?;
         rustix::fs::fsync(&to.folder).map_err(|err| to.error(err.into()))
@@ -176,18 +176,18 @@ impl Rooted {
 
     /// Removes what is at the path if it is not a folder (a link itself, never what it points
     /// to).
-    pub fn remove_file(&self) -> io::Result<()> {
+    pub(crate) fn remove_file(&self) -> io::Result<()> {
         rustix::fs::unlinkat(&self.folder, &self.name, AtFlags::empty())
             .map_err(|err| self.error(err.into()))
     }
 
     /// Removes the folder at the path and everything in it; nothing below is followed either.
-    pub fn remove_tree(&self) -> io::Result<()> {
+    pub(crate) fn remove_tree(&self) -> io::Result<()> {
         remove_tree(&self.folder, &self.name).map_err(|err| self.error(err))
     }
 
     /// The error for a link found at this path.
-    pub fn not_followed(&self) -> io::Error {
+    pub(crate) fn not_followed(&self) -> io::Error {
         let points_to = rustix::fs::readlinkat(&self.folder, &self.name, Vec::new())
             .map(|target| {
                 format!(
