@@ -80,6 +80,9 @@ pub(crate) enum Command {
     /// The runs recorded in a plan's catalog.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// The catalog itself.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Run a plan unattended: write systemd service and timer units (catch-up after downtime,
     /// randomized start, the journal for logs), or print a cron line.
     Schedule(ScheduleArgs),
@@ -254,6 +257,19 @@ pub(crate) enum PlanCommand {
     Show(PlanArg),
     /// Print the minimal AWS IAM policy the plan's steps need.
     Permissions(PlanArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CatalogCommand {
+    /// Recreate lost run records from what the backups left (AMI tags, repository snapshots),
+    /// through each plugin's `discover`. Existing records are kept; only missing ones are added.
+    Rebuild {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Show what would be recreated, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

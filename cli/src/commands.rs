@@ -22,8 +22,8 @@ use indicatif::MultiProgress;
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs,
-    RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
+    CatalogCommand, Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs,
+    RestoreArgs, RunArgs, RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
 };
 use crate::metrics;
 use crate::notifier;
@@ -77,6 +77,9 @@ pub(crate) async fn dispatch(cli: Cli) -> i32 {
         Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
         Command::Status(args) => Ok(session.status(&args).await),
+        Command::Catalog(CatalogCommand::Rebuild { plan, dry_run }) => {
+            session.catalog_rebuild(&plan.plan, dry_run).await
+        }
         Command::Schedule(args) => session.schedule(&args),
         Command::Runs(RunsCommand::Show { plan, run }) => session.runs_show(&plan.plan, &run),
         Command::Plugins(PluginsCommand::List { plan }) => session.plugins_list(plan.as_deref()),
@@ -432,6 +435,73 @@ impl Session {
         Ok(exit::SUCCEEDED)
     }
 
+    async fn catalog_rebuild(&self, path: &Path, dry_run: bool) -> anyhow::Result<i32> {
+        let (plan, host) = self.load(path)?;
+        let catalog = self.catalog(&plan)?;
+        // Under the plan's lock, so no run writes records meanwhile.
+        let lock = catalog.lock(&format!("rebuild-{}", backplan_core::record::new_run_id()))?;
+        let discovery = self.runner(&plan, &host).discover().await?;
+        let rebuilt =
+            backplan_core::rebuild::records(&plan, &discovery.found, jiff::Timestamp::now());
+        let mut added = Vec::new();
+        for record in rebuilt {
+            match catalog.load(&record.run_id) {
+                Err(CatalogError::NoSuchRun(_)) => {}
+                _ => continue, // there already, or unreadable: never replaced
+            }
+            if !dry_run {
+                catalog.save(&record)?;
+            }
+            added.push(record);
+        }
+        drop(lock);
+        if self.global.json {
+            let failed: Vec<Value> = discovery
+                .failed
+                .iter()
+                .map(|(step, error)| json!({"step": step, "error": error}))
+                .collect();
+            let runs: Vec<Value> = added
+                .iter()
+                .map(
+                    |r| json!({"run_id": r.run_id, "status": r.status, "started_at": r.started_at}),
+                )
+                .collect();
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"dry_run": dry_run, "added": runs, "failed": failed})
+                )?
+            );
+        } else {
+            for found in &discovery.found {
+                let what = if found.can_discover {
+                    format!("{} backups found", found.backups.len())
+                } else {
+                    format!("plugin `{}` has nothing to discover", found.plugin)
+                };
+                outln!("  {:<20} {what}", found.step);
+            }
+            for (step, error) in &discovery.failed {
+                outln!("  FAIL {step:<15} {error}");
+            }
+            let verb = if dry_run { "would add" } else { "added" };
+            outln!(
+                "{verb} {} run records to {}",
+                added.len(),
+                catalog.location(None)
+            );
+            for record in &added {
+                outln!("  {:<26} {:?}", record.run_id, record.status);
+            }
+        }
+        Ok(if discovery.failed.is_empty() {
+            exit::SUCCEEDED
+        } else {
+            exit::PARTIALLY_FAILED
+        })
+    }
+
     fn schedule(&self, args: &ScheduleArgs) -> anyhow::Result<i32> {
         let (plan, _host) = self.load(&args.plan.plan)?;
         let plan_path = plan.path.display().to_string();
@@ -602,6 +672,7 @@ impl Session {
                         "run_id": r.run_id, "kind": r.kind, "status": r.status,
                         "started_at": r.started_at, "finished_at": r.finished_at,
                         "dry_run": r.dry_run, "verified": r.verified.is_some(),
+                        "rebuilt": r.rebuilt.is_some(),
                         "source_run": r.source_run,
                     })
                 })
@@ -636,6 +707,9 @@ impl Session {
                 },
                 if r.dry_run { "  dry-run" } else { "" },
             );
+            if r.rebuilt.is_some() {
+                outln!("{:<26} (rebuilt from what the backups left)", "");
+            }
         }
         Ok(exit::SUCCEEDED)
     }

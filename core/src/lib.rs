@@ -34,6 +34,7 @@ pub mod host;
 pub mod iam;
 pub mod notify;
 pub mod plan;
+pub mod rebuild;
 pub mod record;
 pub mod runner;
 pub mod state;

@@ -263,6 +263,10 @@ pub struct RunRecord {
     pub drill: Option<DrillOutcome>,
     /// Every step, in the order the run took them.
     pub steps: Vec<StepRecord>,
+    /// Set when `backplan catalog rebuild` recreated this record from what the backups left
+    /// (AMI tags, snapshot headers): when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilt: Option<Timestamp>,
     /// The notifications sent about this run, delivered or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<crate::notify::Delivery>,

@@ -36,6 +36,8 @@ struct Script {
     panic: bool,
     /// An output to publish: `key=value`.
     output: Option<String>,
+    /// The run ids `discover` finds backups of.
+    discovers: Vec<String>,
 }
 
 /// One attempt the scripted plugin saw.
@@ -142,6 +144,7 @@ impl Plugin for Scripted {
         Action::Backup,
         Action::Verify,
         Action::Restore,
+        Action::Discover,
     ];
 
     fn check(&self, ctx: &Context, script: &Script) -> PluginResult<StepOutput> {
@@ -155,6 +158,21 @@ impl Plugin for Scripted {
     }
     fn restore(&self, ctx: &Context, script: &Script) -> PluginResult<StepOutput> {
         self.act(ctx, script)
+    }
+    fn discover(&self, _: &Context, script: &Script) -> PluginResult<StepOutput> {
+        let backups = script
+            .discovers
+            .iter()
+            .map(|run| backplan_plugin_sdk::DiscoveredBackup {
+                run_id: run.clone(),
+                started_at: String::new(),
+                record: serde_json::json!({"made_by": run}),
+                outputs: Default::default(),
+                bytes: 1,
+                summary: "found again".into(),
+            })
+            .collect();
+        Ok(StepOutput::new("discovered").record(backplan_plugin_sdk::Discovered { backups }))
     }
 }
 
@@ -676,6 +694,33 @@ async fn a_step_whose_plugin_cannot_verify_does_not_block_the_verification() {
     );
     let stored = bench.catalog().load(&backup.run_id).unwrap();
     assert_eq!(stored.verified.unwrap().by_run, verify.run_id);
+}
+
+#[tokio::test]
+async fn discover_asks_the_steps_that_can_and_the_rebuilt_records_restore() {
+    let bench = Bench::new(
+        "discover",
+        &(step(
+            "ami",
+            "[steps.config]\ndiscovers = [\"20260101T030000Z-aaaaaa\", \"20260102T030000Z-bbbbbb\"]",
+        ) + "[[steps]]\nid = \"host\"\nplugin = \"backup-only\"\n"),
+    );
+    let discovery = bench.runner().discover().await.unwrap();
+    assert!(discovery.failed.is_empty(), "{:?}", discovery.failed);
+    assert_eq!(discovery.found.len(), 2);
+    assert!(discovery.found[0].can_discover && !discovery.found[1].can_discover);
+    let records =
+        backplan_core::rebuild::records(&bench.plan, &discovery.found, jiff::Timestamp::now());
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        bench.catalog().save(record).unwrap();
+    }
+    let latest = bench.catalog().backup("latest").unwrap();
+    assert_eq!(latest.run_id, "20260102T030000Z-bbbbbb");
+    let mut request = RunRequest::new(RunKind::Restore);
+    request.source = Some(latest);
+    let restore = bench.run(request).await;
+    assert_eq!(statuses(&restore)[0], ("ami", StepStatus::Succeeded));
 }
 
 #[tokio::test]

@@ -99,6 +99,7 @@ fn run_action<P: Plugin>(plugin: &P, ctx: &Context) -> PluginResult<StepOutput> 
         Action::Restore => plugin.restore(ctx, &config),
         Action::Prune => plugin.prune(ctx, &config),
         Action::Teardown => plugin.teardown(ctx, &config),
+        Action::Discover => plugin.discover(ctx, &config),
         Action::Unknown => Err(PluginError::unsupported(request.action)),
     }
 }

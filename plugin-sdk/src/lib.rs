@@ -72,8 +72,8 @@ pub use context::Context;
 pub use error::{ErrorKind, IoResultExt, PluginError, PluginResult};
 pub use plugin::Plugin;
 pub use protocol::{
-    Action, Description, HistoryEntry, Level, Outputs, Permissions, Progress, Request, Response,
-    StepOutput,
+    Action, Description, Discovered, DiscoveredBackup, HistoryEntry, Level, Outputs, Permissions,
+    Progress, Request, Response, StepOutput,
 };
 
 /// Re-exported so plugin crates derive the same traits the SDK expects.

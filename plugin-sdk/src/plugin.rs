@@ -86,4 +86,14 @@ pub trait Plugin: Send + Sync + 'static {
         let _ = (ctx, config);
         Err(PluginError::unsupported(Action::Teardown))
     }
+
+    /// Finds the backups this step made, from what they left behind, for `backplan catalog
+    /// rebuild`: ebs reads its AMIs' tags, nfs-objects its snapshot headers. The output's record
+    /// is a [`crate::Discovered`] (build it with `StepOutput::record`); each backup names the
+    /// run that made it and the record that run stored, so restore works from the rebuilt
+    /// catalog. Must change nothing. Optional: list `Action::Discover` in [`Plugin::ACTIONS`].
+    fn discover(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Discover))
+    }
 }

@@ -37,6 +37,10 @@ pub enum Action {
     /// Undo a restore made only to prove the backup works (a restore drill): e.g. terminate the
     /// instance launched from the image. The request's `record` is what that restore returned.
     Teardown,
+    /// Find the backups this step made, from what they left (tags, snapshot headers), for
+    /// `backplan catalog rebuild` when the catalog is lost. The answer's record is a
+    /// [`Discovered`]. Optional: a plugin without it has nothing to discover.
+    Discover,
     /// An action this SDK version does not know (named by a newer plugin or host). Never called:
     /// a plugin answers it as unsupported, and a [`Description`] drops it when read.
     #[serde(other)]
@@ -66,6 +70,7 @@ impl Action {
             Action::Prune => "prune",
             Action::Permissions => "permissions",
             Action::Teardown => "teardown",
+            Action::Discover => "discover",
             Action::Unknown => "unknown",
         }
     }
@@ -284,6 +289,34 @@ pub struct Permissions {
     /// AWS IAM policy statements (`{"Effect": "Allow", "Action": [...], "Resource": ...}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aws_iam_statements: Vec<Value>,
+}
+
+/// The backups a step finds it made (the record of a `discover` answer).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Discovered {
+    /// Every backup found, in any order.
+    #[serde(default)]
+    pub backups: Vec<DiscoveredBackup>,
+}
+
+/// One backup a step found, with what its run's record said of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredBackup {
+    /// The run that made it (as tagged or written into it at backup).
+    pub run_id: String,
+    /// When that run started (RFC 3339), as closely as the plugin knows.
+    pub started_at: String,
+    /// The record the backup returned then: what verify, restore and prune read.
+    pub record: Value,
+    /// The outputs it published then.
+    #[serde(default)]
+    pub outputs: Outputs,
+    /// Bytes, if known.
+    #[serde(default)]
+    pub bytes: u64,
+    /// One line.
+    #[serde(default)]
+    pub summary: String,
 }
 
 /// Severity of a log record sent to the host.

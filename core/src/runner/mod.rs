@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backplan_plugin_sdk::{Action, ErrorKind, Level, Outputs, PluginError, Progress, StepOutput};
+use backplan_plugin_sdk::{
+    Action, Discovered, ErrorKind, Level, Outputs, PluginError, Progress, StepOutput,
+};
 use jiff::Timestamp;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -147,6 +149,15 @@ pub struct CheckResult {
     pub result: Result<StepOutput, StepError>,
 }
 
+/// What [`Runner::discover`] found: every step's backups, and the steps whose discovery failed.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// Every selected step, with what it found.
+    pub found: Vec<crate::rebuild::Found>,
+    /// The steps whose plugin could discover but failed, and why.
+    pub failed: Vec<(String, StepError)>,
+}
+
 /// Runs plans. Cheap to build; one per command.
 pub struct Runner<'a> {
     plan: &'a Plan,
@@ -249,6 +260,59 @@ impl<'a> Runner<'a> {
             .await)
     }
 
+    /// Asks every step whose plugin can `discover` which backups it finds, concurrently;
+    /// changes nothing. Steps whose plugins cannot are listed as such.
+    pub async fn discover(&self) -> Result<Discovery, RunError> {
+        let request = RunRequest::new(RunKind::Backup);
+        let steps = self.selected(&request)?;
+        let can = |step: &Step| {
+            self.host
+                .get(&step.plugin)
+                .is_some_and(|p| p.supports(Action::Discover))
+        };
+        let able: Vec<&Step> = steps.iter().copied().filter(|s| can(s)).collect();
+        let run_id = new_run_id();
+        let answers = self
+            .ask_each(&self.calls(&request, &run_id), &able, Action::Discover)
+            .await;
+        let mut discovery = Discovery::default();
+        for step in steps {
+            let mut found = crate::rebuild::Found {
+                step: step.id.clone(),
+                plugin: step.plugin.clone(),
+                version: self
+                    .host
+                    .get(&step.plugin)
+                    .map(|p| p.description.version.clone())
+                    .unwrap_or_default(),
+                can_discover: can(step),
+                backups: Vec::new(),
+            };
+            match answers
+                .iter()
+                .find(|a| a.step == step.id)
+                .map(|a| &a.result)
+            {
+                Some(Ok(output)) => {
+                    match serde_json::from_value::<Discovered>(output.record.clone()) {
+                        Ok(discovered) => found.backups = discovered.backups,
+                        Err(e) => discovery.failed.push((
+                            step.id.clone(),
+                            StepError::from(PluginError::new(
+                                ErrorKind::Internal,
+                                format!("the plugin's discover answer is unreadable: {e}"),
+                            )),
+                        )),
+                    }
+                }
+                Some(Err(error)) => discovery.failed.push((step.id.clone(), error.clone())),
+                None => {}
+            }
+            discovery.found.push(found);
+        }
+        Ok(discovery)
+    }
+
     /// Calls a side-effect-free action (`check`, `permissions`) of every step, concurrently,
     /// before any output exists. Every step gets a result, in the order given.
     async fn ask_each(
@@ -325,6 +389,7 @@ impl<'a> Runner<'a> {
             backplan_version: env!("CARGO_PKG_VERSION").to_owned(),
             verified: None,
             drill: None,
+            rebuilt: None,
             notifications: Vec::new(),
             steps: steps
                 .iter()
