@@ -165,15 +165,16 @@ impl Runner<'_> {
             return outcome;
         }
         match target {
-            Err(message) => outcome.health_error = Some(message),
-            Ok(_) if !all_restored => {
+            _ if !all_restored => {
                 outcome.health_error = Some("not checked: the restore did not succeed".into());
             }
-            Ok(_) if self.cancel.is_cancelled() => {
+            _ if self.cancel.is_cancelled() => {
                 outcome.health_error = Some("not checked: the run was cancelled".into());
             }
+            Err(message) => outcome.health_error = Some(message),
             Ok(target) => {
-                tracing::info!(target = %outcome.health_target, "drill: waiting for the health check");
+                let shown = &outcome.health_target;
+                tracing::info!(target = %shown, "drill: waiting for the health check");
                 let waited = Probe::new(target, spec.http)
                     .wait(spec.timeout, spec.interval, &self.cancel)
                     .await;
@@ -275,7 +276,13 @@ mod tests {
 
     #[test]
     fn a_health_check_that_could_never_pass_is_refused_before_the_drill() {
-        for bad in ["", "10.0.0.5", "http://:8800/", "ftp://10.0.0.5/", "${steps.a.ip}:80"] {
+        for bad in [
+            "",
+            "10.0.0.5",
+            "http://:8800/",
+            "ftp://10.0.0.5/",
+            "${steps.a.ip}:80",
+        ] {
             assert!(DrillSpec::new(bad, MINUTE).is_err(), "{bad:?}");
         }
         let zero = DrillSpec::new("10.0.0.5:8800", Duration::ZERO).unwrap_err();
@@ -283,7 +290,9 @@ mod tests {
         let spec = DrillSpec::new("10.0.0.5:8800", MINUTE).unwrap();
         assert!(spec.clone().check_every(Duration::ZERO).is_err());
         assert_eq!(
-            spec.check_every(Duration::from_millis(10)).unwrap().interval,
+            spec.check_every(Duration::from_millis(10))
+                .unwrap()
+                .interval,
             Duration::from_millis(10)
         );
     }
@@ -300,6 +309,9 @@ mod tests {
         let https = DrillSpec::new("https://${steps.m.outputs.host}/", MINUTE).unwrap();
         assert!(https.resolved_target("https://10.0.0.9/").is_ok());
         let error = https.resolved_target(":8800").unwrap_err();
-        assert!(error.contains("(from `https://${steps.m.outputs.host}/`)"), "{error}");
+        assert!(
+            error.contains("(from `https://${steps.m.outputs.host}/`)"),
+            "{error}"
+        );
     }
 }

@@ -10,7 +10,9 @@
 //! whole wait is bounded by the timeout, and cancellation ends the wait at once: an attempt
 //! still under way is abandoned, and its thread ends within that attempt's bound. Redirects
 //! are not followed (the status is what the URL answered) and no proxy is used: the check
-//! reaches the restored machine directly, as the TCP check does.
+//! reaches the restored machine directly, as the TCP check does. An https certificate that is
+//! not trusted ends the wait at once: the restored machine's certificate comes from its disk
+//! and will not become trusted by waiting.
 
 use std::fmt;
 use std::str::FromStr;
@@ -121,9 +123,11 @@ impl Target {
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.contains('@') {
-            return Err("the URL holds credentials: they would be written to the run record, \
+            return Err(
+                "the URL holds credentials: they would be written to the run record, \
                         and the health check sends none"
-                .into());
+                    .into(),
+            );
         }
         host_and_port(authority)?;
         ureq::http::Uri::try_from(text).map_err(|e| format!("not a valid URL: {e}"))?;
@@ -143,7 +147,11 @@ fn host_and_port(authority: &str) -> Result<(&str, Option<u16>), String> {
             .ok_or("an IPv6 address opened with `[` is not closed with `]`")?;
         let port = match after {
             "" => None,
-            _ => Some(after.strip_prefix(':').ok_or("only `:PORT` may follow `]`")?),
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or("only `:PORT` may follow `]`")?,
+            ),
         };
         (address, port)
     } else {
@@ -195,7 +203,10 @@ pub(crate) fn check_written(written: &str) -> Result<Target, String> {
 pub(crate) fn resolve(scope: &Scope, written: &str) -> Result<String, String> {
     for reference in refs::references(written)? {
         if let Reference::StepOutput { step, key } = reference
-            && !scope.outputs.get(&step).is_some_and(|o| o.contains_key(&key))
+            && !scope
+                .outputs
+                .get(&step)
+                .is_some_and(|o| o.contains_key(&key))
         {
             return Err(format!(
                 "`${{steps.{step}.outputs.{key}}}`: step `{step}` has no output `{key}`"
@@ -240,6 +251,8 @@ enum Attempt {
     Answered(u16),
     /// Nothing answered: why.
     NoAnswer(String),
+    /// The answer showed the check can never pass (an untrusted certificate): why.
+    Never(String),
 }
 
 /// How the wait ended.
@@ -309,6 +322,9 @@ impl Probe {
                 match tokio::time::timeout(bound, request).await {
                     Ok(Ok(Ok(status))) if expect.contains(status) => Attempt::Passed(Some(status)),
                     Ok(Ok(Ok(status))) => Attempt::Answered(status),
+                    Ok(Ok(Err(e))) if untrusted_certificate(&e) => Attempt::Never(format!(
+                        "{e}: the certificate is not trusted (`--health-insecure` accepts any)"
+                    )),
                     Ok(Ok(Err(e))) => Attempt::NoAnswer(e.to_string()),
                     Ok(Err(e)) => Attempt::NoAnswer(format!("the request failed: {e}")),
                     Err(_) => Attempt::NoAnswer("the request timed out".into()),
@@ -331,6 +347,10 @@ impl Probe {
             status,
             result: Err("cancelled while waiting for the health check".into()),
         };
+        let failed = |status, message: String| Waited {
+            status,
+            result: Err(message),
+        };
         loop {
             let bound = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
             let attempt = tokio::select! {
@@ -348,7 +368,13 @@ impl Probe {
                     status = Some(answered);
                     last = format!("answered {answered}");
                 }
-                Attempt::NoAnswer(why) => last = why,
+                Attempt::NoAnswer(why) => {
+                    last = match status {
+                        Some(answered) => format!("{why}; it answered {answered} before"),
+                        None => why,
+                    }
+                }
+                Attempt::Never(why) => return failed(status, format!("{}: {why}", self.target())),
             }
             tracing::debug!(target = %self.target(), "drill: health check not passed: {last}");
             if Instant::now() + interval >= deadline {
@@ -356,14 +382,10 @@ impl Probe {
                     Probe::Tcp(_) => "accept a connection".to_owned(),
                     Probe::Http { expect, .. } => format!("answer {expect}"),
                 };
-                return Waited {
-                    status,
-                    result: Err(format!(
-                        "{} did not {wanted} within {} (last: {last})",
-                        self.target(),
-                        humantime::format_duration(timeout)
-                    )),
-                };
+                let within = humantime::format_duration(timeout);
+                let target = self.target();
+                let message = format!("{target} did not {wanted} within {within} (last: {last})");
+                return failed(status, message);
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
@@ -371,6 +393,17 @@ impl Probe {
             }
         }
     }
+}
+
+/// Whether `error` is rustls refusing the server's certificate (unknown issuer, wrong name,
+/// expired...), as opposed to a connection that failed.
+fn untrusted_certificate(error: &ureq::Error) -> bool {
+    let rustls = match error {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(rustls, Some(rustls::Error::InvalidCertificate(_)))
 }
 
 #[cfg(test)]
@@ -383,14 +416,38 @@ mod tests {
 
     #[test]
     fn a_status_is_one_code_or_a_range_from_100_to_599() {
-        assert_eq!(range("200").unwrap(), StatusRange { low: 200, high: 200 });
-        assert_eq!(range("200-399").unwrap(), StatusRange { low: 200, high: 399 });
+        assert_eq!(
+            range("200").unwrap(),
+            StatusRange {
+                low: 200,
+                high: 200
+            }
+        );
+        assert_eq!(
+            range("200-399").unwrap(),
+            StatusRange {
+                low: 200,
+                high: 399
+            }
+        );
         assert_eq!(range("100-599").unwrap().to_string(), "100-599");
         assert_eq!(range("204").unwrap().to_string(), "204");
         assert_eq!(StatusRange::SUCCESS.to_string(), "200-299");
         for bad in [
-            "", "99", "600", "0", "-1", "200-", "-200", "2xx", "200-600", "+200", " 200", "200 ",
-            "200-300-400", "65736",
+            "",
+            "99",
+            "600",
+            "0",
+            "-1",
+            "200-",
+            "-200",
+            "2xx",
+            "200-600",
+            "+200",
+            " 200",
+            "200 ",
+            "200-300-400",
+            "65736",
         ] {
             let error = range(bad).unwrap_err();
             assert!(error.contains("from 100 to 599"), "{bad:?}: {error}");
@@ -426,7 +483,11 @@ mod tests {
                 tls: false
             }
         );
-        for url in ["https://10.0.0.5", "HTTPS://[::1]:8443/", "https://host.example/a/b"] {
+        for url in [
+            "https://10.0.0.5",
+            "HTTPS://[::1]:8443/",
+            "https://host.example/a/b",
+        ] {
             assert!(
                 matches!(Target::parse(url).unwrap(), Target::Http { tls: true, .. }),
                 "{url}"
@@ -504,7 +565,10 @@ mod tests {
             "http://10.0.0.9:8800/"
         );
         let error = resolve(&scope, "${steps.machine.outputs.public_ip}:8800").unwrap_err();
-        assert!(error.contains("step `machine` has no output `public_ip`"), "{error}");
+        assert!(
+            error.contains("step `machine` has no output `public_ip`"),
+            "{error}"
+        );
         let error = resolve(&scope, "${steps.other.outputs.ip}:8800").unwrap_err();
         assert!(error.contains("step `other` has no output `ip`"), "{error}");
     }
