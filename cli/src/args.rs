@@ -71,8 +71,8 @@ pub(crate) enum Command {
     /// Apply retention: remove what the plan no longer keeps.
     Prune(PruneArgs),
     /// Restore drill: restore some steps (e.g. launch from the AMI), wait until the result
-    /// answers a TCP health check, record the time to recovery, tear it down, and mark the
-    /// backup verified.
+    /// answers a health check (a TCP port, or an HTTP(S) URL with an expected status), record
+    /// the time to recovery, tear it down, and mark the backup verified.
     Drill(DrillArgs),
     /// Look at a plan without running it.
     #[command(subcommand)]
@@ -170,13 +170,26 @@ pub(crate) struct DrillArgs {
     /// The steps to restore (repeatable), typically the launch from the AMI.
     #[arg(long = "step", value_name = "ID", required = true)]
     pub steps: Vec<String>,
-    /// `HOST:PORT` that must accept a TCP connection, e.g.
-    /// `${steps.machine.outputs.private_ip}:8800` (the Management Console).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// What must answer once the steps are restored: `HOST:PORT` must accept a TCP connection,
+    /// an `http://` or `https://` URL must answer a GET with `--health-status` (redirects are
+    /// not followed). May use references, e.g. `${steps.machine.outputs.private_ip}:8800` (the
+    /// Management Console) or `https://${steps.machine.outputs.private_ip}/`.
+    #[arg(long, value_name = "HOST:PORT|URL")]
     pub health: String,
+    /// For a URL: the status it must answer, one code (`200`) or a range (`200-399`)
+    /// [default: any 2xx]
+    #[arg(long, value_name = "CODE|LOW-HIGH")]
+    pub health_status: Option<String>,
+    /// For an https URL: accept any certificate (a restored machine's is often self-signed);
+    /// the drill's record says so. Without it the certificate is verified.
+    #[arg(long)]
+    pub health_insecure: bool,
     /// How long to wait for the health check.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
     pub health_timeout: std::time::Duration,
+    /// Time between health-check attempts [default: 2s] (for tests).
+    #[arg(long, value_name = "DURATION", hide = true, value_parser = humantime::parse_duration)]
+    pub health_interval: Option<std::time::Duration>,
     /// Plugin options as KEY=VALUE (repeatable), e.g. `-o subnet_id=subnet-0abc`.
     #[arg(long = "option", short = 'o', value_name = "KEY=VALUE", value_parser = key_value)]
     pub options: Vec<(String, Value)>,

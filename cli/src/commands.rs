@@ -273,6 +273,31 @@ impl Session {
     }
 
     async fn drill(&self, args: DrillArgs) -> anyhow::Result<i32> {
+        /// The drill's health check from its arguments, or why it could never pass.
+        fn drill_spec(args: &DrillArgs) -> Result<DrillSpec, String> {
+            let mut spec = DrillSpec::new(&args.health, args.health_timeout)?;
+            if let Some(statuses) = &args.health_status {
+                spec = spec.expect_status(statuses)?;
+            }
+            if args.health_insecure {
+                spec = spec.accept_any_certificate()?;
+            }
+            if let Some(interval) = args.health_interval {
+                spec = spec.check_every(interval)?;
+            }
+            Ok(spec)
+        }
+        // A usage error before anything is loaded or launched.
+        let spec = drill_spec(&args).unwrap_or_else(|message| {
+            let mut cli = Cli::command();
+            cli.build();
+            let drill = cli
+                .find_subcommand_mut("drill")
+                .expect("the drill subcommand");
+            drill
+                .error(clap::error::ErrorKind::InvalidValue, message)
+                .exit()
+        });
         let (plan, host) = self.load(&args.plan.plan)?;
         let catalog = self.catalog(&plan)?;
         let source = catalog.backup(&args.run)?;
@@ -281,10 +306,7 @@ impl Session {
         request.options = options(&args.options);
         request.only_steps = args.steps;
         request.source = Some(source);
-        request.drill = Some(DrillSpec {
-            health: args.health,
-            health_timeout: args.health_timeout,
-        });
+        request.drill = Some(spec);
         Ok(self.execute(&plan, &host, request).await?.1)
     }
 

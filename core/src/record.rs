@@ -275,7 +275,8 @@ pub struct RunRecord {
 /// What a restore drill showed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillOutcome {
-    /// The `host:port` that had to accept a TCP connection.
+    /// The `host:port` that had to accept a TCP connection, or the http(s) URL that had to
+    /// answer with [`health_expected`](Self::health_expected).
     pub health_target: String,
     /// Whether it did before the deadline.
     pub healthy: bool,
@@ -285,6 +286,16 @@ pub struct DrillOutcome {
     /// Why the health check did not pass, if it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_error: Option<String>,
+    /// For a URL: the HTTP status it last answered with (the one that passed, if it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<u16>,
+    /// For a URL: the statuses that pass, `200` or `200-399`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_expected: Option<String>,
+    /// For an https URL: any certificate was accepted (`--health-insecure`), so the check did
+    /// not show who answered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health_insecure: bool,
     /// The teardown of each restored step.
     pub teardown: Vec<TeardownOutcome>,
 }

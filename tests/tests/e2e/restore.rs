@@ -1,8 +1,12 @@
 //! Restores the way CircleCI documents them: the plan's restore order, and restore drills.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use backplan_e2e::Sandbox;
+use backplan_e2e::{HttpStandIn, Sandbox};
 use serde_json::Value;
 
 /// Four exec steps; each restore appends its id to `order.log`. In a restore, the host fix-up
@@ -136,6 +140,314 @@ fn a_drill_that_never_answers_fails_and_proves_nothing() {
 
     let shown = sandbox.run(["--json", "runs", "show", &plan, &backup_id]);
     assert!(shown.expect_code(0).json()["verified"].is_null());
+}
+
+/// One exec step, `machine`, whose restore "launches" a machine and prints where it answers:
+/// `{"private_ip": "127.0.0.1", "port": PORT}` as its outputs.
+fn launching_plan(sandbox: &Sandbox, port: u16) -> String {
+    let outputs = format!(r#"{{\"private_ip\": \"127.0.0.1\", \"port\": {port}}}"#);
+    let plan = format!(
+        r#"[plan]
+name = "launching"
+
+[[steps]]
+id = "machine"
+plugin = "exec"
+[steps.config]
+command = ["echo", "{{}}"]
+restore_command = ["sh", "-c", "echo '{outputs}'"]
+outputs = "json"
+"#
+    );
+    let path = sandbox.write("launching.toml", &plan);
+    path.to_str().unwrap().to_owned()
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_drill_whose_url_answers_after_two_503s_records_the_200_and_marks_the_backup_verified() {
+    let sandbox = Sandbox::new();
+    let restored = HttpStandIn::start(&[503, 503, 200]);
+    let plan = launching_plan(&sandbox, port_of(&restored.url));
+    let backup = sandbox.run(["--json", "run", &plan]);
+    let backup_id = backup.expect_code(0).json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let health = "http://${steps.machine.outputs.private_ip}:${steps.machine.outputs.port}/healthz";
+    let drill = sandbox.run([
+        "--json",
+        "drill",
+        &plan,
+        "--step",
+        "machine",
+        "--health",
+        health,
+        "--health-interval",
+        "10ms",
+    ]);
+    let record = drill.expect_code(0).json();
+    assert_eq!(record["status"], "Succeeded", "{record:#}");
+    let outcome = &record["drill"];
+    assert_eq!(outcome["healthy"], true, "{outcome:#}");
+    assert_eq!(
+        outcome["health_target"],
+        format!("{}/healthz", restored.url),
+        "the references are resolved in the record"
+    );
+    assert_eq!(outcome["health_status"], 200);
+    assert_eq!(outcome["health_expected"], "200-299");
+    assert!(outcome.get("health_insecure").is_none(), "{outcome:#}");
+    assert!(outcome["time_to_recovery_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(outcome["teardown"][0]["step"], "machine");
+    let requests: Vec<String> = restored.seen().into_iter().map(|s| s.line).collect();
+    assert_eq!(requests, ["GET /healthz HTTP/1.1"; 3]);
+
+    let shown = sandbox.run(["--json", "runs", "show", &plan, &backup_id]);
+    let verified = &shown.expect_code(0).json()["verified"];
+    assert_eq!(verified["by_run"], record["run_id"], "{verified:#}");
+}
+
+#[test]
+fn a_drill_whose_url_keeps_answering_404_fails_and_is_torn_down_all_the_same() {
+    let sandbox = Sandbox::new();
+    let plan = ordered_plan(&sandbox);
+    let backup = sandbox.run(["--json", "run", &plan]);
+    let backup_id = backup.expect_code(0).json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let restored = HttpStandIn::start(&[404]);
+    let health = format!("{}/healthz", restored.url);
+
+    let drill = sandbox.run([
+        "--json",
+        "drill",
+        &plan,
+        "--step",
+        "machine",
+        "--health",
+        &health,
+        "--health-status",
+        "200",
+        "--health-timeout",
+        "500ms",
+        "--health-interval",
+        "10ms",
+    ]);
+    let record = drill.expect_code(1).json();
+    assert_eq!(record["status"], "Failed", "{record:#}");
+    let outcome = &record["drill"];
+    assert_eq!(outcome["healthy"], false);
+    assert_eq!(outcome["health_status"], 404);
+    assert_eq!(outcome["health_expected"], "200");
+    assert!(outcome["time_to_recovery_secs"].is_null());
+    let why = outcome["health_error"].as_str().unwrap();
+    assert!(
+        why.contains(&health) && why.contains("did not answer 200"),
+        "{why}"
+    );
+    assert!(why.contains("answered 404"), "{why}");
+    assert!(restored.seen().len() > 1, "it kept asking");
+    assert_eq!(outcome["teardown"][0]["step"], "machine", "{outcome:#}");
+    assert_eq!(outcome["teardown"][0]["ok"], true);
+
+    let shown = sandbox.run(["--json", "runs", "show", &plan, &backup_id]);
+    assert!(shown.expect_code(0).json()["verified"].is_null());
+}
+
+#[test]
+fn sigterm_while_a_drill_waits_for_its_url_ends_the_wait_and_still_tears_down() {
+    let sandbox = Sandbox::new();
+    let plan = ordered_plan(&sandbox);
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    let restored = HttpStandIn::start(&[503]);
+    let health = format!("{}/healthz", restored.url);
+    // After the first 503 it would wait an hour before asking again.
+    let mut drill = sandbox
+        .cmd(["drill", &plan, "--step", "machine", "--health", &health])
+        .args(["--health-interval", "1h", "--health-timeout", "2h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while restored.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the drill never asked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &drill.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopping = Instant::now();
+    while drill.try_wait().unwrap().is_none() {
+        if stopping.elapsed() > Duration::from_secs(20) {
+            drill.kill().unwrap();
+            panic!("the wait went on after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = drill.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+
+    let record = sandbox.records("ordered").pop().unwrap();
+    assert_eq!(record["kind"], "drill");
+    assert_eq!(record["interrupted"], true, "{record:#}");
+    let outcome = &record["drill"];
+    let why = outcome["health_error"].as_str().unwrap();
+    assert!(why.contains("cancelled while waiting"), "{why}");
+    assert_eq!(outcome["health_status"], 503);
+    assert_eq!(outcome["teardown"][0]["step"], "machine", "{outcome:#}");
+}
+
+#[test]
+fn a_health_check_that_could_never_pass_is_a_usage_error_and_nothing_runs() {
+    let sandbox = Sandbox::new();
+    let plan = ordered_plan(&sandbox);
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    let cases: [(&[&str], &str); 9] = [
+        (&["--health", "10.0.0.5"], "no port"),
+        (&["--health", "10.0.0.5:99999"], "from 1 to 65535"),
+        (&["--health", "http:///healthz"], "no host"),
+        (&["--health", "ftp://10.0.0.5/"], "neither HOST:PORT nor"),
+        (&["--health", "${steps.machine.ip}:80"], "unknown reference"),
+        (
+            &["--health", "http://10.0.0.5/", "--health-status", "600"],
+            "from 100 to 599",
+        ),
+        (
+            &["--health", "10.0.0.5:80", "--health-status", "200"],
+            "only an http",
+        ),
+        (
+            &["--health", "http://10.0.0.5/", "--health-insecure"],
+            "only to an https",
+        ),
+        (
+            &["--health", "10.0.0.5:80", "--health-timeout", "0s"],
+            "more than 0",
+        ),
+    ];
+    for (health, why) in cases {
+        let mut args = vec!["--json", "drill", &plan, "--step", "machine"];
+        args.extend_from_slice(health);
+        let drill = sandbox.run(&args);
+        drill.expect_code(2);
+        assert!(
+            drill.stderr().contains(why),
+            "{health:?}: {}",
+            drill.stderr()
+        );
+    }
+    assert_eq!(sandbox.records("ordered").len(), 1, "only the backup ran");
+    assert!(
+        !sandbox.path().join("order.log").exists(),
+        "nothing was restored"
+    );
+}
+
+/// `openssl s_server` on loopback with a fresh self-signed certificate, answering every GET
+/// with 200: a restored machine's https. Stopped when dropped.
+struct SelfSignedHttps {
+    server: Child,
+    url: String,
+}
+
+impl SelfSignedHttps {
+    fn start(dir: &Path) -> SelfSignedHttps {
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=restored",
+            ])
+            .args(["-days", "1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the https drill tests need `openssl` on the PATH");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let mut server = Command::new("openssl")
+            .args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openssl s_server");
+        // It prints `ACCEPT 127.0.0.1:PORT` once it listens; the rest is drained.
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let address = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("ACCEPT ").map(str::to_owned))
+            .expect("openssl s_server says where it listens");
+        std::thread::spawn(move || lines.for_each(drop));
+        SelfSignedHttps {
+            server,
+            url: format!("https://{address}/health"),
+        }
+    }
+}
+
+impl Drop for SelfSignedHttps {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn an_https_drill_verifies_the_certificate_unless_told_to_accept_any() {
+    let sandbox = Sandbox::new();
+    let plan = ordered_plan(&sandbox);
+    sandbox.run(["--json", "run", &plan]).expect_code(0);
+    let restored = SelfSignedHttps::start(sandbox.path());
+    let drill = |extra: &[&str]| {
+        let mut args = vec!["--json", "drill", &plan, "--step", "machine"];
+        args.extend_from_slice(&["--health", &restored.url, "--health-interval", "10ms"]);
+        args.extend_from_slice(extra);
+        sandbox.run(&args)
+    };
+
+    // An untrusted certificate ends the wait at once: it would not become trusted by waiting.
+    let started = Instant::now();
+    let verified = drill(&["--health-timeout", "2m"]);
+    let outcome = &verified.expect_code(1).json()["drill"];
+    assert!(started.elapsed() < Duration::from_secs(60), "it waited");
+    assert_eq!(outcome["healthy"], false, "{outcome:#}");
+    let why = outcome["health_error"].as_str().unwrap();
+    assert!(why.contains("certificate is not trusted"), "{why}");
+    assert!(why.contains("--health-insecure"), "{why}");
+    assert!(
+        outcome["health_status"].is_null(),
+        "nothing answered over a trusted connection"
+    );
+    assert_eq!(outcome["teardown"][0]["step"], "machine");
+
+    let insecure = drill(&["--health-insecure"]);
+    let record = insecure.expect_code(0).json();
+    let outcome = &record["drill"];
+    assert_eq!(outcome["healthy"], true, "{outcome:#}");
+    assert_eq!(outcome["health_status"], 200);
+    assert_eq!(outcome["health_insecure"], true, "the record says so");
 }
 
 // ---------------------------------------------------------------------------------------------
