@@ -352,7 +352,7 @@ impl RunRecord {
         };
         // A drill whose restored system never answered proved nothing; one that could not tear
         // down what it launched left something running.
-        if let Some(drill) = &self.drill {
+        if let Some(drill) = self.drill.as_ref().filter(|_| !self.interrupted) {
             if !drill.healthy {
                 self.status = RunStatus::Failed;
             } else if drill.teardown.iter().any(|t| !t.ok) && self.status == RunStatus::Succeeded {
