@@ -244,6 +244,21 @@ impl Bench {
     async fn backup(&self) -> RunRecord {
         self.run(RunRequest::new(RunKind::Backup)).await
     }
+
+    /// A backup whose run is cancelled (as by Ctrl-C) `after` it started.
+    async fn backup_cancelled_after(&self, after: Duration) -> RunRecord {
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            trigger.cancel();
+        });
+        self.runner()
+            .cancel_token(cancel)
+            .run(&self.catalog(), &RunRequest::new(RunKind::Backup))
+            .await
+            .unwrap()
+    }
 }
 
 fn statuses(record: &RunRecord) -> Vec<(&str, StepStatus)> {
@@ -468,18 +483,9 @@ async fn cancelling_a_run_stops_running_steps_and_starts_nothing_more() {
         "cancel",
         &(step("long", "[steps.config]\nsleep_ms = 5000") + &step("later", "after = [\"long\"]")),
     );
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        trigger.cancel();
-    });
     let record = bench
-        .runner()
-        .cancel_token(cancel)
-        .run(&bench.catalog(), &RunRequest::new(RunKind::Backup))
-        .await
-        .unwrap();
+        .backup_cancelled_after(Duration::from_millis(100))
+        .await;
     assert_eq!(
         statuses(&record),
         [
@@ -503,18 +509,9 @@ async fn cancelling_during_passing_checks_records_the_steps_as_cancelled() {
         "cancel-checks",
         &(step("a", "[steps.config]\ncheck_sleep_ms = 3000") + &step("b", "")),
     );
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        trigger.cancel();
-    });
     let record = bench
-        .runner()
-        .cancel_token(cancel)
-        .run(&bench.catalog(), &RunRequest::new(RunKind::Backup))
-        .await
-        .unwrap();
+        .backup_cancelled_after(Duration::from_millis(100))
+        .await;
     assert_eq!(
         statuses(&record),
         [("a", StepStatus::Cancelled), ("b", StepStatus::Cancelled)]
@@ -642,18 +639,9 @@ async fn an_always_step_runs_when_the_run_is_cancelled_after_what_it_follows_sto
             + &step("ami", "after = [\"stop-app\"]")
             + &step("start-app", "after = [\"ami\"]\nwhen = \"always\"")),
     );
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        trigger.cancel();
-    });
     let record = bench
-        .runner()
-        .cancel_token(cancel)
-        .run(&bench.catalog(), &RunRequest::new(RunKind::Backup))
-        .await
-        .unwrap();
+        .backup_cancelled_after(Duration::from_millis(100))
+        .await;
     assert_eq!(
         statuses(&record),
         [

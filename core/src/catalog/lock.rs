@@ -300,6 +300,28 @@ pub mod conformance {
 
     use super::{LockError, LockOwner, LockStore, STALE_AFTER, Taken, acquire};
 
+    type Outcome = Result<(super::LockGuard, Taken), LockError>;
+
+    /// `threads` contenders (runs `run-0`, `run-1`, ...) try to take the lock at one instant.
+    fn race<F>(store: F, threads: usize) -> Vec<Outcome>
+    where
+        F: Fn() -> Box<dyn LockStore> + Send + Sync + 'static,
+    {
+        let store = Arc::new(store);
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let owner = LockOwner::this_process(&format!("run-{i}"));
+                    barrier.wait();
+                    acquire(store(), owner, SystemTime::now(), STALE_AFTER)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
     /// Runs every check below, each on a fresh location from `location()`, which returns a
     /// factory of handles on one location.
     pub fn check_all<F>(location: impl Fn() -> F)
@@ -317,19 +339,7 @@ pub mod conformance {
     where
         F: Fn() -> Box<dyn LockStore> + Send + Sync + 'static,
     {
-        let store = Arc::new(store);
-        let barrier = Arc::new(Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|i| {
-                let (store, barrier) = (store.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    let owner = LockOwner::this_process(&format!("run-{i}"));
-                    barrier.wait();
-                    acquire(store(), owner, SystemTime::now(), STALE_AFTER)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = race(store, threads);
         let winners = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(winners, 1, "{results:?}");
         for result in &results {
@@ -372,19 +382,7 @@ pub mod conformance {
             .create(&dead.to_bytes())
             .unwrap()
             .expect("the location starts empty");
-        let store = Arc::new(store);
-        let barrier = Arc::new(Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|i| {
-                let (store, barrier) = (store.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    let owner = LockOwner::this_process(&format!("new-{i}"));
-                    barrier.wait();
-                    acquire(store(), owner, SystemTime::now(), STALE_AFTER)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = race(store, threads);
         let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
         assert_eq!(winners.len(), 1, "{results:?}");
         assert!(
