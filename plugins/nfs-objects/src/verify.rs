@@ -36,8 +36,12 @@ use crate::repo::{
 };
 use crate::snapshot::Snapshot;
 
-/// Pieces per job; neighbouring ones are fetched in one read.
+/// Pieces per job; neighbouring ones are fetched in one read...
 const BATCH_PIECES: usize = 64;
+/// ...and stored bytes per job, at most (unless one piece is larger): a large file is checked by
+/// several workers at once, and no job is so long that the outputs after it, applied in order,
+/// hold up the jobs in flight.
+const BATCH_BYTES: u64 = 16 << 20;
 /// Jobs in flight at most.
 const IN_FLIGHT: usize = 16;
 
@@ -137,7 +141,7 @@ pub fn verify(
         fraction: options.fraction,
         rng,
         packs: &packs,
-        batch: Batch::new(BATCH_PIECES, u64::MAX),
+        batch: Batch::new(BATCH_PIECES, BATCH_BYTES),
         report: VerifyReport::default(),
         used: HashSet::new(),
         disagreeing: Vec::new(),
@@ -223,10 +227,11 @@ impl<'a> Stage for Check<'a> {
         self.report.files_checked += 1;
         self.report.bytes_checked += entry.size;
         for blob in entry.chunks {
-            self.batch.push((path.clone(), blob), 0);
-        }
-        if self.batch.is_full() {
-            self.flush(jobs)?;
+            let length = blob.length;
+            self.batch.push((path.clone(), blob), length);
+            if self.batch.is_full() {
+                self.flush(jobs)?;
+            }
         }
         let report = &self.report;
         self.reporter
