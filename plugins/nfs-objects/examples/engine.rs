@@ -7,7 +7,8 @@
 //! ```
 //! SNAPSHOT defaults to the latest. REPO is a folder or `s3://bucket/prefix` (reached through
 //! the standard AWS environment, e.g. `AWS_ENDPOINT_URL_S3`). Prints one JSON line with the
-//! result.
+//! result; for verify, the damaged files and what it found of the repository's indexes and packs
+//! (`inconsistent`, `orphans`), and whether all is `sound`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use backplan_plugin_nfs_objects::backend::{
 use backplan_plugin_nfs_objects::backup::{BackupOptions, backup};
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
+use backplan_plugin_nfs_objects::index::Finding;
 use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository};
 use backplan_plugin_nfs_objects::restore::{RestoreOptions, restore};
 use backplan_plugin_nfs_objects::snapshot::{self, Snapshot};
@@ -78,9 +80,17 @@ fn run(args: &[String]) -> Result<serde_json::Value> {
                 Control::silent(),
             )?;
             let damaged: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
+            let findings = |found: &[Finding]| -> Vec<serde_json::Value> {
+                found
+                    .iter()
+                    .map(|f| json!({"object": f.object, "problem": f.problem}))
+                    .collect()
+            };
             Ok(
                 json!({"snapshot": snapshot.id, "files": report.files_checked,
-                      "bytes": report.bytes_checked, "damaged": damaged}),
+                      "bytes": report.bytes_checked, "sound": report.is_sound(),
+                      "damaged": damaged, "inconsistent": findings(&report.inconsistent),
+                      "orphans": findings(&report.orphans)}),
             )
         }
         _ => Err(usage()),

@@ -41,7 +41,8 @@ use crate::id::ContentId;
 use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
-use crate::pool::{Pool, Worker};
+use crate::pipeline::{self, Batch, Jobs, Stage};
+use crate::pool::Worker;
 use crate::repo::{Repository, manifest_object, pack_object};
 use crate::snapshot::{self, Snapshot, SnapshotStats};
 use crate::walk::{Found, Step, Walk};
@@ -193,61 +194,35 @@ fn attempt(
         .collect::<Result<Vec<_>>>()?;
     let reporter = Reporter::new(control, "backup", parent.map(|p| p.stats.bytes));
 
-    let mut run = std::thread::scope(|scope| -> Result<Finished> {
-        let mut run = Run {
-            pool: Pool::start(scope, workers),
-            chunk_size: repo.config().chunk_size,
-            manifest: ManifestWriter::create(&staged.0)?,
-            previous,
-            packs: &packs,
-            unusable: BTreeMap::new(),
-            slots: VecDeque::new(),
-            first_slot: 0,
-            batch: Vec::new(),
-            batch_bytes: 0,
-            hardlinks: HashMap::new(),
-            stats: SnapshotStats::default(),
-            skipped: Vec::new(),
-            torn: Vec::new(),
-            reporter,
-        };
-        for step in walk {
-            control.check_cancelled()?;
-            match step {
-                Step::Found(found) => run.add(found)?,
-                Step::Skipped { path, reason } => run.skip(&path, reason),
-            }
-            run.collect_ready()?;
+    let mut run = Run {
+        chunk_size: repo.config().chunk_size,
+        manifest: ManifestWriter::create(&staged.0)?,
+        previous,
+        packs: &packs,
+        unusable: BTreeMap::new(),
+        slots: VecDeque::new(),
+        first_slot: 0,
+        batch: Batch::new(BATCH_FILES, BATCH_BYTES),
+        hardlinks: HashMap::new(),
+        stats: SnapshotStats::default(),
+        skipped: Vec::new(),
+        torn: Vec::new(),
+        reporter,
+    };
+    pipeline::run(workers, control, walk, &mut run)?;
+    run.write_ready()?;
+    debug_assert!(run.slots.is_empty());
+    run.reporter
+        .report(run.stats_entries(), run.stats.bytes, true);
+    // The rest of the previous manifest, so its digest is checked before anything that was
+    // taken from it is published.
+    if let Some(previous) = run.previous.as_mut() {
+        for entry in previous {
+            entry?;
         }
-        run.drain()?;
-        // The rest of the previous manifest, so its digest is checked before anything that
-        // was taken from it is published.
-        if let Some(previous) = run.previous.as_mut() {
-            for entry in previous {
-                entry?;
-            }
-        }
-        let Run {
-            pool,
-            manifest,
-            stats,
-            skipped,
-            torn,
-            unusable,
-            ..
-        } = run;
-        pool.finish()?;
-        Ok(Finished {
-            manifest,
-            stats,
-            skipped,
-            torn,
-            unusable,
-        })
-    })?;
+    }
 
-    let entries = run.stats.files + run.stats.dirs + run.stats.symlinks + run.stats.hardlinks;
-    if entries <= 1 && !options.allow_empty {
+    if run.stats_entries() <= 1 && !options.allow_empty {
         if let Some(parent) = parent.filter(|p| p.stats.files > 0) {
             return Err(Error::Mount(format!(
                 "{source} is empty but snapshot {} had {} files; is the volume mounted?",
@@ -464,8 +439,7 @@ enum SlotState {
 }
 
 /// The walking thread's state during one backup.
-struct Run<'scope, 'env> {
-    pool: Pool<'scope, FileReader<'env>>,
+struct Run<'env> {
     chunk_size: u64,
     manifest: ManifestWriter,
     previous: Option<Peekable<ManifestReader>>,
@@ -476,8 +450,8 @@ struct Run<'scope, 'env> {
     unusable: BTreeMap<String, (String, u64)>,
     slots: VecDeque<Slot>,
     first_slot: u64,
-    batch: Vec<ReadTask>,
-    batch_bytes: u64,
+    /// Small files waiting to be sent to a worker together.
+    batch: Batch<ReadTask>,
     /// First path seen of each multiply-linked inode, by (device, inode).
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     stats: SnapshotStats,
@@ -486,16 +460,74 @@ struct Run<'scope, 'env> {
     reporter: Reporter<'env>,
 }
 
-/// What is left of a [`Run`] once the workers are done.
-struct Finished {
-    manifest: ManifestWriter,
-    stats: SnapshotStats,
-    skipped: Vec<Skipped>,
-    torn: Vec<String>,
-    unusable: BTreeMap<String, (String, u64)>,
+impl<'env> Stage for Run<'env> {
+    type Item = Step;
+    type Job = Vec<ReadTask>;
+    type Output = Vec<TaskOutcome>;
+
+    fn visit(&mut self, step: Step, jobs: &mut Jobs<'_, Vec<ReadTask>>) -> Result<()> {
+        match step {
+            Step::Found(found) => self.add(found, jobs),
+            Step::Skipped { path, reason } => {
+                self.skip(&path, reason);
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        outcomes: Vec<TaskOutcome>,
+        jobs: &mut Jobs<'_, Vec<ReadTask>>,
+    ) -> Result<()> {
+        for outcome in outcomes {
+            let index = (outcome.slot - self.first_slot) as usize;
+            let SlotState::Reading {
+                chunks,
+                missing,
+                short,
+                failure,
+                ..
+            } = &mut self.slots[index].state
+            else {
+                return Err(Error::Internal(
+                    "read result for an entry not being read".into(),
+                ));
+            };
+            match outcome.result {
+                TaskResult::Stored {
+                    blob,
+                    short: was_short,
+                } => {
+                    chunks[outcome.chunk] = Some(blob);
+                    *short |= was_short;
+                }
+                TaskResult::Failed { vanished, reason } => {
+                    failure.get_or_insert((vanished, reason));
+                }
+            }
+            *missing -= 1;
+            if *missing == 0 {
+                self.settle(index, jobs)?;
+            }
+        }
+        self.write_ready()
+    }
+
+    fn flush(&mut self, jobs: &mut Jobs<'_, Vec<ReadTask>>) -> Result<()> {
+        match self.batch.take() {
+            Some(tasks) => jobs.submit(tasks),
+            None => Ok(()),
+        }
+    }
+
+    /// The window of entries waiting to be written in order is full.
+    fn is_full(&self, _in_flight: usize) -> bool {
+        self.slots.len() >= WINDOW
+    }
 }
 
-impl<'scope, 'env: 'scope> Run<'scope, 'env> {
+impl<'env> Run<'env> {
     fn skip(&mut self, path: &Path, reason: String) {
         self.skipped.push(Skipped {
             path: path.display().to_string(),
@@ -504,7 +536,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
     }
 
     /// Takes one walked entry: decides between reuse and reading, and queues it in order.
-    fn add(&mut self, found: Found) -> Result<()> {
+    fn add(&mut self, found: Found, jobs: &mut Jobs<'_, Vec<ReadTask>>) -> Result<()> {
         let Some(mut entry) = entry_from(&found)? else {
             self.skip(&found.absolute, "not a file, folder or symlink".into());
             return Ok(());
@@ -531,14 +563,15 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                         entry.chunks = previous.chunks;
                         self.stats.files_reused += 1;
                     }
-                    None => state = self.start_reading(&entry, found.absolute.into(), 0)?,
+                    None => {
+                        let path = found.absolute.into();
+                        state = self.start_reading(&entry, path, 0, jobs)?;
+                    }
                 }
             }
         }
         self.slots.push_back(Slot { entry, state });
-        self.write_ready()?;
-        while self.slots.len() >= WINDOW && self.wait_for_one()? {}
-        Ok(())
+        self.write_ready()
     }
 
     /// Whether every one of `chunks` lies inside an existing pack; if not, the first that does
@@ -580,13 +613,26 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
     }
 
     /// Queues the reading of the file of `entry` (the slot about to be pushed, or re-read).
-    fn start_reading(&mut self, entry: &Entry, path: Arc<Path>, attempt: u8) -> Result<SlotState> {
+    fn start_reading(
+        &mut self,
+        entry: &Entry,
+        path: Arc<Path>,
+        attempt: u8,
+        jobs: &mut Jobs<'_, Vec<ReadTask>>,
+    ) -> Result<SlotState> {
         let slot = self.first_slot + self.slots.len() as u64;
-        self.queue_reads(slot, entry.size, &path)?;
+        self.queue_reads(slot, entry.size, &path, jobs)?;
         Ok(reading_state(entry.size, self.chunk_size, path, attempt))
     }
 
-    fn queue_reads(&mut self, slot: u64, size: u64, path: &Arc<Path>) -> Result<()> {
+    /// Sends a large file's pieces to the workers one by one, a small file into the batch.
+    fn queue_reads(
+        &mut self,
+        slot: u64,
+        size: u64,
+        path: &Arc<Path>,
+        jobs: &mut Jobs<'_, Vec<ReadTask>>,
+    ) -> Result<()> {
         let pieces = size.div_ceil(self.chunk_size);
         for chunk in 0..pieces {
             let offset = chunk * self.chunk_size;
@@ -598,53 +644,15 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                 length: self.chunk_size.min(size - offset),
             };
             if pieces > 1 {
-                self.pool.submit(vec![task])?;
+                jobs.submit(vec![task])?;
             } else {
-                self.batch_bytes += task.length;
-                self.batch.push(task);
-                if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FILES {
-                    self.flush_batch()?;
+                let length = task.length;
+                self.batch.push(task, length);
+                if self.batch.is_full() {
+                    self.flush(jobs)?;
                 }
             }
         }
-        Ok(())
-    }
-
-    fn flush_batch(&mut self) -> Result<()> {
-        if !self.batch.is_empty() {
-            self.batch_bytes = 0;
-            self.pool.submit(std::mem::take(&mut self.batch))?;
-        }
-        Ok(())
-    }
-
-    /// Applies every output already available.
-    fn collect_ready(&mut self) -> Result<()> {
-        while let Some(output) = self.pool.ready() {
-            self.apply(output?)?;
-        }
-        Ok(())
-    }
-
-    /// Sends any queued batch, then waits for one output; `false` if nothing was pending.
-    fn wait_for_one(&mut self) -> Result<bool> {
-        self.flush_batch()?;
-        match self.pool.wait() {
-            Some(output) => {
-                self.apply(output?)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Waits for all outstanding work (including re-reads it triggers) and writes the rest.
-    fn drain(&mut self) -> Result<()> {
-        while self.wait_for_one()? {}
-        self.write_ready()?;
-        debug_assert!(self.slots.is_empty());
-        self.reporter
-            .report(self.stats_entries(), self.stats.bytes, true);
         Ok(())
     }
 
@@ -652,43 +660,8 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         self.stats.files + self.stats.dirs + self.stats.symlinks + self.stats.hardlinks
     }
 
-    fn apply(&mut self, outcomes: Vec<TaskOutcome>) -> Result<()> {
-        for outcome in outcomes {
-            let index = (outcome.slot - self.first_slot) as usize;
-            let SlotState::Reading {
-                chunks,
-                missing,
-                short,
-                failure,
-                ..
-            } = &mut self.slots[index].state
-            else {
-                return Err(Error::Internal(
-                    "read result for an entry not being read".into(),
-                ));
-            };
-            match outcome.result {
-                TaskResult::Stored {
-                    blob,
-                    short: was_short,
-                } => {
-                    chunks[outcome.chunk] = Some(blob);
-                    *short |= was_short;
-                }
-                TaskResult::Failed { vanished, reason } => {
-                    failure.get_or_insert((vanished, reason));
-                }
-            }
-            *missing -= 1;
-            if *missing == 0 {
-                self.settle(index)?;
-            }
-        }
-        self.write_ready()
-    }
-
     /// All pieces of slot `index` are in: accept the file, re-read it, or leave it out.
-    fn settle(&mut self, index: usize) -> Result<()> {
+    fn settle(&mut self, index: usize, jobs: &mut Jobs<'_, Vec<ReadTask>>) -> Result<()> {
         let slot = &mut self.slots[index];
         let SlotState::Reading {
             path,
@@ -735,7 +708,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             if size == 0 {
                 self.slots[index].state = SlotState::Ready;
             } else {
-                self.queue_reads(slot_number, size, &path)?;
+                self.queue_reads(slot_number, size, &path, jobs)?;
             }
         } else {
             slot.entry.chunks = chunks;

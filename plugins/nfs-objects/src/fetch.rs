@@ -6,51 +6,81 @@
 
 use crate::backend::Backend;
 use crate::blob::{BlobRef, Decoder};
+use crate::error::Result;
 use crate::repo::pack_object;
 
 /// Neighbouring blobs are merged into one read up to this many bytes (each worker keeps a
 /// buffer this large; 16 MiB was no faster and cost 15 MB more peak memory).
 const MAX_MERGED_READ: u64 = 4 << 20;
 
-/// Fetches and checks each `(tag, blob)`, calling `each` with the raw bytes or why they could
-/// not be had. Blobs are visited in the given order; `buffer` holds each read (kept by the
-/// caller between calls).
-pub fn fetch_each<T>(
-    backend: &dyn Backend,
-    decoder: &mut Decoder,
-    buffer: &mut Vec<u8>,
-    wanted: Vec<(T, BlobRef)>,
-    mut each: impl FnMut(T, &BlobRef, Result<&[u8], String>),
-) {
-    let mut rest = wanted.into_iter().peekable();
-    while let Some(first) = rest.next() {
-        let mut run = vec![first];
-        while let Some((_, next)) = rest.peek() {
-            let (_, last) = run.last().expect("run is never empty");
-            let adjacent = next.pack == last.pack && next.offset == last.offset + last.length;
-            if !adjacent || next.offset + next.length - run[0].1.offset > MAX_MERGED_READ {
-                break;
-            }
-            run.push(rest.next().expect("peeked"));
-        }
-        let start = run[0].1.offset;
-        let end = run
-            .last()
-            .map_or(start, |(_, blob)| blob.offset + blob.length);
-        match backend.get_range_into(&pack_object(&run[0].1.pack), start, end - start, buffer) {
-            Ok(()) => {
-                let bytes = &*buffer;
-                for (tag, blob) in run {
-                    let at = (blob.offset - start) as usize;
-                    let stored = &bytes[at..at + blob.length as usize];
-                    let raw = decoder.decode(&blob, stored).map_err(|e| e.to_string());
-                    each(tag, &blob, raw);
+/// What a worker needs to read blobs back: the backend, a zstd decoder and a read buffer, both
+/// kept from one call to the next.
+pub struct Fetcher<'a> {
+    backend: &'a dyn Backend,
+    decoder: Decoder,
+    buffer: Vec<u8>,
+}
+
+impl std::fmt::Debug for Fetcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("buffer", &self.buffer.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Fetcher<'a> {
+    pub fn new(backend: &'a dyn Backend) -> Result<Self> {
+        Ok(Self {
+            backend,
+            decoder: Decoder::new()?,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Fetches and checks each `(tag, blob)`, calling `each` with the raw bytes or why they could
+    /// not be had. Blobs are visited in the given order.
+    pub fn fetch_each<T>(
+        &mut self,
+        wanted: Vec<(T, BlobRef)>,
+        mut each: impl FnMut(T, &BlobRef, std::result::Result<&[u8], String>),
+    ) {
+        let mut rest = wanted.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let mut run = vec![first];
+            while let Some((_, next)) = rest.peek() {
+                let (_, last) = run.last().expect("run is never empty");
+                let adjacent = next.pack == last.pack && next.offset == last.offset + last.length;
+                if !adjacent || next.offset + next.length - run[0].1.offset > MAX_MERGED_READ {
+                    break;
                 }
+                run.push(rest.next().expect("peeked"));
             }
-            Err(err) => {
-                let reason = err.to_string();
-                for (tag, blob) in run {
-                    each(tag, &blob, Err(reason.clone()));
+            let start = run[0].1.offset;
+            let end = run
+                .last()
+                .map_or(start, |(_, blob)| blob.offset + blob.length);
+            let object = pack_object(&run[0].1.pack);
+            match self
+                .backend
+                .get_range_into(&object, start, end - start, &mut self.buffer)
+            {
+                Ok(()) => {
+                    for (tag, blob) in run {
+                        let at = (blob.offset - start) as usize;
+                        let stored = &self.buffer[at..at + blob.length as usize];
+                        let raw = self
+                            .decoder
+                            .decode(&blob, stored)
+                            .map_err(|e| e.to_string());
+                        each(tag, &blob, raw);
+                    }
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    for (tag, blob) in run {
+                        each(tag, &blob, Err(reason.clone()));
+                    }
                 }
             }
         }
@@ -91,13 +121,11 @@ mod tests {
             (3, missing),
         ];
         let mut seen = Vec::new();
-        fetch_each(
-            backend.as_ref(),
-            &mut Decoder::new().unwrap(),
-            &mut Vec::new(),
-            wanted,
-            |tag, _, result| seen.push((tag, result.map(<[u8]>::to_vec))),
-        );
+        Fetcher::new(backend.as_ref())
+            .unwrap()
+            .fetch_each(wanted, |tag, _, result| {
+                seen.push((tag, result.map(<[u8]>::to_vec)))
+            });
         assert_eq!(seen[0], (0, Ok(b"one".to_vec())));
         assert!(seen[1].1.as_ref().unwrap_err().contains("does not match"));
         assert_eq!(seen[2], (2, Ok(b"three".to_vec())));

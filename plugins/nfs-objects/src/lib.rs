@@ -19,6 +19,7 @@ pub mod index;
 pub mod manifest;
 pub mod mount;
 pub mod pack;
+pub mod pipeline;
 pub mod plugin;
 pub mod pool;
 pub mod prune;

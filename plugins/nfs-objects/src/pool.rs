@@ -1,10 +1,9 @@
 //! A small pool of worker threads with a bounded job queue.
 //!
-//! Backup, restore and verify all have the same shape: one thread walks a sorted stream and
-//! decides what to do, a few workers do the slow part (read, hash, compress, write), and the
-//! results come back to the walking thread, which keeps output in order. On 2 cores that needs
-//! no more than scoped threads and two channels; a panic in a worker comes back as an error
-//! instead of leaving the walking thread waiting for a result that never comes.
+//! The threads under `pipeline`: jobs go in through one bounded queue that the workers share,
+//! outputs come back on another in the order the workers finish them. On 2 cores that needs no
+//! more than scoped threads and two channels; a panic in a worker comes back as an error instead
+//! of leaving the coordinating thread waiting for a result that never comes.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};

@@ -29,16 +29,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::backend::Backend;
-use crate::backup::Skipped;
-use crate::blob::{BlobRef, Decoder};
+use crate::blob::BlobRef;
 use crate::control::{Control, Reporter};
 use crate::direct::{self, AlignedBuffer, DirectFile};
 use crate::error::{Error, IoContext, Result};
 use crate::existing::{self, Verdict};
-use crate::fetch::fetch_each;
+use crate::fetch::Fetcher;
 use crate::manifest::{Entry, Kind, ManifestReader, is_within};
-use crate::pool::{Pool, Worker};
+use crate::pipeline::{self, Batch, Jobs, Stage};
+use crate::pool::Worker;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::target::{self, Folder, Folders, Found, split_last};
@@ -105,7 +104,15 @@ pub struct RestoreReport {
     /// Existing entries newer than the snapshot's, kept because `force` was off.
     pub kept_newer: Vec<String>,
     /// Entries that could not be restored (damaged data, conflicts), with the reason.
-    pub failed: Vec<Skipped>,
+    pub failed: Vec<RestoreFailure>,
+}
+
+/// An entry that could not be restored, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFailure {
+    /// Where it was to be restored: below the target as given.
+    pub path: String,
+    pub reason: String,
 }
 
 /// Restores `snapshot` from `repo` as `options` say.
@@ -129,10 +136,8 @@ pub fn restore(
     let workers = (0..options.workers.max(1))
         .map(|_| {
             Ok(PieceWriter {
-                backend: backend.as_ref(),
-                decoder: Decoder::new()?,
+                fetcher: Fetcher::new(backend.as_ref())?,
                 aligned: AlignedBuffer::with_capacity(0),
-                fetched: Vec::new(),
                 compared: Vec::new(),
                 owners: options.owners,
             })
@@ -140,34 +145,21 @@ pub fn restore(
         .collect::<Result<_>>()?;
     let mut report = RestoreReport::default();
     let reporter = Reporter::new(control, "restore", Some(snapshot.stats.bytes));
-    let first_pass = std::thread::scope(|scope| -> Result<FirstPass> {
-        let mut run = Run {
-            pool: Pool::start(scope, workers),
-            options,
-            folders: Folders::new(Arc::clone(&root)),
-            files: HashMap::new(),
-            comparing: 0,
-            differing: Vec::new(),
-            next_slot: 0,
-            batch: Vec::new(),
-            compares: Vec::new(),
-            compare_bytes: 0,
-            report: &mut report,
-            reporter,
-            ancestors: Vec::new(),
-            done: FirstPass::default(),
-        };
-        for entry in open_manifest()? {
-            control.check_cancelled()?;
-            run.visit(entry?)?;
-            run.collect_ready()?;
-            run.write_differing()?;
-        }
-        run.drain()?;
-        let done = std::mem::take(&mut run.done);
-        run.pool.finish()?;
-        Ok(done)
-    })?;
+    let mut run = Run {
+        options,
+        folders: Folders::new(Arc::clone(&root)),
+        files: HashMap::new(),
+        comparing: 0,
+        next_slot: 0,
+        pieces: Batch::new(BATCH_PIECES, u64::MAX),
+        compares: Batch::new(BATCH_PIECES, COMPARE_BYTES),
+        report: &mut report,
+        reporter,
+        ancestors: Vec::new(),
+        done: FirstPass::default(),
+    };
+    pipeline::run(workers, control, open_manifest()?, &mut run)?;
+    let first_pass = run.done;
     let subpath = options.subpath.as_slice();
     if !subpath.is_empty() && !first_pass.matched {
         return Err(Error::Invalid(format!(
@@ -256,8 +248,8 @@ fn shown(target: &std::path::Path, path: &[u8]) -> String {
         .to_string()
 }
 
-fn failure(path: String, reason: String) -> Skipped {
-    Skipped { path, reason }
+fn failure(path: String, reason: String) -> RestoreFailure {
+    RestoreFailure { path, reason }
 }
 
 /// What the first pass leaves for the others.
@@ -406,11 +398,9 @@ enum Outcome {
 /// A worker: fetches pieces, checks them and writes them into their files; compares existing
 /// files with the snapshot's.
 struct PieceWriter<'a> {
-    backend: &'a dyn Backend,
-    decoder: Decoder,
+    fetcher: Fetcher<'a>,
     /// Where raw blobs (slices of a fetched range, at any address) are copied for a direct write.
     aligned: AlignedBuffer,
-    fetched: Vec<u8>,
     /// One chunk of an existing file being compared.
     compared: Vec<u8>,
     owners: bool,
@@ -440,12 +430,8 @@ impl PieceWriter<'_> {
             .map(|piece| ((piece.slot, piece.into, piece.offset), piece.blob))
             .collect();
         let aligned = &mut self.aligned;
-        fetch_each(
-            self.backend,
-            &mut self.decoder,
-            &mut self.fetched,
-            wanted,
-            |(slot, into, offset), _, raw| {
+        self.fetcher
+            .fetch_each(wanted, |(slot, into, offset), _, raw| {
                 let problem = match (into, raw) {
                     (Destination::Shared(file), Ok(raw)) => {
                         write_sparse(&mut lock(&file), offset, raw, aligned)
@@ -456,8 +442,7 @@ impl PieceWriter<'_> {
                     (_, Err(reason)) => Some(reason),
                 };
                 outcomes.push(Outcome::Written { slot, problem });
-            },
-        );
+            });
         outcomes
     }
 
@@ -538,19 +523,17 @@ fn write_sparse(
 }
 
 /// The coordinating thread's state during the first pass.
-struct Run<'scope, 'env> {
-    pool: Pool<'scope, PieceWriter<'env>>,
+struct Run<'env> {
     options: &'env RestoreOptions,
     folders: Folders,
     files: HashMap<u64, OpenFile>,
     /// Existing files sent to be compared, not yet answered.
     comparing: usize,
-    /// Existing files found to differ, to be written.
-    differing: Vec<Pending>,
     next_slot: u64,
-    batch: Vec<Piece>,
-    compares: Vec<Pending>,
-    compare_bytes: u64,
+    /// Pieces of small files, sent to a worker together.
+    pieces: Batch<Piece>,
+    /// Existing files to compare, sent to a worker together.
+    compares: Batch<Pending>,
     report: &'env mut RestoreReport,
     reporter: Reporter<'env>,
     /// Folders above the sub-path, made once an entry of the sub-path is found.
@@ -558,9 +541,67 @@ struct Run<'scope, 'env> {
     done: FirstPass,
 }
 
-impl<'scope, 'env: 'scope> Run<'scope, 'env> {
+impl<'env> Stage for Run<'env> {
+    type Item = Result<Entry>;
+    type Job = Job;
+    type Output = Vec<Outcome>;
+
+    fn visit(&mut self, entry: Result<Entry>, jobs: &mut Jobs<'_, Job>) -> Result<()> {
+        self.visit_entry(entry?, jobs)
+    }
+
+    fn apply(&mut self, outcomes: Vec<Outcome>, jobs: &mut Jobs<'_, Job>) -> Result<()> {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Written { slot, problem } => {
+                    let Some(open) = self.files.get_mut(&slot) else {
+                        continue;
+                    };
+                    if let Some(problem) = problem {
+                        open.failure.get_or_insert(problem);
+                    }
+                    open.missing -= 1;
+                    if open.missing == 0 {
+                        self.complete(slot);
+                    }
+                }
+                Outcome::Unchanged(problem) => {
+                    self.comparing -= 1;
+                    self.report.unchanged += 1;
+                    if let Some((path, reason)) = problem {
+                        self.fail(&path, reason);
+                    }
+                }
+                Outcome::Differs(pending) => {
+                    self.comparing -= 1;
+                    self.write_file(pending, jobs)?;
+                }
+            }
+        }
+        self.reporter
+            .report(self.report.files, self.report.bytes, false);
+        Ok(())
+    }
+
+    fn flush(&mut self, jobs: &mut Jobs<'_, Job>) -> Result<()> {
+        if let Some(pieces) = self.pieces.take() {
+            jobs.submit(Job::Pieces(pieces))?;
+        }
+        if let Some(files) = self.compares.take() {
+            jobs.submit(Job::Compare(files))?;
+        }
+        Ok(())
+    }
+
+    /// As many files are being written or compared as may be open at once.
+    fn is_full(&self, _in_flight: usize) -> bool {
+        self.files.len() + self.comparing >= OPEN_FILES
+    }
+}
+
+impl<'env> Run<'env> {
     /// Restores `entry` if it is in the sub-path (after the folders above the sub-path).
-    fn visit(&mut self, entry: Entry) -> Result<()> {
+    fn visit_entry(&mut self, entry: Entry, jobs: &mut Jobs<'_, Job>) -> Result<()> {
         let options = self.options;
         let subpath = options.subpath.as_slice();
         if is_within(&entry.path, subpath) {
@@ -573,7 +614,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                     }
                 }
             }
-            return self.restore_entry(entry);
+            return self.restore_entry(entry, jobs);
         }
         if entry.kind == Kind::Dir && is_within(subpath, &entry.path) && !self.done.matched {
             check_path(&entry.path)?;
@@ -582,7 +623,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         Ok(())
     }
 
-    fn restore_entry(&mut self, entry: Entry) -> Result<()> {
+    fn restore_entry(&mut self, entry: Entry, jobs: &mut Jobs<'_, Job>) -> Result<()> {
         match entry.kind {
             Kind::Dir => {
                 self.report.dirs += 1;
@@ -604,7 +645,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             Kind::File => {
                 self.report.files += 1;
                 self.report.bytes += entry.size;
-                self.restore_file(entry)?;
+                self.restore_file(entry, jobs)?;
             }
         }
         Ok(())
@@ -662,7 +703,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         }
     }
 
-    fn restore_file(&mut self, entry: Entry) -> Result<()> {
+    fn restore_file(&mut self, entry: Entry, jobs: &mut Jobs<'_, Job>) -> Result<()> {
         let stored: u64 = entry.chunks.iter().map(|blob| blob.raw_length).sum();
         if stored != entry.size {
             return Err(Error::Corrupt {
@@ -686,7 +727,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         };
         let pending = Pending { entry, parent };
         let Some(found) = found else {
-            return self.write_file(pending);
+            return self.write_file(pending, jobs);
         };
         if existing::same_size_and_mtime(&found, &pending.entry) {
             if self.options.trust_metadata {
@@ -696,10 +737,10 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
                 }
                 return Ok(());
             }
-            return self.compare(pending);
+            return self.compare(pending, jobs);
         }
         match existing::decide(Some(&found), &pending.entry, self.options.force) {
-            Verdict::Make | Verdict::Replace => self.write_file(pending)?,
+            Verdict::Make | Verdict::Replace => self.write_file(pending, jobs)?,
             Verdict::Keep => {
                 let path = shown(&self.options.target, &pending.entry.path);
                 self.report.kept_newer.push(path);
@@ -710,26 +751,18 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
     }
 
     /// Sends the existing file of `pending` to be compared with the snapshot's content.
-    fn compare(&mut self, pending: Pending) -> Result<()> {
+    fn compare(&mut self, pending: Pending, jobs: &mut Jobs<'_, Job>) -> Result<()> {
         self.comparing += 1;
-        self.compare_bytes += pending.entry.size;
-        self.compares.push(pending);
-        if self.compares.len() >= BATCH_PIECES || self.compare_bytes >= COMPARE_BYTES {
-            self.flush_batch()?;
-        }
-        self.make_room()
-    }
-
-    /// Writes the files found to differ from the snapshot's.
-    fn write_differing(&mut self) -> Result<()> {
-        while let Some(pending) = self.differing.pop() {
-            self.write_file(pending)?;
+        let size = pending.entry.size;
+        self.compares.push(pending, size);
+        if self.compares.is_full() {
+            self.flush(jobs)?;
         }
         Ok(())
     }
 
     /// Writes the file of `pending` under a temporary name, moved over its name when complete.
-    fn write_file(&mut self, pending: Pending) -> Result<()> {
+    fn write_file(&mut self, pending: Pending, jobs: &mut Jobs<'_, Job>) -> Result<()> {
         let Pending { entry, parent } = pending;
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -741,14 +774,15 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             entry,
         };
         let shared = if let [blob] = new.entry.chunks.as_slice() {
-            self.batch.push(Piece {
+            let piece = Piece {
                 slot,
                 blob: blob.clone(),
                 into: Destination::Whole(Box::new(new)),
                 offset: 0,
-            });
-            if self.batch.len() >= BATCH_PIECES {
-                self.flush_batch()?;
+            };
+            self.pieces.push(piece, 0);
+            if self.pieces.is_full() {
+                self.flush(jobs)?;
             }
             None
         } else {
@@ -762,14 +796,15 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
             let file = Arc::new(Mutex::new(file));
             let mut offset = 0;
             for blob in &new.entry.chunks {
-                self.batch.push(Piece {
+                let piece = Piece {
                     slot,
                     into: Destination::Shared(Arc::clone(&file)),
                     blob: blob.clone(),
                     offset,
-                });
+                };
+                self.pieces.push(piece, 0);
                 offset += blob.raw_length;
-                self.flush_batch()?;
+                self.flush(jobs)?;
             }
             Some((new, temporary, file))
         };
@@ -785,86 +820,7 @@ impl<'scope, 'env: 'scope> Run<'scope, 'env> {
         if missing == 0 {
             self.complete(slot);
         }
-        self.make_room()
-    }
-
-    /// Waits while too many files are being written or compared.
-    fn make_room(&mut self) -> Result<()> {
-        while self.files.len() + self.comparing >= OPEN_FILES && self.wait_for_one()? {}
         Ok(())
-    }
-
-    fn flush_batch(&mut self) -> Result<()> {
-        if !self.batch.is_empty() {
-            self.pool
-                .submit(Job::Pieces(std::mem::take(&mut self.batch)))?;
-        }
-        if !self.compares.is_empty() {
-            self.compare_bytes = 0;
-            self.pool
-                .submit(Job::Compare(std::mem::take(&mut self.compares)))?;
-        }
-        Ok(())
-    }
-
-    fn collect_ready(&mut self) -> Result<()> {
-        while let Some(output) = self.pool.ready() {
-            self.apply(output?);
-        }
-        Ok(())
-    }
-
-    fn wait_for_one(&mut self) -> Result<bool> {
-        self.flush_batch()?;
-        match self.pool.wait() {
-            Some(output) => {
-                self.apply(output?);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Waits for every job, writing the files that turn out to differ.
-    fn drain(&mut self) -> Result<()> {
-        loop {
-            self.write_differing()?;
-            if !self.wait_for_one()? {
-                return Ok(());
-            }
-        }
-    }
-
-    fn apply(&mut self, outcomes: Vec<Outcome>) {
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Written { slot, problem } => {
-                    let Some(open) = self.files.get_mut(&slot) else {
-                        continue;
-                    };
-                    if let Some(problem) = problem {
-                        open.failure.get_or_insert(problem);
-                    }
-                    open.missing -= 1;
-                    if open.missing == 0 {
-                        self.complete(slot);
-                    }
-                }
-                Outcome::Unchanged(problem) => {
-                    self.comparing -= 1;
-                    self.report.unchanged += 1;
-                    if let Some((path, reason)) = problem {
-                        self.fail(&path, reason);
-                    }
-                }
-                Outcome::Differs(pending) => {
-                    self.comparing -= 1;
-                    self.differing.push(pending);
-                }
-            }
-        }
-        self.reporter
-            .report(self.report.files, self.report.bytes, false);
     }
 
     /// Every piece of `slot` is written: finish the file (unless a worker did) and record a

@@ -22,22 +22,26 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::Backend;
-use crate::backup::Skipped;
-use crate::blob::{BlobRef, Decoder};
+use crate::blob::BlobRef;
 use crate::control::{Control, Reporter};
 use crate::dedup;
 use crate::error::{Error, Result};
-use crate::fetch::fetch_each;
+use crate::fetch::Fetcher;
 use crate::index::{self, Finding, Findings, PackSizes};
-use crate::manifest::{Kind, ManifestReader};
-use crate::pool::{Pool, Worker};
+use crate::manifest::{Entry, Kind, ManifestReader};
+use crate::pipeline::{self, Batch, Jobs, Stage};
+use crate::pool::Worker;
 use crate::repo::{
     IN_PROGRESS_GRACE, INDEX_PREFIX, Repository, index_object, object_stem, pack_object,
 };
 use crate::snapshot::Snapshot;
 
-/// Pieces per job; neighbouring ones are fetched in one read.
+/// Pieces per job; neighbouring ones are fetched in one read...
 const BATCH_PIECES: usize = 64;
+/// ...and stored bytes per job, at most (unless one piece is larger): a large file is checked by
+/// several workers at once, and no job is so long that the outputs after it, applied in order,
+/// hold up the jobs in flight.
+const BATCH_BYTES: u64 = 16 << 20;
 /// Jobs in flight at most.
 const IN_FLIGHT: usize = 16;
 
@@ -70,13 +74,21 @@ pub struct VerifyReport {
     pub files_checked: u64,
     pub bytes_checked: u64,
     /// Damaged files (and the manifest itself, if damaged), each named once.
-    pub damaged: Vec<Skipped>,
+    pub damaged: Vec<Damaged>,
     /// Repository objects that contradict each other: an index whose pack is missing, an index
     /// that does not describe its pack, a pack this snapshot uses without an index.
     pub inconsistent: Vec<Finding>,
     /// Packs without an index that this snapshot does not use: left by an interrupted backup,
     /// or another snapshot's pack whose index was lost.
     pub orphans: Vec<Finding>,
+}
+
+/// A file that could not be restored as the snapshot has it (or the damaged manifest), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// The file's path in the snapshot, or the manifest's object name.
+    pub path: String,
+    pub reason: String,
 }
 
 impl VerifyReport {
@@ -111,95 +123,38 @@ pub fn verify(
     let tracked = dedup::min_length(repo.config().chunk_size);
     let workers = options.workers.max(1);
     let indexes = check_indexes(backend, &index_names, &packs, tracked, workers)?;
-    let mut rng = options
+    let rng = options
         .seed
         .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
-    let mut report = VerifyReport::default();
-    let mut reporter = Reporter::new(control, "verify", Some(snapshot.stats.bytes));
     let checkers = (0..workers)
         .map(|_| {
             Ok(BlobChecker {
-                backend,
-                decoder: Decoder::new()?,
-                fetched: Vec::new(),
+                fetcher: Fetcher::new(backend)?,
                 tracked,
                 indexes: &indexes,
             })
         })
         .collect::<Result<_>>()?;
     let manifest = ManifestReader::open(backend, &snapshot.manifest, snapshot.manifest_blake3)?;
-    let mut used = HashSet::new();
-    let mut disagreeing = Vec::new();
-
-    std::thread::scope(|scope| -> Result<()> {
-        let mut pool = Pool::start(scope, checkers);
-        let mut batch: Vec<(String, BlobRef)> = Vec::new();
-        let take = |output: Result<Checked>,
-                    report: &mut VerifyReport,
-                    disagreeing: &mut Vec<BlobRef>|
-         -> Result<()> {
-            let checked = output?;
-            for damaged in checked.damaged {
-                if report.damaged.last() != Some(&damaged) {
-                    report.damaged.push(damaged);
-                }
-            }
-            disagreeing.extend(checked.disagreeing);
-            Ok(())
-        };
-        for entry in manifest {
-            control.check_cancelled()?;
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(err) => {
-                    report.damaged.push(Skipped {
-                        path: snapshot.manifest.clone(),
-                        reason: err.to_string(),
-                    });
-                    break;
-                }
-            };
-            if entry.kind != Kind::File || entry.chunks.is_empty() {
-                continue;
-            }
-            let sampled = options.fraction >= 1.0 || rng.f64() < options.fraction;
-            for chunk in &entry.chunks {
-                if !used.contains(&chunk.pack) {
-                    used.insert(chunk.pack.clone());
-                }
-            }
-            let path = String::from_utf8_lossy(&entry.path).into_owned();
-            if let Some(flaw) = entry.chunks.iter().find_map(|c| packs.flaw(c)) {
-                report.damaged.push(Skipped { path, reason: flaw });
-                continue;
-            }
-            if !sampled {
-                continue;
-            }
-            report.files_checked += 1;
-            report.bytes_checked += entry.size;
-            batch.extend(entry.chunks.into_iter().map(|blob| (path.clone(), blob)));
-            if batch.len() >= BATCH_PIECES {
-                pool.submit(std::mem::take(&mut batch))?;
-            }
-            while let Some(output) = pool.ready() {
-                take(output, &mut report, &mut disagreeing)?;
-            }
-            while pool.pending() >= IN_FLIGHT {
-                if let Some(output) = pool.wait() {
-                    take(output, &mut report, &mut disagreeing)?;
-                }
-            }
-            reporter.report(report.files_checked, report.bytes_checked, false);
-        }
-        if !batch.is_empty() {
-            pool.submit(batch)?;
-        }
-        while let Some(output) = pool.wait() {
-            take(output, &mut report, &mut disagreeing)?;
-        }
-        pool.finish()
-    })?;
+    let mut check = Check {
+        manifest: &snapshot.manifest,
+        fraction: options.fraction,
+        rng,
+        packs: &packs,
+        batch: Batch::new(BATCH_PIECES, BATCH_BYTES),
+        report: VerifyReport::default(),
+        used: HashSet::new(),
+        disagreeing: Vec::new(),
+        reporter: Reporter::new(control, "verify", Some(snapshot.stats.bytes)),
+    };
+    pipeline::run(checkers, control, manifest, &mut check)?;
+    let Check {
+        mut report,
+        used,
+        disagreeing,
+        mut reporter,
+        ..
+    } = check;
     report.damaged.sort_by(|a, b| a.path.cmp(&b.path));
     report.damaged.dedup_by(|a, b| a.path == b.path);
     judge(
@@ -212,6 +167,102 @@ pub fn verify(
     );
     reporter.report(report.files_checked, report.bytes_checked, true);
     Ok(report)
+}
+
+/// The coordinating thread's state: which files to check, what was found.
+struct Check<'a> {
+    /// The manifest's object name, reported if it is damaged.
+    manifest: &'a str,
+    fraction: f64,
+    rng: fastrand::Rng,
+    packs: &'a PackSizes,
+    /// Pieces to check, sent to a worker together.
+    batch: Batch<(String, BlobRef)>,
+    report: VerifyReport,
+    /// Packs the snapshot uses.
+    used: HashSet<String>,
+    /// Intact deduplicated blobs that their pack's (otherwise sound) index does not list.
+    disagreeing: Vec<BlobRef>,
+    reporter: Reporter<'a>,
+}
+
+impl<'a> Stage for Check<'a> {
+    type Item = Result<Entry>;
+    type Job = Vec<(String, BlobRef)>;
+    type Output = Checked;
+
+    fn visit(
+        &mut self,
+        entry: Result<Entry>,
+        jobs: &mut Jobs<'_, Vec<(String, BlobRef)>>,
+    ) -> Result<()> {
+        let entry = match entry {
+            Ok(entry) => entry,
+            // The manifest ends here (it yields nothing after an error).
+            Err(err) => {
+                self.report.damaged.push(Damaged {
+                    path: self.manifest.to_owned(),
+                    reason: err.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        if entry.kind != Kind::File || entry.chunks.is_empty() {
+            return Ok(());
+        }
+        let sampled = self.fraction >= 1.0 || self.rng.f64() < self.fraction;
+        for chunk in &entry.chunks {
+            if !self.used.contains(&chunk.pack) {
+                self.used.insert(chunk.pack.clone());
+            }
+        }
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        if let Some(flaw) = entry.chunks.iter().find_map(|c| self.packs.flaw(c)) {
+            self.report.damaged.push(Damaged { path, reason: flaw });
+            return Ok(());
+        }
+        if !sampled {
+            return Ok(());
+        }
+        self.report.files_checked += 1;
+        self.report.bytes_checked += entry.size;
+        for blob in entry.chunks {
+            let length = blob.length;
+            self.batch.push((path.clone(), blob), length);
+            if self.batch.is_full() {
+                self.flush(jobs)?;
+            }
+        }
+        let report = &self.report;
+        self.reporter
+            .report(report.files_checked, report.bytes_checked, false);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        checked: Checked,
+        _jobs: &mut Jobs<'_, Vec<(String, BlobRef)>>,
+    ) -> Result<()> {
+        for damaged in checked.damaged {
+            if self.report.damaged.last() != Some(&damaged) {
+                self.report.damaged.push(damaged);
+            }
+        }
+        self.disagreeing.extend(checked.disagreeing);
+        Ok(())
+    }
+
+    fn flush(&mut self, jobs: &mut Jobs<'_, Vec<(String, BlobRef)>>) -> Result<()> {
+        match self.batch.take() {
+            Some(pieces) => jobs.submit(pieces),
+            None => Ok(()),
+        }
+    }
+
+    fn is_full(&self, in_flight: usize) -> bool {
+        in_flight >= IN_FLIGHT
+    }
 }
 
 /// What the index checker learnt.
@@ -375,7 +426,7 @@ fn fingerprint(blob: &BlobRef) -> u64 {
 
 /// What a worker found in one batch.
 struct Checked {
-    damaged: Vec<Skipped>,
+    damaged: Vec<Damaged>,
     /// Intact deduplicated blobs that their pack's (otherwise sound) index does not list.
     disagreeing: Vec<BlobRef>,
 }
@@ -383,9 +434,7 @@ struct Checked {
 /// A worker: fetches pieces, reports the files whose bytes do not check out, and the intact
 /// deduplicated blobs their index does not list as they are.
 struct BlobChecker<'a> {
-    backend: &'a dyn Backend,
-    decoder: Decoder,
-    fetched: Vec<u8>,
+    fetcher: Fetcher<'a>,
     tracked: u64,
     indexes: &'a Indexes,
 }
@@ -399,20 +448,15 @@ impl Worker for BlobChecker<'_> {
             damaged: Vec::new(),
             disagreeing: Vec::new(),
         };
-        let indexes = self.indexes;
-        fetch_each(
-            self.backend,
-            &mut self.decoder,
-            &mut self.fetched,
-            pieces,
-            |path, blob, raw| match raw {
-                Err(reason) => checked.damaged.push(Skipped { path, reason }),
-                Ok(_) if blob.raw_length >= self.tracked && !indexes.lists(blob) => {
+        let (indexes, tracked) = (self.indexes, self.tracked);
+        self.fetcher
+            .fetch_each(pieces, |path, blob, raw| match raw {
+                Err(reason) => checked.damaged.push(Damaged { path, reason }),
+                Ok(_) if blob.raw_length >= tracked && !indexes.lists(blob) => {
                     checked.disagreeing.push(blob.clone());
                 }
                 Ok(_) => {}
-            },
-        );
+            });
         Ok(checked)
     }
 
