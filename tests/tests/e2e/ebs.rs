@@ -990,3 +990,48 @@ fn a_denied_create_image_is_a_configuration_error_naming_the_call_and_not_retrie
         "the probe, then one call: nobody retried it: {faults:#}"
     );
 }
+
+#[test]
+fn the_shipped_services_plan_lists_the_builds_right_before_the_ami_and_may_pass_its_role() {
+    let sandbox = Sandbox::new();
+    let path = backplan_e2e::workspace_root().join("examples/plans/aws/services.toml");
+    let path = path.to_str().unwrap();
+    let shown = sandbox
+        .run(["--json", "plan", "show", path])
+        .expect_code(0)
+        .json();
+    let step = |id: &str| {
+        shown["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("no step {id}: {shown:#}"))
+            .clone()
+    };
+    let ami = step("services-ami");
+    assert_eq!(
+        ami["after"],
+        serde_json::json!(["in-flight-builds"]),
+        "{ami:#}"
+    );
+    assert_eq!(
+        ami["restore_after"],
+        serde_json::json!([]),
+        "the machine comes first"
+    );
+    assert_eq!(ami["restore_level"], 0);
+    assert_eq!(step("in-flight-builds")["after"], serde_json::json!([]));
+    let permissions = sandbox.run(["--json", "plan", "permissions", path]);
+    let policy = permissions.expect_code(0).json();
+    let pass_role = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Action"] == serde_json::json!(["iam:PassRole"]))
+        .unwrap_or_else(|| panic!("no iam:PassRole: {policy:#}"));
+    assert_eq!(
+        pass_role["Condition"]["StringEquals"]["iam:PassedToService"],
+        "ec2.amazonaws.com"
+    );
+}
