@@ -11,6 +11,8 @@ Fault spec (--faults, or env BACKPLAN_FAULTS / FAULTS), comma separated rules:
   ACTION  EC2 Query API action (the `Action=` form/query parameter), or the operation part
           of an `X-Amz-Target` header for JSON protocols; `*` matches any action.
   KIND    throttle  -> HTTP 503, EC2 error XML <Code>RequestLimitExceeded</Code>
+          denied    -> HTTP 403, <Code>UnauthorizedOperation</Code> (IAM does not allow it)
+          pass      -> forwarded unchanged (but counted): lets the first calls through
           500       -> HTTP 500, <Code>InternalError</Code>
           503       -> HTTP 503, <Code>Unavailable</Code>
           NNN       -> any other HTTP status NNN, <Code>InternalError</Code>
@@ -62,6 +64,9 @@ class Rule:
         return {"action": self.action, "kind": self.kind, "remaining": self.remaining}
 
 
+KINDS = ("throttle", "denied", "reset", "pass")
+
+
 def parse_spec(spec):
     rules = []
     for raw in (spec or "").replace(";", ",").split(","):
@@ -72,8 +77,8 @@ def parse_spec(spec):
         if len(parts) not in (2, 3) or not parts[0]:
             raise ValueError(f"bad fault rule {raw!r} (want ACTION:KIND[:COUNT])")
         action, kind = parts[0], parts[1].lower()
-        if kind not in ("throttle", "reset") and not (kind.isdigit() and 100 <= int(kind) <= 599):
-            raise ValueError(f"bad fault kind {kind!r} in {raw!r} (throttle, reset or an HTTP status)")
+        if kind not in KINDS and not (kind.isdigit() and 100 <= int(kind) <= 599):
+            raise ValueError(f"bad fault kind {kind!r} in {raw!r} ({', '.join(KINDS)} or an HTTP status)")
         count_raw = parts[2] if len(parts) == 3 else "1"
         if count_raw == "*":
             count = None
@@ -108,7 +113,8 @@ class FaultState:
                 if rule.remaining is None or rule.remaining > 0:
                     if rule.remaining is not None:
                         rule.remaining -= 1
-                    self.injected[action] = self.injected.get(action, 0) + 1
+                    if rule.kind != "pass":
+                        self.injected[action] = self.injected.get(action, 0) + 1
                     return rule
             return None
 
@@ -197,6 +203,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._control(body)
         action = action_of(self.command, self.path, self.headers, body)
         rule = self.server.faults.take(action) if action else None
+        if rule is not None and rule.kind == "pass":
+            rule = None
         if rule is not None:
             self.log_message("inject %s -> %s", action, rule.kind)
             if rule.kind == "reset":
@@ -208,6 +216,14 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if rule.kind == "throttle":
                 return self._send(503, ec2_error_xml("RequestLimitExceeded", "Request limit exceeded."))
+            if rule.kind == "denied":
+                return self._send(
+                    403,
+                    ec2_error_xml(
+                        "UnauthorizedOperation",
+                        "You are not authorized to perform this operation. (injected by backplan's fault proxy)",
+                    ),
+                )
             status = int(rule.kind)
             code = "Unavailable" if status == 503 else "InternalError"
             message = (

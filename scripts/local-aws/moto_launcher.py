@@ -26,6 +26,10 @@ never fails a snapshot. The patches below (all on moto.ec2, applied at import ti
       ignores them).
   P4  responses: DescribeSnapshots renders the real Progress and StateMessage (moto
       hard-codes 100% and omits the message); CreateSnapshot(s) answer Progress 0% (not 60%).
+  P5  terminating an instance deletes the network interfaces RunInstances made for it, as in
+      AWS (moto keeps them `in-use`): their private IPs are free again, and an Elastic IP on
+      them is disassociated. That is what a restore reusing the old private IP meets once the
+      old machine is gone.
 
 Control endpoints (same port, not AWS API):
   GET  /__backplan/health   -> 200 "ok" once the EC2 backend is warm (readiness probe)
@@ -50,6 +54,7 @@ os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 from moto.ec2.models import amis as m_amis  # noqa: E402
 from moto.ec2.models import elastic_block_store as m_ebs  # noqa: E402
+from moto.ec2.models import instances as m_instances  # noqa: E402
 from moto.ec2.responses import amis as r_amis  # noqa: E402
 from moto.ec2.responses import elastic_block_store as r_ebs  # noqa: E402
 
@@ -396,6 +401,32 @@ _patch_template(
 )
 _patch_template("CREATE_SNAPSHOT_RESPONSE", "<progress>60%</progress>", "<progress>0%</progress>")
 _patch_template("CREATE_SNAPSHOTS_RESPONSE", "<progress>60%</progress>", "<progress>0%</progress>")
+
+# --------------------------------------------------------------------------- P5 network interfaces
+
+Instance = m_instances.Instance
+_orig_prep_nics = Instance.prep_nics
+_orig_terminate = Instance.terminate
+
+
+def _prep_nics(self, nic_spec, *args, **kwargs):
+    given = {int(n.get("DeviceIndex", 0)) for n in nic_spec or [] if n.get("NetworkInterfaceId")}
+    _orig_prep_nics(self, nic_spec, *args, **kwargs)
+    for index, nic in self.nics.items():
+        if index not in given:
+            nic.delete_on_termination = True
+
+
+def _terminate(self):
+    doomed = [nic for nic in self.nics.values() if nic.delete_on_termination]
+    for address in self.ec2_backend.addresses:
+        if address.eni in doomed:
+            self.ec2_backend.disassociate_address(association_id=address.association_id)
+    return _orig_terminate(self)
+
+
+Instance.prep_nics = _prep_nics
+Instance.terminate = _terminate
 
 # --------------------------------------------------------------------------- server
 

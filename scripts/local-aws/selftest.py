@@ -186,6 +186,18 @@ def main():
     ec2.delete_snapshot(SnapshotId=snap_ids[0])
     check(True, "deregister then delete snapshot works")
 
+    print("[termination frees the private IP and the Elastic IP]")
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(AllocationId=eip, InstanceId=r["InstanceId"])
+    old_ip = d["PrivateIpAddress"]
+    ec2.terminate_instances(InstanceIds=[r["InstanceId"]])
+    held = ec2.describe_network_interfaces(Filters=[{"Name": "addresses.private-ip-address", "Values": [old_ip]}])
+    check(held["NetworkInterfaces"] == [], f"no interface holds {old_ip} after termination")
+    free = ec2.describe_addresses(AllocationIds=[eip])["Addresses"][0]
+    check(not free.get("InstanceId") and not free.get("AssociationId"), f"Elastic IP disassociated: {free}")
+    again = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, SubnetId=subnet, PrivateIpAddress=old_ip)
+    check(again["Instances"][0]["PrivateIpAddress"] == old_ip, f"{old_ip} can be launched with again")
+
     if PROXY:
         print("[fault proxy: throttling and 5xx]")
         http("POST", f"{MOTO}/__backplan/config", json.dumps({"pending_describes": 0}))
@@ -204,6 +216,10 @@ def main():
         st = json.loads(http("GET", f"{PROXY}/__faults"))
         check(ok2.startswith("ami-") and st["injected"].get("CreateImage") == 2 and st["seen"]["CreateImage"] == 3,
               f"SDK retries through 2 throttles: {st}")
+        http("POST", f"{PROXY}/__faults", "DescribeRegions:pass:1,DescribeRegions:denied:1", "text/plain")
+        once.describe_regions()
+        code = error_code(once.describe_regions)
+        check(code == ("UnauthorizedOperation", 403), f"pass lets the first through, denied answers 403: {code}")
         http("POST", f"{PROXY}/__faults", "DescribeRegions:reset:1", "text/plain")
         try:
             once.describe_regions()

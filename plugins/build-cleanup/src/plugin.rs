@@ -1,4 +1,5 @@
-//! The plugin: record in-flight builds at backup, delete them after a restore.
+//! The plugin: record in-flight builds at backup, delete them after a restore — each only once
+//! the API confirms it is still unfinished, so a build that finished since is kept.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -7,7 +8,7 @@ use backplan_plugin_sdk::{Action, Context, Plugin, PluginError, PluginResult, St
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::builds::{self, Build, ListError};
+use crate::builds::{self, Build, ListError, Now};
 
 /// The plugin.
 #[derive(Debug, Default)]
@@ -79,13 +80,24 @@ struct RestoreOptions {
     delete: Option<bool>,
 }
 
-const DOCS: &str = "\
-Backup records which builds were unfinished (running, queued, scheduled, not_running) at the \
-moment of the backup: from `api_url` (CircleCI v1.1 `recent-builds`, token from `token_env`) or \
-from `running_command` (one URL per line). Restore prints one `(admin/delete-build \"URL\")` \
-line per build; with `delete = true` (or `-o delete=true`) it feeds them to `console_command` \
-(default `circleci dev-console`) and reports the console's answer. Run it last, once the app is \
-up on the restored machine.";
+/// A recorded build the restore leaves alone, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Skipped {
+    url: String,
+    reason: String,
+}
+
+/// The recorded builds sorted by what the API says of them now.
+#[derive(Debug, Default)]
+struct Recheck {
+    /// Still unfinished: to delete.
+    stuck: Vec<Build>,
+    skipped: Vec<Skipped>,
+    /// Why the API was not asked, if it was not.
+    unchecked: Option<String>,
+}
+
+const DOCS: &str = include_str!("../README.md");
 
 impl Plugin for BuildCleanup {
     type Config = Config;
@@ -97,10 +109,20 @@ impl Plugin for BuildCleanup {
 
     fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         if ctx.request().check_for == Some(Action::Restore) {
-            return Ok(StepOutput::new(format!(
-                "deletes through `{}` when asked",
-                config.console_command.join(" ")
-            )));
+            let console = config.console_command.join(" ");
+            return match &config.api_url {
+                // Deleting asks the API first: without the token it could not, so say it now,
+                // before the restore has launched anything.
+                Some(url) if restore_options(ctx)?.delete.unwrap_or(config.delete) => {
+                    token(config)?;
+                    Ok(StepOutput::new(format!(
+                        "deletes through `{console}` the recorded builds {url} still shows unfinished"
+                    )))
+                }
+                _ => Ok(StepOutput::new(format!(
+                    "deletes through `{console}` when asked"
+                ))),
+            };
         }
         match (&config.api_url, &config.running_command) {
             (Some(url), None) => {
@@ -153,24 +175,63 @@ impl Plugin for BuildCleanup {
 
     fn restore(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         let record: Record = ctx.record()?;
-        let options: RestoreOptions = match &ctx.request().options {
-            serde_json::Value::Null => RestoreOptions::default(),
-            given => serde_json::from_value(given.clone())
-                .map_err(|e| PluginError::config(format!("restore options: {e}")))?,
-        };
-        let delete = options.delete.unwrap_or(config.delete);
-        let lines = record
-            .builds
+        let delete = restore_options(ctx)?.delete.unwrap_or(config.delete);
+        // A URL that cannot be quoted safely fails the step before anything is asked or run.
+        for build in &record.builds {
+            builds::delete_line(build).map_err(PluginError::permanent)?;
+        }
+        if record.builds.is_empty() {
+            return Ok(
+                StepOutput::new("no build was in flight at backup time").record(
+                    serde_json::json!({
+                        "lines": Vec::<String>::new(),
+                        "deleted": false,
+                        "skipped": Vec::<Skipped>::new(),
+                        "rechecked": false,
+                    }),
+                ),
+            );
+        }
+        let recheck = recheck(config, &record.builds, delete)?;
+        for skipped in &recheck.skipped {
+            ctx.info(format!("not deleting {}: {}", skipped.url, skipped.reason));
+        }
+        let lines = recheck
+            .stuck
             .iter()
             .map(builds::delete_line)
             .collect::<Result<Vec<_>, _>>()
             .map_err(PluginError::permanent)?;
-        if lines.is_empty() {
-            return Ok(StepOutput::new("no build was in flight at backup time")
-                .record(serde_json::json!({ "lines": lines, "deleted": false })));
-        }
         for line in &lines {
             ctx.info(line);
+        }
+        let skipped = skipped_text(&recheck.skipped);
+        let console = config.console_command.join(" ");
+        let record = |deleted: bool, answer: Option<&str>| {
+            let mut record = serde_json::json!({
+                "lines": lines,
+                "deleted": deleted,
+                "skipped": recheck.skipped,
+                "rechecked": recheck.unchecked.is_none(),
+            });
+            if let Some(answer) = answer {
+                record["console_output"] = answer.into();
+            }
+            record
+        };
+        let with_note = |out: StepOutput| {
+            match &recheck.unchecked {
+            Some(why) => out.warning(format!(
+                "not asked whether each build is still unfinished ({why}): one that has finished since the backup would be deleted too"
+            )),
+            None => out,
+        }
+        };
+        if lines.is_empty() {
+            return Ok(
+                StepOutput::new(format!("no recorded build is still unfinished{skipped}"))
+                    .record(record(false, None)),
+            );
         }
         if ctx.request().dry_run || !delete {
             let how = if ctx.request().dry_run {
@@ -178,28 +239,92 @@ impl Plugin for BuildCleanup {
             } else {
                 "set `delete = true` or pass -o delete=true to run them"
             };
-            return Ok(StepOutput::new(format!(
-                "{} build(s) to delete in `{}` ({how})",
-                lines.len(),
-                config.console_command.join(" ")
-            ))
-            .record(serde_json::json!({ "lines": lines, "deleted": false })));
+            return Ok(with_note(
+                StepOutput::new(format!(
+                    "{} build(s) to delete in `{console}` ({how}){skipped}",
+                    lines.len()
+                ))
+                .record(record(false, None)),
+            ));
         }
         let answer = feed_console(&config.console_command, &lines)?;
-        Ok(StepOutput::new(format!(
-            "deleted {} build(s) through `{}`",
-            lines.len(),
-            config.console_command.join(" ")
+        Ok(with_note(
+            StepOutput::new(format!(
+                "deleted {} build(s) through `{console}`{skipped}",
+                lines.len()
+            ))
+            .record(record(true, Some(&answer))),
         ))
-        .record(serde_json::json!({
-            "lines": lines,
-            "deleted": true,
-            "console_output": answer,
-        })))
     }
 }
 
 backplan_plugin_sdk::declare_plugin!(BuildCleanup);
+
+fn restore_options(ctx: &Context) -> PluginResult<RestoreOptions> {
+    match &ctx.request().options {
+        serde_json::Value::Null => Ok(RestoreOptions::default()),
+        given => serde_json::from_value(given.clone())
+            .map_err(|e| PluginError::config(format!("restore options: {e}"))),
+    }
+}
+
+/// Asks the API about each recorded build, before anything is deleted: a build that finished
+/// since the backup (a build the AMI caught just finishing, or one the restored install's
+/// Nomad clients finished) must not be deleted. Deleting needs the answer, so it needs the
+/// token; printing the lines does not. An API that cannot be reached fails the step (the runner
+/// may retry it; nothing was deleted yet).
+fn recheck(config: &Config, recorded: &[Build], delete: bool) -> PluginResult<Recheck> {
+    let Some(api_url) = &config.api_url else {
+        return Ok(Recheck {
+            stuck: recorded.to_vec(),
+            unchecked: Some("`running_command` gives no API to ask".into()),
+            ..Recheck::default()
+        });
+    };
+    let token = match token(config) {
+        Ok(token) => token,
+        Err(_) if !delete => {
+            return Ok(Recheck {
+                stuck: recorded.to_vec(),
+                unchecked: Some(format!("${} is not set", config.token_env)),
+                ..Recheck::default()
+            });
+        }
+        Err(error) => return Err(error),
+    };
+    let mut recheck = Recheck::default();
+    for build in recorded {
+        let reason = match builds::now(api_url, &token, build) {
+            Ok(Now::Unfinished(_)) => {
+                recheck.stuck.push(build.clone());
+                continue;
+            }
+            Ok(Now::Finished(lifecycle)) => {
+                format!("finished since the backup (lifecycle {lifecycle})")
+            }
+            Ok(Now::Unknown(why)) => why,
+            Err(ListError::Refused(m)) => return Err(PluginError::permanent(m)),
+            Err(ListError::Unreachable(m)) => return Err(PluginError::transient(m)),
+        };
+        recheck.skipped.push(Skipped {
+            url: build.url.clone(),
+            reason,
+        });
+    }
+    Ok(recheck)
+}
+
+/// `; skipped 2: URL (why), URL (why)` for the summary, or nothing.
+fn skipped_text(skipped: &[Skipped]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.url, s.reason))
+        .collect();
+    format!("; skipped {}: {}", skipped.len(), each.join(", "))
+}
 
 /// The API's address must be an http(s) URL: anything else would fail only at backup time.
 fn api_address(url: &str) -> PluginResult<()> {

@@ -1,12 +1,15 @@
 //! The backup action: find the instance, make its AMI or snapshots (or find the ones an earlier
 //! attempt of this run made), wait until they are usable, copy the AMI to other regions, and
-//! record everything restore and the host fix-up steps need.
+//! record everything restore and the host fix-up steps need (the instance's launch settings,
+//! instance profile and Elastic IP included).
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::Client;
+use backplan_aws::Meaning;
 use backplan_plugin_sdk::{Context, PluginError, PluginResult, StepOutput};
 
+use crate::address;
 use crate::client::Aws;
 use crate::config::{Mode, Settings, Target};
 use crate::image;
@@ -28,7 +31,7 @@ pub async fn run(
     let region = aws.region().to_owned();
     let ec2 = aws.ec2(&region);
     let found = instance::resolve(ctx, &ec2, target).await?;
-    let info = instance::record(&found);
+    let mut info = instance::record(&found);
     let id = info.instance_id.clone();
     if ctx.request().dry_run {
         let what = match settings.mode {
@@ -44,6 +47,20 @@ pub async fn run(
         return Ok(StepOutput::new(format!(
             "would make {what} in {region}{copies}"
         )));
+    }
+    let mut warnings = Vec::new();
+    if settings.mode == Mode::Ami && info.public_ip.is_some() {
+        match address::elastic_ip_of(ctx, &ec2, &id).await {
+            Ok(found) => {
+                info.elastic_ip_allocation_id =
+                    found.and_then(|a| a.allocation_id().map(str::to_owned));
+            }
+            // The image matters more than the address: the backup goes on without it.
+            Err(e) if e.failure.meaning == Meaning::Denied => warnings.push(format!(
+                "the Elastic IP of {id} is not recorded, so a restore cannot move it: ec2:DescribeAddresses was refused (`backplan plan permissions` lists it)"
+            )),
+            Err(e) => return Err(e.into()),
+        }
     }
     let (image_id, snapshots, copies) = match settings.mode {
         Mode::Ami => {
@@ -97,14 +114,18 @@ pub async fn run(
     // The machine's addresses under the same names a restore gives the new machine's, so a
     // later step's `${steps.ID.outputs.private_ip}` means "the Services machine" in both.
     let machine = &record.instance;
-    Ok(StepOutput::new(summary)
+    let mut out = StepOutput::new(summary)
         .output("image_id", image_id.unwrap_or_default())
         .output("instance_id", &id)
         .output("private_ip", machine.private_ip.clone().unwrap_or_default())
         .output("public_ip", machine.public_ip.clone().unwrap_or_default())
         .output("hostname", machine.hostname.clone().unwrap_or_default())
         .bytes(bytes)
-        .record(record))
+        .record(record);
+    for warning in warnings {
+        out = out.warning(warning);
+    }
+    Ok(out)
 }
 
 /// Copies the AMI to each `copy_to` region (CopyImage paced at one per second), then waits for

@@ -111,8 +111,23 @@ pub async fn run(
         )
     };
     Ok(StepOutput::new(format!(
-        "{id} ({}) in {region}; allowed: {}{copies}",
+        "{id} ({}) in {region}; allowed: {}{copies}{}",
         instance::state(&found),
-        probed.join(", ")
+        probed.join(", "),
+        pass_role(&found, settings)
     )))
+}
+
+/// What `plan permissions` cannot know: the role a restore passes with the instance's profile.
+fn pass_role(found: &aws_sdk_ec2::types::Instance, settings: &Settings) -> String {
+    let profile = found.iam_instance_profile().and_then(|p| p.arn());
+    match (settings.mode, profile, &settings.launch.iam_role_arn) {
+        (Mode::Ami, Some(profile), None) => format!(
+            "; instance profile {profile}: a restore passes its role, so `plan permissions` allows iam:PassRole of any role to EC2 unless launch.iam_role_arn names that role"
+        ),
+        (Mode::Ami, Some(profile), Some(role)) => {
+            format!("; instance profile {profile} (iam:PassRole allowed for {role} only)")
+        }
+        _ => String::new(),
+    }
 }

@@ -76,6 +76,24 @@ pub struct LaunchConfig {
     /// The EC2 key pair.
     #[schemars(length(min = 1, max = 255))]
     pub key_name: Option<String>,
+    /// The IAM instance profile, by ARN (`arn:aws:iam::…:instance-profile/NAME`) or name, or
+    /// `none` to launch without one: what lets the machine reach S3 and whatever else its role
+    /// allows.
+    #[schemars(length(min = 1, max = 2048))]
+    pub iam_instance_profile: Option<String>,
+    /// The role inside that instance profile (`arn:aws:iam::…:role/NAME`): `plan permissions`
+    /// then allows `iam:PassRole` for it alone, instead of for any role passed to EC2. Only
+    /// used for the policy; `plan check` names the profile the instance has.
+    #[schemars(length(min = 1, max = 2048))]
+    pub iam_role_arn: Option<String>,
+    /// Launch with the old machine's private IP (it must be free: the old machine gone), so the
+    /// addresses Replicated and the rest were set up with stay valid. Needs the old subnet.
+    #[serde(default)]
+    pub reuse_private_ip: bool,
+    /// Move the Elastic IP the old machine had (recorded at backup) to the new one, so its
+    /// public address, and the GitHub OAuth callback naming it, stay valid.
+    #[serde(default)]
+    pub reuse_elastic_ip: bool,
 }
 
 /// The step's `config` table.
@@ -264,7 +282,7 @@ impl Settings {
             },
             copies,
             retention,
-            launch: config.launch.clone(),
+            launch: launch(&config.launch)?,
         })
     }
 
@@ -278,6 +296,44 @@ impl Settings {
         }
         Ok(target)
     }
+}
+
+/// `launch`, with the IAM names checked.
+fn launch(launch: &LaunchConfig) -> PluginResult<LaunchConfig> {
+    if let Some(profile) = &launch.iam_instance_profile {
+        instance_profile("launch.iam_instance_profile", profile)?;
+    }
+    if let Some(role) = &launch.iam_role_arn {
+        let is_role =
+            role.starts_with("arn:") && role.contains(":iam::") && role.contains(":role/");
+        if !is_role && !Request::is_unresolved(role) {
+            return Err(PluginError::config(format!(
+                "launch.iam_role_arn = {role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+            )));
+        }
+    }
+    Ok(launch.clone())
+}
+
+/// An instance profile as RunInstances takes it: an ARN, a name, or `none`. A role's ARN is the
+/// usual mistake (a role and its profile often share a name), so it is named.
+pub fn instance_profile(key: &str, value: &str) -> PluginResult<()> {
+    if value.trim().is_empty() {
+        return Err(PluginError::config(format!(
+            "{key} is empty: give an instance profile's ARN or name, or \"none\""
+        )));
+    }
+    if value.starts_with("arn:") && !value.contains(":instance-profile/") {
+        let hint = if value.contains(":role/") {
+            ": that is a role's ARN; RunInstances takes the instance profile holding it"
+        } else {
+            ""
+        };
+        return Err(PluginError::config(format!(
+            "{key} = {value:?} is not an instance profile ARN (arn:aws:iam::ACCOUNT:instance-profile/NAME){hint}"
+        )));
+    }
+    Ok(())
 }
 
 /// The duration `key` gives, more than zero and at most `max`.
@@ -333,8 +389,16 @@ pub struct LaunchOptions {
     /// An array, or one string of comma-separated ids.
     pub security_group_ids: Option<StringList>,
     pub key_name: Option<String>,
+    /// An instance profile's ARN or name, or `none`.
+    pub iam_instance_profile: Option<String>,
     /// Launch in this region, from the copy made there (disaster recovery).
     pub region: Option<String>,
+    pub reuse_private_ip: Option<bool>,
+    pub reuse_elastic_ip: Option<bool>,
+    /// This restore is a drill (`backplan drill` sets it): it must not land in production.
+    pub drill: Option<bool>,
+    /// Let a drill launch into the backed-up instance's own subnet.
+    pub allow_production_subnet: Option<bool>,
 }
 
 /// A list given either as a JSON array or as one comma-separated string.
@@ -367,9 +431,14 @@ impl LaunchOptions {
         }
         serde_json::from_value(options.clone()).map_err(|e| {
             PluginError::config(format!(
-                "restore options: {e} (ebs reads instance_type, subnet_id, security_group_ids, key_name, region)"
+                "restore options: {e} (ebs reads instance_type, subnet_id, security_group_ids, key_name, iam_instance_profile, region, reuse_private_ip, reuse_elastic_ip, allow_production_subnet)"
             ))
         })
+    }
+
+    /// Whether this restore is a drill.
+    pub fn is_drill(&self) -> bool {
+        self.drill == Some(true)
     }
 }
 

@@ -136,6 +136,9 @@ pub fn record(instance: &Instance) -> InstanceRecord {
         public_ip: some(instance.public_ip_address()),
         hostname: some(instance.private_dns_name()),
         root_device_name: some(instance.root_device_name()),
+        iam_instance_profile_arn: some(instance.iam_instance_profile().and_then(|p| p.arn())),
+        // Only DescribeAddresses knows the allocation: the backup adds it.
+        elastic_ip_allocation_id: None,
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`config`]: the step's table and `-o` options, validated before any AWS call;
 //! - [`client`]: EC2 clients, retries on throttling, and EC2's errors (the runtime, the
 //!   configuration chain and what an error means are `backplan-aws`'s);
-//! - [`instance`], [`image`], [`snapshot`]: the EC2 resources;
+//! - [`instance`], [`image`], [`snapshot`]: the EC2 resources; [`address`]: the old machine's
+//!   Elastic IP and private IP, which a restore can carry over;
 //! - [`wait`] and [`throttle`]: polling, backoff and EC2's rate limits;
 //! - [`retention`]: what prune deletes in a region: the SDK's retention rules, sparing the newest
 //!   verified backup (pure);
@@ -16,6 +17,7 @@
 //! Everything the plugin makes is tagged `backplan:plan`, `backplan:step` and `backplan:run`
 //! ([`tags`]): that is how a retried step finds its own work and how prune stays within it.
 
+pub mod address;
 pub mod backup;
 pub mod check;
 pub mod client;

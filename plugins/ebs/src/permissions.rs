@@ -5,7 +5,8 @@
 //! mostly do not support resource-level restrictions at creation time, hence `"*"`; deletion is
 //! limited to resources carrying a `backplan:plan` tag, and termination to instances carrying
 //! `backplan:restored-from` (the action is called without the plan's name, so a policy scoped to
-//! one plan replaces the `*` with that name).
+//! one plan replaces the `*` with that name). `iam:PassRole` is limited to EC2, and to the role
+//! `launch.iam_role_arn` names: the role is an IAM fact the configuration alone cannot know.
 
 use backplan_plugin_sdk::Permissions;
 use serde_json::{Value, json};
@@ -27,13 +28,26 @@ fn tagged(key: &str) -> Option<Value> {
     Some(json!({"StringLike": {format!("aws:ResourceTag/{key}"): "*"}}))
 }
 
+/// `iam:PassRole` of `role` (any role, when the plan does not name it) to EC2 only: what
+/// RunInstances needs to give the new machine the old one's instance profile.
+fn pass_role(role: Option<&str>) -> Value {
+    json!({
+        "Sid": "BackplanEbsRestorePassRole",
+        "Effect": "Allow",
+        "Action": ["iam:PassRole"],
+        "Resource": role.unwrap_or("*"),
+        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+    })
+}
+
 /// The statements for `settings`.
 pub fn for_settings(settings: &Settings) -> Permissions {
-    let mut statements = vec![statement(
-        "BackplanEbsDescribe",
-        &["DescribeInstances", "DescribeImages", "DescribeSnapshots"],
-        None,
-    )];
+    let mut describe = vec!["DescribeInstances", "DescribeImages", "DescribeSnapshots"];
+    if settings.mode == Mode::Ami {
+        // The Elastic IP of the instance, recorded for a restore to move.
+        describe.push("DescribeAddresses");
+    }
+    let mut statements = vec![statement("BackplanEbsDescribe", &describe, None)];
     match settings.mode {
         Mode::Ami => statements.push(statement(
             "BackplanEbsBackup",
@@ -55,11 +69,18 @@ pub fn for_settings(settings: &Settings) -> Permissions {
     };
     statements.push(statement("BackplanEbsPrune", prune, tagged(PLAN)));
     if settings.mode == Mode::Ami {
-        statements.push(statement(
-            "BackplanEbsRestore",
-            &["RunInstances", "CreateTags"],
-            None,
-        ));
+        let launch = &settings.launch;
+        let mut restore = vec!["RunInstances", "CreateTags"];
+        if launch.reuse_private_ip {
+            restore.push("DescribeNetworkInterfaces");
+        }
+        if launch.reuse_elastic_ip {
+            restore.push("AssociateAddress");
+        }
+        statements.push(statement("BackplanEbsRestore", &restore, None));
+        if launch.iam_instance_profile.as_deref() != Some("none") {
+            statements.push(pass_role(launch.iam_role_arn.as_deref()));
+        }
         let teardown =
             Some(json!({"StringLike": {format!("aws:ResourceTag/{RESTORED_FROM}"): "*"}}));
         statements.push(statement(
@@ -89,6 +110,53 @@ mod tests {
                     .map(|a| a.as_str().unwrap().to_owned())
             })
             .collect()
+    }
+
+    fn sid<'p>(p: &'p Permissions, sid: &str) -> Option<&'p Value> {
+        p.aws_iam_statements.iter().find(|s| s["Sid"] == sid)
+    }
+
+    #[test]
+    fn pass_role_is_limited_to_the_named_role_and_to_ec2() {
+        let named = for_settings(&settings(json!({
+            "instance": "self",
+            "launch": {"iam_role_arn": "arn:aws:iam::123456789012:role/circleci-services"}
+        })));
+        let statement = sid(&named, "BackplanEbsRestorePassRole").expect("a PassRole statement");
+        assert_eq!(statement["Action"], json!(["iam:PassRole"]));
+        assert_eq!(
+            statement["Resource"],
+            "arn:aws:iam::123456789012:role/circleci-services"
+        );
+        assert_eq!(
+            statement["Condition"]["StringEquals"]["iam:PassedToService"],
+            "ec2.amazonaws.com"
+        );
+        let unnamed = for_settings(&settings(json!({"instance": "self"})));
+        let statement = sid(&unnamed, "BackplanEbsRestorePassRole").unwrap();
+        assert_eq!(statement["Resource"], "*");
+        assert_eq!(
+            statement["Condition"]["StringEquals"]["iam:PassedToService"], "ec2.amazonaws.com",
+            "any role, but only to EC2"
+        );
+        let none = for_settings(&settings(
+            json!({"instance": "self", "launch": {"iam_instance_profile": "none"}}),
+        ));
+        assert!(sid(&none, "BackplanEbsRestorePassRole").is_none());
+    }
+
+    #[test]
+    fn address_reuse_adds_what_it_calls() {
+        let plain = actions(&for_settings(&settings(json!({"instance": "self"}))));
+        assert!(plain.iter().any(|a| a == "ec2:DescribeAddresses"));
+        assert!(!plain.iter().any(|a| a == "ec2:AssociateAddress"));
+        let reuse = actions(&for_settings(&settings(json!({
+            "instance": "self",
+            "launch": {"reuse_private_ip": true, "reuse_elastic_ip": true}
+        }))));
+        for wanted in ["ec2:AssociateAddress", "ec2:DescribeNetworkInterfaces"] {
+            assert!(reuse.iter().any(|a| a == wanted), "{wanted}: {reuse:?}");
+        }
     }
 
     fn settings(config: Value) -> Settings {

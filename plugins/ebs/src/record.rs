@@ -32,6 +32,13 @@ pub struct InstanceRecord {
     pub hostname: Option<String>,
     #[serde(default)]
     pub root_device_name: Option<String>,
+    /// Its IAM instance profile (`arn:aws:iam::…:instance-profile/NAME`): restore launches with
+    /// it, so the new machine may do what the old one could.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_instance_profile_arn: Option<String>,
+    /// The Elastic IP associated with it (`eipalloc-…`), which restore can move to the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic_ip_allocation_id: Option<String>,
 }
 
 /// One snapshot of one volume.
@@ -83,10 +90,18 @@ impl BackupRecord {
     }
 }
 
-/// The record of a restore: what teardown undoes.
+/// The record of a restore: what teardown undoes, and what the new machine was given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRecord {
     pub instance_id: String,
     pub region: String,
     pub image_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_instance_profile: Option<String>,
+    /// The old machine's private IP, when the new one was launched with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_private_ip: Option<String>,
+    /// The Elastic IP moved to the new machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic_ip_allocation_id: Option<String>,
 }

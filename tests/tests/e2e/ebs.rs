@@ -407,13 +407,22 @@ fn restore_launches_from_the_ami_and_a_drill_terminates_it() {
         step_source(&sandbox).as_deref()
     );
 
-    // A drill: restore, health check, teardown terminates what it launched.
+    // A drill: restore, health check, teardown terminates what it launched. The fixture has
+    // only the production subnet, so the drill is let into it.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let health = listener.local_addr().unwrap().to_string();
     let drill = sandbox.run_on(
         &aws,
         &[
-            "--json", "drill", &plan, "--step", "machine", "--health", &health,
+            "--json",
+            "drill",
+            &plan,
+            "--step",
+            "machine",
+            "--health",
+            &health,
+            "-o",
+            "allow_production_subnet=true",
         ],
     );
     let record = drill.expect_code(0).json();
@@ -679,4 +688,350 @@ fn snapshot_retention_works_per_run_by_tag() {
     let mut expected = new.clone();
     expected.sort();
     assert_eq!(left, serde_json::json!(expected), "old run {old:?} pruned");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine a restore launches works like the old one; drills stay out of production.
+
+/// A Services machine the way a real one runs: in a subnet with a security group, with an
+/// instance profile (role `circleci-services-role` in profile `circleci-services`) and an
+/// Elastic IP. The VPC has a second, test subnet for drills.
+struct Production {
+    instance_id: String,
+    private_ip: String,
+    subnet_id: String,
+    test_subnet_id: String,
+    security_group_id: String,
+    profile_arn: String,
+    allocation_id: String,
+    elastic_ip: String,
+}
+
+fn production(aws: &LocalAws) -> Production {
+    let made = aws.boto(
+        "iam = boto3.client('iam')\n\
+         iam.create_role(RoleName='circleci-services-role', AssumeRolePolicyDocument='{}')\n\
+         profile = iam.create_instance_profile(InstanceProfileName='circleci-services')['InstanceProfile']\n\
+         iam.add_role_to_instance_profile(InstanceProfileName='circleci-services', RoleName='circleci-services-role')\n\
+         base = ec2.register_image(Name='base', RootDeviceName='/dev/sda1')['ImageId']\n\
+         vpc = ec2.create_vpc(CidrBlock='10.9.0.0/16')['Vpc']['VpcId']\n\
+         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock='10.9.1.0/24')['Subnet']['SubnetId']\n\
+         test = ec2.create_subnet(VpcId=vpc, CidrBlock='10.9.2.0/24')['Subnet']['SubnetId']\n\
+         sg = ec2.create_security_group(GroupName='services', Description='t', VpcId=vpc)['GroupId']\n\
+         i = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType='m5.xlarge',\n\
+             SubnetId=subnet, SecurityGroupIds=[sg], IamInstanceProfile={'Arn': profile['Arn']})['Instances'][0]\n\
+         eip = ec2.allocate_address(Domain='vpc')\n\
+         ec2.associate_address(AllocationId=eip['AllocationId'], InstanceId=i['InstanceId'])\n\
+         out({'id': i['InstanceId'], 'ip': i['PrivateIpAddress'], 'subnet': subnet, 'test': test,\n\
+              'sg': sg, 'profile': profile['Arn'], 'alloc': eip['AllocationId'], 'eip': eip['PublicIp']})\n",
+    );
+    let text = |key: &str| made[key].as_str().unwrap().to_owned();
+    Production {
+        instance_id: text("id"),
+        private_ip: text("ip"),
+        subnet_id: text("subnet"),
+        test_subnet_id: text("test"),
+        security_group_id: text("sg"),
+        profile_arn: text("profile"),
+        allocation_id: text("alloc"),
+        elastic_ip: text("eip"),
+    }
+}
+
+/// Instance `id` as DescribeInstances tells it.
+fn described(aws: &LocalAws, id: &str) -> Value {
+    aws.boto(&format!(
+        "out(ec2.describe_instances(InstanceIds=['{id}'])['Reservations'][0]['Instances'][0])"
+    ))
+}
+
+/// The ids of the instances restores launched (tagged `backplan:restored-from`).
+fn restored_instances(aws: &LocalAws) -> Vec<String> {
+    let ids = aws.boto(
+        "out([i['InstanceId'] for r in ec2.describe_instances(Filters=[{'Name': 'tag-key', \
+         'Values': ['backplan:restored-from']}])['Reservations'] for i in r['Instances']])",
+    );
+    serde_json::from_value(ids).unwrap()
+}
+
+/// The instance Elastic IP `allocation` is associated with (empty if none).
+fn elastic_ip_holder(aws: &LocalAws, allocation: &str) -> String {
+    aws.boto(&format!(
+        "out(ec2.describe_addresses(AllocationIds=['{allocation}'])['Addresses'][0].get('InstanceId') or '')"
+    ))
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+#[test]
+fn restore_launches_with_the_old_instance_profile_security_groups_and_subnet() {
+    let aws = LocalAws::start(&[]);
+    let old = production(&aws);
+    let sandbox = Sandbox::new();
+    let plan = plan(&sandbox, &format!("instance = \"{}\"\n", old.instance_id));
+
+    // `plan check` names the profile whose role `plan permissions` cannot know.
+    let check = sandbox.run_on(&aws, &["plan", "check", &plan]);
+    let text = check.expect_code(0).stdout();
+    assert!(
+        text.contains(&old.profile_arn) && text.contains("launch.iam_role_arn"),
+        "{text}"
+    );
+
+    let record = &backup(&sandbox, &aws, &plan)["record"]["instance"];
+    assert_eq!(record["iam_instance_profile_arn"], old.profile_arn.as_str());
+    assert_eq!(
+        record["elastic_ip_allocation_id"],
+        old.allocation_id.as_str()
+    );
+
+    let restored = sandbox.run_on(&aws, &["--json", "restore", &plan, "--run", "latest"]);
+    let step = only_step(&restored.expect_code(0).json()).clone();
+    let new_id = step["outputs"]["instance_id"].as_str().unwrap().to_owned();
+    let launched = described(&aws, &new_id);
+    assert_eq!(
+        launched["IamInstanceProfile"]["Arn"],
+        old.profile_arn.as_str(),
+        "{launched:#}"
+    );
+    assert_eq!(launched["SubnetId"], old.subnet_id.as_str());
+    let groups: Vec<&str> = launched["SecurityGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["GroupId"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, [old.security_group_id.as_str()]);
+    assert_eq!(
+        step["record"]["iam_instance_profile"],
+        old.profile_arn.as_str()
+    );
+    // Without reuse asked for, the old machine keeps its addresses.
+    assert_ne!(launched["PrivateIpAddress"], old.private_ip.as_str());
+    assert_eq!(elastic_ip_holder(&aws, &old.allocation_id), old.instance_id);
+}
+
+#[test]
+fn with_address_reuse_the_elastic_ip_moves_and_the_private_ip_waits_for_the_old_machine_to_go() {
+    let aws = LocalAws::start(&[]);
+    let old = production(&aws);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\nlaunch = {{ reuse_private_ip = true, reuse_elastic_ip = true }}\n",
+            old.instance_id
+        ),
+    );
+    backup(&sandbox, &aws, &plan);
+
+    // The old machine still runs: its private IP is taken, so nothing is launched.
+    let refused = sandbox.run_on(&aws, &["--json", "restore", &plan, "--run", "latest"]);
+    refused.expect_code(78);
+    let error = only_step(&refused.json())["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains(&format!("{} is still in use", old.private_ip))
+            && error.contains(&old.instance_id),
+        "{error}"
+    );
+    assert!(restored_instances(&aws).is_empty(), "nothing was launched");
+
+    // The Elastic IP alone moves away from the old machine, still running, to the new one.
+    let moved = sandbox.run_on(
+        &aws,
+        &[
+            "--json",
+            "restore",
+            &plan,
+            "--run",
+            "latest",
+            "-o",
+            "reuse_private_ip=false",
+        ],
+    );
+    let step = only_step(&moved.expect_code(0).json()).clone();
+    let first = step["outputs"]["instance_id"].as_str().unwrap().to_owned();
+    assert_eq!(elastic_ip_holder(&aws, &old.allocation_id), first);
+    assert_eq!(step["outputs"]["public_ip"], old.elastic_ip.as_str());
+    assert_eq!(
+        step["outputs"]["old_public_ip"],
+        old.elastic_ip.as_str(),
+        "{step:#}"
+    );
+
+    // The old machine is gone: the next restore gets its private IP and the Elastic IP.
+    aws.boto(&format!(
+        "ec2.terminate_instances(InstanceIds=['{}'])",
+        old.instance_id
+    ));
+    let restored = sandbox.run_on(&aws, &["--json", "restore", &plan, "--run", "latest"]);
+    let step = only_step(&restored.expect_code(0).json()).clone();
+    let new_id = step["outputs"]["instance_id"].as_str().unwrap().to_owned();
+    let launched = described(&aws, &new_id);
+    assert_eq!(launched["PrivateIpAddress"], old.private_ip.as_str());
+    assert_eq!(launched["SubnetId"], old.subnet_id.as_str());
+    assert_eq!(launched["PublicIpAddress"], old.elastic_ip.as_str());
+    assert_eq!(elastic_ip_holder(&aws, &old.allocation_id), new_id);
+    assert_eq!(step["outputs"]["private_ip"], old.private_ip.as_str());
+    assert_eq!(step["record"]["reused_private_ip"], old.private_ip.as_str());
+}
+
+#[test]
+fn a_drill_never_launches_into_the_production_subnet_by_accident() {
+    let aws = LocalAws::start(&[]);
+    let old = production(&aws);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\nlaunch = {{ reuse_elastic_ip = true }}\n",
+            old.instance_id
+        ),
+    );
+    backup(&sandbox, &aws, &plan);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let health = listener.local_addr().unwrap().to_string();
+    // `drill=true` is what `backplan drill` tells the plugin (see the ebs README).
+    let drill = |extra: &[&str]| -> Outcome {
+        let mut args = vec![
+            "--json",
+            "drill",
+            &plan,
+            "--step",
+            "machine",
+            "--health",
+            &health,
+            "-o",
+            "drill=true",
+        ];
+        args.extend_from_slice(extra);
+        sandbox.run_on(&aws, &args)
+    };
+
+    let refused = drill(&[]);
+    refused.expect_code(78);
+    let error = only_step(&refused.json())["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains(&format!(
+            "{}, the subnet of the backed-up instance {}",
+            old.subnet_id, old.instance_id
+        )) && error.contains("-o subnet_id=")
+            && error.contains("allow_production_subnet"),
+        "{error}"
+    );
+    assert!(restored_instances(&aws).is_empty(), "nothing was launched");
+
+    // Into a test subnet: launched there, checked, torn down; production keeps its Elastic IP.
+    let subnet = format!("subnet_id={}", old.test_subnet_id);
+    let record = drill(&["-o", &subnet]).expect_code(0).json();
+    let step = only_step(&record).clone();
+    let drilled = described(&aws, step["outputs"]["instance_id"].as_str().unwrap());
+    assert_eq!(drilled["SubnetId"], old.test_subnet_id.as_str());
+    assert_eq!(drilled["State"]["Name"], "terminated");
+    assert_eq!(elastic_ip_holder(&aws, &old.allocation_id), old.instance_id);
+    assert!(
+        step["warnings"].to_string().contains("not applied"),
+        "the skipped address reuse is said: {step:#}"
+    );
+
+    // Asked for explicitly, the production subnet is allowed.
+    let record = drill(&["-o", "allow_production_subnet=true"])
+        .expect_code(0)
+        .json();
+    let drilled = described(
+        &aws,
+        only_step(&record)["outputs"]["instance_id"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(drilled["SubnetId"], old.subnet_id.as_str());
+    assert_eq!(elastic_ip_holder(&aws, &old.allocation_id), old.instance_id);
+}
+
+#[test]
+fn a_denied_create_image_is_a_configuration_error_naming_the_call_and_not_retried() {
+    // check's DryRun probe passes; the backup's own CreateImage is refused by IAM.
+    let aws = LocalAws::start(&["--faults", "CreateImage:pass:1,CreateImage:denied:*"]);
+    let machine = machine(&aws, false);
+    let sandbox = Sandbox::new();
+    let path = sandbox.write(
+        "plan.toml",
+        &format!(
+            "[plan]\nname = \"svc\"\nretries = 2\nretry_delay = \"1s\"\n\n[[steps]]\nid = \"machine\"\n\
+             plugin = \"ebs\"\n[steps.config]\ninstance = \"{}\"\npoll_interval = \"100ms\"\n",
+            machine.instance_id
+        ),
+    );
+    let out = sandbox.run_on(&aws, &["--json", "run", path.to_str().unwrap()]);
+    out.expect_code(78);
+    let step = only_step(&out.json()).clone();
+    let message = step["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ec2:CreateImage was refused")
+            && message.contains("UnauthorizedOperation"),
+        "{step:#}"
+    );
+    assert_eq!(step["error"]["kind"], "config", "{step:#}");
+    assert_eq!(step["attempts"], 1, "not retried by the runner: {step:#}");
+    let faults = aws.boto(&format!(
+        "import urllib.request\n\
+         out(json.load(urllib.request.urlopen('{}/__faults')))",
+        aws.var("BACKPLAN_FAULT_PROXY_URL")
+    ));
+    assert_eq!(
+        faults["seen"]["CreateImage"], 2,
+        "the probe, then one call: nobody retried it: {faults:#}"
+    );
+}
+
+#[test]
+fn the_shipped_services_plan_lists_the_builds_right_before_the_ami_and_may_pass_its_role() {
+    let sandbox = Sandbox::new();
+    let path = backplan_e2e::workspace_root().join("examples/plans/aws/services.toml");
+    let path = path.to_str().unwrap();
+    let shown = sandbox
+        .run(["--json", "plan", "show", path])
+        .expect_code(0)
+        .json();
+    let step = |id: &str| {
+        shown["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("no step {id}: {shown:#}"))
+            .clone()
+    };
+    let ami = step("services-ami");
+    assert_eq!(
+        ami["after"],
+        serde_json::json!(["in-flight-builds"]),
+        "{ami:#}"
+    );
+    assert_eq!(
+        ami["restore_after"],
+        serde_json::json!([]),
+        "the machine comes first"
+    );
+    assert_eq!(ami["restore_level"], 0);
+    assert_eq!(step("in-flight-builds")["after"], serde_json::json!([]));
+    let permissions = sandbox.run(["--json", "plan", "permissions", path]);
+    let policy = permissions.expect_code(0).json();
+    let pass_role = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Action"] == serde_json::json!(["iam:PassRole"]))
+        .unwrap_or_else(|| panic!("no iam:PassRole: {policy:#}"));
+    assert_eq!(
+        pass_role["Condition"]["StringEquals"]["iam:PassedToService"],
+        "ec2.amazonaws.com"
+    );
 }

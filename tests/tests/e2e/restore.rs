@@ -682,16 +682,25 @@ fn fake_circleci_api() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
                     r#"{{"build_url": "{host}/gh/acme/api/{num}", "build_num": {num}, "lifecycle": "{lifecycle}", "status": "{lifecycle}"}}"#
                 )
             };
-            let body = format!(
-                "[{}]",
-                [
-                    build(1045, "running"),
-                    build(1044, "finished"),
-                    build(1043, "queued"),
-                    build(1042, "finished"),
-                ]
-                .join(",")
-            );
+            let builds = [
+                (1045, "running"),
+                (1044, "finished"),
+                (1043, "queued"),
+                (1042, "finished"),
+            ];
+            // `GET /api/v1.1/project/github/acme/api/NUM`: one build; anything else the list.
+            let one = builds
+                .iter()
+                .find(|(num, _)| first.contains(&format!("/project/github/acme/api/{num} ")));
+            let body = match one {
+                Some((num, lifecycle)) => build(*num, lifecycle),
+                None => format!(
+                    "[{}]",
+                    builds
+                        .map(|(num, lifecycle)| build(num, lifecycle))
+                        .join(",")
+                ),
+            };
             let (status, body) = if authorized {
                 ("200 OK", body)
             } else {
@@ -763,8 +772,9 @@ fn build_cleanup_records_in_flight_builds_and_deletes_exactly_those() {
     assert_eq!(step["record"]["deleted"], false);
     assert!(!sandbox.path().join("console.log").exists());
 
-    // Asked to delete: exactly those lines reach the console.
-    let deleted = sandbox.run([
+    // Asked to delete: the API confirms both still unfinished; exactly those lines reach the
+    // console.
+    let mut deleted = sandbox.cmd([
         "--json",
         "restore",
         &plan,
@@ -773,6 +783,8 @@ fn build_cleanup_records_in_flight_builds_and_deletes_exactly_those() {
         "-o",
         "delete=true",
     ]);
+    deleted.env("TEST_CIRCLE_TOKEN", "secret-token");
+    let deleted = backplan_e2e::Outcome(deleted.output().unwrap());
     let step = &deleted.expect_code(0).json()["steps"][0];
     assert_eq!(step["record"]["deleted"], true, "{step:#}");
     assert_eq!(step["record"]["console_output"], "deleted\n");
@@ -877,4 +889,183 @@ fn a_symlink_planted_in_the_restore_target_is_never_written_through() {
     let said = format!("{}{}", empty.stdout(), empty.stderr());
     assert!(said.contains("option target is empty"), "{said}");
     assert!(!sandbox.path().join("sub").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// build-cleanup: the API is asked again before each delete
+
+/// A CircleCI API stand-in whose builds' lifecycles the test changes as it goes: `recent-builds`
+/// lists them all, `project/github/acme/api/NUM` answers one. Answers only the token
+/// `secret-token`; keeps each request's first line.
+struct CircleciApi {
+    url: String,
+    lifecycles: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u32, String>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CircleciApi {
+    fn start(builds: &[(u32, &str)]) -> CircleciApi {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let lifecycles = std::sync::Arc::new(std::sync::Mutex::new(
+            builds
+                .iter()
+                .map(|(n, l)| (*n, (*l).to_owned()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (state, log, host) = (lifecycles.clone(), seen.clone(), url.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                let mut authorized = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if line.to_ascii_lowercase().starts_with("circle-token:") {
+                        authorized = line.trim_end().ends_with(": secret-token");
+                    }
+                }
+                log.lock().unwrap().push(first.trim().to_owned());
+                let builds = state.lock().unwrap().clone();
+                let build = |num: u32, lifecycle: &str| {
+                    format!(
+                        r#"{{"build_url": "{host}/gh/acme/api/{num}", "build_num": {num}, "lifecycle": "{lifecycle}"}}"#
+                    )
+                };
+                let path = first.split(' ').nth(1).unwrap_or_default();
+                let one = path
+                    .strip_prefix("/api/v1.1/project/github/acme/api/")
+                    .and_then(|n| n.parse::<u32>().ok());
+                let (status, body) = match one {
+                    _ if !authorized => ("401 Unauthorized", "{}".to_owned()),
+                    Some(num) => match builds.get(&num) {
+                        Some(lifecycle) => ("200 OK", build(num, lifecycle)),
+                        None => (
+                            "404 Not Found",
+                            r#"{"message": "Build not found"}"#.to_owned(),
+                        ),
+                    },
+                    None => (
+                        "200 OK",
+                        format!(
+                            "[{}]",
+                            builds
+                                .iter()
+                                .rev()
+                                .map(|(n, l)| build(*n, l))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    ),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        CircleciApi {
+            url,
+            lifecycles,
+            seen,
+        }
+    }
+
+    fn set(&self, build: u32, lifecycle: &str) {
+        self.lifecycles
+            .lock()
+            .unwrap()
+            .insert(build, lifecycle.to_owned());
+    }
+}
+
+#[test]
+fn a_build_that_finished_between_backup_and_restore_is_not_deleted() {
+    let sandbox = Sandbox::new();
+    let api = CircleciApi::start(&[(7, "running"), (8, "queued"), (9, "finished")]);
+    let plan = build_cleanup_plan(&sandbox, &api.url);
+    let with_token = |args: &[&str]| {
+        let mut cmd = sandbox.cmd(args);
+        cmd.env("TEST_CIRCLE_TOKEN", "secret-token");
+        backplan_e2e::Outcome(cmd.output().unwrap())
+    };
+    let backup = with_token(&["--json", "run", &plan]).expect_code(0).json();
+    let recorded = &backup["steps"][0]["record"]["builds"];
+    assert_eq!(recorded.as_array().unwrap().len(), 2, "{recorded:#}");
+
+    // Build 7 finishes after the backup; 8 is still stuck in the queue.
+    api.set(7, "finished");
+    let finished = format!("{}/gh/acme/api/7", api.url);
+    let stuck = format!("(admin/delete-build \"{}/gh/acme/api/8\")", api.url);
+
+    // Deleting without the token is refused by the check, before anything runs.
+    let refused = sandbox.run([
+        "--json",
+        "restore",
+        &plan,
+        "--run",
+        "latest",
+        "-o",
+        "delete=true",
+    ]);
+    refused.expect_code(78);
+    assert!(
+        refused.stdout().contains("TEST_CIRCLE_TOKEN"),
+        "{}",
+        refused.stdout()
+    );
+    assert!(!sandbox.path().join("console.log").exists());
+
+    let dry = with_token(&["--json", "restore", &plan, "--run", "latest", "--dry-run"]);
+    let step = dry.expect_code(0).json()["steps"][0].clone();
+    assert_eq!(
+        step["record"]["lines"],
+        serde_json::json!([stuck]),
+        "{step:#}"
+    );
+
+    let restored = with_token(&[
+        "--json",
+        "restore",
+        &plan,
+        "--run",
+        "latest",
+        "-o",
+        "delete=true",
+    ]);
+    let step = restored.expect_code(0).json()["steps"][0].clone();
+    let fed = std::fs::read_to_string(sandbox.path().join("console.log")).unwrap();
+    assert_eq!(fed, format!("{stuck}\n"), "only the build still unfinished");
+    let record = &step["record"];
+    assert_eq!(record["deleted"], true);
+    assert_eq!(record["rechecked"], true);
+    assert_eq!(record["skipped"][0]["url"], finished.as_str(), "{record:#}");
+    assert!(
+        record["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("finished since the backup (lifecycle finished)"),
+        "{record:#}"
+    );
+    let summary = step["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("deleted 1 build(s)")
+            && summary.contains(&format!("skipped 1: {finished}")),
+        "{summary}"
+    );
+    let asked = api.seen.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|l| l.starts_with("GET /api/v1.1/project/github/acme/api/7 ")),
+        "{asked:#?}"
+    );
 }
