@@ -196,6 +196,10 @@ pub(crate) struct DrillArgs {
     /// Say what would be launched, launch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Let the drill launch into the backed-up machine's own subnet (refused otherwise, unless
+    /// `-o subnet_id=…` names another).
+    #[arg(long)]
+    pub allow_production_subnet: bool,
 }
 
 #[derive(Debug, Args)]

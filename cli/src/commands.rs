@@ -303,7 +303,11 @@ impl Session {
         let source = catalog.backup(&args.run)?;
         let mut request = RunRequest::new(RunKind::Drill);
         request.dry_run = args.dry_run;
-        request.options = options(&args.options);
+        let mut given = args.options.clone();
+        if args.allow_production_subnet {
+            given.push(("allow_production_subnet".into(), Value::Bool(true)));
+        }
+        request.options = options(&given);
         request.only_steps = args.steps;
         request.source = Some(source);
         request.drill = Some(spec);

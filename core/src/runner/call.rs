@@ -168,9 +168,22 @@ impl<'r> Calls<'r> {
             check_for: None,
             dry_run: self.request.dry_run,
             force: self.request.force,
-            options: self.request.options.clone(),
+            options: self.options(),
             state_dir: Some(self.state_dir(step).to_string_lossy().into_owned()),
         })
+    }
+
+    /// The request's options, and in a drill `drill = true` (set here, so `-o drill=false`
+    /// cannot make a drill look like a restore to a plugin that guards production).
+    fn options(&self) -> serde_json::Value {
+        let mut options = self.request.options.clone();
+        if self.request.kind == RunKind::Drill {
+            if !options.is_object() {
+                options = serde_json::Value::Object(Default::default());
+            }
+            options["drill"] = serde_json::Value::Bool(true);
+        }
+        options
     }
 
     /// A `check` (or `permissions`) call: made before anything runs, references to other

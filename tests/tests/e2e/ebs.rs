@@ -895,7 +895,8 @@ fn a_drill_never_launches_into_the_production_subnet_by_accident() {
     backup(&sandbox, &aws, &plan);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let health = listener.local_addr().unwrap().to_string();
-    // `drill=true` is what `backplan drill` tells the plugin (see the ebs README).
+    // `backplan drill` tells the plugin it is a drill (`drill = true` in its options), even
+    // against `-o drill=false`.
     let drill = |extra: &[&str]| -> Outcome {
         let mut args = vec![
             "--json",
@@ -906,7 +907,7 @@ fn a_drill_never_launches_into_the_production_subnet_by_accident() {
             "--health",
             &health,
             "-o",
-            "drill=true",
+            "drill=false",
         ];
         args.extend_from_slice(extra);
         sandbox.run_on(&aws, &args)
@@ -942,9 +943,7 @@ fn a_drill_never_launches_into_the_production_subnet_by_accident() {
     );
 
     // Asked for explicitly, the production subnet is allowed.
-    let record = drill(&["-o", "allow_production_subnet=true"])
-        .expect_code(0)
-        .json();
+    let record = drill(&["--allow-production-subnet"]).expect_code(0).json();
     let drilled = described(
         &aws,
         only_step(&record)["outputs"]["instance_id"]
