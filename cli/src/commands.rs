@@ -371,7 +371,13 @@ impl Session {
             .runner(&plan, &host)
             .permissions(&RunRequest::new(RunKind::Backup))
             .await?;
-        let policy = backplan_core::iam::merged_policy(answers).map_err(|e| anyhow!(e))?;
+        let catalog = match &plan.catalog {
+            Some(CatalogLocation::S3 { bucket, prefix }) => {
+                backplan_core::iam::catalog_statements(bucket, prefix, &plan.name)
+            }
+            _ => Vec::new(),
+        };
+        let policy = backplan_core::iam::merged_policy(catalog, answers).map_err(|e| anyhow!(e))?;
         outln!("{}", serde_json::to_string_pretty(&policy)?);
         Ok(exit::SUCCEEDED)
     }

@@ -5,10 +5,35 @@ use serde_json::{Value, json};
 
 use crate::runner::CheckResult;
 
-/// The policy document granting every statement the steps asked for, each once, in the order
-/// first asked. A step whose plugin could not answer is an error naming it.
-pub fn merged_policy(answers: Vec<CheckResult>) -> Result<Value, String> {
-    let mut statements: Vec<Value> = Vec::new();
+/// What the plan's catalog needs when it is in S3: its records and lock under
+/// `PREFIX/PLAN/` (read, write, conditional delete), and the listing of that folder.
+pub fn catalog_statements(bucket: &str, prefix: &str, plan: &str) -> Vec<Value> {
+    let folder = if prefix.is_empty() {
+        format!("{plan}/")
+    } else {
+        format!("{prefix}/{plan}/")
+    };
+    vec![
+        json!({
+            "Sid": "BackplanCatalogObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": format!("arn:aws:s3:::{bucket}/{folder}*"),
+        }),
+        json!({
+            "Sid": "BackplanCatalogListing",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": format!("arn:aws:s3:::{bucket}"),
+            "Condition": {"StringLike": {"s3:prefix": [format!("{folder}*")]}},
+        }),
+    ]
+}
+
+/// The policy document granting `first` and then every statement the steps asked for, each
+/// once, in the order first asked. A step whose plugin could not answer is an error naming it.
+pub fn merged_policy(first: Vec<Value>, answers: Vec<CheckResult>) -> Result<Value, String> {
+    let mut statements: Vec<Value> = first;
     for answer in answers {
         let output = answer
             .result

@@ -637,6 +637,11 @@ fn the_shipped_services_plan_is_valid_and_lists_its_permissions() {
     for action in ["ec2:CreateImage", "ec2:CopyImage", "ec2:RunInstances"] {
         assert!(text.contains(action), "{action} missing:\n{text}");
     }
+    // Its catalog is in S3: the policy grants the plan's folder there.
+    assert!(
+        text.contains("arn:aws:s3:::circleci-backups-usw2/backplan/circleci-services/*"),
+        "{text}"
+    );
 }
 
 #[test]
