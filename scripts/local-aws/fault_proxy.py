@@ -26,6 +26,9 @@ process (so one proxy = one test's fault budget, or reset it at runtime):
   POST /__faults   -> body is a new spec (text); replaces rules and resets counters
   GET  /__health   -> 200 "ok"
 
+--drop-header NAME forwards every request without that header (an S3-compatible server that
+ignores conditional writes looks like this).
+
 Request bodies are read fully before forwarding (fine for EC2 Query API sizes); send
 S3 traffic to its own endpoint, not through this proxy.
 """
@@ -41,6 +44,9 @@ import threading
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Set from --drop-header: headers never forwarded (lower case).
+DROPPED_HEADERS = set()
 
 HOP_BY_HOP = {
     "connection",
@@ -237,7 +243,11 @@ class Handler(BaseHTTPRequestHandler):
     def _forward(self, body):
         target = self.server.target
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=self.server.upstream_timeout)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in HOP_BY_HOP and k.lower() not in DROPPED_HEADERS
+        }
         headers["Content-Length"] = str(len(body))
         try:
             conn.request(self.command, self.path, body=body, headers=headers)
@@ -274,8 +284,16 @@ def main(argv=None):
     parser.add_argument("--faults", default=None, help="fault spec (default: $BACKPLAN_FAULTS or $FAULTS)")
     parser.add_argument("--upstream-timeout", type=float, default=120.0)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--drop-header",
+        action="append",
+        default=[],
+        help="forward requests without this header (repeatable): e.g. If-None-Match, to stand in "
+        "for an S3 server that ignores conditional writes",
+    )
     parser.add_argument("--tag", help="ignored; lets the caller mark the command line (PID checks)")
     args = parser.parse_args(argv)
+    DROPPED_HEADERS.update(h.lower() for h in args.drop_header)
 
     spec = args.faults if args.faults is not None else os.environ.get("BACKPLAN_FAULTS", os.environ.get("FAULTS", ""))
     try:

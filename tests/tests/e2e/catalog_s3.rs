@@ -245,3 +245,57 @@ fn thousands_of_records_are_listed_across_pages() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_server_that_ignores_conditional_writes_is_refused_before_anything_runs() {
+    let aws = LocalAws::start(&[]);
+    bucket(&aws, "catalog");
+    // The fault proxy in front of the S3 endpoint forwards every request without its
+    // conditions: what an S3-compatible server that ignores them looks like.
+    let sandbox = Sandbox::new();
+    let port_file = sandbox.path().join("proxy.port");
+    let mut proxy = aws
+        .python()
+        .arg(backplan_e2e::workspace_root().join("scripts/local-aws/fault_proxy.py"))
+        .args([
+            "--target",
+            aws.var("AWS_ENDPOINT_URL_S3"),
+            "-p",
+            "0",
+            "--port-file",
+        ])
+        .arg(&port_file)
+        .args([
+            "--drop-header",
+            "If-None-Match",
+            "--drop-header",
+            "If-Match",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&port_file)
+            && !text.trim().is_empty()
+        {
+            break text.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the proxy never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let path = plan(&sandbox, "svc", "touch ran");
+    for args in [["plan", "check"], ["run", "--no-progress"]] {
+        let mut cmd = sandbox.cmd(args.iter().copied().chain([path.as_str()]));
+        aws.apply(&mut cmd)
+            .env("AWS_ENDPOINT_URL_S3", format!("http://127.0.0.1:{port}"));
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(stderr.contains("ignores conditional writes"), "{stderr}");
+    }
+    assert!(!sandbox.path().join("ran").exists());
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
