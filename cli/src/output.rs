@@ -224,6 +224,9 @@ pub(crate) fn run_report(record: &RunRecord, record_location: &str) -> String {
         },
         dry = if record.dry_run { " (dry run)" } else { "" },
     );
+    if let Some(why) = &record.stopped_because {
+        out.push_str(&format!("  {why}\n"));
+    }
     if let Some(at) = record.rebuilt {
         out.push_str(&format!(
             "  rebuilt on {at} by `catalog rebuild` from what the backups left\n"

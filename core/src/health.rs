@@ -315,6 +315,7 @@ mod tests {
             backplan_version: String::new(),
             verified: None,
             drill: None,
+            stopped_because: None,
             rebuilt: None,
             notifications: Vec::new(),
             steps: steps

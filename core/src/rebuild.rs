@@ -125,6 +125,7 @@ pub fn records(plan: &Plan, found: &[Found], now: Timestamp) -> Vec<RunRecord> {
                 backplan_version: env!("CARGO_PKG_VERSION").to_owned(),
                 verified: None,
                 drill: None,
+                stopped_because: None,
                 rebuilt: Some(now),
                 notifications: Vec::new(),
                 steps,

@@ -263,6 +263,10 @@ pub struct RunRecord {
     pub drill: Option<DrillOutcome>,
     /// Every step, in the order the run took them.
     pub steps: Vec<StepRecord>,
+    /// Why the run stopped early when neither a step nor a signal says it (its lock was taken
+    /// over by a process that judged it dead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_because: Option<String>,
     /// Set when `backplan catalog rebuild` recreated this record from what the backups left
     /// (AMI tags, snapshot headers): when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -712,6 +712,51 @@ async fn discover_asks_the_steps_that_can_and_the_rebuilt_records_restore() {
 }
 
 #[tokio::test]
+async fn a_run_whose_lock_is_taken_over_stops_cleanly_and_says_so() {
+    let bench = Bench::new(
+        "lock-lost",
+        &(step("long", "[steps.config]\nsleep_ms = 5000") + &step("later", "after = [\"long\"]")),
+    );
+    let catalog = bench.catalog();
+    let lock = bench.dir.path().join("catalog/lock-lost/lock");
+    let thief = async {
+        // Once the run holds the lock, another process "judges it dead" and takes it over.
+        while !lock.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut owner: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+        owner["run_id"] = "the-thief".into();
+        let stolen = bench.dir.path().join("stolen");
+        std::fs::write(&stolen, serde_json::to_vec(&owner).unwrap()).unwrap();
+        std::fs::rename(&stolen, &lock).unwrap();
+    };
+    let request = RunRequest::new(RunKind::Backup);
+    let runner = bench.runner().heartbeat_every(Duration::from_millis(30));
+    let run = runner.run(&catalog, &request);
+    let (record, ()) = tokio::join!(run, thief);
+    let record = record.unwrap();
+    assert_eq!(record.status, RunStatus::Cancelled);
+    assert_eq!(
+        statuses(&record),
+        [
+            ("long", StepStatus::Cancelled),
+            ("later", StepStatus::Cancelled)
+        ]
+    );
+    assert_eq!(
+        record.stopped_because.as_deref(),
+        Some(backplan_core::runner::LOCK_LOST)
+    );
+    let owner: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+    assert_eq!(
+        owner["run_id"], "the-thief",
+        "the loser released the winner's lock"
+    );
+}
+
+#[tokio::test]
 async fn thousands_of_quick_steps_run_with_linear_record_writes() {
     // A 2,000-step run took 32 s when the whole record was rewritten after every step (the
     // 10,000-step figure is in bench/runner).

@@ -371,6 +371,7 @@ mod tests {
             backplan_version: "test".into(),
             verified: None,
             drill: None,
+            stopped_because: None,
             rebuilt: None,
             notifications: Vec::new(),
             steps: Vec::new(),

@@ -166,6 +166,7 @@ pub struct Runner<'a> {
     cancel: CancellationToken,
     state_root: PathBuf,
     grace: Duration,
+    heartbeat: Duration,
     notifier: Option<Arc<dyn Notifier>>,
 }
 
@@ -187,8 +188,15 @@ impl<'a> Runner<'a> {
             cancel: CancellationToken::new(),
             state_root,
             grace: STOP_GRACE,
+            heartbeat: HEARTBEAT,
             notifier: None,
         }
+    }
+
+    /// How often the plan's lock is refreshed (default [`HEARTBEAT`]).
+    pub fn heartbeat_every(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
     }
 
     /// Tells the plan's `[[notify]]` entries about each run through `notifier`.
@@ -389,6 +397,7 @@ impl<'a> Runner<'a> {
             backplan_version: env!("CARGO_PKG_VERSION").to_owned(),
             verified: None,
             drill: None,
+            stopped_because: None,
             rebuilt: None,
             notifications: Vec::new(),
             steps: steps
@@ -414,7 +423,7 @@ impl<'a> Runner<'a> {
         let steps = self.selected(request)?;
         let mut record = self.new_record(request, &steps);
         let lock = Arc::new(catalog.lock(&record.run_id)?);
-        let heartbeat = Heartbeat::start(lock.clone(), self.cancel.clone());
+        let heartbeat = Heartbeat::start(lock.clone(), self.cancel.clone(), self.heartbeat);
         let mut saver = RecordSaver::new(catalog);
         saver.save(&record)?;
         for dead in catalog.settle_dead_runs(&lock)? {
@@ -440,6 +449,9 @@ impl<'a> Runner<'a> {
             }
             record.interrupted = self.cancel.is_cancelled();
             record.conclude();
+        }
+        if heartbeat.lost() {
+            record.stopped_because = Some(LOCK_LOST.to_owned());
         }
         self.notify(&mut record).await;
         saver.save(&record)?;
@@ -675,13 +687,22 @@ fn task_failed(join: &tokio::task::JoinError) -> StepError {
     ))
 }
 
+/// Why a run whose lock was taken over stopped, as its record says.
+pub const LOCK_LOST: &str =
+    "another process took the plan's lock over (it judged this run dead): stopped";
+
 /// Refreshes the plan's lock while the run goes on; cancels the run if the lock was taken over.
-struct Heartbeat(tokio::task::JoinHandle<()>);
+struct Heartbeat {
+    task: tokio::task::JoinHandle<()>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Heartbeat {
-    fn start(lock: Arc<LockGuard>, cancel: CancellationToken) -> Self {
-        Heartbeat(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+    fn start(lock: Arc<LockGuard>, cancel: CancellationToken, every: Duration) -> Self {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
             tick.tick().await; // the first tick is now; the lock was just written
             loop {
                 tick.tick().await;
@@ -689,10 +710,8 @@ impl Heartbeat {
                 match tokio::task::spawn_blocking(move || lock.refresh()).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) => {
-                        tracing::error!(
-                            "another process took the plan's lock over (this run was judged \
-                             dead): stopping"
-                        );
+                        tracing::error!("{LOCK_LOST}");
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
                         cancel.cancel();
                         return;
                     }
@@ -700,16 +719,22 @@ impl Heartbeat {
                     Err(_) => return,
                 }
             }
-        }))
+        });
+        Heartbeat { task, lost }
+    }
+
+    /// Whether the lock was found taken over.
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn stop(&self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
