@@ -342,7 +342,13 @@ impl Session {
             let checks: Vec<Value> = results
                 .iter()
                 .map(|c| match &c.result {
-                    Ok(output) => json!({"step": c.step, "ok": true, "summary": output.summary}),
+                    Ok(output) if output.warnings.is_empty() => {
+                        json!({"step": c.step, "ok": true, "summary": output.summary})
+                    }
+                    Ok(output) => json!({
+                        "step": c.step, "ok": true, "summary": output.summary,
+                        "warnings": output.warnings,
+                    }),
                     Err(error) => json!({"step": c.step, "ok": false, "error": error}),
                 })
                 .collect();

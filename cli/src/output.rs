@@ -272,6 +272,11 @@ pub(crate) fn check_report(results: &[CheckResult]) -> String {
             Err(error) => ("FAIL", error.to_string()),
         };
         out.push_str(&format!("  {mark} {:<20} {text}\n", check.step));
+        if let Ok(output) = &check.result {
+            for warning in &output.warnings {
+                out.push_str(&format!("         warning: {warning}\n"));
+            }
+        }
     }
     out
 }

@@ -73,7 +73,7 @@ pub use error::{ErrorKind, IoResultExt, PluginError, PluginResult};
 pub use plugin::Plugin;
 pub use protocol::{
     Action, Description, Discovered, DiscoveredBackup, HistoryEntry, Level, Outputs, Permissions,
-    Progress, Request, Response, StepOutput,
+    PlanStep, Progress, Request, Response, StepOutput,
 };
 
 /// Re-exported so plugin crates derive the same traits the SDK expects.

@@ -175,6 +175,23 @@ pub struct Request {
     /// A folder this step may keep state in between runs (caches, indexes). Created by the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+    /// For `check`: the steps that run directly after this one in a backup (their `after`
+    /// names it), so a plugin can say when its step is placed where it cannot do its job
+    /// (build-cleanup's list must be taken right before the AMI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_steps: Vec<PlanStep>,
+}
+
+/// Another step of the plan, as `check` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// Its id.
+    pub id: String,
+    /// Its plugin.
+    pub plugin: String,
+    /// The steps it runs after in a backup.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 impl Request {

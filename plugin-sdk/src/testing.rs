@@ -79,6 +79,7 @@ impl Harness {
             force: false,
             options: Value::Null,
             state_dir: None,
+            next_steps: Vec::new(),
         }
     }
 

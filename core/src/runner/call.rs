@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backplan_plugin_sdk::host::PluginRef;
-use backplan_plugin_sdk::{Action, ErrorKind, HistoryEntry, Outputs, PluginError, Request};
+use backplan_plugin_sdk::{
+    Action, ErrorKind, HistoryEntry, Outputs, PlanStep, PluginError, Request,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::StepHooks;
@@ -62,6 +64,21 @@ pub(crate) struct Call {
     pub request: Request,
 }
 
+/// For each step, the steps whose `after` names it.
+fn next_steps(plan: &Plan) -> HashMap<&str, Vec<PlanStep>> {
+    let mut next: HashMap<&str, Vec<PlanStep>> = HashMap::new();
+    for step in &plan.steps {
+        for before in &step.after {
+            next.entry(before.as_str()).or_default().push(PlanStep {
+                id: step.id.clone(),
+                plugin: step.plugin.clone(),
+                after: step.after.clone(),
+            });
+        }
+    }
+    next
+}
+
 /// Builds the calls of one run (or one check).
 pub(crate) struct Calls<'r> {
     plan: &'r Plan,
@@ -71,6 +88,8 @@ pub(crate) struct Calls<'r> {
     request: &'r RunRequest,
     run_id: String,
     source_steps: HashMap<&'r str, &'r StepRecord>,
+    /// For each step, the steps that run directly after it in a backup (what `check` shows).
+    next_steps: HashMap<&'r str, Vec<PlanStep>>,
     history: Vec<(&'r RunRecord, HashMap<&'r str, &'r StepRecord>)>,
 }
 
@@ -104,6 +123,7 @@ impl<'r> Calls<'r> {
             request,
             run_id: run_id.to_owned(),
             source_steps: request.source.as_ref().map(index).unwrap_or_default(),
+            next_steps: next_steps(plan),
             history,
         }
     }
@@ -170,6 +190,7 @@ impl<'r> Calls<'r> {
             force: self.request.force,
             options: self.options(),
             state_dir: Some(self.state_dir(step).to_string_lossy().into_owned()),
+            next_steps: Vec::new(),
         })
     }
 
@@ -192,6 +213,13 @@ impl<'r> Calls<'r> {
         let plugin = self.plugin(step)?.plugin;
         let mut request = self.request(step, action, scope)?;
         request.check_for = (action == Action::Check).then(|| self.request.kind.action());
+        if action == Action::Check {
+            request.next_steps = self
+                .next_steps
+                .get(step.id.as_str())
+                .cloned()
+                .unwrap_or_default();
+        }
         Ok(Call { plugin, request })
     }
 

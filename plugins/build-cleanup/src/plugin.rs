@@ -124,20 +124,25 @@ impl Plugin for BuildCleanup {
                 ))),
             };
         }
-        match (&config.api_url, &config.running_command) {
+        let output = match (&config.api_url, &config.running_command) {
             (Some(url), None) => {
                 api_address(url)?;
                 token(config)?;
-                Ok(StepOutput::new(format!("lists running builds from {url}")))
+                StepOutput::new(format!("lists running builds from {url}"))
             }
-            (None, Some(command)) if !command.is_empty() => Ok(StepOutput::new(format!(
-                "lists running builds with `{}`",
-                command.join(" ")
-            ))),
-            _ => Err(PluginError::config(
-                "set exactly one of `api_url` (with a token) or `running_command`",
-            )),
-        }
+            (None, Some(command)) if !command.is_empty() => {
+                StepOutput::new(format!("lists running builds with `{}`", command.join(" ")))
+            }
+            _ => {
+                return Err(PluginError::config(
+                    "set exactly one of `api_url` (with a token) or `running_command`",
+                ));
+            }
+        };
+        Ok(match moment_warning(ctx) {
+            Some(warning) => output.warning(warning),
+            None => output,
+        })
     }
 
     fn backup(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
@@ -401,6 +406,20 @@ fn feed_console(command: &[String], lines: &[String]) -> PluginResult<String> {
         .with_detail(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
     Ok(printed)
+}
+
+/// Why the list of builds would not describe the AMI's moment: no `ebs` step runs directly
+/// after this one (in the plan's backup order, `after = ["THIS"]`).
+fn moment_warning(ctx: &Context) -> Option<String> {
+    let request = ctx.request();
+    if request.next_steps.iter().any(|s| s.plugin == "ebs") {
+        return None;
+    }
+    Some(format!(
+        "no ebs step runs right after `{}`: the builds listed are not those in flight when the \
+         AMI is made; give the AMI step `after = [\"{}\"]`",
+        request.step_id, request.step_id
+    ))
 }
 
 #[cfg(test)]

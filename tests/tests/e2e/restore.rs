@@ -1069,3 +1069,31 @@ fn a_build_that_finished_between_backup_and_restore_is_not_deleted() {
         "{asked:#?}"
     );
 }
+
+#[test]
+fn plan_check_warns_when_the_build_list_is_not_taken_right_before_the_ami() {
+    let sandbox = Sandbox::new();
+    let plan = |ami_after: &str| {
+        let path = sandbox.write(
+            "moment.toml",
+            &format!(
+                "[plan]\nname = \"moment\"\n\
+                 [[steps]]\nid = \"builds\"\nplugin = \"build-cleanup\"\n\
+                 [steps.config]\nrunning_command = [\"true\"]\n\
+                 [[steps]]\nid = \"ami\"\nplugin = \"ebs\"\nafter = [{ami_after}]\n\
+                 [steps.config]\ninstance = \"i-0123456789abcdef0\"\nregion = \"us-east-1\"\n"
+            ),
+        );
+        path.to_str().unwrap().to_owned()
+    };
+    let warned = |path: &str| {
+        let out = sandbox.run(["--json", "plan", "check", path]).json();
+        out["checks"][0]["warnings"].to_string()
+    };
+    assert!(warned(&plan("")).contains("no ebs step runs right after `builds`"));
+    assert_eq!(
+        warned(&plan("\"builds\"")),
+        "null",
+        "the shipped order warns nothing"
+    );
+}
