@@ -6,11 +6,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Lifecycles of a build that has not finished (and would show as running forever).
-pub const UNFINISHED: [&str; 4] = ["running", "queued", "scheduled", "not_running"];
+pub(crate) const UNFINISHED: [&str; 4] = ["running", "queued", "scheduled", "not_running"];
 
 /// One build that was not finished at backup time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Build {
+pub(crate) struct Build {
     /// `https://HOST/gh/ORG/PROJECT/NUM`.
     pub url: String,
     /// Its lifecycle then, when known.
@@ -26,7 +26,7 @@ struct ApiBuild {
 
 /// Why the builds could not be listed.
 #[derive(Debug)]
-pub enum ListError {
+pub(crate) enum ListError {
     /// The server said no (bad token, wrong URL): retrying will not help.
     Refused(String),
     /// The server could not be reached or failed: a retry may help.
@@ -43,7 +43,7 @@ fn agent() -> ureq::Agent {
 
 /// The unfinished builds among the most recent `pages` × 100 builds of the install at
 /// `api_url`, newest first.
-pub fn from_api(api_url: &str, token: &str, pages: u32) -> Result<Vec<Build>, ListError> {
+pub(crate) fn from_api(api_url: &str, token: &str, pages: u32) -> Result<Vec<Build>, ListError> {
     let agent = agent();
     let mut found = Vec::new();
     for page in 0..pages.max(1) {
@@ -89,7 +89,7 @@ pub fn from_api(api_url: &str, token: &str, pages: u32) -> Result<Vec<Build>, Li
 
 /// What the API says of a recorded build now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Now {
+pub(crate) enum Now {
     /// Still not finished (its lifecycle): the restored install shows it running forever.
     Unfinished(String),
     /// Finished, or never to run (its lifecycle): deleting it would lose its result.
@@ -130,7 +130,7 @@ fn project_path(url: &str) -> Option<String> {
 
 /// Asks the install at `api_url` about `build` (the token goes to `api_url` only, never to the
 /// host a recorded URL names).
-pub fn now(api_url: &str, token: &str, build: &Build) -> Result<Now, ListError> {
+pub(crate) fn now(api_url: &str, token: &str, build: &Build) -> Result<Now, ListError> {
     let Some(path) = project_path(&build.url) else {
         return Ok(Now::Unknown(
             "not a build URL the API can be asked about (HOST/gh/ORG/PROJECT/NUM)".into(),
@@ -166,7 +166,7 @@ pub fn now(api_url: &str, token: &str, build: &Build) -> Result<Now, ListError> 
 }
 
 /// Build URLs from a command's output: one per line; blank lines and `#` comments skipped.
-pub fn from_lines(text: &str) -> Vec<Build> {
+pub(crate) fn from_lines(text: &str) -> Vec<Build> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -178,7 +178,7 @@ pub fn from_lines(text: &str) -> Vec<Build> {
 }
 
 /// The dev-console line that deletes `build`, or why the URL cannot be used in one.
-pub fn delete_line(build: &Build) -> Result<String, String> {
+pub(crate) fn delete_line(build: &Build) -> Result<String, String> {
     let url = &build.url;
     let plausible = (url.starts_with("https://") || url.starts_with("http://"))
         && !url.contains(['"', '\\', '(', ')', ' ', '\n']);

@@ -7,7 +7,7 @@
 //! from a configured command), and at restore produces the delete lines and, when asked, feeds
 //! them to the dev console.
 
-pub mod builds;
-pub mod plugin;
+mod builds;
+mod plugin;
 
 pub use plugin::plugin_descriptor;

@@ -12,12 +12,12 @@ use crate::builds::{self, Build, ListError, Now};
 
 /// The plugin.
 #[derive(Debug, Default)]
-pub struct BuildCleanup;
+pub(crate) struct BuildCleanup;
 
 /// The step's `config` table.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// The install's address, e.g. `https://circleci.example.com`: its v1.1 API lists the
     /// builds. Either this or `running_command`.
     #[serde(default)]
@@ -67,7 +67,7 @@ fn default_console() -> Vec<String> {
 
 /// What a backup records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// `api` or `command`.
     pub source: String,
     /// The builds not finished at that moment.
