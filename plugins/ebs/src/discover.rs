@@ -44,6 +44,8 @@ pub async fn run(
         regions.join(", ")
     ));
     for note in notes {
+        // Logged too: `catalog rebuild` shows a step's log, not its output's warnings.
+        ctx.warn(&note);
         out = out.warning(note);
     }
     Ok(out.record(Discovered { backups }))

@@ -754,6 +754,17 @@ impl Plugin for NfsObjects {
             source,
             &snapshots,
         );
+        let mut warnings: Vec<String> = unreadable
+            .iter()
+            .map(|err| format!("not rediscovered: {err}"))
+            .collect();
+        if unnamed > 0 {
+            warnings.push(format!(
+                "{unnamed} snapshot(s) of {} name no run (made before snapshot headers named \
+                 theirs): not rediscovered; FORMAT.md says how to read one by hand",
+                source.unwrap_or_default()
+            ));
+        }
         let mut output = StepOutput::new(format!(
             "{} backup(s) of step {} in {} ({} snapshot(s) in all)",
             backups.len(),
@@ -761,15 +772,10 @@ impl Plugin for NfsObjects {
             config.repository,
             snapshots.len()
         ));
-        if unnamed > 0 {
-            output = output.warning(format!(
-                "{unnamed} snapshot(s) of {} name no run (made before snapshot headers named \
-                 theirs): not rediscovered; FORMAT.md says how to read one by hand",
-                source.unwrap_or_default()
-            ));
-        }
-        for err in unreadable {
-            output = output.warning(format!("not rediscovered: {err}"));
+        for warning in warnings {
+            // Logged too: `catalog rebuild` shows a step's log, not its output's warnings.
+            ctx.warn(&warning);
+            output = output.warning(warning);
         }
         Ok(output.record(Discovered { backups }))
     }

@@ -755,6 +755,10 @@ fn a_lost_catalog_is_rebuilt_from_the_snapshot_headers_and_each_run_restores_its
     let second = second.expect_code(0).json();
 
     fs::remove_dir_all(sandbox.state_dir().join("catalog")).unwrap();
+    // A header damaged in the bucket hides none of the others, and is named.
+    aws.script(
+        "s3.put_object(Bucket='backups', Key='artifacts/snapshots/20250101T000000Z-deadbeef.json', Body=b'{')",
+    );
     let dry = sandbox.run_on(&aws, &["catalog", "rebuild", &plan, "--dry-run"]);
     assert!(
         dry.expect_code(0)
@@ -768,6 +772,13 @@ fn a_lost_catalog_is_rebuilt_from_the_snapshot_headers_and_each_run_restores_its
     let rebuilt = sandbox.run_on(&aws, &["catalog", "rebuild", &plan]);
     let text = rebuilt.expect_code(0).stdout();
     assert!(text.contains("2 backups found"), "{text}");
+    assert!(
+        rebuilt
+            .stderr()
+            .contains("20250101T000000Z-deadbeef.json is corrupt"),
+        "{}",
+        rebuilt.stderr()
+    );
     let records = sandbox.records("artifacts");
     assert_eq!(records.len(), 2);
     for (record, made) in records.iter().zip([&first, &second]) {
