@@ -725,7 +725,7 @@ impl Plugin for NfsObjects {
         Ok(output)
     }
 
-    /// `discover`: this step's snapshots in its repository, each with the record its backup
+    /// This step's snapshots in its repository, each with the record its backup
     /// returned. Reads headers only: no lock, no staged leftovers collected, nothing written.
     fn discover(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         if Request::is_unresolved(&config.repository) {
