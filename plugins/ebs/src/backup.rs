@@ -12,6 +12,7 @@ use backplan_plugin_sdk::{Context, PluginError, PluginResult, StepOutput};
 use crate::address;
 use crate::client::Aws;
 use crate::config::{Mode, Settings, Target};
+use crate::facts;
 use crate::image;
 use crate::instance;
 use crate::record::{BackupRecord, CopyRecord, SnapshotRecord};
@@ -62,20 +63,29 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
     }
+    // What the record says of the machine goes onto everything made, for `discover`.
+    let mut tags = settings.tags.clone();
+    match facts::tags(&info, settings.machine_tag_room()) {
+        Ok(machine) => tags.extend(machine),
+        Err(needed) => warnings.push(format!(
+            "the facts of {id} need {needed} tags and {} are left beside `tags`: this backup is not tagged with them, so `backplan catalog rebuild` cannot rediscover it (fewer `tags` make room)",
+            settings.machine_tag_room()
+        )),
+    }
     let (image_id, snapshots, copies) = match settings.mode {
         Mode::Ami => {
             let image_id = image::make(
                 ctx,
                 &ec2,
                 owner,
-                &settings.tags,
+                &tags,
                 &found,
                 settings.no_reboot,
                 &settings.timing,
             )
             .await?;
             let image = image::wait(ctx, &ec2, &image_id, &region, &settings.timing).await?;
-            let copies = copy_all(ctx, aws, settings, owner, (&region, &image_id)).await?;
+            let copies = copy_all(ctx, aws, settings, &tags, owner, (&region, &image_id)).await?;
             (Some(image_id), image::snapshot_records(&image), copies)
         }
         Mode::Snapshots => {
@@ -85,8 +95,7 @@ pub async fn run(
                     "{id} has no attached EBS volume to snapshot"
                 )));
             }
-            let made = snapshot::make(ctx, &ec2, owner, &settings.tags, &volumes, &settings.timing)
-                .await?;
+            let made = snapshot::make(ctx, &ec2, owner, &tags, &volumes, &settings.timing).await?;
             let ids: Vec<String> = made.iter().map(|s| s.snapshot_id.clone()).collect();
             snapshot::wait(ctx, &ec2, &ids, &settings.timing).await?;
             (None, made, Vec::new())
@@ -97,11 +106,22 @@ pub async fn run(
         mode: settings.mode,
         region: region.clone(),
         instance: info,
-        image_id: image_id.clone(),
+        image_id,
         snapshots,
         copies,
     };
-    let mut summary = match &image_id {
+    let mut out = output(record, bytes);
+    for warning in warnings {
+        out = out.warning(warning);
+    }
+    Ok(out)
+}
+
+/// What a backup that made `record` (of volumes adding up to `bytes`) returns: its summary,
+/// outputs and record. `discover` builds the same from what it finds.
+pub fn output(record: BackupRecord, bytes: u64) -> StepOutput {
+    let id = &record.instance.instance_id;
+    let mut summary = match &record.image_id {
         Some(image) => format!(
             "{image} available ({} snapshot(s)) of {id}",
             record.snapshots.len()
@@ -114,18 +134,14 @@ pub async fn run(
     // The machine's addresses under the same names a restore gives the new machine's, so a
     // later step's `${steps.ID.outputs.private_ip}` means "the Services machine" in both.
     let machine = &record.instance;
-    let mut out = StepOutput::new(summary)
-        .output("image_id", image_id.unwrap_or_default())
-        .output("instance_id", &id)
+    StepOutput::new(summary)
+        .output("image_id", record.image_id.clone().unwrap_or_default())
+        .output("instance_id", id)
         .output("private_ip", machine.private_ip.clone().unwrap_or_default())
         .output("public_ip", machine.public_ip.clone().unwrap_or_default())
         .output("hostname", machine.hostname.clone().unwrap_or_default())
         .bytes(bytes)
-        .record(record);
-    for warning in warnings {
-        out = out.warning(warning);
-    }
-    Ok(out)
+        .record(&record)
 }
 
 /// Copies the AMI to each `copy_to` region (CopyImage paced at one per second), then waits for
@@ -134,6 +150,7 @@ async fn copy_all(
     ctx: &Context,
     aws: &Aws,
     settings: &Settings,
+    tags: &BTreeMap<String, String>,
     owner: &Owner,
     source: (&str, &str),
 ) -> PluginResult<Vec<CopyRecord>> {
@@ -141,16 +158,7 @@ async fn copy_all(
     let mut started: Vec<(String, Client, String)> = Vec::new();
     for copy in &settings.copies {
         let target = aws.ec2(&copy.region);
-        let id = image::copy(
-            ctx,
-            &target,
-            owner,
-            &settings.tags,
-            source,
-            &copy.region,
-            &mut pacer,
-        )
-        .await?;
+        let id = image::copy(ctx, &target, owner, tags, source, &copy.region, &mut pacer).await?;
         started.push((copy.region.clone(), target, id));
     }
     let mut copies = Vec::new();
@@ -166,7 +174,7 @@ async fn copy_all(
 }
 
 /// Fills in each snapshot's volume id, and adds up the volume sizes.
-async fn with_volumes(
+pub async fn with_volumes(
     ctx: &Context,
     ec2: &Client,
     mut snapshots: Vec<SnapshotRecord>,

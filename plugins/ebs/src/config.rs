@@ -23,8 +23,12 @@ const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The most tags EC2 allows on a resource, the `backplan:*` ones included.
 const MAX_TAGS: usize = 50;
-/// The `backplan:*` tags a resource may carry: plan, step, run, restored-from, verified.
+/// The `backplan:*` tags a resource may carry besides the machine's facts: plan, step, run,
+/// restored-from (instances) or device (snapshots), verified.
 const OWN_TAGS: usize = 5;
+/// Tags kept free for the machine's facts (`facts`): three hold 768 characters, more than a
+/// machine with a long instance profile path needs (a typical one takes two).
+const MACHINE_TAGS: usize = 3;
 
 /// What to make of the instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -215,10 +219,11 @@ impl Settings {
         };
         tag_keys("instance_tags", config.instance_tags.iter().flatten())?;
         tag_keys("tags", &config.tags)?;
-        if config.tags.len() > MAX_TAGS - OWN_TAGS {
+        if config.tags.len() > MAX_TAGS - OWN_TAGS - MACHINE_TAGS {
             return Err(PluginError::config(format!(
-                "`tags` has {} tags: EC2 allows {MAX_TAGS} per resource, {OWN_TAGS} of them backplan's",
-                config.tags.len()
+                "`tags` has {} tags: EC2 allows {MAX_TAGS} per resource, {} of them backplan's",
+                config.tags.len(),
+                OWN_TAGS + MACHINE_TAGS
             )));
         }
         if let Some(key) = config.tags.keys().find(|k| k.starts_with("backplan:")) {
@@ -284,6 +289,12 @@ impl Settings {
             retention,
             launch: launch(&config.launch)?,
         })
+    }
+
+    /// How many tags are left for the machine's facts beside `tags` and backplan's own: at
+    /// least three.
+    pub fn machine_tag_room(&self) -> usize {
+        MAX_TAGS - OWN_TAGS - self.tags.len()
     }
 
     /// The instance to back up, or a config error saying how to name one.
@@ -544,10 +555,19 @@ mod tests {
 
     #[test]
     fn more_tags_than_ec2_allows_are_refused() {
-        let tags: serde_json::Map<String, Value> =
-            (0..46).map(|i| (format!("k{i}"), json!("v"))).collect();
-        let error = settings(json!({"instance": "i-1", "tags": tags})).unwrap_err();
-        assert!(error.message.contains("EC2 allows 50"), "{}", error.message);
+        let tags = |n: usize| -> serde_json::Map<String, Value> {
+            (0..n).map(|i| (format!("k{i}"), json!("v"))).collect()
+        };
+        let error = settings(json!({"instance": "i-1", "tags": tags(43)})).unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("EC2 allows 50 per resource, 8 of them backplan's"),
+            "{}",
+            error.message
+        );
+        let most = settings(json!({"instance": "i-1", "tags": tags(42)})).unwrap();
+        assert_eq!(most.machine_tag_room(), 3, "the machine's facts still fit");
     }
 
     #[test]

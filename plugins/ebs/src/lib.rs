@@ -10,18 +10,23 @@
 //! - [`wait`] and [`throttle`]: polling, backoff and EC2's rate limits;
 //! - [`retention`]: what prune deletes in a region: the SDK's retention rules, sparing the newest
 //!   verified backup (pure);
-//! - [`backup`], [`verify`], [`restore`], [`prune`], [`check`], [`permissions`]: the actions;
+//! - [`backup`], [`verify`], [`restore`], [`prune`], [`discover`], [`check`], [`permissions`]:
+//!   the actions;
 //! - [`probe`]: DryRun permission probes, for `check` and a restore's preflight;
 //! - [`plugin`]: the SDK trait, mapping actions onto the above.
 //!
 //! Everything the plugin makes is tagged `backplan:plan`, `backplan:step` and `backplan:run`
 //! ([`tags`]): that is how a retried step finds its own work and how prune stays within it.
+//! Backups are also tagged with the machine's facts ([`facts`]), so that `discover` can give a
+//! lost catalog back the records they returned.
 
 pub mod address;
 pub mod backup;
 pub mod check;
 pub mod client;
 pub mod config;
+pub mod discover;
+pub mod facts;
 pub mod image;
 pub mod instance;
 pub mod permissions;

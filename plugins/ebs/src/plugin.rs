@@ -11,7 +11,7 @@ use crate::config::{Config, LaunchOptions, Settings};
 use crate::record::{BackupRecord, RestoreRecord};
 use crate::restore::Launch;
 use crate::tags::Owner;
-use crate::{backup, check, permissions, prune, restore, verify};
+use crate::{backup, check, discover, permissions, prune, restore, verify};
 
 /// The plugin.
 #[derive(Debug, Default)]
@@ -39,6 +39,7 @@ impl Plugin for Ebs {
         Action::Restore,
         Action::Prune,
         Action::Teardown,
+        Action::Discover,
     ];
 
     fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
@@ -91,6 +92,12 @@ impl Plugin for Ebs {
         let record: RestoreRecord = ctx.record()?;
         let aws = Aws::connect(Some(&record.region))?;
         aws.block_on(restore::teardown(ctx, &aws, &record, &settings.timing))
+    }
+
+    fn discover(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        let settings = Settings::new(config)?;
+        let aws = Aws::connect(settings.region.as_deref())?;
+        aws.block_on(discover::run(ctx, &aws, &settings, &owner(ctx)))
     }
 
     fn permissions(&self, config: &Config) -> Permissions {

@@ -114,13 +114,19 @@ impl Launch {
                 .transpose()?;
             (private_ip, elastic_ip, Vec::new())
         };
+        let instance_type = options
+            .instance_type
+            .or_else(|| launch.instance_type.clone())
+            .unwrap_or_else(|| old.instance_type.clone());
+        if instance_type.is_empty() {
+            return Err(PluginError::config(format!(
+                "the backup record names no instance type (it was rebuilt from {image_id}, made before backups were tagged with the machine's facts): give -o instance_type=… or launch.instance_type, and the subnet, security groups and instance profile the old machine had"
+            )));
+        }
         Ok(Launch {
             region,
             image_id,
-            instance_type: options
-                .instance_type
-                .or_else(|| launch.instance_type.clone())
-                .unwrap_or_else(|| old.instance_type.clone()),
+            instance_type,
             subnet_id,
             security_group_ids: options
                 .security_group_ids
@@ -766,5 +772,25 @@ mod tests {
         let error =
             Launch::plan(&snapshots, &settings(json!({})), options(json!(null))).unwrap_err();
         assert!(error.message.contains("AMIs only"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_rebuilt_record_that_names_no_machine_launches_only_with_an_instance_type_given() {
+        let mut rebuilt = record();
+        rebuilt.instance = InstanceRecord::default();
+        let error = Launch::plan(&rebuilt, &settings(json!({})), options(json!(null))).unwrap_err();
+        assert_eq!(error.kind, backplan_plugin_sdk::ErrorKind::Config);
+        assert!(
+            error.message.contains("-o instance_type="),
+            "{}",
+            error.message
+        );
+        let given = Launch::plan(
+            &rebuilt,
+            &settings(json!({})),
+            options(json!({"instance_type": "m5.xlarge"})),
+        )
+        .unwrap();
+        assert_eq!(given.instance_type, "m5.xlarge");
     }
 }

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use crate::client::{AwsError, call};
 use crate::config::Timing;
 use crate::record::SnapshotRecord;
-use crate::tags::{Owner, filter};
+use crate::tags::{DEVICE, Owner, filter};
 use crate::throttle::{Gate, snapshot_gate};
 use crate::wait::{Poll, pause};
 
@@ -134,7 +134,9 @@ pub async fn make(
             }
             None => {
                 gate(ctx, ec2, volume, timing).await?;
-                let specs = owner.specs(tags, &[ResourceType::Snapshot]);
+                let mut tags = tags.clone();
+                tags.insert(DEVICE.to_owned(), device.clone());
+                let specs = owner.specs(&tags, &[ResourceType::Snapshot]);
                 let out = call(ctx, "CreateSnapshot", || {
                     ec2.create_snapshot()
                         .volume_id(volume)

@@ -1,8 +1,9 @@
 //! The `backplan:*` tags: how the plugin finds its own images, snapshots and instances again.
 //!
 //! Tags, not the catalog, are the source of truth in AWS: a retried step finds what its first
-//! attempt made by `plan`+`step`+`run`, and prune only ever looks at resources tagged with this
-//! plan and step, so it cannot touch anything it did not make.
+//! attempt made by `plan`+`step`+`run`, prune only ever looks at resources tagged with this
+//! plan and step, so it cannot touch anything it did not make, and `discover` rebuilds a lost
+//! catalog's records from them (with the machine's facts, see `facts`).
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,8 @@ pub const RUN: &str = "backplan:run";
 pub const RESTORED_FROM: &str = "backplan:restored-from";
 /// Set by hand (or a later verify) on an image proven usable: prune never deletes the newest.
 pub const VERIFIED: &str = "backplan:verified";
+/// On a snapshot of `mode = "snapshots"`: the device its volume was attached as.
+pub const DEVICE: &str = "backplan:device";
 
 /// Who made something: the identity tags of one step in one run.
 #[derive(Debug, Clone)]

@@ -44,7 +44,7 @@ use crate::pack::PackWriter;
 use crate::pipeline::{self, Batch, Jobs, Stage};
 use crate::pool::Worker;
 use crate::repo::{Repository, manifest_object, pack_object};
-use crate::snapshot::{self, Snapshot, SnapshotStats};
+use crate::snapshot::{self, Origin, Snapshot, SnapshotStats};
 use crate::walk::{Found, Step, Walk};
 
 /// Small files are sent to the workers in batches of about this many bytes...
@@ -68,6 +68,8 @@ pub struct BackupOptions {
     /// Accept an empty source although the previous snapshot had files (normally the sign of
     /// a volume that is not mounted).
     pub allow_empty: bool,
+    /// The backplan run making this backup, written into the snapshot header.
+    pub origin: Option<Origin>,
 }
 
 impl BackupOptions {
@@ -79,6 +81,7 @@ impl BackupOptions {
             compression_level: 1,
             one_file_system: true,
             allow_empty: false,
+            origin: None,
         }
     }
 }
@@ -245,6 +248,7 @@ fn attempt(
         manifest_blake3: manifest.digest,
         stats: run.stats,
         torn: run.torn,
+        run: options.origin.clone(),
     };
     snapshot::publish(backend.as_ref(), &snapshot)?;
     let mut findings = shared.dedup.into_distrusted();

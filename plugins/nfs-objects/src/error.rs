@@ -16,12 +16,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A repository object could not be read or written.
+    /// A repository object could not be read or written. `transient` says whether the same
+    /// call may succeed later (a timeout, throttling, a 5xx, a local I/O error) or not (S3
+    /// refusing the request for a reason a retry does not change): the runner retries only the
+    /// first kind.
     #[error("repository object {name}: {source}")]
     Backend {
         name: String,
         #[source]
         source: std::io::Error,
+        transient: bool,
     },
     /// A repository object that must exist does not.
     #[error("repository object {0} is missing")]
@@ -51,6 +55,22 @@ pub enum Error {
     /// The operation was cancelled from outside before it finished.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl Error {
+    /// A failure to read object `name` as a stream: the engine error the backend's stream
+    /// carried (an S3 reader's throttling stays transient, a missing range stays corrupt), or
+    /// else `otherwise` of the plain I/O error.
+    pub(crate) fn from_stream(
+        source: std::io::Error,
+        otherwise: impl FnOnce(std::io::Error) -> Error,
+    ) -> Error {
+        if source.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = source.into_inner().expect("checked above");
+            return *inner.downcast::<Error>().expect("checked above");
+        }
+        otherwise(source)
+    }
 }
 
 /// Result alias used throughout the engine.

@@ -312,13 +312,13 @@ impl ManifestReader {
         let read = self
             .lines
             .read_until(b'\n', &mut self.line)
-            .map_err(|err| self.corrupt(err.to_string()))?;
+            .map_err(|err| Error::from_stream(err, |err| self.corrupt(err.to_string())))?;
         if read == 0 {
             // Hash whatever the decoder did not need, then compare with the snapshot header.
             let source = self.lines.get_mut().get_mut().get_mut();
             let drained = io::copy(source, &mut io::sink());
             let digest = ContentId(*source.hasher.finalize().as_bytes());
-            drained.map_err(|err| self.corrupt(err.to_string()))?;
+            drained.map_err(|err| Error::from_stream(err, |err| self.corrupt(err.to_string())))?;
             if digest != self.expected {
                 return Err(self.corrupt("digest does not match the snapshot header"));
             }
@@ -347,11 +347,13 @@ impl Iterator for ManifestReader {
     }
 }
 
+/// A failure to read manifest `name`: the backend's own error when its stream carried one.
 fn backend_read_error(name: &str, source: io::Error) -> Error {
-    Error::Backend {
+    Error::from_stream(source, |source| Error::Backend {
         name: name.to_owned(),
         source,
-    }
+        transient: true,
+    })
 }
 
 #[cfg(test)]

@@ -3,14 +3,15 @@
 //! This module only translates: step configuration and request options into engine options,
 //! engine reports into records and warnings, engine errors into error kinds the runner acts on.
 //! The backup record names the repository and snapshot, which is all that verify, restore and
-//! prune need on a fresh machine.
+//! prune need on a fresh machine; the snapshot header names the plan, step and run, which is
+//! all that `discover` needs to give a lost catalog that record back.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use backplan_plugin_sdk::{
-    Action, Context, ErrorKind, Permissions, Plugin, PluginError, PluginResult, Progress, Request,
-    StepOutput,
+    Action, Context, Discovered, DiscoveredBackup, ErrorKind, Permissions, Plugin, PluginError,
+    PluginResult, Progress, Request, StepOutput,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use crate::mount::{MountExpectation, SourceKind, check_current};
 use crate::prune::{PruneOptions, Retention, prune};
 use crate::repo::{CONFIG_OBJECT, IN_PROGRESS_GRACE, RepoConfig, Repository};
 use crate::restore::{RestoreOptions, restore};
-use crate::snapshot;
+use crate::snapshot::{self, Origin, Snapshot};
 use crate::verify::{VerifyOptions, verify};
 
 /// What the source is stored on.
@@ -160,16 +161,24 @@ impl Config {
         Ok(())
     }
 
+    /// This step's repository, to write into (backup, prune): a missing local folder is made.
     fn backend(&self) -> PluginResult<Arc<dyn Backend>> {
         Request::require_resolved([self.repository.as_str()])?;
-        self.backend_at(&self.repository)
+        let backend: Arc<dyn Backend> = match S3Location::parse(&self.repository) {
+            Some(location) => Arc::new(self.s3(location.map_err(to_plugin_error)?)?),
+            None => {
+                Arc::new(LocalBackend::new(local_path(&self.repository)?).map_err(to_plugin_error)?)
+            }
+        };
+        Ok(backend)
     }
 
-    /// The backend of `repository` (this step's, or the one a backup recorded).
-    fn backend_at(&self, repository: &str) -> PluginResult<Arc<dyn Backend>> {
+    /// The repository at `repository` (this step's, or the one a backup recorded), to read
+    /// from (check, discover, verify, restore): nothing is created, not even a local folder.
+    fn reader_at(&self, repository: &str) -> PluginResult<Arc<dyn Backend>> {
         let backend: Arc<dyn Backend> = match S3Location::parse(repository) {
             Some(location) => Arc::new(self.s3(location.map_err(to_plugin_error)?)?),
-            None => Arc::new(LocalBackend::new(local_path(repository)?).map_err(to_plugin_error)?),
+            None => Arc::new(LocalBackend::reading(local_path(repository)?)),
         };
         Ok(backend)
     }
@@ -198,7 +207,7 @@ impl Config {
         }
         let folder = local_path(&self.repository)?;
         Ok(if folder.join(CONFIG_OBJECT).exists() {
-            Repository::open(self.backend()?).map_err(to_plugin_error)?;
+            Repository::open(self.reader_at(&self.repository)?).map_err(to_plugin_error)?;
             RepositoryState::Readable
         } else if LocalBackend::holds_only_staged_files(folder) == Some(false) {
             RepositoryState::Foreign
@@ -229,6 +238,86 @@ pub struct Record {
     pub manifest_blake3: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub torn: Vec<String>,
+}
+
+impl Record {
+    /// The record of `snapshot` in `repository`: everything in it is in the snapshot's header,
+    /// so `discover` gives back exactly what `backup` returned.
+    fn of(repository: &str, snapshot: &Snapshot) -> Record {
+        Record {
+            repository: repository.to_owned(),
+            snapshot: snapshot.id.clone(),
+            source: snapshot.source.clone(),
+            files: snapshot.stats.files,
+            bytes: snapshot.stats.bytes,
+            manifest_blake3: snapshot.manifest_blake3.to_hex(),
+            torn: snapshot.torn.clone(),
+        }
+    }
+}
+
+/// The one-line summary of a backup that made `snapshot`.
+fn summary_of(snapshot: &Snapshot) -> String {
+    let stats = &snapshot.stats;
+    format!(
+        "snapshot {}: {} files, {} read ({} bytes), {} bytes stored",
+        snapshot.id, stats.files, stats.files_read, stats.bytes_read, stats.bytes_stored
+    )
+}
+
+/// The run a backup belongs to, for its snapshot header.
+fn origin(request: &Request) -> Origin {
+    Origin {
+        plan: request.plan.clone(),
+        step: request.step_id.clone(),
+        id: request.run_id.clone(),
+        started_at: run_started(&request.run_id).unwrap_or_else(jiff::Timestamp::now),
+    }
+}
+
+/// When run `run_id` started, to the second: the runner's run ids begin with the UTC second the
+/// run started (`20261124T182700Z-…`), and the request says no more. `None` for an id of
+/// another shape.
+fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
+    let stamp = run_id.split('-').next()?;
+    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp).ok()?;
+    jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
+}
+
+/// What `discover` makes of a repository's snapshots (oldest first): the backups of step `step`
+/// of plan `plan`, one per run (the latest snapshot, should a retried step have made two), and
+/// the number of snapshots of `source` that name no run (made before headers named theirs).
+fn discovered(
+    repository: &str,
+    plan: &str,
+    step: &str,
+    source: Option<&str>,
+    snapshots: &[Snapshot],
+) -> (Vec<DiscoveredBackup>, usize) {
+    let mut runs = std::collections::BTreeMap::new();
+    let mut unnamed = 0;
+    for snapshot in snapshots {
+        match &snapshot.run {
+            Some(run) if run.plan == plan && run.step == step => {
+                runs.insert(run.id.clone(), (run, snapshot));
+            }
+            Some(_) => {}
+            None => unnamed += usize::from(source == Some(snapshot.source.as_str())),
+        }
+    }
+    let backups = runs
+        .into_values()
+        .map(|(run, snapshot)| DiscoveredBackup {
+            run_id: run.id.clone(),
+            started_at: run.started_at.to_string(),
+            record: serde_json::to_value(Record::of(repository, snapshot))
+                .expect("records serialise"),
+            outputs: [("snapshot".to_owned(), snapshot.id.clone().into())].into(),
+            bytes: snapshot.stats.bytes_read,
+            summary: summary_of(snapshot),
+        })
+        .collect();
+    (backups, unnamed)
 }
 
 /// Request options understood by `restore` (`backplan restore ... --option target=...`).
@@ -312,6 +401,7 @@ impl Plugin for NfsObjects {
         Action::Verify,
         Action::Restore,
         Action::Prune,
+        Action::Discover,
     ];
 
     /// An S3 repository needs the bucket listed and objects under its prefix read, written and
@@ -407,16 +497,13 @@ impl Plugin for NfsObjects {
         let mut options = BackupOptions::new(&config.source);
         options.workers = config.workers();
         options.allow_empty = ctx.request().force;
+        options.origin = Some(origin(ctx.request()));
         if let Some(level) = config.compression_level {
             options.compression_level = level;
         }
         let report = with_control(ctx, |control| backup(&repo, &options, control))?;
         let snapshot = &report.snapshot;
-        let stats = &snapshot.stats;
-        let mut summary = format!(
-            "snapshot {}: {} files, {} read ({} bytes), {} bytes stored",
-            snapshot.id, stats.files, stats.files_read, stats.bytes_read, stats.bytes_stored
-        );
+        let mut summary = summary_of(snapshot);
         let leftovers = report.leftovers;
         if leftovers.files > 0 {
             summary.push_str(&format!(
@@ -425,17 +512,9 @@ impl Plugin for NfsObjects {
             ));
         }
         let mut output = StepOutput::new(summary)
-            .record(Record {
-                repository: config.repository.clone(),
-                snapshot: snapshot.id.clone(),
-                source: snapshot.source.clone(),
-                files: stats.files,
-                bytes: stats.bytes,
-                manifest_blake3: snapshot.manifest_blake3.to_hex(),
-                torn: snapshot.torn.clone(),
-            })
+            .record(Record::of(&config.repository, snapshot))
             .output("snapshot", &snapshot.id)
-            .bytes(stats.bytes_read);
+            .bytes(snapshot.stats.bytes_read);
         for torn in &snapshot.torn {
             output = output.warning(format!(
                 "{torn} kept changing while read; stored marked torn"
@@ -451,7 +530,7 @@ impl Plugin for NfsObjects {
         let record: Record = ctx.record()?;
         let request: VerifyRequest = options(ctx)?;
         let repo =
-            Repository::open(config.backend_at(&record.repository)?).map_err(to_plugin_error)?;
+            Repository::open(config.reader_at(&record.repository)?).map_err(to_plugin_error)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let options = VerifyOptions {
@@ -525,7 +604,7 @@ impl Plugin for NfsObjects {
             }
         };
         let repo =
-            Repository::open(config.backend_at(&record.repository)?).map_err(to_plugin_error)?;
+            Repository::open(config.reader_at(&record.repository)?).map_err(to_plugin_error)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let mut options = RestoreOptions::new(&target);
@@ -645,6 +724,61 @@ impl Plugin for NfsObjects {
         }
         Ok(output)
     }
+
+    /// This step's snapshots in its repository, each with the record its backup
+    /// returned. Reads headers only: no lock, no staged leftovers collected, nothing written.
+    fn discover(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        if Request::is_unresolved(&config.repository) {
+            return Err(PluginError::config(format!(
+                "repository {} comes from an earlier step's output, which a catalog rebuild does \
+                 not have: name the repository in the plan to rediscover its snapshots",
+                config.repository
+            )));
+        }
+        let in_repository = |err: Error| {
+            let mut err = to_plugin_error(err);
+            err.message = format!("{}: {}", config.repository, err.message);
+            err
+        };
+        let repo =
+            Repository::open(config.reader_at(&config.repository)?).map_err(in_repository)?;
+        let (snapshots, unreadable) =
+            snapshot::list_readable(repo.backend().as_ref()).map_err(in_repository)?;
+        let request = ctx.request();
+        let source = config.source.to_string_lossy();
+        let source = (!Request::is_unresolved(&source)).then_some(&*source);
+        let (backups, unnamed) = discovered(
+            &config.repository,
+            &request.plan,
+            &request.step_id,
+            source,
+            &snapshots,
+        );
+        let mut warnings: Vec<String> = unreadable
+            .iter()
+            .map(|err| format!("not rediscovered: {err}"))
+            .collect();
+        if unnamed > 0 {
+            warnings.push(format!(
+                "{unnamed} snapshot(s) of {} name no run (made before snapshot headers named \
+                 theirs): not rediscovered; FORMAT.md says how to read one by hand",
+                source.unwrap_or_default()
+            ));
+        }
+        let mut output = StepOutput::new(format!(
+            "{} backup(s) of step {} in {} ({} snapshot(s) in all)",
+            backups.len(),
+            request.step_id,
+            config.repository,
+            snapshots.len()
+        ));
+        for warning in warnings {
+            // Logged too: `catalog rebuild` shows a step's log, not its output's warnings.
+            ctx.warn(&warning);
+            output = output.warning(warning);
+        }
+        Ok(output.record(Discovered { backups }))
+    }
 }
 
 backplan_plugin_sdk::declare_plugin!(NfsObjects);
@@ -758,7 +892,12 @@ fn local_path(repository: &str) -> PluginResult<&Path> {
 fn to_plugin_error(err: Error) -> PluginError {
     let kind = match &err {
         Error::Cancelled => return PluginError::cancelled(),
-        Error::Backend { .. } => ErrorKind::Transient,
+        Error::Backend {
+            transient: true, ..
+        } => ErrorKind::Transient,
+        Error::Backend {
+            transient: false, ..
+        } => ErrorKind::Permanent,
         Error::Invalid(_) | Error::NotARepository(_) | Error::Access(_) => ErrorKind::Config,
         Error::Internal(_) => ErrorKind::Internal,
         Error::Io { .. }
@@ -768,4 +907,90 @@ fn to_plugin_error(err: Error) -> PluginError {
         | Error::Mount(_) => ErrorKind::Permanent,
     };
     PluginError::new(kind, err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ContentId;
+    use crate::snapshot::SnapshotStats;
+
+    #[test]
+    fn a_permanent_repository_failure_is_not_retried_and_a_transient_one_is() {
+        let failed = |transient| {
+            to_plugin_error(Error::Backend {
+                name: "s3://art/snapshots/x.json".into(),
+                source: std::io::Error::other("GetObject failed: InvalidObjectState"),
+                transient,
+            })
+            .kind
+        };
+        assert_eq!(failed(false), ErrorKind::Permanent);
+        assert_eq!(failed(true), ErrorKind::Transient);
+    }
+
+    fn snapshot(id: &str, second: i64, run: Option<(&str, &str, &str)>) -> Snapshot {
+        Snapshot {
+            id: id.into(),
+            time: jiff::Timestamp::from_second(second).unwrap(),
+            source: "/data".into(),
+            host: "h".into(),
+            parent: None,
+            manifest: format!("manifests/{id}.jsonl.zst"),
+            manifest_blake3: ContentId::of(id.as_bytes()),
+            stats: SnapshotStats {
+                files: 3,
+                bytes_read: second as u64,
+                ..SnapshotStats::default()
+            },
+            torn: Vec::new(),
+            run: run.map(|(plan, step, id)| Origin {
+                plan: plan.into(),
+                step: step.into(),
+                id: id.into(),
+                started_at: run_started(id).unwrap(),
+            }),
+        }
+    }
+
+    #[test]
+    fn discovery_keeps_this_steps_snapshots_one_per_run_and_counts_those_naming_none() {
+        let run = "20260101T030000Z-aaaaaa";
+        let snapshots = [
+            snapshot("old", 1, None),
+            snapshot("first-attempt", 2, Some(("p", "files", run))),
+            snapshot("retried", 3, Some(("p", "files", run))),
+            snapshot("other-step", 4, Some(("p", "db", run))),
+            snapshot("other-plan", 5, Some(("q", "files", run))),
+            snapshot("next", 6, Some(("p", "files", "20260102T030000Z-bbbbbb"))),
+        ];
+        let (found, unnamed) = discovered("/repo", "p", "files", Some("/data"), &snapshots);
+        let ids: Vec<(&str, &str)> = found
+            .iter()
+            .map(|b| (b.run_id.as_str(), b.record["snapshot"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            ids,
+            [(run, "retried"), ("20260102T030000Z-bbbbbb", "next")],
+            "the latest snapshot of a run is the one its record named"
+        );
+        assert_eq!(found[0].started_at, "2026-01-01T03:00:00Z");
+        assert_eq!(found[0].outputs["snapshot"], "retried");
+        assert_eq!(found[0].bytes, 3);
+        assert_eq!(unnamed, 1);
+        assert_eq!(
+            discovered("/repo", "p", "files", Some("/elsewhere"), &snapshots).1,
+            0
+        );
+    }
+
+    #[test]
+    fn a_run_id_gives_the_second_its_run_started_and_another_shape_gives_none() {
+        assert_eq!(
+            run_started("20261124T182700Z-0a1b2c").map(|t| t.to_string()),
+            Some("2026-11-24T18:27:00Z".into())
+        );
+        assert_eq!(run_started("test-run"), None);
+        assert_eq!(run_started(""), None);
+    }
 }

@@ -174,6 +174,7 @@ mod tests {
             manifest_blake3: ContentId::of(b""),
             stats: SnapshotStats::default(),
             torn: Vec::new(),
+            run: None,
         }
     }
 

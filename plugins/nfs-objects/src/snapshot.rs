@@ -32,6 +32,21 @@ pub struct SnapshotStats {
     pub packs_written: u64,
 }
 
+/// The backplan run that made a snapshot: what `discover` finds this step's snapshots by when
+/// the catalog is lost. Absent from snapshots made before it was written, and from those made
+/// by the engine alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The plan's name.
+    pub plan: String,
+    /// The step's id in the plan.
+    pub step: String,
+    /// The run's id.
+    pub id: String,
+    /// When the run started, as the plugin knew it at backup.
+    pub started_at: jiff::Timestamp,
+}
+
 /// The header of one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -50,6 +65,9 @@ pub struct Snapshot {
     /// Paths stored although they kept changing while read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub torn: Vec<String>,
+    /// The run that made it, if a backplan run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Origin>,
 }
 
 /// A new snapshot id for `time`: `YYYYMMDDTHHMMSSZ-<8 hex>`.
@@ -61,21 +79,35 @@ pub fn new_id(time: jiff::Timestamp) -> String {
     )
 }
 
-/// Every snapshot in the repository, oldest first by header time (ties broken by id).
+/// Every snapshot in the repository, oldest first by header time (ties broken by id). A header
+/// that does not read fails the listing.
 pub fn list(backend: &dyn Backend) -> Result<Vec<Snapshot>> {
-    let mut snapshots = Vec::new();
+    let (snapshots, mut unreadable) = list_readable(backend)?;
+    if unreadable.is_empty() {
+        Ok(snapshots)
+    } else {
+        Err(unreadable.swap_remove(0))
+    }
+}
+
+/// Every snapshot whose header reads, oldest first as [`list`], and the errors of those whose
+/// header is corrupt: for `discover`, where one damaged header must not hide the others. A
+/// failure to reach the repository still fails the listing.
+pub fn list_readable(backend: &dyn Backend) -> Result<(Vec<Snapshot>, Vec<Error>)> {
+    let (mut snapshots, mut unreadable) = (Vec::new(), Vec::new());
     for object in backend.list(SNAPSHOT_PREFIX)? {
         if let Some(id) = object_stem(&object.name, ".json") {
             match load(backend, id) {
                 Ok(snapshot) => snapshots.push(snapshot),
                 // Removed by a concurrent prune between list and get.
                 Err(Error::SnapshotNotFound(_)) => {}
+                Err(err @ Error::Corrupt { .. }) => unreadable.push(err),
                 Err(err) => return Err(err),
             }
         }
     }
     snapshots.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-    Ok(snapshots)
+    Ok((snapshots, unreadable))
 }
 
 /// The snapshot with id `id`.
@@ -120,6 +152,7 @@ mod tests {
             manifest_blake3: ContentId::of(b""),
             stats: SnapshotStats::default(),
             torn: Vec::new(),
+            run: None,
         }
     }
 

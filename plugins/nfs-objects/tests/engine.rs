@@ -282,12 +282,15 @@ fn incremental_backup_reads_only_new_and_changed_files() {
     assert_eq!(describe(source.path()), describe(target.path()));
 }
 
-/// A backend that fails every write after the first `allowed` ones, like a process killed there.
+/// A backend that fails every write after the first `allowed` ones, like a process killed there;
+/// with `throttled_streams`, every stream it opens fails after a few bytes the way an S3 reader
+/// whose ranged GET is throttled does.
 struct CrashingBackend {
     inner: LocalBackend,
     allowed: usize,
     writes: AtomicUsize,
     on_write: Mutex<Option<Box<dyn FnMut() + Send>>>,
+    throttled_streams: bool,
 }
 
 impl std::fmt::Debug for CrashingBackend {
@@ -305,6 +308,7 @@ impl CrashingBackend {
             allowed,
             writes: AtomicUsize::new(0),
             on_write: Mutex::new(None),
+            throttled_streams: false,
         }
     }
     fn write(&self, name: &str) -> Result<()> {
@@ -315,6 +319,7 @@ impl CrashingBackend {
             return Err(Error::Backend {
                 name: name.into(),
                 source: std::io::Error::other("simulated crash"),
+                transient: true,
             });
         }
         Ok(())
@@ -340,7 +345,20 @@ impl Backend for CrashingBackend {
         self.inner.get_range(name, offset, len)
     }
     fn open(&self, name: &str) -> Result<Box<dyn std::io::Read + Send>> {
-        self.inner.open(name)
+        let stream = self.inner.open(name)?;
+        if !self.throttled_streams {
+            return Ok(stream);
+        }
+        let throttled = Error::Backend {
+            name: name.into(),
+            source: std::io::Error::other("GetObject failed: SlowDown"),
+            transient: true,
+        };
+        let failing = std::io::Read::chain(
+            std::io::Read::take(stream, 16),
+            FailingRead(Some(throttled)),
+        );
+        Ok(Box::new(failing))
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.inner.list(prefix)
@@ -354,6 +372,41 @@ impl Backend for CrashingBackend {
     fn collect_leftovers(&self, max_age: std::time::Duration, dry_run: bool) -> Leftovers {
         self.inner.collect_leftovers(max_age, dry_run)
     }
+}
+
+/// A stream that fails with `.0` (as the S3 reader does, an engine error inside an I/O error).
+struct FailingRead(Option<Error>);
+
+impl std::io::Read for FailingRead {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other(
+            self.0.take().unwrap_or(Error::Invalid("read again".into())),
+        ))
+    }
+}
+
+#[test]
+fn a_throttled_read_in_the_middle_of_a_manifest_is_not_called_corruption() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let snapshot = run_backup(&open_repo(repo_dir.path()), source.path())
+        .unwrap()
+        .snapshot;
+    let mut backend = CrashingBackend::wrap(repo_dir.path(), usize::MAX);
+    backend.throttled_streams = true;
+    let failure = ManifestReader::open(&backend, &snapshot.manifest, snapshot.manifest_blake3)
+        .and_then(|entries| entries.collect::<Result<Vec<Entry>>>())
+        .unwrap_err();
+    assert!(
+        matches!(
+            failure,
+            Error::Backend {
+                transient: true,
+                ..
+            }
+        ),
+        "a retry would read it whole: {failure:?}"
+    );
 }
 
 #[test]

@@ -1,12 +1,19 @@
 //! The plugin through the SDK's in-process harness (the real ABI), as the runner drives it.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
+use backplan_plugin_nfs_objects::backend::LocalBackend;
+use backplan_plugin_nfs_objects::backup::{BackupOptions, backup};
+use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::plugin::plugin_descriptor;
+use backplan_plugin_nfs_objects::repo::Repository;
 use backplan_plugin_sdk::testing::Harness;
-use backplan_plugin_sdk::{Action, ErrorKind};
-use serde_json::json;
+use backplan_plugin_sdk::{Action, Discovered, ErrorKind, Request};
+use serde_json::{Value, json};
 
 #[test]
 fn backup_verify_restore_prune_through_the_abi() {
@@ -202,4 +209,163 @@ fn a_dry_run_backup_writes_nothing() {
         out.summary
     );
     assert_eq!(snapshots(), 1);
+}
+
+/// A request for `action` of step `step` of plan `plan` in run `run`.
+fn in_run(
+    harness: &Harness,
+    action: Action,
+    config: &Value,
+    (plan, step, run): (&str, &str, &str),
+) -> Request {
+    let mut request = harness.request(action, config.clone());
+    request.plan = plan.into();
+    request.step_id = step.into();
+    request.run_id = run.into();
+    request
+}
+
+/// Every file and folder under `dir` with its size and mtime: what "changes nothing" compares.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(folder) = pending.pop() {
+        for entry in fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            found.insert(entry.path(), (meta.len(), meta.modified().unwrap()));
+        }
+    }
+    found
+}
+
+#[test]
+fn discover_gives_back_the_records_the_backups_returned_and_changes_nothing() {
+    let (source, dir, drill) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let repo = dir.path().join("repo");
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({"source": source.path(), "repository": repo});
+    let (first_run, second_run) = ("20260101T030000Z-aaaaaa", "20260102T030000Z-bbbbbb");
+    fs::write(source.path().join("build.log"), b"first\n").unwrap();
+    // A snapshot made before headers named their run, by the engine alone.
+    let engine = Repository::open_or_init(
+        Arc::new(LocalBackend::new(&repo).unwrap()),
+        Default::default(),
+    )
+    .unwrap();
+    backup(
+        &engine,
+        &BackupOptions::new(source.path()),
+        Control::silent(),
+    )
+    .unwrap();
+    let run = |who: (&str, &str, &str)| {
+        harness
+            .run_request(&in_run(&harness, Action::Backup, &config, who))
+            .unwrap()
+    };
+    let first = run(("p", "files", first_run));
+    fs::write(source.path().join("build.log"), b"second\n").unwrap();
+    let second = run(("p", "files", second_run));
+    run(("p", "other-step", second_run));
+    run(("other-plan", "files", second_run));
+    fs::write(
+        repo.join("snapshots/20250101T000000Z-deadbeef.json"),
+        b"{\"id\": ",
+    )
+    .unwrap();
+
+    let before = listing(dir.path());
+    let found = harness
+        .run_request(&in_run(
+            &harness,
+            Action::Discover,
+            &config,
+            ("p", "files", "rebuild"),
+        ))
+        .unwrap();
+    assert_eq!(
+        listing(dir.path()),
+        before,
+        "discover changed the repository"
+    );
+    let discovered: Discovered = serde_json::from_value(found.record.clone()).unwrap();
+    assert_eq!(discovered.backups.len(), 2, "{:#}", found.record);
+    for (backup, made) in discovered.backups.iter().zip([&first, &second]) {
+        assert_eq!(backup.record, made.record);
+        assert_eq!(backup.outputs, made.outputs);
+        assert_eq!((backup.bytes, &backup.summary), (made.bytes, &made.summary));
+    }
+    let runs: Vec<(&str, &str)> = discovered
+        .backups
+        .iter()
+        .map(|b| (b.run_id.as_str(), b.started_at.as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (first_run, "2026-01-01T03:00:00Z"),
+            (second_run, "2026-01-02T03:00:00Z")
+        ]
+    );
+    let warnings = found.warnings.join("\n");
+    assert!(warnings.contains("1 snapshot(s) of"), "{warnings}");
+    assert!(
+        warnings.contains("snapshots/20250101T000000Z-deadbeef.json is corrupt"),
+        "{warnings}"
+    );
+
+    // The rediscovered record of the first run restores the first run's files.
+    let mut restore = harness.request(Action::Restore, config.clone());
+    restore.record = Some(discovered.backups[0].record.clone());
+    restore.options = json!({"target": drill.path()});
+    harness.run_request(&restore).unwrap();
+    assert_eq!(
+        fs::read(drill.path().join("build.log")).unwrap(),
+        b"first\n"
+    );
+}
+
+#[test]
+fn discovering_or_restoring_from_a_repository_that_is_not_there_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("not-mounted/repo");
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({"source": dir.path().join("data"), "repository": repo});
+    let err = harness.run(Action::Discover, config.clone()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config, "{err:?}");
+    assert!(
+        err.message.contains(&*repo.to_string_lossy()) && err.message.contains("config.json"),
+        "{}",
+        err.message
+    );
+    let record = json!({"repository": repo, "snapshot": "20260101T000000Z-00000000",
+        "source": dir.path().join("data"), "files": 1, "bytes": 1, "manifest_blake3": "00"});
+    for action in [Action::Verify, Action::Restore] {
+        let mut request = harness.request(action, config.clone());
+        request.record = Some(record.clone());
+        request.options = json!({"target": dir.path().join("drill")});
+        let err = harness.run_request(&request).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config, "{action}: {err:?}");
+    }
+    assert!(
+        !dir.path().join("not-mounted").exists(),
+        "a folder was made where the repository should be"
+    );
+}
+
+#[test]
+fn a_repository_named_by_an_earlier_steps_output_cannot_be_rediscovered_and_says_so() {
+    let harness = Harness::new(plugin_descriptor());
+    let config = json!({"source": "/data", "repository": "${steps.mount.outputs.path}"});
+    let err = harness.run(Action::Discover, config).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert!(err.message.contains("earlier step"), "{}", err.message);
 }

@@ -1039,3 +1039,67 @@ fn the_shipped_services_plan_lists_the_builds_right_before_the_ami_and_may_pass_
         "ec2.amazonaws.com"
     );
 }
+
+#[test]
+fn a_lost_catalog_is_rebuilt_from_the_tags_and_a_region_that_lost_the_image_restores_from_the_copy()
+{
+    let aws = LocalAws::start(&[]);
+    let old = production(&aws);
+    let sandbox = Sandbox::new();
+    let plan = plan(
+        &sandbox,
+        &format!(
+            "instance = \"{}\"\ncopy_to = [{{ region = \"us-west-2\" }}]\n",
+            old.instance_id
+        ),
+    );
+    let made = backup(&sandbox, &aws, &plan);
+    let image_id = made["record"]["image_id"].as_str().unwrap().to_owned();
+    let copy_id = made["record"]["copies"][0]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let found = &image(&aws, "us-east-1", &image_id)[0];
+    assert!(tag(found, "backplan:machine").is_some(), "{found:#}");
+
+    // The catalog is lost: the record comes back from the image's tags, as it was.
+    std::fs::remove_dir_all(sandbox.state_dir().join("catalog")).unwrap();
+    sandbox
+        .run_on(&aws, &["catalog", "rebuild", &plan])
+        .expect_code(0);
+    let shown = sandbox.run_on(&aws, &["--json", "runs", "show", &plan, "latest"]);
+    let rebuilt = only_step(&shown.expect_code(0).json()).clone();
+    assert_eq!(rebuilt["record"], made["record"]);
+    assert_eq!(rebuilt["outputs"], made["outputs"]);
+
+    // Catalog and image both lost (the region's outage took the image): the copy is found and
+    // launched in its region, with the old instance profile.
+    std::fs::remove_dir_all(sandbox.state_dir().join("catalog")).unwrap();
+    aws.script(&format!("ec2.deregister_image(ImageId='{image_id}')"));
+    let out = sandbox.run_on(&aws, &["catalog", "rebuild", &plan]);
+    assert!(out.expect_code(0).stdout().contains("added 1 run records"));
+    let restored = sandbox.run_on(
+        &aws,
+        &[
+            "--json",
+            "restore",
+            &plan,
+            "--run",
+            "latest",
+            "-o",
+            "region=us-west-2",
+        ],
+    );
+    let step = only_step(&restored.expect_code(0).json()).clone();
+    assert_eq!(step["outputs"]["image_id"], copy_id.as_str());
+    let launched = aws.boto(&format!(
+        "out(west.describe_instances(InstanceIds=['{}'])['Reservations'][0]['Instances'][0])",
+        step["outputs"]["instance_id"].as_str().unwrap()
+    ));
+    assert_eq!(launched["ImageId"], copy_id.as_str());
+    assert_eq!(
+        launched["IamInstanceProfile"]["Arn"],
+        old.profile_arn.as_str(),
+        "{launched:#}"
+    );
+}

@@ -4,6 +4,7 @@ mod catalog_s3;
 mod circleci_restore;
 mod ebs;
 mod json;
+mod machine_gone;
 mod monitoring;
 mod nfs_objects;
 mod notify;

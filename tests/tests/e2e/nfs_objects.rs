@@ -738,3 +738,63 @@ fn a_killed_s3_backups_staging_folder_is_removed_and_reported_by_prune() {
         "the folder is gone"
     );
 }
+
+#[test]
+fn a_lost_catalog_is_rebuilt_from_the_snapshot_headers_and_each_run_restores_its_own_files() {
+    let aws = LocalAws::start(&[]);
+    aws.script("s3.create_bucket(Bucket='backups')");
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    fs::create_dir_all(source.join("job")).unwrap();
+    fs::write(source.join("job/out.log"), "first build\n").unwrap();
+    let plan = plan(&sandbox, &source, "s3://backups/artifacts");
+    let first = sandbox.run_on(&aws, &["--json", "run", &plan]);
+    let first = first.expect_code(0).json();
+    fs::write(source.join("job/out.log"), "second build\n").unwrap();
+    let second = sandbox.run_on(&aws, &["--json", "run", &plan]);
+    let second = second.expect_code(0).json();
+
+    fs::remove_dir_all(sandbox.state_dir().join("catalog")).unwrap();
+    // A header damaged in the bucket hides none of the others, and is named.
+    aws.script(
+        "s3.put_object(Bucket='backups', Key='artifacts/snapshots/20250101T000000Z-deadbeef.json', Body=b'{')",
+    );
+    let dry = sandbox.run_on(&aws, &["catalog", "rebuild", &plan, "--dry-run"]);
+    assert!(
+        dry.expect_code(0)
+            .stdout()
+            .contains("would add 2 run records")
+    );
+    assert!(
+        sandbox.records("artifacts").is_empty(),
+        "a dry run wrote records"
+    );
+    let rebuilt = sandbox.run_on(&aws, &["catalog", "rebuild", &plan]);
+    let text = rebuilt.expect_code(0).stdout();
+    assert!(text.contains("2 backups found"), "{text}");
+    assert!(
+        rebuilt
+            .stderr()
+            .contains("20250101T000000Z-deadbeef.json is corrupt"),
+        "{}",
+        rebuilt.stderr()
+    );
+    let records = sandbox.records("artifacts");
+    assert_eq!(records.len(), 2);
+    for (record, made) in records.iter().zip([&first, &second]) {
+        assert_eq!(record["run_id"], made["run_id"]);
+        assert_eq!(step(record)["record"], step(made)["record"]);
+        assert_eq!(step(record)["outputs"], step(made)["outputs"]);
+        assert!(record["rebuilt"].is_string(), "{record:#}");
+    }
+
+    let target = sandbox.path().join("drill");
+    let option = format!("target={}", target.display());
+    let first_run = first["run_id"].as_str().unwrap();
+    let restored = sandbox.run_on(&aws, &["restore", &plan, "--run", first_run, "-o", &option]);
+    restored.expect_code(0);
+    assert_eq!(
+        fs::read_to_string(target.join("job/out.log")).unwrap(),
+        "first build\n"
+    );
+}

@@ -36,6 +36,15 @@ impl LocalBackend {
         Ok(Self { root, staging })
     }
 
+    /// Uses the folder `root` as it is and creates nothing, for actions that only read (check,
+    /// discover, verify, restore): a mistyped or unmounted path must not become an empty
+    /// repository folder. Its staging folder is `tmp/` all the same, should it exist.
+    pub fn reading(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let staging = root.join(STAGING);
+        Self { root, staging }
+    }
+
     /// Whether folder `root` holds nothing but staged files in `tmp/`: what a first backup
     /// killed before it wrote `config.json` leaves, as good as empty. `None` if it cannot be
     /// read.
@@ -217,9 +226,11 @@ fn backend_error(name: &str, source: io::Error) -> Error {
     if source.kind() == io::ErrorKind::NotFound {
         Error::MissingObject(name.to_owned())
     } else {
+        // A disk or NFS server that failed once may answer the next attempt.
         Error::Backend {
             name: name.to_owned(),
             source,
+            transient: true,
         }
     }
 }

@@ -6,11 +6,12 @@
 //! snapshot header is put only after every pack it references has been acknowledged.
 //!
 //! The engine is synchronous and multi-threaded, the SDK asynchronous: the backend owns a small
-//! tokio runtime and each call blocks its worker thread on one request (several workers upload
-//! several packs at once, and each large pack is itself uploaded in parallel parts, see
-//! `upload`). Credentials, region and endpoint come from the standard AWS chain
-//! (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, profiles, instance roles); the SDK's standard
-//! retry mode retries throttling, 5xx and network errors with exponential backoff and jitter.
+//! tokio runtime (made by `backplan-aws`, like every AWS plugin's) and each call blocks its
+//! worker thread on one request (several workers upload several packs at once, and each large
+//! pack is itself uploaded in parallel parts, see `upload`). Credentials, region and endpoint
+//! come from the standard AWS chain (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, profiles,
+//! instance roles); the SDK's standard retry mode retries throttling, 5xx and network errors
+//! with exponential backoff and jitter.
 
 mod errors;
 mod reader;
@@ -140,12 +141,8 @@ impl S3Backend {
     /// Connects to `location` and checks that the bucket exists and is reachable, so a wrong
     /// bucket or credential fails here with a clear error instead of in the middle of a backup.
     pub fn connect(location: S3Location, options: &S3Options) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nfs-objects-s3")
-            .enable_all()
-            .build()
-            .map_err(|err| Error::Internal(format!("cannot start the S3 runtime: {err}")))?;
+        let runtime = backplan_aws::runtime::multi_thread(2, "nfs-objects-s3")
+            .map_err(|err| Error::Internal(err.message))?;
         let client = runtime.block_on(client(options));
         let inner = Arc::new(Inner { client, location });
         runtime.block_on(async {
