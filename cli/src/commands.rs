@@ -519,6 +519,9 @@ impl Session {
                     format!("plugin `{}` has nothing to discover", found.plugin)
                 };
                 outln!("  {:<20} {what}", found.step);
+                for warning in &found.warnings {
+                    outln!("         warning: {warning}");
+                }
             }
             for (step, error) in &discovery.failed {
                 outln!("  FAIL {step:<15} {error}");

@@ -5,7 +5,7 @@
 //! it writes; nfs-objects: its repository's snapshots, whose headers name plan, step and run),
 //! each with the run id and the record that run stored. [`records`] groups them by run into
 //! backup records marked [`RunRecord::rebuilt`]. A step whose plugin has nothing to discover is
-//! recorded as skipped without blame; a step that could discover but whose backup of that run
+//! recorded as skipped without blame (a restore still calls it, without a record); a step that could discover but whose backup of that run
 //! is gone is skipped with the reason, so the run is partial. Existing records are never
 //! replaced: rebuilding adds only what is missing.
 
@@ -32,6 +32,11 @@ pub struct Found {
     pub can_discover: bool,
     /// What it found.
     pub backups: Vec<DiscoveredBackup>,
+    /// What its plugin said of the search: a summary, and warnings (backups it could not read,
+    /// images still pending...).
+    pub summary: String,
+    /// Its warnings.
+    pub warnings: Vec<String>,
 }
 
 /// The time a run started: what a plugin recorded, else the run id's own (`20261124T182700Z-…`).
@@ -174,6 +179,8 @@ mod tests {
                     backup("20260101T030000Z-aaaaaa"),
                     backup("20260102T030000Z-bbbbbb"),
                 ],
+                summary: String::new(),
+                warnings: Vec::new(),
             },
             Found {
                 step: "host".into(),
@@ -181,6 +188,8 @@ mod tests {
                 version: "1".into(),
                 can_discover: false,
                 backups: vec![],
+                summary: String::new(),
+                warnings: Vec::new(),
             },
             Found {
                 step: "files".into(),
@@ -188,6 +197,8 @@ mod tests {
                 version: "1".into(),
                 can_discover: true,
                 backups: vec![backup("20260102T030000Z-bbbbbb")],
+                summary: String::new(),
+                warnings: Vec::new(),
             },
         ];
         let now: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();

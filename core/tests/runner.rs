@@ -178,8 +178,8 @@ impl Plugin for Scripted {
 
 declare_plugin!(Scripted);
 
-/// A plugin that backs up and has nothing to verify or restore (as services-host has nothing to
-/// verify).
+/// A plugin that backs up and restores, and has nothing to verify or discover (as services-host
+/// has nothing to verify or discover).
 mod backup_only {
     use backplan_plugin_sdk::{Action, Plugin, declare_plugin};
 
@@ -190,7 +190,20 @@ mod backup_only {
         type Config = serde_json::Value;
         const NAME: &'static str = "backup-only";
         const SUMMARY: &'static str = "Backs up nothing, verifies nothing.";
-        const ACTIONS: &'static [Action] = &[Action::Check, Action::Backup];
+        const ACTIONS: &'static [Action] = &[Action::Check, Action::Backup, Action::Restore];
+
+        fn restore(
+            &self,
+            ctx: &backplan_plugin_sdk::Context,
+            _: &serde_json::Value,
+        ) -> backplan_plugin_sdk::PluginResult<backplan_plugin_sdk::StepOutput> {
+            let without = ctx.request().record.as_ref().is_none_or(|r| r.is_null());
+            Ok(backplan_plugin_sdk::StepOutput::new(if without {
+                "restored without a record"
+            } else {
+                "restored from its record"
+            }))
+        }
 
         fn backup(
             &self,
@@ -708,7 +721,15 @@ async fn discover_asks_the_steps_that_can_and_the_rebuilt_records_restore() {
     let mut request = RunRequest::new(RunKind::Restore);
     request.source = Some(latest);
     let restore = bench.run(request).await;
-    assert_eq!(statuses(&restore)[0], ("ami", StepStatus::Succeeded));
+    assert_eq!(
+        statuses(&restore),
+        [
+            ("ami", StepStatus::Succeeded),
+            ("host", StepStatus::Succeeded)
+        ],
+        "a step with nothing to rediscover is restored without its record"
+    );
+    assert_eq!(restore.steps[1].summary, "restored without a record");
 }
 
 #[tokio::test]

@@ -295,6 +295,8 @@ impl<'a> Runner<'a> {
                     .unwrap_or_default(),
                 can_discover: can(step),
                 backups: Vec::new(),
+                summary: String::new(),
+                warnings: Vec::new(),
             };
             match answers
                 .iter()
@@ -302,6 +304,8 @@ impl<'a> Runner<'a> {
                 .map(|a| &a.result)
             {
                 Some(Ok(output)) => {
+                    found.summary = output.summary.clone();
+                    found.warnings = output.warnings.clone();
                     match serde_json::from_value::<Discovered>(output.record.clone()) {
                         Ok(discovered) => found.backups = discovered.backups,
                         Err(e) => discovery.failed.push((

@@ -179,6 +179,14 @@ impl Plugin for BuildCleanup {
     }
 
     fn restore(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        if ctx.request().record.as_ref().is_none_or(|r| r.is_null()) {
+            // A catalog rebuilt from the AMI and the repository has no list of the builds.
+            return Ok(StepOutput::new(
+                "no record of the builds in flight (the catalog was rebuilt): nothing deleted; \
+                 look for builds that stay \"running\" in the app and delete them by hand",
+            )
+            .warning("the builds in flight at backup time are unknown: none were deleted"));
+        }
         let record: Record = ctx.record()?;
         let delete = restore_options(ctx)?.delete.unwrap_or(config.delete);
         // A URL that cannot be quoted safely fails the step before anything is asked or run.

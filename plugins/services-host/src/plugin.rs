@@ -58,6 +58,10 @@ struct FileChange {
 struct RestoreOptions {
     private_ip: Option<String>,
     public_ip: Option<String>,
+    /// The old machine's addresses, for a backup whose record was rebuilt without this step's
+    /// (`catalog rebuild` finds nothing of services-host's): e.g. the ebs step's `private_ip`.
+    old_private_ip: Option<String>,
+    old_public_ip: Option<String>,
 }
 
 const DOCS: &str = "\
@@ -201,13 +205,39 @@ impl Plugin for ServicesHost {
     }
 
     fn restore(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
-        let old: Identity = ctx.record()?;
         let options: RestoreOptions = match &ctx.request().options {
             serde_json::Value::Null => RestoreOptions::default(),
             given => serde_json::from_value(given.clone()).map_err(|e| {
                 PluginError::config(format!("restore options (addresses are strings): {e}"))
             })?,
         };
+        let old: Identity = match &ctx.request().record {
+            Some(record) if !record.is_null() => ctx.record()?,
+            // A catalog rebuilt from the AMI and the repository has no record of this step: the
+            // old addresses must be given.
+            _ => Identity {
+                hostname: String::new(),
+                private_ip: options
+                    .old_private_ip
+                    .clone()
+                    .or(config.old_private_ip.clone()),
+                public_ip: options
+                    .old_public_ip
+                    .clone()
+                    .or(config.old_public_ip.clone()),
+                files: Vec::new(),
+            },
+        };
+        if old.private_ip.is_none()
+            && old.public_ip.is_none()
+            && config.restore_tasks.contains(&Task::RewriteAddresses)
+        {
+            return Err(PluginError::config(
+                "this backup has no record of the old machine's addresses (its catalog was \
+                 rebuilt): pass -o old_private_ip=… (and -o old_public_ip=…), e.g. the ebs \
+                 step's recorded private_ip in `backplan runs show`",
+            ));
+        }
         let dry_run = ctx.request().dry_run;
         let imds = config.use_imds.then(Imds::from_env).flatten();
         let new_private = identity::address(
