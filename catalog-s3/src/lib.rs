@@ -118,10 +118,18 @@ where
 }
 
 impl S3Store {
-    /// Opens the catalog of `plan` in `bucket` under `prefix`: the bucket must exist and be
-    /// readable, the plan's folder must hold nothing but a catalog, and the server must enforce
-    /// conditional writes.
+    /// Opens the catalog of `plan` in `bucket` under `prefix` to write (runs): the bucket must
+    /// exist and be readable, the plan's folder must hold nothing but a catalog, and the server
+    /// must enforce conditional writes (proved by writing a probe object twice).
     pub fn open(bucket: &str, prefix: &str, plan: &str) -> Result<S3Store, OpenError> {
+        let store = Self::open_to_read(bucket, prefix, plan)?;
+        store.check_conditional_writes()?;
+        Ok(store)
+    }
+
+    /// Opens the catalog only to read it (`runs list`, `status`): the same checks but the
+    /// conditional-write probe, so a read-only monitoring role suffices.
+    pub fn open_to_read(bucket: &str, prefix: &str, plan: &str) -> Result<S3Store, OpenError> {
         let runtime = backplan_aws::runtime::multi_thread(2, "backplan-catalog")
             .map_err(|e| OpenError(e.message))?;
         let settings = backplan_aws::Settings {
@@ -145,7 +153,6 @@ impl S3Store {
         };
         store.check_bucket()?;
         store.check_folder()?;
-        store.check_conditional_writes()?;
         Ok(store)
     }
 

@@ -174,12 +174,26 @@ impl Session {
         Ok(host)
     }
 
+    /// The plan's catalog, to run in (an S3 one must prove it enforces conditional writes).
     fn catalog(&self, plan: &Plan) -> anyhow::Result<Catalog> {
+        self.open_catalog(plan, true)
+    }
+
+    /// The plan's catalog, only to read (`runs`, `status`: a read-only role suffices).
+    fn catalog_to_read(&self, plan: &Plan) -> anyhow::Result<Catalog> {
+        self.open_catalog(plan, false)
+    }
+
+    fn open_catalog(&self, plan: &Plan, to_write: bool) -> anyhow::Result<Catalog> {
         match state::catalog_location(plan, &self.state_root) {
             CatalogLocation::Local(dir) => Ok(Catalog::open(&dir, &plan.name)?),
             CatalogLocation::S3 { bucket, prefix } => {
-                let store = S3Store::open(&bucket, &prefix, &plan.name)
-                    .map_err(|e| plan.catalog_problem(e.0))?;
+                let store = if to_write {
+                    S3Store::open(&bucket, &prefix, &plan.name)
+                } else {
+                    S3Store::open_to_read(&bucket, &prefix, &plan.name)
+                }
+                .map_err(|e| plan.catalog_problem(e.0))?;
                 Ok(Catalog::new(&plan.name, Arc::new(store)))
             }
         }
@@ -241,7 +255,7 @@ impl Session {
         request.dry_run = args.dry_run;
         request.only_steps = args.steps;
         request.options = options(&args.options);
-        request.history = self.catalog(&plan)?.list()?.0;
+        request.history = self.catalog_to_read(&plan)?.list()?.0;
         Ok(self.execute(&plan, &host, request).await?.1)
     }
 
@@ -647,7 +661,7 @@ impl Session {
         let facts = Plan::load(&args.plan.plan)
             .map_err(anyhow::Error::from)
             .and_then(|plan| {
-                let records = self.catalog(&plan)?.list_now()?.0;
+                let records = self.catalog_to_read(&plan)?.list_now()?.0;
                 Ok((health::health(&plan, &records), plan))
             });
         let (health, plan) = match facts {
@@ -700,7 +714,7 @@ impl Session {
 
     fn runs_list(&self, path: &Path) -> anyhow::Result<i32> {
         let plan = Plan::load(path)?;
-        let catalog = self.catalog(&plan)?;
+        let catalog = self.catalog_to_read(&plan)?;
         let (records, problems) = catalog.list_now()?;
         for problem in &problems {
             tracing::warn!("{problem}");
@@ -757,7 +771,7 @@ impl Session {
 
     fn runs_show(&self, path: &Path, run: &str) -> anyhow::Result<i32> {
         let plan = Plan::load(path)?;
-        let catalog = self.catalog(&plan)?;
+        let catalog = self.catalog_to_read(&plan)?;
         let record = catalog.run(run)?;
         if self.global.json {
             outln!("{}", serde_json::to_string_pretty(&record)?);
