@@ -14,7 +14,7 @@ use crate::client::{AwsError, call};
 use crate::tags::filter;
 
 /// The Elastic IP associated with `instance_id`, if it has one.
-pub async fn elastic_ip_of(
+pub(crate) async fn elastic_ip_of(
     ctx: &Context,
     ec2: &Client,
     instance_id: &str,
@@ -33,7 +33,11 @@ pub async fn elastic_ip_of(
 }
 
 /// The Elastic IP `allocation_id`; a configuration error when it is gone.
-pub async fn elastic_ip(ctx: &Context, ec2: &Client, allocation_id: &str) -> PluginResult<Address> {
+pub(crate) async fn elastic_ip(
+    ctx: &Context,
+    ec2: &Client,
+    allocation_id: &str,
+) -> PluginResult<Address> {
     let gone = || {
         PluginError::config(format!(
             "the Elastic IP {allocation_id} recorded at backup no longer exists (released?): restore without reuse_elastic_ip"
@@ -54,7 +58,7 @@ pub async fn elastic_ip(ctx: &Context, ec2: &Client, allocation_id: &str) -> Plu
 
 /// Moves Elastic IP `allocation_id` to `instance_id` (from the old machine too, if it still
 /// holds it); nothing to do when it is there already. Returns its public IP.
-pub async fn move_elastic_ip(
+pub(crate) async fn move_elastic_ip(
     ctx: &Context,
     ec2: &Client,
     allocation_id: &str,
@@ -82,7 +86,7 @@ pub async fn move_elastic_ip(
 
 /// What holds private IP `ip` in `subnet_id` (`eni-… of i-… (in-use)`), or `None` when it is
 /// free.
-pub async fn holder(
+pub(crate) async fn holder(
     ctx: &Context,
     ec2: &Client,
     subnet_id: &str,
@@ -106,7 +110,7 @@ pub async fn holder(
 }
 
 /// Refuses to launch with private IP `ip` while something in `subnet_id` holds it.
-pub async fn require_free(
+pub(crate) async fn require_free(
     ctx: &Context,
     ec2: &Client,
     subnet_id: &str,

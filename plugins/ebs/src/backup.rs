@@ -22,7 +22,7 @@ use crate::throttle::{COPY_SPACING, Pacer};
 
 const GIB: u64 = 1 << 30;
 
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Context,
     aws: &Aws,
     settings: &Settings,
@@ -119,7 +119,7 @@ pub async fn run(
 
 /// What a backup that made `record` (of volumes adding up to `bytes`) returns: its summary,
 /// outputs and record. `discover` builds the same from what it finds.
-pub fn output(record: BackupRecord, bytes: u64) -> StepOutput {
+pub(crate) fn output(record: BackupRecord, bytes: u64) -> StepOutput {
     let id = &record.instance.instance_id;
     let mut summary = match &record.image_id {
         Some(image) => format!(
@@ -174,7 +174,7 @@ async fn copy_all(
 }
 
 /// Fills in each snapshot's volume id, and adds up the volume sizes.
-pub async fn with_volumes(
+pub(crate) async fn with_volumes(
     ctx: &Context,
     ec2: &Client,
     mut snapshots: Vec<SnapshotRecord>,

@@ -13,7 +13,7 @@ use crate::record::BackupRecord;
 use crate::restore::{self, Launch};
 use crate::tags::{Owner, image_name};
 
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Context,
     aws: &Aws,
     settings: &Settings,

@@ -77,7 +77,7 @@ impl From<AwsError> for PluginError {
 }
 
 /// Calls EC2 operation `operation` through `send`, retrying throttling and 5xx with backoff.
-pub async fn call<T, E, F, Fut>(
+pub(crate) async fn call<T, E, F, Fut>(
     ctx: &Context,
     operation: &'static str,
     mut send: F,
@@ -116,7 +116,7 @@ where
 
 /// The runtime and AWS configuration of one action.
 #[derive(Debug)]
-pub struct Aws {
+pub(crate) struct Aws {
     runtime: Runtime,
     config: SdkConfig,
     region: String,
@@ -124,7 +124,7 @@ pub struct Aws {
 
 impl Aws {
     /// Loads the standard configuration; `region` overrides the chain's region.
-    pub fn connect(region: Option<&str>) -> PluginResult<Aws> {
+    pub(crate) fn connect(region: Option<&str>) -> PluginResult<Aws> {
         let runtime = backplan_aws::runtime::current_thread()?;
         let config = runtime.block_on(backplan_aws::load(&backplan_aws::Settings {
             region: region.map(str::to_owned),
@@ -144,12 +144,12 @@ impl Aws {
     }
 
     /// The main region.
-    pub fn region(&self) -> &str {
+    pub(crate) fn region(&self) -> &str {
         &self.region
     }
 
     /// An EC2 client for `region`.
-    pub fn ec2(&self, region: &str) -> Client {
+    pub(crate) fn ec2(&self, region: &str) -> Client {
         let config = aws_sdk_ec2::config::Builder::from(&self.config)
             .region(Region::new(region.to_owned()))
             .build();
@@ -157,12 +157,12 @@ impl Aws {
     }
 
     /// Runs `future` to completion on this action's runtime.
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
     }
 
     /// Resolves credentials now, for `check`: a config error says where they were looked for.
-    pub async fn check_credentials(&self) -> PluginResult<()> {
+    pub(crate) async fn check_credentials(&self) -> PluginResult<()> {
         backplan_aws::check_credentials(&self.config).await
     }
 }

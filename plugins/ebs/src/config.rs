@@ -33,7 +33,7 @@ const MACHINE_TAGS: usize = 3;
 /// What to make of the instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// An AMI (CreateImage): every attached volume, restorable with one RunInstances.
     #[default]
     Ami,
@@ -44,7 +44,7 @@ pub enum Mode {
 /// Which volumes `mode = "snapshots"` snapshots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Volumes {
+pub(crate) enum Volumes {
     /// Only the root volume.
     #[default]
     Root,
@@ -55,7 +55,7 @@ pub enum Volumes {
 /// One cross-region copy of the AMI.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CopyConfig {
+pub(crate) struct CopyConfig {
     /// The region the AMI is copied to, e.g. `us-west-2`.
     #[schemars(length(min = 1, max = 64))]
     pub region: String,
@@ -67,7 +67,7 @@ pub struct CopyConfig {
 /// instance's, and `-o KEY=VALUE` overrides both.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LaunchConfig {
+pub(crate) struct LaunchConfig {
     /// e.g. `m5.2xlarge`.
     #[schemars(length(min = 1, max = 64))]
     pub instance_type: Option<String>,
@@ -103,7 +103,7 @@ pub struct LaunchConfig {
 /// The step's `config` table.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// `i-...`, or `self` for the machine backplan runs on (found through IMDSv2).
     #[schemars(length(min = 1, max = 255))]
     pub instance: Option<String>,
@@ -150,7 +150,7 @@ fn yes() -> bool {
 
 /// How the instance is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// An instance id.
     Id(String),
     /// The machine this runs on (IMDSv2).
@@ -161,7 +161,7 @@ pub enum Target {
 
 /// Polling and waiting limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// First pause between polls.
     pub poll_start: Duration,
     /// Longest pause between polls.
@@ -172,14 +172,14 @@ pub struct Timing {
 
 /// A copy region with its resolved retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyTarget {
+pub(crate) struct CopyTarget {
     pub region: String,
     pub retention: Retention,
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// `None` when the step only restores (no source instance is needed then).
     pub target: Option<Target>,
     pub region: Option<String>,
@@ -195,7 +195,7 @@ pub struct Settings {
 
 impl Settings {
     /// Validates `config`.
-    pub fn new(config: &Config) -> PluginResult<Settings> {
+    pub(crate) fn new(config: &Config) -> PluginResult<Settings> {
         let target = match (&config.instance, &config.instance_tags) {
             (Some(_), Some(_)) => {
                 return Err(PluginError::config(
@@ -293,12 +293,12 @@ impl Settings {
 
     /// How many tags are left for the machine's facts beside `tags` and backplan's own: at
     /// least three.
-    pub fn machine_tag_room(&self) -> usize {
+    pub(crate) fn machine_tag_room(&self) -> usize {
         MAX_TAGS - OWN_TAGS - self.tags.len()
     }
 
     /// The instance to back up, or a config error saying how to name one.
-    pub fn require_target(&self) -> PluginResult<&Target> {
+    pub(crate) fn require_target(&self) -> PluginResult<&Target> {
         let target = self.target.as_ref().ok_or_else(|| {
             PluginError::config("name the instance to back up: `instance` or `instance_tags`")
         })?;
@@ -328,7 +328,7 @@ fn launch(launch: &LaunchConfig) -> PluginResult<LaunchConfig> {
 
 /// An instance profile as RunInstances takes it: an ARN, a name, or `none`. A role's ARN is the
 /// usual mistake (a role and its profile often share a name), so it is named.
-pub fn instance_profile(key: &str, value: &str) -> PluginResult<()> {
+pub(crate) fn instance_profile(key: &str, value: &str) -> PluginResult<()> {
     if value.trim().is_empty() {
         return Err(PluginError::config(format!(
             "{key} is empty: give an instance profile's ARN or name, or \"none\""
@@ -394,7 +394,7 @@ fn tag_keys<'a>(
 /// of a restore sees the same options, so keys meant for other plugins (`target`, `path`...)
 /// are ignored rather than refused.
 #[derive(Debug, Default, Deserialize)]
-pub struct LaunchOptions {
+pub(crate) struct LaunchOptions {
     pub instance_type: Option<String>,
     pub subnet_id: Option<String>,
     /// An array, or one string of comma-separated ids.
@@ -415,13 +415,13 @@ pub struct LaunchOptions {
 /// A list given either as a JSON array or as one comma-separated string.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum StringList {
+pub(crate) enum StringList {
     List(Vec<String>),
     Joined(String),
 }
 
 impl StringList {
-    pub fn into_vec(self) -> Vec<String> {
+    pub(crate) fn into_vec(self) -> Vec<String> {
         match self {
             StringList::List(list) => list,
             StringList::Joined(text) => text
@@ -436,7 +436,7 @@ impl StringList {
 
 impl LaunchOptions {
     /// Reads the request's options (none is fine).
-    pub fn from_request(options: &Value) -> PluginResult<LaunchOptions> {
+    pub(crate) fn from_request(options: &Value) -> PluginResult<LaunchOptions> {
         if options.is_null() {
             return Ok(LaunchOptions::default());
         }
@@ -448,7 +448,7 @@ impl LaunchOptions {
     }
 
     /// Whether this restore is a drill.
-    pub fn is_drill(&self) -> bool {
+    pub(crate) fn is_drill(&self) -> bool {
         self.drill == Some(true)
     }
 }

@@ -24,7 +24,7 @@ use crate::record::{BackupRecord, CopyRecord, InstanceRecord, SnapshotRecord};
 use crate::snapshot::{self, timestamp};
 use crate::tags::{self, DEVICE, Owner, RUN};
 
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Context,
     aws: &Aws,
     settings: &Settings,

@@ -16,7 +16,7 @@ use crate::record::InstanceRecord;
 use crate::tags::value;
 
 /// The first tag's key; the next ones add `.2`, `.3`...
-pub const MACHINE: &str = "backplan:machine";
+pub(crate) const MACHINE: &str = "backplan:machine";
 /// The longest tag value EC2 takes, in characters.
 const VALUE_CHARS: usize = 256;
 
@@ -51,7 +51,7 @@ struct Facts {
 }
 
 /// The tags describing `machine`, if they fit in `room` tags; otherwise how many it would take.
-pub fn tags(machine: &InstanceRecord, room: usize) -> Result<Vec<(String, String)>, usize> {
+pub(crate) fn tags(machine: &InstanceRecord, room: usize) -> Result<Vec<(String, String)>, usize> {
     let facts = Facts {
         id: machine.instance_id.clone(),
         instance_type: machine.instance_type.clone(),
@@ -95,7 +95,7 @@ fn key(i: usize) -> String {
 
 /// The machine `tags` describe: `None` when they say nothing of it (a backup made before
 /// backups were tagged so), an error when what they say does not read.
-pub fn read(tags: &[Tag]) -> Option<Result<InstanceRecord, String>> {
+pub(crate) fn read(tags: &[Tag]) -> Option<Result<InstanceRecord, String>> {
     let mut text = value(tags, MACHINE)?.to_owned();
     for i in 1.. {
         match value(tags, &key(i)) {

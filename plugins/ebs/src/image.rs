@@ -23,7 +23,7 @@ use crate::wait::{Poll, pause};
 
 /// Our own images: of this step in this run (`run_only`) or in any run. Deregistered and failed
 /// ones are left out.
-pub async fn find_own(
+pub(crate) async fn find_own(
     ctx: &Context,
     ec2: &Client,
     owner: &Owner,
@@ -55,7 +55,7 @@ pub async fn find_own(
 }
 
 /// The image `id`, if it still exists.
-pub async fn get(ctx: &Context, ec2: &Client, id: &str) -> Result<Option<Image>, AwsError> {
+pub(crate) async fn get(ctx: &Context, ec2: &Client, id: &str) -> Result<Option<Image>, AwsError> {
     let out = call(ctx, "DescribeImages", || {
         ec2.describe_images()
             .filters(crate::tags::filter("image-id", id))
@@ -66,7 +66,7 @@ pub async fn get(ctx: &Context, ec2: &Client, id: &str) -> Result<Option<Image>,
 }
 
 /// The snapshot ids of an image's EBS mappings.
-pub fn snapshot_ids(image: &Image) -> Vec<String> {
+pub(crate) fn snapshot_ids(image: &Image) -> Vec<String> {
     image
         .block_device_mappings()
         .iter()
@@ -75,7 +75,7 @@ pub fn snapshot_ids(image: &Image) -> Vec<String> {
 }
 
 /// The image's snapshots with their devices.
-pub fn snapshot_records(image: &Image) -> Vec<SnapshotRecord> {
+pub(crate) fn snapshot_records(image: &Image) -> Vec<SnapshotRecord> {
     image
         .block_device_mappings()
         .iter()
@@ -91,7 +91,7 @@ pub fn snapshot_records(image: &Image) -> Vec<SnapshotRecord> {
 
 /// The AMI of this run: the one an earlier attempt made, or a new one (once EC2 allows a new
 /// snapshot of each volume: CreateImage snapshots them all).
-pub async fn make(
+pub(crate) async fn make(
     ctx: &Context,
     ec2: &Client,
     owner: &Owner,
@@ -137,7 +137,7 @@ pub async fn make(
 
 /// The copy of `source` in `region` for this run: the one an earlier attempt made, or a new one
 /// (CopyImage calls paced by `pacer`).
-pub async fn copy(
+pub(crate) async fn copy(
     ctx: &Context,
     target: &Client,
     owner: &Owner,
@@ -178,7 +178,7 @@ pub async fn copy(
 }
 
 /// Waits until image `id` is `available`; fails at once if it or one of its snapshots fails.
-pub async fn wait(
+pub(crate) async fn wait(
     ctx: &Context,
     ec2: &Client,
     id: &str,
@@ -231,7 +231,7 @@ pub async fn wait(
 }
 
 /// Deregisters an image, then deletes its snapshots (AWS keeps them otherwise).
-pub async fn delete(ctx: &Context, ec2: &Client, image: &Image) -> PluginResult<()> {
+pub(crate) async fn delete(ctx: &Context, ec2: &Client, image: &Image) -> PluginResult<()> {
     let id = image.image_id().unwrap_or_default();
     match call(ctx, "DeregisterImage", || {
         ec2.deregister_image().image_id(id).send()

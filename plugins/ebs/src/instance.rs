@@ -15,7 +15,11 @@ use crate::record::InstanceRecord;
 use crate::tags::filter;
 
 /// The instance `target` names, described.
-pub async fn resolve(ctx: &Context, ec2: &Client, target: &Target) -> PluginResult<Instance> {
+pub(crate) async fn resolve(
+    ctx: &Context,
+    ec2: &Client,
+    target: &Target,
+) -> PluginResult<Instance> {
     match target {
         Target::Id(id) => describe(ctx, ec2, id).await,
         Target::Myself => {
@@ -65,14 +69,14 @@ pub async fn resolve(ctx: &Context, ec2: &Client, target: &Target) -> PluginResu
 }
 
 /// One instance by id; a clear error when it does not exist.
-pub async fn describe(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Instance> {
+pub(crate) async fn describe(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Instance> {
     find(ctx, ec2, id).await?.ok_or_else(|| {
         PluginError::permanent(format!("instance {id} does not exist in this region"))
     })
 }
 
 /// One instance by id, if it exists.
-pub async fn find(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Option<Instance>> {
+pub(crate) async fn find(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Option<Instance>> {
     let found = call(ctx, "DescribeInstances", || {
         ec2.describe_instances().instance_ids(id).send()
     })
@@ -90,7 +94,7 @@ pub async fn find(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<Option<
 }
 
 /// The instance's state name (`running`, `stopped`...).
-pub fn state(instance: &Instance) -> &str {
+pub(crate) fn state(instance: &Instance) -> &str {
     instance
         .state()
         .and_then(|s| s.name())
@@ -114,7 +118,7 @@ async fn own_instance_id() -> PluginResult<String> {
 }
 
 /// What the record keeps about the instance.
-pub fn record(instance: &Instance) -> InstanceRecord {
+pub(crate) fn record(instance: &Instance) -> InstanceRecord {
     let some = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
     InstanceRecord {
         instance_id: instance.instance_id().unwrap_or_default().to_owned(),
@@ -143,7 +147,7 @@ pub fn record(instance: &Instance) -> InstanceRecord {
 }
 
 /// The attached EBS volumes `volumes` selects, as (device, volume id).
-pub fn volumes(instance: &Instance, volumes: Volumes) -> Vec<(String, String)> {
+pub(crate) fn volumes(instance: &Instance, volumes: Volumes) -> Vec<(String, String)> {
     let root = instance.root_device_name().unwrap_or_default();
     instance
         .block_device_mappings()

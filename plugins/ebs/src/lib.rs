@@ -20,26 +20,26 @@
 //! Backups are also tagged with the machine's facts ([`facts`]), so that `discover` can give a
 //! lost catalog back the records they returned.
 
-pub mod address;
-pub mod backup;
-pub mod check;
-pub mod client;
-pub mod config;
-pub mod discover;
-pub mod facts;
-pub mod image;
-pub mod instance;
-pub mod permissions;
-pub mod plugin;
-pub mod probe;
-pub mod prune;
-pub mod record;
-pub mod restore;
-pub mod retention;
-pub mod snapshot;
-pub mod tags;
-pub mod throttle;
-pub mod verify;
-pub mod wait;
+mod address;
+mod backup;
+mod check;
+mod client;
+mod config;
+mod discover;
+mod facts;
+mod image;
+mod instance;
+mod permissions;
+mod plugin;
+mod probe;
+mod prune;
+mod record;
+mod restore;
+mod retention;
+mod snapshot;
+mod tags;
+mod throttle;
+mod verify;
+mod wait;
 
 backplan_plugin_sdk::declare_plugin!(plugin::Ebs);

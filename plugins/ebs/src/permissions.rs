@@ -41,7 +41,7 @@ fn pass_role(role: Option<&str>) -> Value {
 }
 
 /// The statements for `settings`.
-pub fn for_settings(settings: &Settings) -> Permissions {
+pub(crate) fn for_settings(settings: &Settings) -> Permissions {
     let mut describe = vec!["DescribeInstances", "DescribeImages", "DescribeSnapshots"];
     if settings.mode == Mode::Ami {
         // The Elastic IP of the instance, recorded for a restore to move.

@@ -15,7 +15,7 @@ use crate::{backup, check, discover, permissions, prune, restore, verify};
 
 /// The plugin.
 #[derive(Debug, Default)]
-pub struct Ebs;
+pub(crate) struct Ebs;
 
 /// The tags that say "this step of this plan, in this run".
 fn owner(ctx: &Context) -> Owner {

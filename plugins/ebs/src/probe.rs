@@ -9,7 +9,7 @@ use crate::client::{AwsError, call};
 
 /// Turns a DryRun probe's answer into "allowed", or the error (a configuration error naming the
 /// call when IAM refuses it).
-pub fn allowed<T>(answer: Result<T, AwsError>) -> PluginResult<()> {
+pub(crate) fn allowed<T>(answer: Result<T, AwsError>) -> PluginResult<()> {
     match answer {
         Ok(_) => Ok(()),
         Err(e) if e.is_dry_run_ok() => Ok(()),
@@ -18,7 +18,7 @@ pub fn allowed<T>(answer: Result<T, AwsError>) -> PluginResult<()> {
 }
 
 /// Whether DescribeImages is allowed: credentials valid, region reachable.
-pub async fn describe(ctx: &Context, ec2: &Client) -> PluginResult<()> {
+pub(crate) async fn describe(ctx: &Context, ec2: &Client) -> PluginResult<()> {
     let answer = call(ctx, "DescribeImages", || {
         ec2.describe_images().dry_run(true).owners("self").send()
     })

@@ -39,7 +39,7 @@ fn newest_verified(history: &[HistoryEntry]) -> Option<(String, BackupRecord)> {
     })
 }
 
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Context,
     aws: &Aws,
     settings: &Settings,

@@ -9,7 +9,7 @@ use crate::config::Mode;
 /// The backed-up instance, as restore needs it to launch a replacement and the host fix-up
 /// steps need it to rewrite old addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceRecord {
+pub(crate) struct InstanceRecord {
     pub instance_id: String,
     #[serde(default)]
     pub instance_type: String,
@@ -43,7 +43,7 @@ pub struct InstanceRecord {
 
 /// One snapshot of one volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotRecord {
+pub(crate) struct SnapshotRecord {
     pub snapshot_id: String,
     #[serde(default)]
     pub volume_id: Option<String>,
@@ -53,7 +53,7 @@ pub struct SnapshotRecord {
 
 /// The AMI's copy in another region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyRecord {
+pub(crate) struct CopyRecord {
     pub region: String,
     pub image_id: String,
     #[serde(default)]
@@ -62,7 +62,7 @@ pub struct CopyRecord {
 
 /// The record of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupRecord {
+pub(crate) struct BackupRecord {
     pub mode: Mode,
     pub region: String,
     pub instance: InstanceRecord,
@@ -77,7 +77,7 @@ pub struct BackupRecord {
 
 impl BackupRecord {
     /// Every image of this backup with its region: the main one first, then the copies.
-    pub fn images(&self) -> Vec<(String, String)> {
+    pub(crate) fn images(&self) -> Vec<(String, String)> {
         let main = self
             .image_id
             .iter()
@@ -92,7 +92,7 @@ impl BackupRecord {
 
 /// The record of a restore: what teardown undoes, and what the new machine was given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreRecord {
+pub(crate) struct RestoreRecord {
     pub instance_id: String,
     pub region: String,
     pub image_id: String,

@@ -27,7 +27,7 @@ use crate::wait::Poll;
 
 /// What will be launched.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Launch {
+pub(crate) struct Launch {
     pub region: String,
     pub image_id: String,
     pub instance_type: String,
@@ -49,7 +49,7 @@ impl Launch {
     /// settings do not exist, so only what is given explicitly is used (the instance profile,
     /// an IAM resource, is global and still inherited). A drill refuses the production subnet
     /// and never takes the old machine's addresses.
-    pub fn plan(
+    pub(crate) fn plan(
         record: &BackupRecord,
         settings: &Settings,
         options: LaunchOptions,
@@ -280,7 +280,7 @@ fn old_elastic_ip(record: &BackupRecord, region: &str) -> PluginResult<String> {
 }
 
 /// Launches (or finds) the restored instance and waits until it runs.
-pub async fn launch(
+pub(crate) async fn launch(
     ctx: &Context,
     aws: &Aws,
     settings: &Settings,
@@ -464,7 +464,7 @@ async fn wait_state(
 }
 
 /// Terminates the instance a restore launched, and waits until it is gone.
-pub async fn teardown(
+pub(crate) async fn teardown(
     ctx: &Context,
     aws: &Aws,
     record: &RestoreRecord,
@@ -495,7 +495,7 @@ pub async fn teardown(
 }
 
 /// Used by `check` before a restore: the image exists, and RunInstances would be allowed.
-pub async fn preflight(ctx: &Context, aws: &Aws, plan: &Launch) -> PluginResult<String> {
+pub(crate) async fn preflight(ctx: &Context, aws: &Aws, plan: &Launch) -> PluginResult<String> {
     let ec2 = aws.ec2(&plan.region);
     let image = crate::image::get(ctx, &ec2, &plan.image_id)
         .await?

@@ -9,14 +9,14 @@ use jiff::Timestamp;
 
 /// One backup retention decides about: its key (e.g. the AMI id) and when it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub key: String,
     pub created: Timestamp,
 }
 
 /// What prune does in one region.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Kept, newest first.
     pub keep: Vec<String>,
     /// Deleted, oldest first.
@@ -27,7 +27,7 @@ pub struct Decision {
 
 /// Applies `rules`, then spares `protected` keys whatever the rules say. Refuses when the rules
 /// would keep nothing at all.
-pub fn decide(
+pub(crate) fn decide(
     rules: &Retention,
     candidates: &[Candidate],
     protected: &BTreeSet<String>,

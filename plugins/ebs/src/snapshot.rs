@@ -20,12 +20,12 @@ use crate::throttle::{Gate, snapshot_gate};
 use crate::wait::{Poll, pause};
 
 /// An AWS time as a timestamp.
-pub fn timestamp(time: &aws_sdk_ec2::primitives::DateTime) -> Timestamp {
+pub(crate) fn timestamp(time: &aws_sdk_ec2::primitives::DateTime) -> Timestamp {
     Timestamp::new(time.secs(), time.subsec_nanos() as i32).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Our own snapshots: of this step in this run (`run_only`) or in any run.
-pub async fn find_own(
+pub(crate) async fn find_own(
     ctx: &Context,
     ec2: &Client,
     owner: &Owner,
@@ -47,7 +47,7 @@ pub async fn find_own(
 }
 
 /// The snapshots among `ids` that still exist (a filter, so a missing one is simply absent).
-pub async fn existing(
+pub(crate) async fn existing(
     ctx: &Context,
     ec2: &Client,
     ids: &[String],
@@ -72,7 +72,12 @@ pub async fn existing(
 
 /// Waits until EC2 allows a new snapshot of `volume` (15 s spacing, 5 pending at most), for
 /// `wait_timeout` at most.
-pub async fn gate(ctx: &Context, ec2: &Client, volume: &str, timing: &Timing) -> PluginResult<()> {
+pub(crate) async fn gate(
+    ctx: &Context,
+    ec2: &Client,
+    volume: &str,
+    timing: &Timing,
+) -> PluginResult<()> {
     let deadline = Instant::now() + timing.timeout;
     loop {
         let out = call(ctx, "DescribeSnapshots", || {
@@ -110,7 +115,7 @@ pub async fn gate(ctx: &Context, ec2: &Client, volume: &str, timing: &Timing) ->
 
 /// Snapshots of `volumes` (device, volume id) for this run: those an earlier attempt made are
 /// reused, the others created.
-pub async fn make(
+pub(crate) async fn make(
     ctx: &Context,
     ec2: &Client,
     owner: &Owner,
@@ -164,7 +169,7 @@ pub async fn make(
 
 /// The state of a set of snapshots at one poll.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Completed,
     /// Average progress in percent.
     Pending(u64),
@@ -173,7 +178,7 @@ pub enum Status {
 /// Looks at `ids` once: a snapshot in `error` is a permanent failure with AWS's reason. One not
 /// listed yet counts as pending at 0%: EC2's describe calls are eventually consistent, so a
 /// snapshot just created may not show for a moment (the wait's timeout bounds this).
-pub async fn status(ctx: &Context, ec2: &Client, ids: &[String]) -> PluginResult<Status> {
+pub(crate) async fn status(ctx: &Context, ec2: &Client, ids: &[String]) -> PluginResult<Status> {
     let found = existing(ctx, ec2, ids).await?;
     let mut total = 0u64;
     let mut all_done = true;
@@ -213,7 +218,7 @@ fn percent(progress: Option<&str>) -> u64 {
 }
 
 /// Waits until every snapshot in `ids` is `completed`, reporting progress.
-pub async fn wait(
+pub(crate) async fn wait(
     ctx: &Context,
     ec2: &Client,
     ids: &[String],
@@ -234,7 +239,7 @@ pub async fn wait(
 }
 
 /// A percent progress update.
-pub fn progress(done: u64, message: &str) -> Progress {
+pub(crate) fn progress(done: u64, message: &str) -> Progress {
     Progress {
         done,
         total: Some(100),
@@ -244,7 +249,7 @@ pub fn progress(done: u64, message: &str) -> Progress {
 }
 
 /// Deletes a snapshot; one already gone counts as deleted.
-pub async fn delete(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<()> {
+pub(crate) async fn delete(ctx: &Context, ec2: &Client, id: &str) -> PluginResult<()> {
     match call(ctx, "DeleteSnapshot", || {
         ec2.delete_snapshot().snapshot_id(id).send()
     })

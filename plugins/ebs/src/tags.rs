@@ -9,19 +9,19 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
-pub const PLAN: &str = "backplan:plan";
-pub const STEP: &str = "backplan:step";
-pub const RUN: &str = "backplan:run";
+pub(crate) const PLAN: &str = "backplan:plan";
+pub(crate) const STEP: &str = "backplan:step";
+pub(crate) const RUN: &str = "backplan:run";
 /// On an instance launched by restore: the backup run it came from.
-pub const RESTORED_FROM: &str = "backplan:restored-from";
+pub(crate) const RESTORED_FROM: &str = "backplan:restored-from";
 /// Set by hand (or a later verify) on an image proven usable: prune never deletes the newest.
-pub const VERIFIED: &str = "backplan:verified";
+pub(crate) const VERIFIED: &str = "backplan:verified";
 /// On a snapshot of `mode = "snapshots"`: the device its volume was attached as.
-pub const DEVICE: &str = "backplan:device";
+pub(crate) const DEVICE: &str = "backplan:device";
 
 /// Who made something: the identity tags of one step in one run.
 #[derive(Debug, Clone)]
-pub struct Owner {
+pub(crate) struct Owner {
     pub plan: String,
     pub step: String,
     pub run: String,
@@ -29,7 +29,7 @@ pub struct Owner {
 
 impl Owner {
     /// The three identity tags, then the user's.
-    pub fn tags(&self, extra: &BTreeMap<String, String>) -> Vec<Tag> {
+    pub(crate) fn tags(&self, extra: &BTreeMap<String, String>) -> Vec<Tag> {
         let own = [(PLAN, &self.plan), (STEP, &self.step), (RUN, &self.run)];
         own.into_iter()
             .map(|(k, v)| (k.to_owned(), v.clone()))
@@ -39,7 +39,7 @@ impl Owner {
     }
 
     /// `tags` for each resource type.
-    pub fn specs(
+    pub(crate) fn specs(
         &self,
         extra: &BTreeMap<String, String>,
         types: &[ResourceType],
@@ -56,7 +56,7 @@ impl Owner {
     }
 
     /// Filters matching this step of this plan (any run).
-    pub fn step_filters(&self) -> Vec<Filter> {
+    pub(crate) fn step_filters(&self) -> Vec<Filter> {
         vec![
             filter(&format!("tag:{PLAN}"), &self.plan),
             filter(&format!("tag:{STEP}"), &self.step),
@@ -64,7 +64,7 @@ impl Owner {
     }
 
     /// Filters matching this step in this run only.
-    pub fn run_filters(&self) -> Vec<Filter> {
+    pub(crate) fn run_filters(&self) -> Vec<Filter> {
         let mut filters = self.step_filters();
         filters.push(filter(&format!("tag:{RUN}"), &self.run));
         filters
@@ -72,19 +72,19 @@ impl Owner {
 }
 
 /// A one-value filter.
-pub fn filter(name: &str, value: &str) -> Filter {
+pub(crate) fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
 /// The value of tag `key` in `tags`.
-pub fn value<'t>(tags: &'t [Tag], key: &str) -> Option<&'t str> {
+pub(crate) fn value<'t>(tags: &'t [Tag], key: &str) -> Option<&'t str> {
     tags.iter()
         .find(|t| t.key() == Some(key))
         .and_then(Tag::value)
 }
 
 /// A name AWS accepts for an AMI (letters, digits and `()[] ./-'@_`, at most 128 characters).
-pub fn image_name(owner: &Owner) -> String {
+pub(crate) fn image_name(owner: &Owner) -> String {
     let raw = format!("backplan-{}-{}-{}", owner.plan, owner.step, owner.run);
     raw.chars()
         .map(|c| {

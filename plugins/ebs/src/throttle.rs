@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 /// The shortest gap EC2 allows between two snapshots of one volume.
-pub const SNAPSHOT_SPACING: Duration = Duration::from_secs(15);
+pub(crate) const SNAPSHOT_SPACING: Duration = Duration::from_secs(15);
 /// The most snapshots of one volume EC2 lets be pending at once.
-pub const MAX_PENDING_PER_VOLUME: usize = 5;
+pub(crate) const MAX_PENDING_PER_VOLUME: usize = 5;
 /// The shortest gap between two CopyImage calls.
-pub const COPY_SPACING: Duration = Duration::from_secs(1);
+pub(crate) const COPY_SPACING: Duration = Duration::from_secs(1);
 
 /// Whether a new snapshot of a volume may start now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Gate {
+pub(crate) enum Gate {
     /// Go ahead.
     Open,
     /// Wait this long, then ask again; the text says why.
@@ -29,7 +29,7 @@ pub enum Gate {
 
 /// The gate for a new snapshot of `volume`, given its latest snapshot's start time and how many
 /// of its snapshots are still pending.
-pub fn snapshot_gate(
+pub(crate) fn snapshot_gate(
     volume: &str,
     latest_start: Option<Timestamp>,
     pending: usize,
@@ -63,18 +63,18 @@ pub fn snapshot_gate(
 
 /// Paces calls that must be at least a fixed gap apart (CopyImage).
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     gap: Duration,
     last: Option<Instant>,
 }
 
 impl Pacer {
-    pub fn new(gap: Duration) -> Self {
+    pub(crate) fn new(gap: Duration) -> Self {
         Pacer { gap, last: None }
     }
 
     /// How long to wait before the next call at `now`; the call is then counted as made.
-    pub fn next(&mut self, now: Instant) -> Duration {
+    pub(crate) fn next(&mut self, now: Instant) -> Duration {
         let start = match self.last {
             Some(last) => (last + self.gap).max(now),
             None => now,
@@ -86,7 +86,7 @@ impl Pacer {
 
 /// The pause before retry number `attempt` (1-based): `base * 2^(attempt-1)` capped at `cap`,
 /// then a random point in its upper half (jitter that never collapses to no pause).
-pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let ceiling = exp.min(cap);
     let half = ceiling / 2;

@@ -10,7 +10,11 @@ use crate::record::BackupRecord;
 use crate::snapshot;
 use crate::tags::{self, PLAN, STEP};
 
-pub async fn run(ctx: &Context, aws: &Aws, record: &BackupRecord) -> PluginResult<StepOutput> {
+pub(crate) async fn run(
+    ctx: &Context,
+    aws: &Aws,
+    record: &BackupRecord,
+) -> PluginResult<StepOutput> {
     let request = ctx.request();
     let mut problems = Vec::new();
     let mut checked = 0;

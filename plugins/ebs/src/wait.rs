@@ -16,7 +16,7 @@ use crate::config::Timing;
 const WAKE_UP: Duration = Duration::from_millis(200);
 
 /// Sleeps `duration`, returning early with `cancelled` if the run is stopped.
-pub async fn pause(ctx: &Context, duration: Duration) -> PluginResult<()> {
+pub(crate) async fn pause(ctx: &Context, duration: Duration) -> PluginResult<()> {
     let end = Instant::now() + duration;
     loop {
         ctx.check_cancelled()?;
@@ -30,7 +30,7 @@ pub async fn pause(ctx: &Context, duration: Duration) -> PluginResult<()> {
 
 /// The schedule of one polling loop.
 #[derive(Debug)]
-pub struct Poll {
+pub(crate) struct Poll {
     what: String,
     next: Duration,
     cap: Duration,
@@ -40,7 +40,7 @@ pub struct Poll {
 
 impl Poll {
     /// A loop waiting for `what` (used in the timeout message).
-    pub fn new(what: impl Into<String>, timing: &Timing) -> Poll {
+    pub(crate) fn new(what: impl Into<String>, timing: &Timing) -> Poll {
         Poll {
             what: what.into(),
             next: timing.poll_start,
@@ -52,7 +52,7 @@ impl Poll {
 
     /// Waits before the next poll (doubling the pause up to the cap), or fails once the deadline
     /// has passed.
-    pub async fn tick(&mut self, ctx: &Context) -> PluginResult<()> {
+    pub(crate) async fn tick(&mut self, ctx: &Context) -> PluginResult<()> {
         let now = Instant::now();
         if now >= self.deadline {
             return Err(PluginError::transient(format!(
