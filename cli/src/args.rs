@@ -90,6 +90,11 @@ pub(crate) enum Command {
     /// 2 CRITICAL, 3 UNKNOWN (the monitoring-plugin convention) and prints one line a pager can
     /// show, then each step.
     Status(StatusArgs),
+    /// The keys that open a step's encrypted backups (an nfs-objects repository with
+    /// `encryption`): list them, add one, remove one. Adding or removing a key rewraps the
+    /// repository's master key and never touches backed-up data.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// The plugins available.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -287,6 +292,54 @@ pub(crate) enum CatalogCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyStepArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// The step whose keys these are.
+    #[arg(long = "step", value_name = "ID")]
+    pub step: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Every key that opens the step's backups (ids, kinds, where each came from; never the
+    /// secret).
+    List(KeyStepArgs),
+    /// Open the step's backups with the key its configuration names, and make them openable by
+    /// one more key.
+    Add {
+        #[command(flatten)]
+        step: KeyStepArgs,
+        #[command(flatten)]
+        source: NewKeySource,
+    },
+    /// Remove a key (by the id `keys list` shows). The last key, and the one the step's
+    /// configuration uses, cannot be removed. A copy of the old key file made before still
+    /// opens the data: rotate the data too if that key leaked.
+    Remove {
+        #[command(flatten)]
+        step: KeyStepArgs,
+        /// The key's id.
+        id: String,
+    },
+}
+
+/// Where a new key comes from: exactly one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct NewKeySource {
+    /// A passphrase read from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// A passphrase read from this environment variable.
+    #[arg(long, value_name = "NAME")]
+    pub passphrase_env: Option<String>,
+    /// An AWS KMS key (id, ARN or alias).
+    #[arg(long, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,14 +16,15 @@ use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step, When};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
-use backplan_plugin_sdk::ErrorKind;
+use backplan_plugin_sdk::{ErrorKind, KeyOperation, KeySource, Keys};
 use clap::CommandFactory;
 use indicatif::MultiProgress;
 use serde_json::{Value, json};
 
 use crate::args::{
-    CatalogCommand, Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs,
-    RestoreArgs, RunArgs, RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
+    CatalogCommand, Cli, Command, DrillArgs, Global, KeyStepArgs, KeysCommand, NewKeySource,
+    PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs, RunsCommand, ScheduleArgs,
+    SourceArgs, StatusArgs,
 };
 use crate::metrics;
 use crate::notifier;
@@ -31,6 +32,18 @@ use crate::output;
 use crate::schedule;
 use crate::signals::Stop;
 use crate::stdout::{out, outln};
+
+/// A `keys` operation the step's plugin refused or failed.
+#[derive(Debug)]
+struct KeysFailed(backplan_core::record::StepError);
+
+impl std::fmt::Display for KeysFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for KeysFailed {}
 
 /// The built-in plugins linked into this binary.
 fn builtins() -> Vec<&'static backplan_plugin_sdk::abi::PluginDescriptor> {
@@ -82,6 +95,20 @@ pub(crate) async fn dispatch(cli: Cli) -> i32 {
         }
         Command::Schedule(args) => session.schedule(&args),
         Command::Runs(RunsCommand::Show { plan, run }) => session.runs_show(&plan.plan, &run),
+        Command::Keys(KeysCommand::List(step)) => session.keys(&step, KeyOperation::List).await,
+        Command::Keys(KeysCommand::Add { step, source }) => {
+            session
+                .keys(
+                    &step,
+                    KeyOperation::Add {
+                        source: key_source(source),
+                    },
+                )
+                .await
+        }
+        Command::Keys(KeysCommand::Remove { step, id }) => {
+            session.keys(&step, KeyOperation::Remove { id }).await
+        }
         Command::Plugins(PluginsCommand::List { plan }) => session.plugins_list(plan.as_deref()),
         Command::Plugins(PluginsCommand::Info { name, plan }) => {
             session.plugins_info(&name, plan.as_deref())
@@ -110,6 +137,25 @@ pub(crate) async fn dispatch(cli: Cli) -> i32 {
     })
 }
 
+/// The SDK's name for the key source given on the command line (clap makes it exactly one).
+fn key_source(given: NewKeySource) -> KeySource {
+    match given {
+        NewKeySource {
+            passphrase_file: Some(path),
+            ..
+        } => KeySource::PassphraseFile(path.to_string_lossy().into_owned()),
+        NewKeySource {
+            passphrase_env: Some(name),
+            ..
+        } => KeySource::PassphraseEnv(name),
+        NewKeySource {
+            kms_key_id: Some(key),
+            ..
+        } => KeySource::KmsKeyId(key),
+        NewKeySource { .. } => unreachable!("clap requires exactly one key source"),
+    }
+}
+
 /// Maps an error that stopped a command to its exit code.
 fn exit_code_for(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
@@ -126,6 +172,12 @@ fn exit_code_for(error: &anyhow::Error) -> i32 {
         }
         if let Some(RunError::UnknownStep(_)) = cause.downcast_ref::<RunError>() {
             return exit::CONFIG;
+        }
+        if let Some(KeysFailed(error)) = cause.downcast_ref::<KeysFailed>() {
+            return match error.kind {
+                ErrorKind::Config => exit::CONFIG,
+                _ => exit::FAILED,
+            };
         }
     }
     exit::FAILED
@@ -399,6 +451,43 @@ impl Session {
         };
         let policy = backplan_core::iam::merged_policy(catalog, answers).map_err(|e| anyhow!(e))?;
         outln!("{}", serde_json::to_string_pretty(&policy)?);
+        Ok(exit::SUCCEEDED)
+    }
+
+    async fn keys(&self, args: &KeyStepArgs, operation: KeyOperation) -> anyhow::Result<i32> {
+        let (plan, host) = self.load(&args.plan.plan)?;
+        let answer = self
+            .runner(&plan, &host)
+            .keys(&args.step, &operation)
+            .await?;
+        let output = match answer.result {
+            Ok(output) => output,
+            Err(error) => {
+                anyhow::bail!(KeysFailed(error));
+            }
+        };
+        let keys: Keys = serde_json::from_value(output.record.clone())
+            .map_err(|e| anyhow!("the plugin's keys answer is unreadable: {e}"))?;
+        if self.global.json {
+            outln!("{}", serde_json::to_string_pretty(&keys)?);
+            return Ok(exit::SUCCEEDED);
+        }
+        if !output.summary.is_empty() {
+            outln!("{}", output.summary);
+        }
+        for key in &keys.keys {
+            let used = if key.in_use { "  (in use)" } else { "" };
+            outln!(
+                "  {:<18} {:<10} {:<25} {}{used}",
+                key.id,
+                key.kind,
+                key.created_at,
+                key.source
+            );
+        }
+        for warning in &output.warnings {
+            outln!("warning: {warning}");
+        }
         Ok(exit::SUCCEEDED)
     }
 

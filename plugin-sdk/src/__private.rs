@@ -100,6 +100,7 @@ fn run_action<P: Plugin>(plugin: &P, ctx: &Context) -> PluginResult<StepOutput> 
         Action::Prune => plugin.prune(ctx, &config),
         Action::Teardown => plugin.teardown(ctx, &config),
         Action::Discover => plugin.discover(ctx, &config),
+        Action::Keys => plugin.keys(ctx, &config),
         Action::Unknown => Err(PluginError::unsupported(request.action)),
     }
 }

@@ -72,8 +72,9 @@ pub use context::Context;
 pub use error::{ErrorKind, IoResultExt, PluginError, PluginResult};
 pub use plugin::Plugin;
 pub use protocol::{
-    Action, Description, Discovered, DiscoveredBackup, HistoryEntry, Level, Outputs, Permissions,
-    PlanStep, Progress, Request, Response, StepOutput,
+    Action, Description, Discovered, DiscoveredBackup, HistoryEntry, KeyInfo, KeyOperation,
+    KeySource, Keys, Level, Outputs, Permissions, PlanStep, Progress, Request, Response,
+    StepOutput,
 };
 
 /// Re-exported so plugin crates derive the same traits the SDK expects.

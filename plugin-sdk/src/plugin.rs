@@ -96,4 +96,13 @@ pub trait Plugin: Send + Sync + 'static {
         let _ = (ctx, config);
         Err(PluginError::unsupported(Action::Discover))
     }
+
+    /// Lists, adds or removes the keys that open this step's encrypted backups, for `backplan
+    /// keys`: the operation is the request's options, read with
+    /// `ctx.options::<KeyOperation>()`; the output's record is a [`crate::Keys`]. Must not
+    /// touch backed-up data. Optional: list `Action::Keys` in [`Plugin::ACTIONS`].
+    fn keys(&self, ctx: &Context, config: &Self::Config) -> PluginResult<StepOutput> {
+        let _ = (ctx, config);
+        Err(PluginError::unsupported(Action::Keys))
+    }
 }

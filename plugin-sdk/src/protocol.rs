@@ -41,6 +41,11 @@ pub enum Action {
     /// `backplan catalog rebuild` when the catalog is lost. The answer's record is a
     /// [`Discovered`]. Optional: a plugin without it has nothing to discover.
     Discover,
+    /// Manage the keys that open the step's encrypted backups: list them, add one, remove one,
+    /// for `backplan keys`. The request's `options` is a [`KeyOperation`]; the answer's record
+    /// is a [`Keys`]. Adding or removing a key must never re-encrypt or touch backed-up data.
+    /// Optional: a plugin that does not encrypt has no keys.
+    Keys,
     /// An action this SDK version does not know (named by a newer plugin or host). Never called:
     /// a plugin answers it as unsupported, and a [`Description`] drops it when read.
     #[serde(other)]
@@ -71,6 +76,7 @@ impl Action {
             Action::Permissions => "permissions",
             Action::Teardown => "teardown",
             Action::Discover => "discover",
+            Action::Keys => "keys",
             Action::Unknown => "unknown",
         }
     }
@@ -308,6 +314,77 @@ pub struct Permissions {
     pub aws_iam_statements: Vec<Value>,
 }
 
+/// What `backplan keys` asks of a step (the `options` of a `keys` request).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub enum KeyOperation {
+    /// List the keys that open the step's backups (what no options mean).
+    #[default]
+    List,
+    /// Add a key: open the backups with a key the step's configuration names, then make them
+    /// openable by `source` too.
+    Add {
+        /// Where the new key comes from.
+        source: KeySource,
+    },
+    /// Remove the key with this id (as `list` shows it). Refused for the last key, and for the
+    /// key the step's configuration opens the backups with, so no backup is ever locked out.
+    Remove {
+        /// The key's id.
+        id: String,
+    },
+}
+
+/// Where a key-encryption key comes from. Secrets never appear in a plan or a request: only
+/// the file or variable that holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// A passphrase read from this file (its first line, without the line end).
+    PassphraseFile(String),
+    /// A passphrase read from this environment variable.
+    PassphraseEnv(String),
+    /// An AWS KMS key (id, ARN or alias) that wraps the key.
+    KmsKeyId(String),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::PassphraseFile(path) => write!(f, "passphrase file {path}"),
+            KeySource::PassphraseEnv(name) => write!(f, "passphrase in ${name}"),
+            KeySource::KmsKeyId(key) => write!(f, "KMS key {key}"),
+        }
+    }
+}
+
+/// The keys that open a step's backups (the record of a `keys` answer).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Keys {
+    /// Every key, in any order.
+    #[serde(default)]
+    pub keys: Vec<KeyInfo>,
+}
+
+/// One key that opens a step's backups. Never the secret itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Its id, which `remove` takes.
+    pub id: String,
+    /// What kind of key-encryption key it is: `passphrase` or `kms`.
+    pub kind: String,
+    /// A description of where it was added from (the KMS key's id; for a passphrase, the file
+    /// or variable it was read from when added).
+    #[serde(default)]
+    pub source: String,
+    /// When it was added (RFC 3339).
+    #[serde(default)]
+    pub created_at: String,
+    /// Whether the step's configuration opens the backups with this key.
+    #[serde(default)]
+    pub in_use: bool,
+}
+
 /// The backups a step finds it made (the record of a `discover` answer).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Discovered {
@@ -403,5 +480,25 @@ mod tests {
         assert_eq!(action, Action::Unknown);
         let known: Action = serde_json::from_str(r#""teardown""#).unwrap();
         assert_eq!(known, Action::Teardown);
+    }
+
+    #[test]
+    fn a_key_operation_reads_as_the_cli_writes_it_and_no_options_mean_list() {
+        let add: KeyOperation = serde_json::from_value(serde_json::json!(
+            {"operation": "add", "source": {"passphrase_env": "BACKUP_PASSPHRASE"}}
+        ))
+        .unwrap();
+        assert_eq!(
+            add,
+            KeyOperation::Add {
+                source: KeySource::PassphraseEnv("BACKUP_PASSPHRASE".into())
+            }
+        );
+        let remove = serde_json::to_value(KeyOperation::Remove { id: "k1".into() }).unwrap();
+        assert_eq!(
+            remove,
+            serde_json::json!({"operation": "remove", "id": "k1"})
+        );
+        assert_eq!(KeyOperation::default(), KeyOperation::List);
     }
 }

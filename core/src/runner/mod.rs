@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backplan_plugin_sdk::{
-    Action, Discovered, ErrorKind, Level, Outputs, PluginError, Progress, StepOutput,
+    Action, Discovered, ErrorKind, KeyOperation, Level, Outputs, PluginError, Progress, StepOutput,
 };
 use jiff::Timestamp;
 use serde_json::Value;
@@ -266,6 +266,39 @@ impl<'a> Runner<'a> {
         Ok(self
             .ask_each(&self.calls(request, &run_id), &steps, Action::Permissions)
             .await)
+    }
+
+    /// Asks one step to list, add or remove the keys that open its encrypted backups
+    /// (`backplan keys`). A step whose plugin has no keys is a config error naming it.
+    pub async fn keys(
+        &self,
+        step: &str,
+        operation: &KeyOperation,
+    ) -> Result<CheckResult, RunError> {
+        let Some(found) = self.plan.step(step) else {
+            return Err(RunError::UnknownStep(step.to_owned()));
+        };
+        if !self
+            .host
+            .get(&found.plugin)
+            .is_some_and(|p| p.supports(Action::Keys))
+        {
+            return Ok(CheckResult {
+                step: step.to_owned(),
+                result: Err(StepError::from(PluginError::config(format!(
+                    "step `{step}`: plugin `{}` keeps no keys (its backups are not encrypted)",
+                    found.plugin
+                )))),
+            });
+        }
+        let mut request = RunRequest::new(RunKind::Backup);
+        request.only_steps = vec![step.to_owned()];
+        request.options = serde_json::to_value(operation).expect("a key operation encodes");
+        let run_id = new_run_id();
+        let mut answers = self
+            .ask_each(&self.calls(&request, &run_id), &[found], Action::Keys)
+            .await;
+        Ok(answers.remove(0))
     }
 
     /// Asks every step whose plugin can `discover` which backups it finds, concurrently;
