@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Benchmark of the nfs-objects engine against restic, rustic, borg, rsync and rclone (issue 3).
+# Benchmark of nfs-objects against restic, rustic, borg, rsync and rclone (issues 3 and 16).
 #
 # Builds the reproducible dataset (../shared/bench/gen_dataset.py), then for each of RUNS rounds
 # runs every tool side by side, phase by phase: full backup into an empty repository, no-change
 # incremental, incremental after `gen_dataset.py mutate`, full restore into an empty folder, full
 # verify. Before every timed command the page cache is dropped and the command's inputs are read
 # once (see ../shared/bench/README.md). Prints per phase each tool's median wall time, CPU time
-# (user + system) and peak RSS, and the ratio backplan/peer.
+# (user + system) and peak RSS, and the ratio backplan/peer; then what each tool stored (objects
+# and bytes) after the last backup.
+#
+# Rows: `backplan` is what users run, `backplan run / restore / verify` on a generated plan
+# (runner, catalog and plugin host included); `engine` is the engine example alone (the engine
+# without the runner), kept as a second row.
+#
+# STORE=local (default): every tool writes a repository in a local folder. STORE=s3: every tool
+# writes to the same local S3 server, s3s-fs 0.14.1 (installed with `cargo install`), restic
+# and rustic through their S3 backends and rclone as the mirror peer; borg and rsync have no S3.
+# Before the rounds, `store.py rawspeed` PUTs and GETs the dataset 16 at a time to show what
+# the server itself can do.
 #
 # Environment: BENCH_DIR (work folder, default /tmp/backplan-bench), RUNS (3), SMALL_FILES
-# (20000; use 500000 for the memory scale test), TOOLS (default: all), INSTALL (1: install
-# missing peers with apt-get and `cargo install rustic-rs`), ENGINE (a prebuilt engine example;
-# skips the build). Needs root (drop_caches).
+# (20000; use 500000 for the memory scale test), DATA (a tree to use instead of the generated
+# one), TOOLS (default: all that suit STORE), STORE, INSTALL (1: install missing peers with
+# apt-get and `cargo install`), BACKPLAN and ENGINE (prebuilt binaries; skip the build),
+# S3_PORT (9555). Needs root (drop_caches).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,16 +32,30 @@ GEN=${GEN:-$ROOT/../shared/bench/gen_dataset.py}
 BENCH_DIR=${BENCH_DIR:-/tmp/backplan-bench}
 RUNS=${RUNS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
-TOOLS=${TOOLS:-backplan restic rustic borg rsync rclone}
+STORE=${STORE:-local}
+case $STORE in
+local) TOOLS=${TOOLS:-backplan engine restic rustic borg rsync rclone} ;;
+s3) TOOLS=${TOOLS:-backplan engine restic rustic rclone} ;;
+*) echo "STORE is local or s3" >&2; exit 2 ;;
+esac
 INSTALL=${INSTALL:-1}
 PHASES="full nochange mutated restore verify"
+S3_PORT=${S3_PORT:-9555}
+S3S_FS_VERSION=0.14.1
+PYTHON=$ROOT/scripts/local-aws/.venv/bin/python
 
-DATA=$BENCH_DIR/data-$SMALL_FILES
+DATA=${DATA:-$BENCH_DIR/data-$SMALL_FILES}
 REPOS=$BENCH_DIR/repos
 OUT=$BENCH_DIR/restore
-TIMES=$BENCH_DIR/times-$SMALL_FILES.tsv
+TIMES=$BENCH_DIR/times-$STORE-$SMALL_FILES.tsv
+USAGE=$BENCH_DIR/usage-$STORE-$SMALL_FILES.tsv
+S3_ROOT=$BENCH_DIR/s3
+ENDPOINT=http://127.0.0.1:$S3_PORT
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE= BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+# The S3 server's credentials, for every tool (restic, the AWS SDK and boto3 read these).
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+export AWS_DEFAULT_REGION=us-east-1
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -47,31 +73,94 @@ install_peers() {
         log "installing rustic-rs from crates.io (slow: ~10 min on 2 cores)"
         cargo install --locked rustic-rs >/dev/null 2>&1 || log "rustic could not be installed; skipped"
     fi
+    if [[ $STORE == s3 ]] && ! command -v s3s-fs >/dev/null; then
+        log "installing s3s-fs $S3S_FS_VERSION from crates.io"
+        cargo install --locked "s3s-fs@$S3S_FS_VERSION" --features binary >/dev/null 2>&1
+    fi
+    [[ -x $PYTHON ]] || "$ROOT/scripts/local-aws/install" >/dev/null
 }
 
 build_backplan() {
-    if [[ -n ${ENGINE:-} ]]; then return; fi
-    log "building backplan (release)"
-    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" \
-        -p backplan-plugin-nfs-objects --example engine
-    ENGINE=$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/engine
+    local target
+    target=$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+    if [[ -z ${BACKPLAN:-} ]]; then
+        log "building backplan (release)"
+        cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p backplan-cli
+        BACKPLAN=$target/backplan
+    fi
+    if [[ -z ${ENGINE:-} ]]; then
+        cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" \
+            -p backplan-plugin-nfs-objects --example engine
+        ENGINE=$target/examples/engine
+    fi
 }
 
-# The only place that knows how to drive backplan: phase -> command. To switch to the real
-# binary, emit e.g. `backplan run --plan $BENCH_DIR/plan.toml` / `backplan restore ...` here.
+# Where a tool's repository is: a folder, or a bucket of the S3 server (one per tool).
+repository_of() {
+    if [[ $STORE == s3 ]]; then echo "s3://$1/repo"; else echo "$REPOS/$1"; fi
+}
+
+# The plan `backplan` runs: one nfs-objects step from DATA into its repository, with its own
+# state folder (catalog) under BENCH_DIR. Retention is off: the benchmark never prunes.
+write_plan() {
+    mkdir -p "$BENCH_DIR/state"
+    cat >"$BENCH_DIR/plan.toml" <<TOML
+[plan]
+name = "bench"
+timeout = "2h"
+
+[[steps]]
+id = "artifacts"
+plugin = "nfs-objects"
+[steps.config]
+source = "$DATA"
+repository = "$(repository_of backplan)"
+TOML
+}
+
+# The only place that knows how to drive backplan: phase -> command.
 backplan_command() {
+    local backplan="BACKPLAN_STATE_DIR=$BENCH_DIR/state $BACKPLAN --quiet --no-progress"
+    case $1 in
+    init) echo "rm -rf $BENCH_DIR/state" ;;
+    full | nochange | mutated) echo "$backplan run $BENCH_DIR/plan.toml" ;;
+    restore) echo "$backplan restore $BENCH_DIR/plan.toml --run latest -o target=$OUT/backplan" ;;
+    verify) echo "$backplan verify $BENCH_DIR/plan.toml" ;;
+    esac
+}
+
+engine_command() {
+    local repo
+    repo=$(repository_of engine)
     case $1 in
     init) echo "true" ;;
-    full | nochange | mutated) echo "$ENGINE backup $REPOS/backplan $DATA" ;;
-    restore) echo "$ENGINE restore $REPOS/backplan $OUT/backplan" ;;
-    verify) echo "$ENGINE verify $REPOS/backplan" ;;
+    full | nochange | mutated) echo "$ENGINE backup $repo $DATA" ;;
+    restore) echo "$ENGINE restore $repo $OUT/engine" ;;
+    verify) echo "$ENGINE verify $repo" ;;
     esac
+}
+
+# rustic reaches S3 through OpenDAL, configured by a profile file in the work folder.
+write_rustic_profile() {
+    cat >"$BENCH_DIR/rustic-s3.toml" <<TOML
+[repository]
+repository = "opendal:s3"
+password = "bench"
+[repository.options]
+bucket = "rustic"
+root = "/repo"
+endpoint = "$ENDPOINT"
+region = "us-east-1"
+access_key_id = "$AWS_ACCESS_KEY_ID"
+secret_access_key = "$AWS_SECRET_ACCESS_KEY"
+TOML
 }
 
 # Peers: phase -> command ("" when the tool has no such phase).
 peer_command() {
     local tool=$1 phase=$2 repo=$REPOS/$1 out=$OUT/$1
+    [[ $STORE == s3 ]] && { s3_peer_command "$@"; return; }
     case $tool:$phase in
     restic:init) echo "restic -q -r $repo init" ;;
     restic:full | restic:nochange | restic:mutated) echo "restic -q -r $repo backup $DATA" ;;
@@ -95,12 +184,43 @@ peer_command() {
     esac
 }
 
+# The same peers against the S3 server: restic's s3 backend, rustic's OpenDAL s3, and rclone
+# (a remote defined by environment variables) mirroring the tree into a bucket.
+s3_peer_command() {
+    local tool=$1 phase=$2 out=$OUT/$1
+    local restic="restic -q -r s3:$ENDPOINT/restic/repo"
+    local rustic="rustic -P $BENCH_DIR/rustic-s3"
+    case $tool:$phase in
+    restic:init) echo "$restic init" ;;
+    restic:full | restic:nochange | restic:mutated) echo "$restic backup $DATA" ;;
+    restic:restore) echo "$restic restore latest --target $out" ;;
+    restic:verify) echo "$restic check --read-data" ;;
+    rustic:init) echo "$rustic init" ;;
+    rustic:full | rustic:nochange | rustic:mutated) echo "$rustic backup $DATA" ;;
+    rustic:restore) echo "$rustic restore latest $out" ;;
+    rustic:verify) echo "$rustic check --read-data" ;;
+    rclone:init) echo "true" ;;
+    rclone:full | rclone:nochange | rclone:mutated) echo "rclone sync --links $DATA bench:rclone/repo" ;;
+    rclone:restore) echo "rclone copy --links bench:rclone/repo $out" ;;
+    *) echo "" ;;
+    esac
+}
+
 command_for() {
-    if [[ $1 == backplan ]]; then backplan_command "$2"; else peer_command "$1" "$2"; fi
+    case $1 in
+    backplan) backplan_command "$2" ;;
+    engine) engine_command "$2" ;;
+    *) peer_command "$1" "$2" ;;
+    esac
 }
 
 available() {
-    [[ $1 == backplan ]] || command -v "$1" >/dev/null
+    [[ $1 == backplan || $1 == engine ]] || command -v "$1" >/dev/null
+}
+
+# Where a tool's stored data sits on this machine's disk (for the S3 server: its bucket folder).
+stored_folder() {
+    if [[ $STORE == s3 ]]; then echo "$S3_ROOT/$1"; else echo "$REPOS/$1"; fi
 }
 
 # Drop the page cache, then read the phase's inputs once, the same way for every tool.
@@ -109,8 +229,54 @@ reset_cache() {
     sync
     echo 3 >/proc/sys/vm/drop_caches
     local input=$DATA
-    [[ $phase == restore || $phase == verify ]] && input=$REPOS/$tool
+    [[ $phase == restore || $phase == verify ]] && input=$(stored_folder "$tool")
+    [[ -e $input ]] || return 0
     find "$input" -type f -print0 | xargs -0 cat >/dev/null
+}
+
+# Objects and bytes a tool stored, after its last backup of the round.
+record_usage() {
+    local tool=$1 run=$2 objects bytes
+    if [[ $STORE == s3 ]]; then
+        read -r objects bytes < <("$PYTHON" "$HERE/store.py" usage "$tool")
+    else
+        objects=$(find "$REPOS/$tool" -type f | wc -l)
+        bytes=$(du -sb "$REPOS/$tool" | cut -f1)
+    fi
+    printf '%s\t%s\t%s\t%s\n' "$tool" "$run" "$objects" "$bytes" >>"$USAGE"
+}
+
+# The S3 server, on a folder of its own, for the whole benchmark; rclone's remote `bench:`.
+start_s3() {
+    rm -rf "$S3_ROOT"
+    mkdir -p "$S3_ROOT"
+    s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$AWS_ACCESS_KEY_ID" \
+        --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3_ROOT" >"$BENCH_DIR/s3s-fs.log" 2>&1 &
+    S3_PID=$!
+    trap 'kill $S3_PID 2>/dev/null' EXIT
+    for _ in $(seq 1 50); do
+        curl -s -o /dev/null "$ENDPOINT" && break
+        sleep 0.2
+    done
+    export AWS_ENDPOINT_URL=$ENDPOINT
+    export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other
+    export RCLONE_CONFIG_BENCH_ENDPOINT=$ENDPOINT RCLONE_CONFIG_BENCH_ENV_AUTH=true
+    write_rustic_profile
+    "$PYTHON" "$HERE/store.py" mkbucket raw
+    log "the server alone (16 parallel PUTs, then GETs, of the dataset):"
+    "$PYTHON" "$HERE/store.py" rawspeed raw "$DATA" >&2
+    rm -rf "${S3_ROOT:?}/raw"
+}
+
+# Every tool's repository starts empty in each round.
+fresh_stores() {
+    rm -rf "$REPOS" "$OUT"
+    mkdir -p "$REPOS" "$OUT"
+    if [[ $STORE == s3 ]]; then
+        local tool
+        for tool in "$@"; do rm -rf "${S3_ROOT:?}/$tool"; done
+        "$PYTHON" "$HERE/store.py" mkbucket "$@"
+    fi
 }
 
 timed() {
@@ -155,6 +321,23 @@ for phase in phases:
         ratio = f"{ours_wall / wall:.2f}" if ours_wall and tool != "backplan" and wall else ""
         print(f"{phase:9} {tool:9} {wall:8.2f} {cpu:8.2f} {rss:8.1f} {ratio:>14}")
 PY
+    python3 - "$USAGE" <<'PY'
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    tool, run, objects, size = line.split("\t")
+    rows[tool].append((int(objects), int(size)))
+print()
+print(f"{'stored':9} {'tool':9} {'objects':>8} {'MiB':>8} {'backplan/peer':>14}")
+ours = rows.get("backplan")
+for tool in sorted(rows, key=lambda t: (t != "backplan", t)):
+    objects = statistics.median(o for o, _ in rows[tool])
+    size = statistics.median(s for _, s in rows[tool])
+    ratio = ""
+    if ours and tool != "backplan" and size:
+        ratio = f"{statistics.median(s for _, s in ours) / size:.2f}"
+    print(f"{'':9} {tool:9} {objects:8.0f} {size / 2**20:8.1f} {ratio:>14}")
+PY
 }
 
 main() {
@@ -167,11 +350,13 @@ main() {
         python3 "$GEN" generate "$DATA" "$SMALL_FILES" >&2
     fi
     : >"$TIMES"
+    : >"$USAGE"
+    write_plan
+    [[ $STORE == s3 ]] && start_s3
     local tools=()
     for tool in $TOOLS; do available "$tool" && tools+=("$tool") || log "$tool not installed; skipped"; done
     for run in $(seq 1 "$RUNS"); do
-        rm -rf "$REPOS" "$OUT"
-        mkdir -p "$REPOS" "$OUT"
+        fresh_stores "${tools[@]}"
         for tool in "${tools[@]}"; do sh -c "$(command_for "$tool" init)" >/dev/null; done
         for phase in $PHASES; do
             [[ $phase == mutated ]] && python3 "$GEN" mutate "$DATA" >&2
@@ -179,6 +364,9 @@ main() {
             local order=("${tools[@]}")
             ((run % 2 == 0)) && order=($(printf '%s\n' "${tools[@]}" | tac))
             for tool in "${order[@]}"; do timed "$tool" "$phase" "$run"; done
+            if [[ $phase == mutated ]]; then
+                for tool in "${tools[@]}"; do record_usage "$tool" "$run"; done
+            fi
         done
     done
     summarize
