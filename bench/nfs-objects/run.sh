@@ -185,7 +185,13 @@ peer_command() {
 }
 
 # The same peers against the S3 server: restic's s3 backend, rustic's OpenDAL s3, and rclone
-# (a remote defined by environment variables) mirroring the tree into a bucket.
+# (a remote defined by environment variables) mirroring the tree into a bucket. rclone gets the
+# bucket itself, not a folder in it: given `bucket/folder` it first HEADs the key `folder` to
+# see whether it is a file, s3s-fs answers 500 for a key that is a folder on its disk, and rclone
+# retries that with back-off for ~95 s before every sync (the "stall" on no-change runs).
+# restic 0.14 (minio-go) lists recursively with an empty `delimiter=` parameter, which s3s-fs
+# 0.14.1 treats as a delimiter (AWS ignores it): the listing of data/ comes back empty, so
+# `restic check` reports every pack missing. Its verify row is failed, not slow.
 s3_peer_command() {
     local tool=$1 phase=$2 out=$OUT/$1
     local restic="restic -q -r s3:$ENDPOINT/restic/repo"
@@ -200,8 +206,8 @@ s3_peer_command() {
     rustic:restore) echo "$rustic restore latest $out" ;;
     rustic:verify) echo "$rustic check --read-data" ;;
     rclone:init) echo "true" ;;
-    rclone:full | rclone:nochange | rclone:mutated) echo "rclone sync --links $DATA bench:rclone/repo" ;;
-    rclone:restore) echo "rclone copy --links bench:rclone/repo $out" ;;
+    rclone:full | rclone:nochange | rclone:mutated) echo "rclone sync --links $DATA bench:rclone" ;;
+    rclone:restore) echo "rclone copy --links bench:rclone $out" ;;
     *) echo "" ;;
     esac
 }
@@ -259,8 +265,12 @@ start_s3() {
         sleep 0.2
     done
     export AWS_ENDPOINT_URL=$ENDPOINT
+    # A CA bundle is for TLS; rclone refuses to start with one on a plain-HTTP endpoint.
+    unset AWS_CA_BUNDLE
     export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other
-    export RCLONE_CONFIG_BENCH_ENDPOINT=$ENDPOINT RCLONE_CONFIG_BENCH_ENV_AUTH=true
+    export RCLONE_CONFIG_BENCH_ENDPOINT=$ENDPOINT RCLONE_CONFIG_BENCH_ENV_AUTH=false
+    export RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+    export RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
     write_rustic_profile
     "$PYTHON" "$HERE/store.py" mkbucket raw
     log "the server alone (16 parallel PUTs, then GETs, of the dataset):"
