@@ -272,8 +272,38 @@ pub(crate) enum PlanCommand {
     Check(PlanArg),
     /// Show the plan's steps as a graph.
     Show(PlanArg),
-    /// Print the minimal AWS IAM policy the plan's steps need.
-    Permissions(PlanArg),
+    /// Print the minimal AWS IAM policy the plan's steps need: with --role, only what that role
+    /// needs (backup, prune or restore), so the machine that backs up cannot delete backups.
+    Permissions(PermissionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PermissionsArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// Only what this role needs: `backup` (check, run, verify, status, metrics: never deletes a
+    /// backup), `prune` (retention) or `restore` (restore, drill, catalog rebuild). Without it,
+    /// one policy for everything.
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub role: Option<RoleArg>,
+}
+
+/// The roles `plan permissions --role` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    Backup,
+    Prune,
+    Restore,
+}
+
+impl From<RoleArg> for backplan_plugin_sdk::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Backup => backplan_plugin_sdk::Role::Backup,
+            RoleArg::Prune => backplan_plugin_sdk::Role::Prune,
+            RoleArg::Restore => backplan_plugin_sdk::Role::Restore,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

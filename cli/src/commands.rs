@@ -16,14 +16,14 @@ use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step, When};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
-use backplan_plugin_sdk::ErrorKind;
+use backplan_plugin_sdk::{ErrorKind, Role};
 use clap::CommandFactory;
 use indicatif::MultiProgress;
 use serde_json::{Value, json};
 
 use crate::args::{
-    CatalogCommand, Cli, Command, DrillArgs, Global, PlanCommand, PluginsCommand, PruneArgs,
-    RestoreArgs, RunArgs, RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
+    CatalogCommand, Cli, Command, DrillArgs, Global, PermissionsArgs, PlanCommand, PluginsCommand,
+    PruneArgs, RestoreArgs, RunArgs, RunsCommand, ScheduleArgs, SourceArgs, StatusArgs,
 };
 use crate::metrics;
 use crate::notifier;
@@ -74,7 +74,7 @@ pub(crate) async fn dispatch(cli: Cli) -> i32 {
         Command::Drill(args) => session.drill(args).await,
         Command::Plan(PlanCommand::Check(args)) => session.plan_check(&args.plan).await,
         Command::Plan(PlanCommand::Show(args)) => session.plan_show(&args.plan),
-        Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
+        Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
         Command::Status(args) => Ok(session.status(&args).await),
         Command::Catalog(CatalogCommand::Rebuild { plan, dry_run }) => {
@@ -385,8 +385,9 @@ impl Session {
         })
     }
 
-    async fn plan_permissions(&self, path: &Path) -> anyhow::Result<i32> {
-        let (plan, host) = self.load(path)?;
+    async fn plan_permissions(&self, args: &PermissionsArgs) -> anyhow::Result<i32> {
+        let (plan, host) = self.load(&args.plan.plan)?;
+        let role = args.role.map(Role::from);
         let answers = self
             .runner(&plan, &host)
             .permissions(&RunRequest::new(RunKind::Backup))
@@ -397,8 +398,25 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        let policy = backplan_core::iam::merged_policy(catalog, answers).map_err(|e| anyhow!(e))?;
-        outln!("{}", serde_json::to_string_pretty(&policy)?);
+        let merged =
+            backplan_core::iam::merged_policy(role, catalog, answers).map_err(|e| anyhow!(e))?;
+        for (step, actions) in &merged.unsplit {
+            tracing::warn!(
+                "step `{step}`: its plugin does not say which role needs which permission (it \
+                 was built with an SDK older than roles), so the {} role gets all of them, \
+                 {} included: update the plugin",
+                role.map_or("", Role::as_str),
+                actions.join(", ")
+            );
+        }
+        if role.is_none() && !self.global.json {
+            tracing::info!(
+                "this policy allows everything, deleting backups included: give the machine \
+                 that backs up `--role backup` (it cannot delete), and `--role prune` and \
+                 `--role restore` to the credentials that prune and restore"
+            );
+        }
+        outln!("{}", serde_json::to_string_pretty(&merged.policy)?);
         Ok(exit::SUCCEEDED)
     }
 

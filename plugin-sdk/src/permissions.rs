@@ -195,7 +195,10 @@ mod tests {
         );
         let read: Permissions = serde_json::from_value(sent).unwrap();
         assert_eq!(read, split);
-        assert_eq!(read.statements_for(Role::Backup), [statement("s3:GetObject")]);
+        assert_eq!(
+            read.statements_for(Role::Backup),
+            [statement("s3:GetObject")]
+        );
         assert_eq!(read.statements_for(Role::Prune).len(), 2);
         let nothing = Permissions::default().grant(&[], statement("s3:GetObject"));
         assert!(nothing.is_split());
