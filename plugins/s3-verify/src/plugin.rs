@@ -242,7 +242,11 @@ mod tests {
                 .unwrap();
         assert_eq!(S3Verify.permissions(&any).aws_iam_statements.len(), 2);
         for role in Role::ALL {
-            assert_eq!(p.statements_for(role), p.aws_iam_statements, "{role}: read-only");
+            assert_eq!(
+                p.statements_for(role),
+                p.aws_iam_statements,
+                "{role}: read-only"
+            );
         }
     }
 

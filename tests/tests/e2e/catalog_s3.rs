@@ -117,7 +117,11 @@ fn a_second_machine_sees_the_runs_and_restores_from_the_s3_catalog() {
     let lock = aws.script(
         "print(s3.get_object(Bucket='catalog', Key='fleet/services/lock')['Body'].read().decode())",
     );
-    assert_eq!(lock.trim(), r#"{"released": true}"#, "the lock was left held");
+    assert_eq!(
+        lock.trim(),
+        r#"{"released": true}"#,
+        "the lock was left held"
+    );
 }
 
 #[test]
@@ -150,7 +154,10 @@ fn runs_release_the_s3_lock_and_probe_without_deleting_anything() {
     assert_eq!(lock().trim(), r#"{"released": true}"#);
     assert_eq!(
         objects(),
-        serde_json::json!(["fleet/services/lock", "fleet/services/probe/conditional-write"]),
+        serde_json::json!([
+            "fleet/services/lock",
+            "fleet/services/probe/conditional-write"
+        ]),
         "a probe per run, or no lock: something was deleted or left"
     );
     assert_eq!(objects(), after_one);
