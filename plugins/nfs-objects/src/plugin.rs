@@ -853,6 +853,42 @@ fn kms_statements(key: &str) -> (serde_json::Value, serde_json::Value) {
     )
 }
 
+#[cfg(test)]
+mod kms_tests {
+    use super::kms_statements;
+
+    #[test]
+    fn a_key_is_named_by_arn_and_an_alias_by_the_keys_aliases() {
+        let arn = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let (backup, read) = kms_statements(arn);
+        assert_eq!(backup["Resource"], arn);
+        assert_eq!(
+            backup["Action"],
+            serde_json::json!(["kms:GenerateDataKey", "kms:Decrypt"])
+        );
+        assert_eq!(read["Action"], serde_json::json!(["kms:Decrypt"]));
+        let (bare, _) = kms_statements("1234abcd-12ab-34cd-56ef-1234567890ab");
+        assert_eq!(
+            bare["Resource"],
+            "arn:aws:kms:*:*:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        );
+        for alias in [
+            "alias/backups",
+            "arn:aws:kms:us-west-2:123456789012:alias/backups",
+        ] {
+            let (backup, read) = kms_statements(alias);
+            for statement in [backup, read] {
+                assert_eq!(statement["Resource"], "*");
+                assert_eq!(
+                    statement["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"],
+                    "alias/backups",
+                    "{alias}"
+                );
+            }
+        }
+    }
+}
+
 backplan_plugin_sdk::declare_plugin!(NfsObjects);
 
 /// What a backup would do, writing nothing: where it would go and what it would compare with.
