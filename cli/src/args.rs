@@ -209,9 +209,17 @@ pub(crate) struct ScheduleArgs {
     /// When to back up, in systemd's calendar syntax: `daily`, `hourly`, `"*-*-* 03:00"`.
     #[arg(long, value_name = "CALENDAR", default_value = "daily")]
     pub every: String,
+    /// Write no backup job, only the others (--prune, --status, --drill): for a machine that
+    /// prunes or drills with its own credentials while the backed-up machine only backs up.
+    #[arg(long)]
+    pub no_backup: bool,
     /// Also apply retention on this calendar.
     #[arg(long, value_name = "CALENDAR")]
     pub prune: Option<String>,
+    /// The environment file of the prune job, if its credentials (the `--role prune` policy)
+    /// differ from the backup job's.
+    #[arg(long, value_name = "FILE", requires = "prune")]
+    pub prune_environment_file: Option<PathBuf>,
     /// Also check freshness on this calendar (`status --notify`: `stale` notifications).
     #[arg(long, value_name = "CALENDAR")]
     pub status: Option<String>,
@@ -224,6 +232,10 @@ pub(crate) struct ScheduleArgs {
     /// What must answer for the scheduled drill to pass (`HOST:PORT`, may use references).
     #[arg(long, value_name = "HOST:PORT")]
     pub drill_health: Option<String>,
+    /// The environment file of the drill job, if its credentials (the `--role restore` policy)
+    /// differ from the backup job's.
+    #[arg(long, value_name = "FILE", requires = "drill")]
+    pub drill_environment_file: Option<PathBuf>,
     /// Where to write the units.
     #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
     pub unit_dir: PathBuf,

@@ -586,21 +586,33 @@ impl Session {
                 every,
                 args,
                 description: format!("backplan {what} of plan {}", plan.name),
+                environment_file: None,
             })
         };
-        let mut jobs = vec![job(
-            "backup",
-            &args.every,
-            vec!["run".into(), plan_path.clone()],
-            "backup",
-        )];
-        if let Some(every) = &args.prune {
+        let mut jobs = Vec::new();
+        if !args.no_backup {
             jobs.push(job(
+                "backup",
+                &args.every,
+                vec!["run".into(), plan_path.clone()],
+                "backup",
+            ));
+        } else if args.prune.is_none() && args.status.is_none() && args.drill.is_none() {
+            jobs.push(Err(
+                "--no-backup leaves nothing to schedule: add --prune, --status or --drill".into(),
+            ));
+        }
+        if let Some(every) = &args.prune {
+            let prune = job(
                 "prune",
                 every,
                 vec!["prune".into(), plan_path.clone()],
                 "retention",
-            ));
+            );
+            jobs.push(prune.map(|job| schedule::Job {
+                environment_file: args.prune_environment_file.clone(),
+                ..job
+            }));
         }
         if let Some(every) = &args.status {
             let check = vec!["status".into(), plan_path.clone(), "--notify".into()];
@@ -615,7 +627,11 @@ impl Session {
             // Refused now, not at 5 a.m.: a health check that could never pass.
             let checked = DrillSpec::new(&health, std::time::Duration::from_secs(900)).map(drop);
             drill.extend(["--health".into(), health]);
-            jobs.push(checked.and_then(|()| job("drill", every, drill, "restore drill")));
+            let drill = checked.and_then(|()| job("drill", every, drill, "restore drill"));
+            jobs.push(drill.map(|job| schedule::Job {
+                environment_file: args.drill_environment_file.clone(),
+                ..job
+            }));
         }
         let jobs = match jobs.into_iter().collect::<Result<Vec<_>, String>>() {
             Ok(jobs) => jobs,
