@@ -95,7 +95,10 @@ fn an_s3_repository_asks_for_its_bucket_and_prefix_only() {
     let roles = &asked["roles"];
     let actions = |role: &str| roles[role].to_string();
     assert!(actions("backup").contains("s3:PutObject"), "{asked:#}");
-    assert!(actions("backup").contains("s3:PutObjectRetention"), "{asked:#}");
+    assert!(
+        actions("backup").contains("s3:PutObjectRetention"),
+        "{asked:#}"
+    );
     assert!(!actions("backup").contains("Delete"), "{asked:#}");
     assert!(actions("prune").contains("s3:DeleteObject"), "{asked:#}");
     assert!(!actions("restore").contains("Put") && !actions("restore").contains("Delete"));

@@ -3,11 +3,11 @@
 //! "machines", a killed holder, and catalogs that are refused before anything runs.
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use backplan_catalog_s3::S3Store;
 use backplan_core::catalog::CatalogStore;
-use backplan_core::catalog::lock::conformance;
+use backplan_core::catalog::lock::{LockOwner, STALE_AFTER, acquire, conformance};
 use backplan_e2e::{LocalAws, Sandbox};
 
 const CHILD: &str = "BACKPLAN_E2E_S3_LOCK_CONTRACT";
@@ -21,11 +21,23 @@ fn bucket(aws: &LocalAws, name: &str) {
 /// SDK at it. The lock is released by a conditional PutObject of a marker, never a delete.
 fn lock_contract(test: &str, options: &[&str]) {
     if std::env::var_os(CHILD).is_some() {
-        conformance::check_all(|| {
+        let location = || {
             let plan = format!("p{:08x}", fastrand_u32());
             let store = S3Store::open("locks", "contract", &plan).expect("open the S3 catalog");
             move || store.lock()
-        });
+        };
+        conformance::check_all(location);
+        // A released lock is an object holding the marker: of many takers, one wins there too.
+        let released = location();
+        let (guard, _) = acquire(
+            released(),
+            LockOwner::this_process("before"),
+            SystemTime::now(),
+            STALE_AFTER,
+        )
+        .unwrap();
+        assert!(guard.release().unwrap());
+        conformance::one_of_many_simultaneous_takers_wins(released, 16);
         return;
     }
     let aws = LocalAws::start(options);
