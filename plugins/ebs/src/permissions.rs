@@ -1,7 +1,9 @@
 //! The smallest IAM policy a step's configuration needs, for `backplan plan permissions`.
 //!
 //! One statement per purpose (find, back up, copy, prune, restore), each with its `Sid`, so a
-//! security review reads what each group of actions is for. EC2's snapshot and image actions
+//! security review reads what each group of actions is for, and each granted to the roles that
+//! need it: the backup role makes and copies but never deregisters, deletes or terminates (a
+//! failed backup leaves what it made, tagged, for prune). EC2's snapshot and image actions
 //! mostly do not support resource-level restrictions at creation time, hence `"*"`; deletion is
 //! limited to resources carrying a `backplan:plan` tag, and termination to instances carrying
 //! `backplan:restored-from` (the action is called without the plan's name, so a policy scoped to
