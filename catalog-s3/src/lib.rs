@@ -8,10 +8,12 @@
 //! The catalog then outlives the Services machine: a new admin machine with the plan file and
 //! credentials lists the runs and restores. The lock uses S3's own conditional writes, so no
 //! server of ours coordinates anything: it is created with `If-None-Match: *` (of two machines,
-//! one gets 412), refreshed and taken over with `If-Match: <the ETag read>`, and released with a
-//! conditional delete. Opening the catalog proves the server enforces that (a second conditional
-//! create of a probe object must fail) and refuses one that does not, because a lock there could
-//! be held twice. Staleness compares S3's `LastModified` with this machine's clock: keep clocks
+//! one gets 412), refreshed and taken over with `If-Match: <the ETag read>`, and released by
+//! writing a "released" marker over it with `If-Match`, which the next run takes over with
+//! `If-Match` in turn: nothing is ever deleted, so the credentials of the machine that backs up
+//! need no `s3:DeleteObject` (a released lock reads as no lock). Opening the catalog proves the
+//! server enforces conditional writes (a second conditional create of the probe object must
+//! fail) and refuses one that does not, because a lock there could be held twice. Staleness compares S3's `LastModified` with this machine's clock: keep clocks
 //! within minutes of each other (the expiry is ten).
 //!
 //! Listing follows every page (thousands of runs); records are fetched sixteen at a time. Many
@@ -32,6 +34,12 @@ use tokio::runtime::Runtime;
 
 /// How many records are fetched at once when listing.
 const FETCH_AT_ONCE: usize = 16;
+
+/// The object the conditional-write probe creates, under the plan's folder.
+const PROBE: &str = "probe/conditional-write";
+
+/// What a released lock holds: no owner, so the next run takes it over.
+const RELEASED: &[u8] = b"{\"released\": true}\n";
 
 /// One plan's catalog in a bucket.
 #[derive(Debug, Clone)]
@@ -219,10 +227,12 @@ impl S3Store {
     }
 
     /// A second conditional create of one object must be refused; otherwise the plan's lock
-    /// could be held by two machines at once.
+    /// could be held by two machines at once. The probe object is always the same and stays,
+    /// so that opening deletes nothing: the first create makes it (or finds it, 412) and the
+    /// second must then be refused.
     fn check_conditional_writes(&self) -> Result<(), OpenError> {
         let inner = &self.inner;
-        let probe = inner.key(&format!("probe/{:016x}", fastrand::u64(..)));
+        let probe = inner.key(PROBE);
         let put = || {
             inner
                 .client
@@ -233,23 +243,18 @@ impl S3Store {
                 .body(ByteStream::from_static(b"conditional write probe\n"))
                 .send()
         };
-        let first = inner.call(put());
-        if let Err(error) = first {
-            return Err(OpenError(format!(
-                "the catalog {} cannot be written: {}",
-                inner.url(""),
-                Failure::of(&error).words
-            )));
+        match inner.call(put()) {
+            Ok(_) => {}
+            Err(error) if lost(&error) => {}
+            Err(error) => {
+                return Err(OpenError(format!(
+                    "the catalog {} cannot be written: {}",
+                    inner.url(""),
+                    Failure::of(&error).words
+                )));
+            }
         }
         let second = inner.call(put());
-        let _ = inner.call(
-            inner
-                .client
-                .delete_object()
-                .bucket(&inner.bucket)
-                .key(&probe)
-                .send(),
-        );
         match second {
             Err(error) if lost(&error) => Ok(()),
             Err(error) => Err(OpenError(format!(
@@ -385,7 +390,8 @@ async fn get(
     Ok(Some((bytes, written, tag)))
 }
 
-/// The plan's lock object.
+/// The plan's lock object. It holds an owner while held and [`RELEASED`] once released; the
+/// core's rules see the latter as no lock at all.
 #[derive(Debug)]
 struct S3Lock {
     inner: Arc<Inner>,
@@ -417,14 +423,9 @@ impl S3Lock {
             Err(error) => Err(io_error(format!("PutObject {key}"), &error)),
         }
     }
-}
 
-impl LockStore for S3Lock {
-    fn create(&self, bytes: &[u8]) -> io::Result<Option<Held>> {
-        self.put(bytes, None)
-    }
-
-    fn read(&self) -> io::Result<Option<Held>> {
+    /// The lock object as it is, released marker included.
+    fn read_object(&self) -> io::Result<Option<Held>> {
         let inner = &self.inner;
         let key = inner.key("lock");
         Ok(inner
@@ -435,28 +436,39 @@ impl LockStore for S3Lock {
                 tag,
             }))
     }
+}
+
+/// Whether a lock object's bytes are the released marker.
+fn is_released(bytes: &[u8]) -> bool {
+    bytes == RELEASED
+}
+
+impl LockStore for S3Lock {
+    /// Creates the lock object, or takes over a released one with `If-Match` on the marker read:
+    /// of two takers, one wins and the other sees its lock.
+    fn create(&self, bytes: &[u8]) -> io::Result<Option<Held>> {
+        if let Some(held) = self.put(bytes, None)? {
+            return Ok(Some(held));
+        }
+        match self.read_object()? {
+            Some(current) if is_released(&current.bytes) => self.put(bytes, Some(&current)),
+            // Held, or gone in between (by hand): the core reads again and retries.
+            _ => Ok(None),
+        }
+    }
+
+    fn read(&self) -> io::Result<Option<Held>> {
+        Ok(self.read_object()?.filter(|held| !is_released(&held.bytes)))
+    }
 
     fn replace(&self, expected: &Held, bytes: &[u8]) -> io::Result<Option<Held>> {
         self.put(bytes, Some(expected))
     }
 
+    /// Releases by writing the marker over the lock if it is still `expected`: a conditional
+    /// PutObject, not a delete.
     fn remove(&self, expected: &Held) -> io::Result<bool> {
-        let inner = &self.inner;
-        let key = inner.key("lock");
-        let deleted = inner.call(
-            inner
-                .client
-                .delete_object()
-                .bucket(&inner.bucket)
-                .key(&key)
-                .if_match(&expected.tag)
-                .send(),
-        );
-        match deleted {
-            Ok(_) => Ok(true),
-            Err(error) if lost(&error) => Ok(false),
-            Err(error) => Err(io_error(format!("DeleteObject {key}"), &error)),
-        }
+        Ok(self.put(RELEASED, Some(expected))?.is_some())
     }
 
     fn describe(&self) -> String {

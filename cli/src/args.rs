@@ -214,9 +214,17 @@ pub(crate) struct ScheduleArgs {
     /// When to back up, in systemd's calendar syntax: `daily`, `hourly`, `"*-*-* 03:00"`.
     #[arg(long, value_name = "CALENDAR", default_value = "daily")]
     pub every: String,
+    /// Write no backup job, only the others (--prune, --status, --drill): for a machine that
+    /// prunes or drills with its own credentials while the backed-up machine only backs up.
+    #[arg(long)]
+    pub no_backup: bool,
     /// Also apply retention on this calendar.
     #[arg(long, value_name = "CALENDAR")]
     pub prune: Option<String>,
+    /// The environment file of the prune job, if its credentials (the `--role prune` policy)
+    /// differ from the backup job's.
+    #[arg(long, value_name = "FILE", requires = "prune")]
+    pub prune_environment_file: Option<PathBuf>,
     /// Also check freshness on this calendar (`status --notify`: `stale` notifications).
     #[arg(long, value_name = "CALENDAR")]
     pub status: Option<String>,
@@ -229,6 +237,10 @@ pub(crate) struct ScheduleArgs {
     /// What must answer for the scheduled drill to pass (`HOST:PORT`, may use references).
     #[arg(long, value_name = "HOST:PORT")]
     pub drill_health: Option<String>,
+    /// The environment file of the drill job, if its credentials (the `--role restore` policy)
+    /// differ from the backup job's.
+    #[arg(long, value_name = "FILE", requires = "drill")]
+    pub drill_environment_file: Option<PathBuf>,
     /// Where to write the units.
     #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
     pub unit_dir: PathBuf,
@@ -277,8 +289,38 @@ pub(crate) enum PlanCommand {
     Check(PlanArg),
     /// Show the plan's steps as a graph.
     Show(PlanArg),
-    /// Print the minimal AWS IAM policy the plan's steps need.
-    Permissions(PlanArg),
+    /// Print the minimal AWS IAM policy the plan's steps need: with --role, only what that role
+    /// needs (backup, prune or restore), so the machine that backs up cannot delete backups.
+    Permissions(PermissionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PermissionsArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// Only what this role needs: `backup` (check, run, verify, status, metrics: never deletes a
+    /// backup), `prune` (retention) or `restore` (restore, drill, catalog rebuild). Without it,
+    /// one policy for everything.
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub role: Option<RoleArg>,
+}
+
+/// The roles `plan permissions --role` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    Backup,
+    Prune,
+    Restore,
+}
+
+impl From<RoleArg> for backplan_plugin_sdk::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Backup => backplan_plugin_sdk::Role::Backup,
+            RoleArg::Prune => backplan_plugin_sdk::Role::Prune,
+            RoleArg::Restore => backplan_plugin_sdk::Role::Restore,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,15 +16,15 @@ use backplan_core::plan::{CatalogLocation, Order, Plan, PlanError, Step, When};
 use backplan_core::record::{RunKind, RunRecord, StepStatus};
 use backplan_core::runner::{DrillSpec, Observer, RunError, RunRequest, Runner};
 use backplan_core::state;
-use backplan_plugin_sdk::{ErrorKind, KeyOperation, KeySource, Keys};
+use backplan_plugin_sdk::{ErrorKind, KeyOperation, KeySource, Keys, Role};
 use clap::CommandFactory;
 use indicatif::MultiProgress;
 use serde_json::{Value, json};
 
 use crate::args::{
     CatalogCommand, Cli, Command, DrillArgs, Global, KeyStepArgs, KeysCommand, NewKeySource,
-    PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs, RunsCommand, ScheduleArgs,
-    SourceArgs, StatusArgs,
+    PermissionsArgs, PlanCommand, PluginsCommand, PruneArgs, RestoreArgs, RunArgs, RunsCommand,
+    ScheduleArgs, SourceArgs, StatusArgs,
 };
 use crate::metrics;
 use crate::notifier;
@@ -87,7 +87,7 @@ pub(crate) async fn dispatch(cli: Cli) -> i32 {
         Command::Drill(args) => session.drill(args).await,
         Command::Plan(PlanCommand::Check(args)) => session.plan_check(&args.plan).await,
         Command::Plan(PlanCommand::Show(args)) => session.plan_show(&args.plan),
-        Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args.plan).await,
+        Command::Plan(PlanCommand::Permissions(args)) => session.plan_permissions(&args).await,
         Command::Runs(RunsCommand::List(args)) => session.runs_list(&args.plan),
         Command::Status(args) => Ok(session.status(&args).await),
         Command::Catalog(CatalogCommand::Rebuild { plan, dry_run }) => {
@@ -437,8 +437,9 @@ impl Session {
         })
     }
 
-    async fn plan_permissions(&self, path: &Path) -> anyhow::Result<i32> {
-        let (plan, host) = self.load(path)?;
+    async fn plan_permissions(&self, args: &PermissionsArgs) -> anyhow::Result<i32> {
+        let (plan, host) = self.load(&args.plan.plan)?;
+        let role = args.role.map(Role::from);
         let answers = self
             .runner(&plan, &host)
             .permissions(&RunRequest::new(RunKind::Backup))
@@ -449,8 +450,25 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        let policy = backplan_core::iam::merged_policy(catalog, answers).map_err(|e| anyhow!(e))?;
-        outln!("{}", serde_json::to_string_pretty(&policy)?);
+        let merged =
+            backplan_core::iam::merged_policy(role, catalog, answers).map_err(|e| anyhow!(e))?;
+        for (step, actions) in &merged.unsplit {
+            tracing::warn!(
+                "step `{step}`: its plugin does not say which role needs which permission (it \
+                 was built with an SDK older than roles), so the {} role gets all of them, \
+                 {} included: update the plugin",
+                role.map_or("", Role::as_str),
+                actions.join(", ")
+            );
+        }
+        if role.is_none() && !self.global.json {
+            tracing::info!(
+                "this policy allows everything, deleting backups included: give the machine \
+                 that backs up `--role backup` (it cannot delete), and `--role prune` and \
+                 `--role restore` to the credentials that prune and restore"
+            );
+        }
+        outln!("{}", serde_json::to_string_pretty(&merged.policy)?);
         Ok(exit::SUCCEEDED)
     }
 
@@ -657,21 +675,33 @@ impl Session {
                 every,
                 args,
                 description: format!("backplan {what} of plan {}", plan.name),
+                environment_file: None,
             })
         };
-        let mut jobs = vec![job(
-            "backup",
-            &args.every,
-            vec!["run".into(), plan_path.clone()],
-            "backup",
-        )];
-        if let Some(every) = &args.prune {
+        let mut jobs = Vec::new();
+        if !args.no_backup {
             jobs.push(job(
+                "backup",
+                &args.every,
+                vec!["run".into(), plan_path.clone()],
+                "backup",
+            ));
+        } else if args.prune.is_none() && args.status.is_none() && args.drill.is_none() {
+            jobs.push(Err(
+                "--no-backup leaves nothing to schedule: add --prune, --status or --drill".into(),
+            ));
+        }
+        if let Some(every) = &args.prune {
+            let prune = job(
                 "prune",
                 every,
                 vec!["prune".into(), plan_path.clone()],
                 "retention",
-            ));
+            );
+            jobs.push(prune.map(|job| schedule::Job {
+                environment_file: args.prune_environment_file.clone(),
+                ..job
+            }));
         }
         if let Some(every) = &args.status {
             let check = vec!["status".into(), plan_path.clone(), "--notify".into()];
@@ -686,7 +716,11 @@ impl Session {
             // Refused now, not at 5 a.m.: a health check that could never pass.
             let checked = DrillSpec::new(&health, std::time::Duration::from_secs(900)).map(drop);
             drill.extend(["--health".into(), health]);
-            jobs.push(checked.and_then(|()| job("drill", every, drill, "restore drill")));
+            let drill = checked.and_then(|()| job("drill", every, drill, "restore drill"));
+            jobs.push(drill.map(|job| schedule::Job {
+                environment_file: args.drill_environment_file.clone(),
+                ..job
+            }));
         }
         let jobs = match jobs.into_iter().collect::<Result<Vec<_>, String>>() {
             Ok(jobs) => jobs,

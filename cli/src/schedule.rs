@@ -4,7 +4,8 @@
 //! `Persistent=true`, so a run missed while the machine was off happens at the next boot, and
 //! spread by `RandomizedDelaySec` so a fleet does not start at one second. Overlap is the plan's
 //! own lock's business (a second run exits 75). Credentials come from an optional environment
-//! file, output goes to the journal, and systemd's SIGTERM on stop is a clean cancel.
+//! file (the prune and drill jobs may have their own, for credentials of their own role), output
+//! goes to the journal, and systemd's SIGTERM on stop is a clean cancel.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ pub(crate) struct Job {
     pub args: Vec<String>,
     /// What the unit says it does.
     pub description: String,
+    /// Its own environment file (other credentials), instead of the units' one.
+    pub environment_file: Option<PathBuf>,
 }
 
 /// Everything the units need to know.
@@ -82,6 +85,12 @@ impl Units {
         format!("backplan-{}-{}", self.plan, job.name)
     }
 
+    fn environment_file_of<'a>(&'a self, job: &'a Job) -> &'a Path {
+        job.environment_file
+            .as_deref()
+            .unwrap_or(&self.environment_file)
+    }
+
     fn command(&self, job: &Job) -> String {
         std::iter::once(self.binary.display().to_string())
             .chain(job.args.iter().cloned())
@@ -115,7 +124,7 @@ impl Units {
                  IOSchedulingClass=best-effort\n\
                  IOSchedulingPriority=7\n",
                 description = job.description,
-                env = self.environment_file.display(),
+                env = self.environment_file_of(job).display(),
                 command = self.command(job),
             );
             let mut timer = String::new();
@@ -174,7 +183,7 @@ impl Units {
             let _ = writeln!(
                 out,
                 "{when}  set -a; [ -r {env} ] && . {env}; {command} --no-progress",
-                env = quote(&self.environment_file.display().to_string()),
+                env = quote(&self.environment_file_of(job).display().to_string()),
                 command = self.command(job),
             );
         }
@@ -209,6 +218,7 @@ mod tests {
                 every: "*-*-* 03:00".into(),
                 args: vec!["run".into(), "/etc/backplan/my plan.toml".into()],
                 description: "backplan backup of plan services".into(),
+                environment_file: None,
             }],
         }
     }
@@ -232,6 +242,34 @@ mod tests {
             "Persistent=true
 "
         ));
+    }
+
+    #[test]
+    fn a_job_with_its_own_environment_file_reads_that_one() {
+        let mut units = units();
+        let mut prune = units.jobs[0].clone();
+        prune.name = "prune";
+        prune.environment_file = Some("/etc/backplan/services-prune.env".into());
+        units.jobs.push(prune);
+        let files = units.files();
+        assert!(
+            files[0]
+                .1
+                .contains("EnvironmentFile=-/etc/backplan/services.env\n")
+        );
+        assert_eq!(files[2].0, "backplan-services-prune.service");
+        assert!(
+            files[2]
+                .1
+                .contains("EnvironmentFile=-/etc/backplan/services-prune.env\n"),
+            "{}",
+            files[2].1
+        );
+        let cron = units.cron().unwrap();
+        assert!(
+            cron.contains(". /etc/backplan/services-prune.env;"),
+            "{cron}"
+        );
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn run_action<P: Plugin>(plugin: &P, ctx: &Context) -> PluginResult<StepOutput> 
     }
     match request.action {
         Action::Permissions => {
-            Ok(StepOutput::new("permissions").record(plugin.permissions(&config)))
+            Ok(StepOutput::new("permissions").record(plugin.permissions_in(ctx, &config)))
         }
         Action::Check => plugin.check(ctx, &config),
         Action::Backup => plugin.backup(ctx, &config),

@@ -62,6 +62,7 @@ mod context;
 mod error;
 pub mod files;
 pub mod host;
+mod permissions;
 mod plugin;
 mod protocol;
 #[cfg(feature = "retention")]
@@ -70,11 +71,11 @@ pub mod testing;
 
 pub use context::Context;
 pub use error::{ErrorKind, IoResultExt, PluginError, PluginResult};
+pub use permissions::{Permissions, Role};
 pub use plugin::Plugin;
 pub use protocol::{
     Action, Description, Discovered, DiscoveredBackup, HistoryEntry, KeyInfo, KeyOperation,
-    KeySource, Keys, Level, Outputs, Permissions, PlanStep, Progress, Request, Response,
-    StepOutput,
+    KeySource, Keys, Level, Outputs, PlanStep, Progress, Request, Response, StepOutput,
 };
 
 /// Re-exported so plugin crates derive the same traits the SDK expects.

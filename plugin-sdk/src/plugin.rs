@@ -59,11 +59,20 @@ pub trait Plugin: Send + Sync + 'static {
         Err(PluginError::unsupported(Action::Restore))
     }
 
-    /// The cloud permissions this configuration needs, for `backplan plan permissions`.
-    /// Calls nothing. The default: none.
+    /// The cloud permissions this configuration needs, for `backplan plan permissions`, with
+    /// the roles that need each ([`Permissions::grant`]; see [`Role`](crate::Role)). Calls
+    /// nothing. The default: none.
     fn permissions(&self, config: &Self::Config) -> Permissions {
         let _ = config;
         Permissions::default()
+    }
+
+    /// The same, for a plugin that also needs the request: the plan's name, or the step's
+    /// configuration as written (`ctx.request().config`). Calls nothing. The default:
+    /// [`Plugin::permissions`].
+    fn permissions_in(&self, ctx: &Context, config: &Self::Config) -> Permissions {
+        let _ = ctx;
+        self.permissions(config)
     }
 
     /// Applies retention to the backups listed in `ctx.request().history`.

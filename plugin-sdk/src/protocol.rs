@@ -32,7 +32,8 @@ pub enum Action {
     /// Apply retention: remove what the plan no longer needs to keep.
     Prune,
     /// Say which cloud permissions the step's configuration needs, without calling anything.
-    /// Always callable, like `check`; the answer's record is a [`Permissions`].
+    /// Always callable, like `check`; the answer's record is a
+    /// [`Permissions`](crate::Permissions).
     Permissions,
     /// Undo a restore made only to prove the backup works (a restore drill): e.g. terminate the
     /// instance launched from the image. The request's `record` is what that restore returned.
@@ -304,14 +305,6 @@ pub enum Response {
     Ok(StepOutput),
     /// The action failed.
     Error(PluginError),
-}
-
-/// The cloud permissions a step needs (the record of a `permissions` answer).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Permissions {
-    /// AWS IAM policy statements (`{"Effect": "Allow", "Action": [...], "Resource": ...}`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub aws_iam_statements: Vec<Value>,
 }
 
 /// What `backplan keys` asks of a step (the `options` of a `keys` request).

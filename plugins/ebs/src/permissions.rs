@@ -1,14 +1,16 @@
 //! The smallest IAM policy a step's configuration needs, for `backplan plan permissions`.
 //!
 //! One statement per purpose (find, back up, copy, prune, restore), each with its `Sid`, so a
-//! security review reads what each group of actions is for. EC2's snapshot and image actions
+//! security review reads what each group of actions is for, and each granted to the roles that
+//! need it: the backup role makes and copies but never deregisters, deletes or terminates (a
+//! failed backup leaves what it made, tagged, for prune). EC2's snapshot and image actions
 //! mostly do not support resource-level restrictions at creation time, hence `"*"`; deletion is
 //! limited to resources carrying a `backplan:plan` tag, and termination to instances carrying
 //! `backplan:restored-from` (the action is called without the plan's name, so a policy scoped to
 //! one plan replaces the `*` with that name). `iam:PassRole` is limited to EC2, and to the role
 //! `launch.iam_role_arn` names: the role is an IAM fact the configuration alone cannot know.
 
-use backplan_plugin_sdk::Permissions;
+use backplan_plugin_sdk::{Permissions, Role};
 use serde_json::{Value, json};
 
 use crate::config::{Mode, Settings};
@@ -40,34 +42,39 @@ fn pass_role(role: Option<&str>) -> Value {
     })
 }
 
-/// The statements for `settings`.
+/// The statements for `settings`, with the roles that need them: finding and describing for
+/// every role; making, tagging and copying for backup; deregistering and deleting for prune
+/// alone; launching, and terminating what a drill launched, for restore.
 pub(crate) fn for_settings(settings: &Settings) -> Permissions {
     let mut describe = vec!["DescribeInstances", "DescribeImages", "DescribeSnapshots"];
     if settings.mode == Mode::Ami {
         // The Elastic IP of the instance, recorded for a restore to move.
         describe.push("DescribeAddresses");
     }
-    let mut statements = vec![statement("BackplanEbsDescribe", &describe, None)];
-    match settings.mode {
-        Mode::Ami => statements.push(statement(
-            "BackplanEbsBackup",
-            &["CreateImage", "CreateTags"],
-            None,
-        )),
-        Mode::Snapshots => statements.push(statement(
-            "BackplanEbsBackup",
-            &["CreateSnapshot", "CreateTags"],
-            None,
-        )),
-    }
+    let make: &[&str] = match settings.mode {
+        Mode::Ami => &["CreateImage", "CreateTags"],
+        Mode::Snapshots => &["CreateSnapshot", "CreateTags"],
+    };
+    let mut permissions = Permissions::default()
+        .grant(
+            &Role::ALL,
+            statement("BackplanEbsDescribe", &describe, None),
+        )
+        .grant(&[Role::Backup], statement("BackplanEbsBackup", make, None));
     if !settings.copies.is_empty() {
-        statements.push(statement("BackplanEbsCopy", &["CopyImage"], None));
+        permissions = permissions.grant(
+            &[Role::Backup],
+            statement("BackplanEbsCopy", &["CopyImage"], None),
+        );
     }
     let prune: &[&str] = match settings.mode {
         Mode::Ami => &["DeregisterImage", "DeleteSnapshot"],
         Mode::Snapshots => &["DeleteSnapshot"],
     };
-    statements.push(statement("BackplanEbsPrune", prune, tagged(PLAN)));
+    permissions = permissions.grant(
+        &[Role::Prune],
+        statement("BackplanEbsPrune", prune, tagged(PLAN)),
+    );
     if settings.mode == Mode::Ami {
         let launch = &settings.launch;
         let mut restore = vec!["RunInstances", "CreateTags"];
@@ -77,21 +84,26 @@ pub(crate) fn for_settings(settings: &Settings) -> Permissions {
         if launch.reuse_elastic_ip {
             restore.push("AssociateAddress");
         }
-        statements.push(statement("BackplanEbsRestore", &restore, None));
+        permissions = permissions.grant(
+            &[Role::Restore],
+            statement("BackplanEbsRestore", &restore, None),
+        );
         if launch.iam_instance_profile.as_deref() != Some("none") {
-            statements.push(pass_role(launch.iam_role_arn.as_deref()));
+            permissions =
+                permissions.grant(&[Role::Restore], pass_role(launch.iam_role_arn.as_deref()));
         }
-        let teardown =
-            Some(json!({"StringLike": {format!("aws:ResourceTag/{RESTORED_FROM}"): "*"}}));
-        statements.push(statement(
-            "BackplanEbsDrillTeardown",
-            &["TerminateInstances"],
-            teardown,
-        ));
+        // Only what a restore launched carries the tag: the drill's teardown terminates nothing
+        // else.
+        permissions = permissions.grant(
+            &[Role::Restore],
+            statement(
+                "BackplanEbsDrillTeardown",
+                &["TerminateInstances"],
+                tagged(RESTORED_FROM),
+            ),
+        );
     }
-    Permissions {
-        aws_iam_statements: statements,
-    }
+    permissions
 }
 
 #[cfg(test)]
@@ -156,6 +168,56 @@ mod tests {
         }))));
         for wanted in ["ec2:AssociateAddress", "ec2:DescribeNetworkInterfaces"] {
             assert!(reuse.iter().any(|a| a == wanted), "{wanted}: {reuse:?}");
+        }
+    }
+
+    fn role_actions(p: &Permissions, role: Role) -> Vec<String> {
+        p.statements_for(role)
+            .iter()
+            .flat_map(|s| s["Action"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_prune_may_deregister_or_delete_and_restore_terminates_only_what_it_launched() {
+        for config in [
+            json!({"instance": "self", "copy_to": [{"region": "us-west-2"}]}),
+            json!({"instance": "self", "mode": "snapshots"}),
+        ] {
+            let p = for_settings(&settings(config));
+            assert!(p.is_split());
+            let backup = role_actions(&p, Role::Backup);
+            assert!(
+                backup.iter().any(|a| a.starts_with("ec2:Create")),
+                "{backup:?}"
+            );
+            let destructive = |a: &&String| {
+                ["Delete", "Deregister", "Terminate"]
+                    .iter()
+                    .any(|verb| a.starts_with(&format!("ec2:{verb}")))
+            };
+            assert!(!backup.iter().any(|a| destructive(&a)), "{backup:?}");
+            let prune = role_actions(&p, Role::Prune);
+            assert!(
+                prune.contains(&"ec2:DeleteSnapshot".to_owned()),
+                "{prune:?}"
+            );
+            let restore = role_actions(&p, Role::Restore);
+            let destroying: Vec<&String> = restore.iter().filter(destructive).collect();
+            for action in &destroying {
+                assert_eq!(*action, "ec2:TerminateInstances");
+            }
+            let teardown = p
+                .statements_for(Role::Restore)
+                .iter()
+                .find(|s| s["Sid"] == "BackplanEbsDrillTeardown");
+            if let Some(teardown) = teardown {
+                assert_eq!(
+                    teardown["Condition"]["StringLike"]["aws:ResourceTag/backplan:restored-from"],
+                    "*"
+                );
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use backplan_plugin_sdk::{
     Action, Context, Discovered, DiscoveredBackup, ErrorKind, Permissions, Plugin, PluginError,
-    PluginResult, Progress, Request, StepOutput,
+    PluginResult, Progress, Request, Role, StepOutput,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -404,9 +404,12 @@ impl Plugin for NfsObjects {
         Action::Discover,
     ];
 
-    /// An S3 repository needs the bucket listed and objects under its prefix read, written and
-    /// deleted (prune); a local one needs nothing from AWS.
-    fn permissions(&self, config: &Config) -> Permissions {
+    /// An S3 repository: every role lists the bucket and reads objects under its prefix; backup
+    /// alone writes them (and sets their Object Lock retention), prune alone deletes them. An
+    /// `encryption.kms_key_id` adds that key: backup encrypts and decrypts with it, restore and
+    /// prune decrypt. A local repository needs nothing from AWS. The key is read from the step's
+    /// configuration as written, so this does not depend on how the configuration is typed.
+    fn permissions_in(&self, ctx: &Context, config: &Config) -> Permissions {
         let Some(Ok(at)) = S3Location::parse(&config.repository) else {
             return Permissions::default();
         };
@@ -416,27 +419,58 @@ impl Plugin for NfsObjects {
         } else {
             format!("arn:aws:s3:::{bucket}/{}/*", at.prefix)
         };
-        Permissions {
-            aws_iam_statements: vec![
-                serde_json::json!({
-                    "Sid": "NfsObjectsRepositoryBucket",
-                    "Effect": "Allow",
-                    "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
-                    "Resource": format!("arn:aws:s3:::{bucket}"),
-                }),
-                serde_json::json!({
-                    "Sid": "NfsObjectsRepositoryObjects",
-                    "Effect": "Allow",
-                    "Action": [
-                        "s3:GetObject",
+        let statement = |sid: &str, actions: &[&str], resource: &str| serde_json::json!({"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource});
+        let bucket_arn = format!("arn:aws:s3:::{bucket}");
+        let mut permissions = Permissions::default()
+            .grant(
+                &Role::ALL,
+                statement(
+                    "NfsObjectsRepositoryBucket",
+                    &["s3:ListBucket", "s3:GetBucketLocation"],
+                    &bucket_arn,
+                ),
+            )
+            .grant(
+                &Role::ALL,
+                statement("NfsObjectsRepositoryRead", &["s3:GetObject"], &objects),
+            )
+            .grant(
+                &[Role::Backup],
+                statement(
+                    "NfsObjectsRepositoryWrite",
+                    &[
                         "s3:PutObject",
-                        "s3:DeleteObject",
                         "s3:AbortMultipartUpload",
+                        "s3:PutObjectRetention",
+                        "s3:GetObjectRetention",
                     ],
-                    "Resource": objects,
-                }),
-            ],
+                    &objects,
+                ),
+            )
+            .grant(
+                &[Role::Backup],
+                statement(
+                    "NfsObjectsRepositoryObjectLock",
+                    &["s3:GetBucketObjectLockConfiguration"],
+                    &bucket_arn,
+                ),
+            )
+            .grant(
+                &[Role::Prune],
+                statement(
+                    "NfsObjectsRepositoryPrune",
+                    &["s3:DeleteObject", "s3:GetObjectRetention"],
+                    &objects,
+                ),
+            );
+        let key = ctx.request().config["encryption"]["kms_key_id"].as_str();
+        if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
+            let (backup, read) = kms_statements(key);
+            permissions = permissions
+                .grant(&[Role::Backup], backup)
+                .grant(&[Role::Prune, Role::Restore], read);
         }
+        permissions
     }
 
     fn check(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
@@ -778,6 +812,80 @@ impl Plugin for NfsObjects {
             output = output.warning(warning);
         }
         Ok(output.record(Discovered { backups }))
+    }
+}
+
+/// The statements for the KMS key `key` (a key ARN, a key id, an alias name or an alias ARN):
+/// encrypting and decrypting (backup), and decrypting only (prune, restore). An alias is
+/// matched by the key's aliases, since IAM names keys, not aliases, as resources.
+fn kms_statements(key: &str) -> (serde_json::Value, serde_json::Value) {
+    let key = key.trim();
+    let alias = if key.starts_with("alias/") {
+        Some(key)
+    } else if key.starts_with("arn:") {
+        key.find(":alias/").map(|at| &key[at + 1..])
+    } else {
+        None
+    };
+    let (resource, condition) = match alias {
+        Some(alias) => (
+            "*".to_owned(),
+            Some(serde_json::json!({"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias}})),
+        ),
+        None if key.starts_with("arn:") => (key.to_owned(), None),
+        None => (format!("arn:aws:kms:*:*:key/{key}"), None),
+    };
+    let statement = |sid: &str, actions: &[&str]| {
+        let mut s = serde_json::json!({
+            "Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource,
+        });
+        if let Some(condition) = &condition {
+            s["Condition"] = condition.clone();
+        }
+        s
+    };
+    (
+        statement(
+            "NfsObjectsRepositoryKeyEncrypt",
+            &["kms:GenerateDataKey", "kms:Decrypt"],
+        ),
+        statement("NfsObjectsRepositoryKeyDecrypt", &["kms:Decrypt"]),
+    )
+}
+
+#[cfg(test)]
+mod kms_tests {
+    use super::kms_statements;
+
+    #[test]
+    fn a_key_is_named_by_arn_and_an_alias_by_the_keys_aliases() {
+        let arn = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let (backup, read) = kms_statements(arn);
+        assert_eq!(backup["Resource"], arn);
+        assert_eq!(
+            backup["Action"],
+            serde_json::json!(["kms:GenerateDataKey", "kms:Decrypt"])
+        );
+        assert_eq!(read["Action"], serde_json::json!(["kms:Decrypt"]));
+        let (bare, _) = kms_statements("1234abcd-12ab-34cd-56ef-1234567890ab");
+        assert_eq!(
+            bare["Resource"],
+            "arn:aws:kms:*:*:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        );
+        for alias in [
+            "alias/backups",
+            "arn:aws:kms:us-west-2:123456789012:alias/backups",
+        ] {
+            let (backup, read) = kms_statements(alias);
+            for statement in [backup, read] {
+                assert_eq!(statement["Resource"], "*");
+                assert_eq!(
+                    statement["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"],
+                    "alias/backups",
+                    "{alias}"
+                );
+            }
+        }
     }
 }
 

@@ -92,7 +92,16 @@ fn an_s3_repository_asks_for_its_bucket_and_prefix_only() {
     let statements = asked["aws_iam_statements"].as_array().unwrap();
     assert_eq!(statements[0]["Resource"], "arn:aws:s3:::art");
     assert_eq!(statements[1]["Resource"], "arn:aws:s3:::art/ci/artifacts/*");
-    assert!(statements[1]["Action"].to_string().contains("s3:PutObject"));
+    let roles = &asked["roles"];
+    let actions = |role: &str| roles[role].to_string();
+    assert!(actions("backup").contains("s3:PutObject"), "{asked:#}");
+    assert!(
+        actions("backup").contains("s3:PutObjectRetention"),
+        "{asked:#}"
+    );
+    assert!(!actions("backup").contains("Delete"), "{asked:#}");
+    assert!(actions("prune").contains("s3:DeleteObject"), "{asked:#}");
+    assert!(!actions("restore").contains("Put") && !actions("restore").contains("Delete"));
 
     let local = json!({"source": "/data", "repository": "/var/backups/artifacts"});
     let none = harness.run(Action::Permissions, local).unwrap().record;

@@ -5,7 +5,7 @@
 //! with a permanent error listing every problem; warnings become step warnings.
 
 use backplan_plugin_sdk::{
-    Action, Context, Permissions, Plugin, PluginError, PluginResult, Request, StepOutput,
+    Action, Context, Permissions, Plugin, PluginError, PluginResult, Request, Role, StepOutput,
 };
 use serde_json::json;
 
@@ -213,9 +213,10 @@ impl Plugin for S3Verify {
                 "Resource": "arn:aws:s3:::*",
             }));
         }
-        Permissions {
-            aws_iam_statements: statements,
-        }
+        // Read-only: every role may check the bucket (backup and a drill verify it).
+        statements
+            .into_iter()
+            .fold(Permissions::default(), |p, s| p.grant(&Role::ALL, s))
     }
 }
 
@@ -240,6 +241,13 @@ mod tests {
             serde_json::from_value(json!({"bucket": "art", "replication": {"destination": "any"}}))
                 .unwrap();
         assert_eq!(S3Verify.permissions(&any).aws_iam_statements.len(), 2);
+        for role in Role::ALL {
+            assert_eq!(
+                p.statements_for(role),
+                p.aws_iam_statements,
+                "{role}: read-only"
+            );
+        }
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! "machines", a killed holder, and catalogs that are refused before anything runs.
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use backplan_catalog_s3::S3Store;
 use backplan_core::catalog::CatalogStore;
-use backplan_core::catalog::lock::conformance;
+use backplan_core::catalog::lock::{LockOwner, STALE_AFTER, acquire, conformance};
 use backplan_e2e::{LocalAws, Sandbox};
 
 const CHILD: &str = "BACKPLAN_E2E_S3_LOCK_CONTRACT";
@@ -16,25 +16,34 @@ fn bucket(aws: &LocalAws, name: &str) {
     aws.script(&format!("s3.create_bucket(Bucket='{name}')"));
 }
 
-#[test]
-fn the_s3_lock_passes_the_lock_contract() {
+/// Runs the core's lock conformance suite against the S3 lock on a local endpoint started with
+/// `options`, in a child process (`test`, this test's own name) whose environment points the
+/// SDK at it. The lock is released by a conditional PutObject of a marker, never a delete.
+fn lock_contract(test: &str, options: &[&str]) {
     if std::env::var_os(CHILD).is_some() {
-        // In the child, whose environment points the SDK at the endpoint.
-        conformance::check_all(|| {
+        let location = || {
             let plan = format!("p{:08x}", fastrand_u32());
             let store = S3Store::open("locks", "contract", &plan).expect("open the S3 catalog");
             move || store.lock()
-        });
+        };
+        conformance::check_all(location);
+        // A released lock is an object holding the marker: of many takers, one wins there too.
+        let released = location();
+        let (guard, _) = acquire(
+            released(),
+            LockOwner::this_process("before"),
+            SystemTime::now(),
+            STALE_AFTER,
+        )
+        .unwrap();
+        assert!(guard.release().unwrap());
+        conformance::one_of_many_simultaneous_takers_wins(released, 16);
         return;
     }
-    let aws = LocalAws::start(&[]);
+    let aws = LocalAws::start(options);
     bucket(&aws, "locks");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child.args([
-        "catalog_s3::the_s3_lock_passes_the_lock_contract",
-        "--exact",
-        "--nocapture",
-    ]);
+    child.args([test, "--exact", "--nocapture"]);
     aws.apply(&mut child).env(CHILD, "1");
     let out = child.output().unwrap();
     assert!(
@@ -44,6 +53,19 @@ fn the_s3_lock_passes_the_lock_contract() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+fn the_s3_lock_passes_the_lock_contract() {
+    lock_contract("catalog_s3::the_s3_lock_passes_the_lock_contract", &[]);
+}
+
+#[test]
+fn the_s3_lock_passes_the_lock_contract_on_moto_s3() {
+    lock_contract(
+        "catalog_s3::the_s3_lock_passes_the_lock_contract_on_moto_s3",
+        &["--s3", "moto"],
+    );
 }
 
 fn fastrand_u32() -> u32 {
@@ -104,7 +126,61 @@ fn a_second_machine_sees_the_runs_and_restores_from_the_s3_catalog() {
         keys.contains("fleet/services/runs/") && keys.contains("fleet/builders/runs/"),
         "{keys}"
     );
-    assert!(!keys.contains("lock\""), "a lock was left behind: {keys}");
+    let lock = aws.script(
+        "print(s3.get_object(Bucket='catalog', Key='fleet/services/lock')['Body'].read().decode())",
+    );
+    assert_eq!(
+        lock.trim(),
+        r#"{"released": true}"#,
+        "the lock was left held"
+    );
+}
+
+#[test]
+fn runs_release_the_s3_lock_and_probe_without_deleting_anything() {
+    let aws = LocalAws::start(&[]);
+    bucket(&aws, "catalog");
+    // Versioned, so that a delete would leave a delete marker to find.
+    aws.script(
+        "s3.put_bucket_versioning(Bucket='catalog', VersioningConfiguration={'Status': 'Enabled'})",
+    );
+    let sandbox = Sandbox::new();
+    let path = plan(&sandbox, "services", "echo dumped");
+    let objects = || {
+        aws.boto(
+            "out(sorted(o['Key'] for o in s3.list_objects_v2(Bucket='catalog', \
+             Prefix='fleet/services/')['Contents'] if not o['Key'].startswith('fleet/services/runs/')))",
+        )
+    };
+    let lock = || {
+        aws.script(
+            "print(s3.get_object(Bucket='catalog', Key='fleet/services/lock')['Body'].read().decode())",
+        )
+    };
+    sandbox.run_on(&aws, &["run", &path]).expect_code(0);
+    assert_eq!(lock().trim(), r#"{"released": true}"#);
+    let after_one = objects();
+    // The next run takes the released lock over (If-Match), and releases it the same way.
+    sandbox.run_on(&aws, &["run", &path]).expect_code(0);
+    sandbox.run_on(&aws, &["verify", &path]).expect_code(0);
+    assert_eq!(lock().trim(), r#"{"released": true}"#);
+    assert_eq!(
+        objects(),
+        serde_json::json!([
+            "fleet/services/lock",
+            "fleet/services/probe/conditional-write"
+        ]),
+        "a probe per run, or no lock: something was deleted or left"
+    );
+    assert_eq!(objects(), after_one);
+    // A role that cannot delete would have failed on none of it: nothing was deleted.
+    let deleted = aws.boto(
+        "v = s3.list_object_versions(Bucket='catalog', Prefix='fleet/services/')\n\
+         out(len(v.get('DeleteMarkers', [])))",
+    );
+    assert_eq!(deleted, 0);
+    let runs = sandbox.run_on(&aws, &["--json", "runs", "list", &path]);
+    assert_eq!(runs.expect_code(0).json().as_array().unwrap().len(), 3);
 }
 
 fn start(sandbox: &Sandbox, aws: &LocalAws, plan: &str) -> Child {

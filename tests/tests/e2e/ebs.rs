@@ -219,6 +219,58 @@ fn a_failing_snapshot_fails_the_backup_with_aws_reason() {
 }
 
 #[test]
+fn a_failed_backup_deletes_nothing_and_leaves_what_it_made_tagged_for_prune() {
+    // The backup role cannot deregister or delete: a failed backup must not need to.
+    let aws = LocalAws::start(&[
+        "--pending",
+        "1",
+        "--faults",
+        "DeregisterImage:denied:*,DeleteSnapshot:denied:*",
+    ]);
+    let machine = machine(&aws, true);
+    for mode in ["ami", "snapshots"] {
+        let sandbox = Sandbox::new();
+        let plan = plan(
+            &sandbox,
+            &format!(
+                "instance = \"{}\"\nmode = \"{mode}\"\n",
+                machine.instance_id
+            ),
+        );
+        let out = sandbox.run_on(&aws, &["--json", "run", &plan]);
+        out.expect_code(FAILED);
+        let step = only_step(&out.json()).clone();
+        let error = step["error"].to_string();
+        assert!(error.contains("injected"), "{mode}: AWS's reason: {error}");
+        assert!(!error.contains("Unauthorized"), "{mode}: {error}");
+    }
+    let faults = aws.boto(&format!(
+        "import urllib.request\n\
+             out(json.load(urllib.request.urlopen('{}/__faults')))",
+        aws.var("BACKPLAN_FAULT_PROXY_URL")
+    ));
+    for call in ["CreateImage", "CreateSnapshot"] {
+        assert!(
+            faults["seen"][call].as_u64().unwrap_or(0) > 0,
+            "the proxy did not see {call}: {faults:#}"
+        );
+    }
+    for call in ["DeregisterImage", "DeleteSnapshot"] {
+        assert!(
+            faults["seen"][call].as_u64().unwrap_or(0) == 0,
+            "a failed backup called {call}: {faults:#}"
+        );
+    }
+    let left = aws.boto(
+        "out(len(ec2.describe_snapshots(OwnerIds=['self'], Filters=[{'Name': 'tag:backplan:plan', 'Values': ['svc']}])['Snapshots']))",
+    );
+    assert!(
+        left.as_u64().unwrap() > 0,
+        "what the failed backups made is gone"
+    );
+}
+
+#[test]
 fn throttled_calls_are_retried_until_they_pass() {
     // Five throttled CreateImage calls outlast the SDK's 4 attempts; the plugin's own retry
     // gets through. A 500 on DescribeImages is retried too.

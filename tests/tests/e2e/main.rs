@@ -11,6 +11,7 @@ mod notify;
 mod plugins;
 mod postgres;
 mod restore;
+mod roles;
 mod runs;
 mod s3_verify;
 mod schedule;

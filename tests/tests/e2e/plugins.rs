@@ -443,6 +443,52 @@ fn a_second_plugin_named_exec_is_refused_naming_both() {
     assert!(sandbox.records("plain").is_empty());
 }
 
+#[test]
+fn a_plugin_that_does_not_split_its_permissions_by_role_is_named_when_backup_gets_its_delete() {
+    let sandbox = Sandbox::new();
+    let lib = install(&sandbox, &faulty_lib(), "plugins");
+    let plan = faulty_plan(&sandbox, &lib, None, "");
+    let fault = Some("unsplit-permissions");
+    let args = |role: &'static str| {
+        [
+            "--json",
+            "plan",
+            "permissions",
+            plan.as_str(),
+            "--role",
+            role,
+        ]
+    };
+    let backup = run_with(&sandbox, fault, &args("backup"));
+    let policy = backup.expect_code(0).json();
+    let text = policy.to_string();
+    assert!(
+        text.contains("s3:DeleteObject") && text.contains("s3:GetObject"),
+        "every role gets all of an unsplit answer: {policy:#}"
+    );
+    let warned = backup.stderr();
+    assert!(
+        warned.contains("step `f`") && warned.contains("s3:DeleteObject"),
+        "{warned}"
+    );
+    let prune = run_with(&sandbox, fault, &args("prune"));
+    assert!(
+        prune
+            .expect_code(0)
+            .json()
+            .to_string()
+            .contains("s3:DeleteObject")
+    );
+    assert!(
+        !prune.stderr().contains("step `f`"),
+        "prune may delete: {}",
+        prune.stderr()
+    );
+    // Without that fault the plugin needs nothing, and nothing is said.
+    let plain = run_with(&sandbox, None, &args("backup"));
+    assert!(!plain.expect_code(0).stderr().contains("step `f`"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refusals
 
