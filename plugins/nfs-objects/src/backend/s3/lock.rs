@@ -150,6 +150,14 @@ impl Known {
         *entry = (*entry).max(seconds);
     }
 
+    /// Takes in what `other` knows.
+    pub(super) fn merge(&mut self, other: &Known) {
+        for (name, until) in &other.until {
+            let entry = self.until.entry(name.clone()).or_insert(*until);
+            *entry = (*entry).max(*until);
+        }
+    }
+
     /// Forgets dates already past at `now`: they protect nothing any more.
     pub(super) fn forget_expired(&mut self, now: Timestamp) {
         self.until.retain(|_, until| *until > now.as_second());

@@ -216,19 +216,13 @@ impl S3Backend {
         )))
     }
 
-    /// What is known of retain-until dates: the repository's state merged with this process's.
-    fn known(&self) -> lock::Known {
-        let mut known = match self.get(lock::STATE_OBJECT) {
+    /// What the repository's state says of retain-until dates (empty when it is missing or
+    /// unreadable: it only ever saves requests).
+    fn stored_dates(&self) -> lock::Known {
+        match self.get(lock::STATE_OBJECT) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => lock::Known::default(),
-        };
-        let this_process = self.inner.known.lock().expect("lock state").clone();
-        for (name, until) in this_process.until {
-            if let Ok(until) = jiff::Timestamp::from_second(until) {
-                known.record(&name, until);
-            }
         }
-        known
     }
 }
 
@@ -354,8 +348,9 @@ impl Backend for S3Backend {
             return Ok(0);
         };
         let now = jiff::Timestamp::now();
-        let stored = self.known();
+        let stored = self.stored_dates();
         let mut known = stored.clone();
+        known.merge(&self.inner.known.lock().expect("lock state"));
         let look: Vec<String> = names
             .iter()
             .filter(|name| object_lock.must_look(known.get(name), time, now))
