@@ -236,3 +236,111 @@ fn check_warns_when_the_lock_is_shorter_than_what_prune_keeps() {
         "{text}"
     );
 }
+
+/// An Object Lock bucket whose default retention locks every object written for a day.
+fn locked_bucket_with_default_retention(aws: &LocalAws, bucket: &str) {
+    aws.script(&format!(
+        "s3.create_bucket(Bucket='{bucket}', ObjectLockEnabledForBucket=True)\n\
+         s3.put_object_lock_configuration(Bucket='{bucket}', ObjectLockConfiguration=\
+         {{'ObjectLockEnabled': 'Enabled', 'Rule': {{'DefaultRetention': \
+         {{'Mode': 'GOVERNANCE', 'Days': 1}}}}}})"
+    ));
+}
+
+const LOCK_CONTRACT_CHILD: &str = "BACKPLAN_E2E_S3_LOCK_CONTRACT_ON_OBJECT_LOCK";
+
+#[test]
+fn the_s3_catalog_lock_passes_the_lock_contract_on_an_object_lock_bucket() {
+    use backplan_catalog_s3::S3Store;
+    use backplan_core::catalog::CatalogStore;
+    use backplan_core::catalog::lock::conformance;
+    if std::env::var_os(LOCK_CONTRACT_CHILD).is_some() {
+        let next = std::sync::atomic::AtomicU32::new(0);
+        conformance::check_all(|| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let plan = format!("p{:08x}-{n}", std::process::id() ^ now() as u32);
+            let store = S3Store::open("vault", "contract", &plan).expect("open the S3 catalog");
+            move || store.lock()
+        });
+        return;
+    }
+    for server in SERVERS {
+        let aws = LocalAws::start(server);
+        locked_bucket_with_default_retention(&aws, "vault");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args([
+            "object_lock::the_s3_catalog_lock_passes_the_lock_contract_on_an_object_lock_bucket",
+            "--exact",
+            "--nocapture",
+        ]);
+        aws.apply(&mut child).env(LOCK_CONTRACT_CHILD, "1");
+        let out = child.output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{server:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_s3_catalog_works_on_an_object_lock_bucket_with_a_default_retention() {
+    for server in SERVERS {
+        let aws = LocalAws::start(server);
+        locked_bucket_with_default_retention(&aws, "vault");
+        let sandbox = Sandbox::new();
+        let path = sandbox.write(
+            "services.toml",
+            "[plan]\nname = \"services\"\ncatalog = \"s3://vault/fleet\"\n\
+             [[steps]]\nid = \"dump\"\nplugin = \"exec\"\n[steps.config]\n\
+             command = [\"sh\", \"-c\", \"echo dumped\"]\nrestore_command = [\"true\"]\n",
+        );
+        let path = path.to_str().unwrap();
+        let first = sandbox
+            .run_on(&aws, &["--json", "run", path])
+            .expect_code(0)
+            .json();
+        let second = sandbox
+            .run_on(&aws, &["--json", "run", path])
+            .expect_code(0)
+            .json();
+        // Another machine sees both runs and restores the latest.
+        let other = Sandbox::new();
+        let other_path = other.write("services.toml", &fs::read_to_string(path).unwrap());
+        let other_path = other_path.to_str().unwrap();
+        let runs = other
+            .run_on(&aws, &["--json", "runs", "list", other_path])
+            .expect_code(0)
+            .json();
+        let ids: Vec<&Value> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["run_id"])
+            .collect();
+        assert!(
+            ids.contains(&&first["run_id"]) && ids.contains(&&second["run_id"]),
+            "{server:?}: {runs:#}"
+        );
+        let restored = other
+            .run_on(&aws, &["--json", "restore", other_path, "--run", "latest"])
+            .expect_code(0)
+            .json();
+        assert_eq!(restored["source_run"], second["run_id"], "{server:?}");
+        // Every run took the plan's lock and released it: none is current, and the records
+        // written were locked by the bucket's default retention.
+        let keys = aws
+            .boto("out(sorted(o['Key'] for o in s3.list_objects_v2(Bucket='vault')['Contents']))");
+        assert!(
+            !keys.to_string().contains("lock\""),
+            "{server:?}: a lock was left behind: {keys}"
+        );
+        let records = retentions(&aws, "vault", "fleet/services/runs/");
+        assert!(!records.is_empty(), "{server:?}: {keys}");
+        assert!(
+            records.iter().all(|(_, mode, _)| mode == "GOVERNANCE"),
+            "{records:?}"
+        );
+    }
+}
