@@ -344,3 +344,73 @@ fn the_s3_catalog_works_on_an_object_lock_bucket_with_a_default_retention() {
         );
     }
 }
+
+#[test]
+fn s3_verify_reports_the_object_lock_versioning_and_mfa_delete_of_the_backup_buckets() {
+    for server in SERVERS {
+        let aws = LocalAws::start(server);
+        aws.script(
+            "s3.create_bucket(Bucket='artifacts')\n\
+             s3.put_bucket_versioning(Bucket='artifacts', \
+             VersioningConfiguration={'Status': 'Enabled'})\n\
+             s3.put_object(Bucket='artifacts', Key='a.txt', Body=b'a')\n\
+             s3.create_bucket(Bucket='plain')",
+        );
+        locked_bucket_with_default_retention(&aws, "vault");
+        aws.script(
+            "s3.put_object_lock_configuration(Bucket='vault', ObjectLockConfiguration=\
+             {'ObjectLockEnabled': 'Enabled', 'Rule': {'DefaultRetention': \
+             {'Mode': 'COMPLIANCE', 'Days': 30}}})",
+        );
+        let sandbox = Sandbox::new();
+        let write = |buckets: &str| {
+            let path = sandbox.write(
+                "verify.toml",
+                &format!(
+                    "[plan]\nname = \"s3\"\n\n[[steps]]\nid = \"bucket\"\nplugin = \"s3-verify\"\n\
+                     [steps.config]\nbucket = \"artifacts\"\nbackup_buckets = [{buckets}]\n\
+                     [steps.config.replication]\nrequired = false\n"
+                ),
+            );
+            path.to_str().unwrap().to_owned()
+        };
+        let path = write("\"s3://vault/artifacts\"");
+        let out = sandbox.run_on(&aws, &["--json", "run", &path]);
+        let run = out.expect_code(0).json();
+        let record = &step(&run)["record"];
+        let posture = &record["backup_buckets"][0];
+        assert_eq!(posture["location"], "s3://vault/artifacts", "{record:#}");
+        assert_eq!(posture["versioning"], "Enabled", "{server:?}: {posture}");
+        assert_eq!(posture["mfa_delete"], false);
+        assert_eq!(posture["object_lock"]["enabled"], true);
+        assert_eq!(posture["object_lock"]["mode"], "COMPLIANCE");
+        assert_eq!(posture["object_lock"]["retention_days"], 30);
+        let lines: Vec<String> = record["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "backup_bucket")
+            .map(|f| format!("{} {}", f["status"], f["message"]))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.contains(
+                "pass\" \"backup bucket s3://vault/artifacts: object lock is on, default retention COMPLIANCE 30 days"
+            )),
+            "{server:?}: {lines:?}"
+        );
+
+        // A backup bucket that anyone holding the credentials could empty fails the step.
+        let path = write("\"s3://vault/artifacts\", \"s3://plain/catalog\"");
+        let out = sandbox.run_on(&aws, &["--json", "run", &path]);
+        out.expect_code(1);
+        let text = format!("{}{}", out.stdout(), out.stderr());
+        assert!(
+            text.contains("backup bucket s3://plain/catalog: object lock is not enabled"),
+            "{server:?}: {text}"
+        );
+        assert!(
+            text.contains("backup bucket s3://plain/catalog: versioning is not enabled"),
+            "{server:?}: {text}"
+        );
+    }
+}
