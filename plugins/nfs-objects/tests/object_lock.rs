@@ -185,7 +185,7 @@ fn a_snapshot_whose_header_is_locked_is_kept_whole_and_reported_with_its_date() 
     let later = until + jiff::SignedDuration::from_secs(1);
     *fixture.backend.now.lock().unwrap() = later;
     let report = prune_at(&fixture.repo, &keep_last_one(), Control::silent(), later).unwrap();
-    assert_eq!(report.forgotten, [old.id.clone()]);
+    assert_eq!(report.forgotten, std::slice::from_ref(&old.id));
     assert!(report.locked.is_empty());
 }
 
@@ -207,7 +207,7 @@ fn an_unreferenced_pack_still_locked_is_left_with_its_index_for_a_later_prune() 
     let report = prune_at(&fixture.repo, &keep_last_one(), Control::silent(), now).unwrap();
     assert_eq!(
         report.forgotten,
-        [old.id.clone()],
+        std::slice::from_ref(&old.id),
         "the header is not locked"
     );
     for pack in &only_old {

@@ -265,6 +265,9 @@ pub(super) async fn ensure(
     }
 }
 
+/// What one [`ensure`] task gave: the object, its date afterwards, whether it was extended.
+type Joined = std::result::Result<Result<(String, Timestamp, bool)>, tokio::task::JoinError>;
+
 /// [`ensure`] for each of `names`, a few at a time; the dates they have afterwards and how many
 /// were extended.
 pub(super) async fn ensure_all(
@@ -277,10 +280,7 @@ pub(super) async fn ensure_all(
     let mut dates = Vec::with_capacity(names.len());
     let mut extended = 0;
     let mut running = JoinSet::new();
-    let mut collect = |outcome: Option<
-        std::result::Result<Result<(String, Timestamp, bool)>, tokio::task::JoinError>,
-    >|
-     -> Result<()> {
+    let mut collect = |outcome: Option<Joined>| -> Result<()> {
         match outcome {
             Some(Ok(Ok((name, date, was_extended)))) => {
                 extended += usize::from(was_extended);
