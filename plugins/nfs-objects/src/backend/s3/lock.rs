@@ -185,17 +185,6 @@ pub(super) fn remember(inner: &Inner, name: &str, until: Timestamp) {
     inner.known.lock().expect("lock state").record(name, until);
 }
 
-/// After a multipart upload: makes sure `name` got the retention asked for at
-/// CreateMultipartUpload (some S3 stand-ins drop it), extending it if not.
-pub(super) async fn confirm(inner: &Inner, name: &str, until: Timestamp) -> Result<()> {
-    let Some(lock) = inner.object_lock else {
-        return Ok(());
-    };
-    let (date, _) = ensure(inner, name, lock, until, until).await?;
-    remember(inner, name, date);
-    Ok(())
-}
-
 /// The lock on object `name` (HeadObject).
 pub(super) async fn head(inner: &Inner, name: &str) -> Result<Lock> {
     let out = inner

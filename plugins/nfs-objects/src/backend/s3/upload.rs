@@ -95,9 +95,8 @@ pub(super) async fn put_file(inner: &Arc<Inner>, name: &str, staged: &Path) -> R
             .map_err(|err| classify(inner.bucket(), name, "CompleteMultipartUpload", err)),
         Err(err) => Err(err),
     };
-    if let (Ok(()), Some((_, _, until))) = (&completed, retention) {
-        return lock::confirm(inner, name, until).await;
-    }
+    // Not remembered as locked: some S3 stand-ins drop the retention of a multipart upload, so
+    // the backup's `protect` reads it back (HeadObject) and sets it if it is missing.
     if completed.is_err() {
         // Best effort: the original error is what the operator needs to see.
         let _ = inner
