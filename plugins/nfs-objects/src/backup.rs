@@ -21,7 +21,7 @@
 //! what it did not trust. Staged files left in the staging area by killed runs are collected
 //! first (see `backend::leftovers`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
@@ -43,7 +43,7 @@ use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
 use crate::pipeline::{self, Batch, Jobs, Stage};
 use crate::pool::Worker;
-use crate::repo::{Repository, manifest_object, pack_object};
+use crate::repo::{CONFIG_OBJECT, Repository, index_object, manifest_object, pack_object};
 use crate::snapshot::{self, Origin, Snapshot, SnapshotStats};
 use crate::walk::{Found, Step, Walk};
 
@@ -111,6 +111,8 @@ pub struct BackupReport {
     pub findings: Vec<Finding>,
     /// Staged files of killed runs removed before the backup started.
     pub leftovers: Leftovers,
+    /// Older objects whose Object Lock retention was extended to cover the new snapshot.
+    pub retention_extended: usize,
 }
 
 /// Backs up `options.source` into `repo` and publishes a new snapshot.
@@ -210,6 +212,7 @@ fn attempt(
         stats: SnapshotStats::default(),
         skipped: Vec::new(),
         torn: Vec::new(),
+        referenced: BTreeSet::new(),
         reporter,
     };
     pipeline::run(workers, control, walk, &mut run)?;
@@ -238,6 +241,17 @@ fn attempt(
     let manifest = run.manifest.finish()?;
     let manifest_name = manifest_object(&id);
     backend.put_file(&manifest_name, &manifest.staged)?;
+    // Under Object Lock, everything the snapshot needs stays locked as long as it does, before
+    // it is published.
+    let needed: Vec<String> = [CONFIG_OBJECT.to_owned(), manifest_name.clone()]
+        .into_iter()
+        .chain(
+            run.referenced
+                .iter()
+                .flat_map(|pack| [pack_object(pack), index_object(pack)]),
+        )
+        .collect();
+    let retention_extended = backend.protect(&needed, time)?;
     let snapshot = Snapshot {
         id,
         time,
@@ -267,6 +281,7 @@ fn attempt(
         skipped: run.skipped,
         findings,
         leftovers: Leftovers::default(),
+        retention_extended,
     })
 }
 
@@ -461,6 +476,8 @@ struct Run<'env> {
     stats: SnapshotStats,
     skipped: Vec<Skipped>,
     torn: Vec<String>,
+    /// The packs the new manifest references.
+    referenced: BTreeSet<String>,
     reporter: Reporter<'env>,
 }
 
@@ -742,6 +759,11 @@ impl<'env> Run<'env> {
                         Kind::Hardlink => self.stats.hardlinks += 1,
                     }
                     self.manifest.push(entry)?;
+                    for blob in &entry.chunks {
+                        if !self.referenced.contains(&blob.pack) {
+                            self.referenced.insert(blob.pack.clone());
+                        }
+                    }
                 }
             }
             self.slots.pop_front();

@@ -16,7 +16,9 @@ use backplan_plugin_sdk::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, LocalBackend, S3Backend, S3Location, S3Options, leftovers};
+use crate::backend::{
+    Backend, LocalBackend, ObjectLock, S3Backend, S3Location, S3Options, leftovers,
+};
 use crate::backup::{BackupOptions, Skipped, backup, default_workers};
 use crate::control::{self, Control};
 use crate::error::Error;
@@ -93,6 +95,11 @@ pub struct Config {
     pub restore_trust_metadata: Option<bool>,
     #[serde(default)]
     pub retention: Retention,
+    /// S3 repository in a bucket with Object Lock enabled: every object written gets this
+    /// retention (`{ mode = "governance" | "compliance", days = N }`), and each backup extends
+    /// that of the older objects it references, so no snapshot can be deleted before it is
+    /// `days` old. See FORMAT.md, "Object Lock".
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl Config {
@@ -122,6 +129,9 @@ impl Config {
             }
         }
         self.retention.validate().map_err(PluginError::config)?;
+        if let Some(flaw) = self.object_lock.as_ref().and_then(ObjectLock::flaw) {
+            return Err(PluginError::config(flaw));
+        }
         let source = self.source.to_string_lossy();
         let source_known = !Request::is_unresolved(&source);
         if source_known && !self.source.is_absolute() {
@@ -134,6 +144,13 @@ impl Config {
             return Ok(());
         }
         let repository = local_path(&self.repository)?;
+        if self.object_lock.is_some() {
+            return Err(PluginError::config(format!(
+                "object_lock needs an S3 repository in a bucket with Object Lock enabled; {} is \
+                 a local folder",
+                self.repository
+            )));
+        }
         if !repository.is_absolute() {
             return Err(PluginError::config(format!(
                 "repository {:?} must be an absolute path or s3://bucket/prefix (a relative \
@@ -188,8 +205,20 @@ impl Config {
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
             force_path_style: self.force_path_style,
+            object_lock: self.object_lock,
         };
         S3Backend::connect(location, &options).map_err(to_plugin_error)
+    }
+
+    /// With `object_lock`, refuses a bucket without Object Lock enabled (before anything is
+    /// written into it).
+    fn require_object_lock(&self) -> PluginResult<()> {
+        let (Some(_), Some(location)) = (self.object_lock, S3Location::parse(&self.repository))
+        else {
+            return Ok(());
+        };
+        let backend = self.s3(location.map_err(to_plugin_error)?)?;
+        backend.require_object_lock().map_err(to_plugin_error)
     }
 
     /// What `check` finds at the repository address, without creating anything.
@@ -497,6 +526,7 @@ impl Plugin for NfsObjects {
             }
             check_current(&config.source, &config.expectation()).map_err(to_plugin_error)?;
         }
+        config.require_object_lock()?;
         let repository = match config.repository_state()? {
             RepositoryState::Readable => "repository is readable",
             RepositoryState::Empty | RepositoryState::Foreign if restoring => {
@@ -513,10 +543,15 @@ impl Plugin for NfsObjects {
             }
             RepositoryState::Empty => "repository will be created",
         };
-        Ok(StepOutput::new(format!(
-            "{} ready; {repository}",
-            config.source.display()
-        )))
+        let mut output =
+            StepOutput::new(format!("{} ready; {repository}", config.source.display()));
+        if let Some(warning) = config
+            .object_lock
+            .and_then(|lock| lock_shorter_than_retention(&lock, &config.retention))
+        {
+            output = output.warning(warning);
+        }
+        Ok(output)
     }
 
     fn backup(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
@@ -526,6 +561,7 @@ impl Plugin for NfsObjects {
         if ctx.request().dry_run {
             return dry_backup(config);
         }
+        config.require_object_lock()?;
         let repo = Repository::open_or_init(config.backend()?, RepoConfig::default())
             .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
@@ -543,6 +579,12 @@ impl Plugin for NfsObjects {
             summary.push_str(&format!(
                 "; removed {} staged file(s) ({} bytes) left by killed runs",
                 leftovers.files, leftovers.bytes
+            ));
+        }
+        if report.retention_extended > 0 {
+            summary.push_str(&format!(
+                "; Object Lock retention of {} older object(s) extended",
+                report.retention_extended
             ));
         }
         let mut output = StepOutput::new(summary)
@@ -733,9 +775,18 @@ impl Plugin for NfsObjects {
         } else {
             ("forgot", "removed")
         };
+        let locked = if report.locked.is_empty() && report.locked_objects.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} snapshot(s) and {} other object(s) kept: still locked)",
+                report.locked.len(),
+                report.locked_objects.len()
+            )
+        };
         let mut output = StepOutput::new(format!(
-            "{verb} {} snapshot(s), kept {}; {} object(s), {} bytes; {remove} {} staged file(s) \
-             of killed runs, {} bytes",
+            "{verb} {} snapshot(s), kept {}{locked}; {} object(s), {} bytes; {remove} {} \
+             staged file(s) of killed runs, {} bytes",
             report.forgotten.len(),
             report.kept.len(),
             report.deleted_objects.len(),
@@ -746,11 +797,22 @@ impl Plugin for NfsObjects {
         .record(serde_json::json!({
             "forgotten": report.forgotten,
             "kept": report.kept,
+            "locked": report
+                .locked
+                .iter()
+                .map(|(id, why)| serde_json::json!({"snapshot": id, "why": why}))
+                .collect::<Vec<_>>(),
+            "locked_objects": report.locked_objects,
             "deleted_objects": report.deleted_objects,
             "freed_bytes": report.freed_bytes,
             "leftovers": {"files": report.leftovers.files, "bytes": report.leftovers.bytes},
             "dry_run": report.dry_run,
         }));
+        for (id, why) in &report.locked {
+            output = output.warning(format!(
+                "snapshot {id} is past its retention but kept: {why}"
+            ));
+        }
         if report.dry_run {
             for name in &report.deleted_objects {
                 output = output.warning(format!("would delete {name}"));
@@ -890,6 +952,26 @@ mod kms_tests {
 }
 
 backplan_plugin_sdk::declare_plugin!(NfsObjects);
+
+/// The warning `check` gives when `lock` ends before `retention` lets prune forget a snapshot:
+/// the oldest snapshots kept would be deletable by anyone holding the backup's credentials.
+fn lock_shorter_than_retention(lock: &ObjectLock, retention: &Retention) -> Option<String> {
+    let (window, rule) = [
+        (retention.keep_daily, 1, "keep_daily"),
+        (retention.keep_weekly, 7, "keep_weekly"),
+        (retention.keep_monthly, 31, "keep_monthly"),
+    ]
+    .into_iter()
+    .filter_map(|(count, days, rule)| count.map(|n| (u64::from(n) * days, rule)))
+    .max()?;
+    (u64::from(lock.days) < window).then(|| {
+        format!(
+            "object_lock.days = {} is shorter than the {window} days {rule} keeps snapshots: \
+             the older ones are kept unlocked and could be deleted with the backup's credentials",
+            lock.days
+        )
+    })
+}
 
 /// What a backup would do, writing nothing: where it would go and what it would compare with.
 fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
@@ -1090,6 +1172,75 @@ mod tests {
             discovered("/repo", "p", "files", Some("/elsewhere"), &snapshots).1,
             0
         );
+    }
+
+    #[test]
+    fn check_warns_when_object_lock_days_are_shorter_than_what_the_retention_keeps() {
+        let lock = |days| ObjectLock {
+            mode: crate::backend::LockMode::Governance,
+            days,
+        };
+        let retention = Retention {
+            keep_last: Some(100),
+            keep_daily: Some(14),
+            keep_weekly: Some(8),
+            ..Retention::default()
+        };
+        let warning = lock_shorter_than_retention(&lock(30), &retention).unwrap();
+        assert!(
+            warning.contains("object_lock.days = 30 is shorter than the 56 days keep_weekly"),
+            "{warning}"
+        );
+        assert_eq!(lock_shorter_than_retention(&lock(56), &retention), None);
+        let monthly = Retention {
+            keep_monthly: Some(12),
+            ..Retention::default()
+        };
+        assert!(lock_shorter_than_retention(&lock(365), &monthly).is_some());
+        assert_eq!(lock_shorter_than_retention(&lock(372), &monthly), None);
+        // keep_last alone says nothing about days.
+        assert_eq!(
+            lock_shorter_than_retention(
+                &lock(1),
+                &Retention {
+                    keep_last: Some(3),
+                    ..Retention::default()
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn object_lock_on_a_local_repository_or_with_absurd_days_is_a_config_error() {
+        let config = |repository: &str, days: u32| -> Config {
+            serde_json::from_value(serde_json::json!({
+                "source": "/data",
+                "repository": repository,
+                "object_lock": {"mode": "compliance", "days": days},
+            }))
+            .unwrap()
+        };
+        let err = config("/srv/repo", 30).validate().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(
+            err.message.contains("object_lock needs an S3 repository"),
+            "{}",
+            err.message
+        );
+        config("s3://bucket/repo", 30).validate().unwrap();
+        let err = config("s3://bucket/repo", 0).validate().unwrap_err();
+        assert!(
+            err.message
+                .contains("object_lock.days 0 is not between 1 and 36500")
+        );
+        assert!(config("s3://bucket/repo", 36_501).validate().is_err());
+        let bad_mode = serde_json::from_value::<Config>(serde_json::json!({
+            "source": "/data",
+            "repository": "s3://bucket/repo",
+            "object_lock": {"mode": "strict", "days": 3},
+        }));
+        assert!(bad_mode.is_err());
     }
 
     #[test]

@@ -7,10 +7,17 @@
 //! still running. Packs holding some live blobs are kept whole; artifacts are write-once and age out
 //! together, so rewriting packs is not worth its risk. Staged files that killed runs left in the
 //! staging area are collected too (see `backend::leftovers`) and counted in the report.
+//!
+//! Under S3 Object Lock nothing locked is deleted: on a versioned bucket a DeleteObject would
+//! succeed anyway, hiding the object behind a delete marker, and a snapshot would lose a part it
+//! still has. A snapshot the retention would forget whose header is still locked is kept whole
+//! (header, manifest and every pack it references) and reported with its date; an unreferenced
+//! object still locked waits for a later prune (a pack and its index go together or not at all).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
+use crate::backend::Backend;
 use crate::backend::Leftovers;
 use crate::control::Control;
 use crate::error::{Error, Result};
@@ -50,6 +57,11 @@ pub struct PruneReport {
     /// Staged files of killed runs removed from the staging area.
     pub leftovers: Leftovers,
     pub dry_run: bool,
+    /// Snapshots the retention would forget, kept whole because their header is locked (Object
+    /// Lock): id and why (`locked until <date>`).
+    pub locked: Vec<(String, String)>,
+    /// Unreferenced objects left in place because they are locked (a later prune deletes them).
+    pub locked_objects: Vec<String>,
 }
 
 /// The ids of `snapshots` (any order) that `retention` keeps.
@@ -64,6 +76,33 @@ pub fn prune(
     repo: &Repository,
     options: &PruneOptions,
     control: Control<'_>,
+) -> Result<PruneReport> {
+    prune_at(repo, options, control, jiff::Timestamp::now())
+}
+
+/// Why one of `names` may not be deleted at `now` (its Object Lock), if one is locked.
+fn locked(backend: &dyn Backend, names: &[String], now: jiff::Timestamp) -> Result<Option<String>> {
+    for name in names {
+        match backend.lock(name) {
+            Ok(lock) => {
+                if let Some(why) = lock.holds(now) {
+                    return Ok(Some(why));
+                }
+            }
+            // Gone already (another prune): nothing to protect.
+            Err(Error::MissingObject(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(None)
+}
+
+/// [`prune`] with the time locks are judged at.
+pub fn prune_at(
+    repo: &Repository,
+    options: &PruneOptions,
+    control: Control<'_>,
+    now: jiff::Timestamp,
 ) -> Result<PruneReport> {
     let backend = repo.backend().as_ref();
     let snapshots = snapshot::list(backend)?;
@@ -89,6 +128,9 @@ pub fn prune(
         if keep.contains(&snapshot.id) {
             report.kept.push(snapshot.id.clone());
             live.push(snapshot);
+        } else if let Some(why) = locked(backend, &[snapshot_object(&snapshot.id)], now)? {
+            report.locked.push((snapshot.id.clone(), why));
+            live.push(snapshot);
         } else {
             report.forgotten.push(snapshot.id);
         }
@@ -109,20 +151,24 @@ pub fn prune(
     for id in &report.forgotten {
         if !options.dry_run {
             backend.delete(&snapshot_object(id))?;
-            backend.delete(&manifest_object(id))?;
+        }
+        let manifest = manifest_object(id);
+        if locked(backend, std::slice::from_ref(&manifest), now)?.is_some() {
+            report.locked_objects.push(manifest);
+        } else if !options.dry_run {
+            backend.delete(&manifest)?;
         }
     }
     let old_enough =
         |modified: SystemTime| modified.elapsed().is_ok_and(|age| age >= options.min_age);
-    let mut doomed = Vec::new();
+    // Groups of objects deleted together, in order, and the bytes they free.
+    let mut doomed: Vec<(Vec<String>, u64)> = Vec::new();
     for object in backend.list(DATA_PREFIX)? {
         let Some(pack) = object_stem(&object.name, ".pack") else {
             continue;
         };
         if !live_packs.contains(pack) && old_enough(object.modified) {
-            doomed.push(index_object(pack));
-            doomed.push(object.name.clone());
-            report.freed_bytes += object.size;
+            doomed.push((vec![index_object(pack), object.name.clone()], object.size));
         }
     }
     let present: HashSet<String> = backend
@@ -133,7 +179,7 @@ pub fn prune(
     for object in backend.list(INDEX_PREFIX)? {
         let orphan = object_stem(&object.name, ".json").is_some_and(|pack| !present.contains(pack));
         if orphan && old_enough(object.modified) {
-            doomed.push(object.name);
+            doomed.push((vec![object.name], 0));
         }
     }
     for object in backend.list(MANIFEST_PREFIX)? {
@@ -142,16 +188,22 @@ pub fn prune(
             .iter()
             .any(|id| manifest_object(id) == object.name);
         if !live_manifests.contains(&object.name) && !forgotten_now && old_enough(object.modified) {
-            report.freed_bytes += object.size;
-            doomed.push(object.name);
+            doomed.push((vec![object.name], object.size));
         }
     }
-    for name in doomed {
+    for (group, bytes) in doomed {
         control.check_cancelled()?;
-        if !options.dry_run {
-            backend.delete(&name)?;
+        if locked(backend, &group, now)?.is_some() {
+            report.locked_objects.extend(group);
+            continue;
         }
-        report.deleted_objects.push(name);
+        for name in group {
+            if !options.dry_run {
+                backend.delete(&name)?;
+            }
+            report.deleted_objects.push(name);
+        }
+        report.freed_bytes += bytes;
     }
     report.leftovers = backend.collect_leftovers(options.leftover_age, options.dry_run);
     Ok(report)

@@ -20,6 +20,8 @@ pub(crate) const MAX_PREFIXES: usize = 1_000;
 pub(crate) const MAX_EXPECTED_KEYS: usize = 100_000;
 /// The most parallel S3 requests.
 pub(crate) const MAX_CONCURRENCY: usize = 1_024;
+/// The most buckets `backup_buckets` may name.
+pub(crate) const MAX_BACKUP_BUCKETS: usize = 100;
 /// A century, the longest retention a bucket is checked for.
 pub(crate) const MAX_DAYS: u32 = 36_500;
 /// Ten years, the longest a replication may stay pending.
@@ -111,6 +113,16 @@ pub(crate) struct Config {
     /// Object lock with a default retention must be configured (default false).
     #[serde(default)]
     pub require_object_lock: bool,
+    /// The buckets holding the backups themselves (nfs-objects repositories, the S3 catalog),
+    /// as `s3://bucket/prefix`: their object lock (default retention mode and days),
+    /// versioning and MFA delete are reported as `backup_bucket` findings.
+    #[serde(default)]
+    #[schemars(length(max = MAX_BACKUP_BUCKETS), inner(length(min = 6)))]
+    pub backup_buckets: Vec<String>,
+    /// Object lock must be enabled on every `backup_buckets` bucket (default true: a backup
+    /// that the machine's own credentials can delete does not survive ransomware).
+    #[serde(default = "yes")]
+    pub require_backup_object_lock: bool,
     #[serde(default)]
     pub replication: ReplicationConfig,
     /// Objects read in full and checked against their stored checksum (default `{ count = 20 }`).
@@ -213,6 +225,15 @@ impl Config {
         if self.max_drop_percent.is_nan() || self.max_drop_percent < 0.0 {
             return Err("`max_drop_percent` must be 0 or more".into());
         }
+        if let Some(bad) = self
+            .backup_buckets
+            .iter()
+            .find(|b| crate::backup_buckets::parse(b).is_none())
+        {
+            return Err(format!(
+                "`backup_buckets` holds {bad:?}: each one is an s3://bucket/prefix address"
+            ));
+        }
         if self.concurrency == 0 {
             return Err("`concurrency` must be at least 1".into());
         }
@@ -262,5 +283,7 @@ mod tests {
         );
         let c = parse(serde_json::json!({"bucket": "b", "sample": {"fraction": 2.0}}));
         assert!(c.validate().unwrap_err().contains("sample.fraction"));
+        let c = parse(serde_json::json!({"bucket": "b", "backup_buckets": ["vault/artifacts"]}));
+        assert!(c.validate().unwrap_err().contains("s3://bucket/prefix"));
     }
 }

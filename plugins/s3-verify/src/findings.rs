@@ -22,6 +22,8 @@ pub(crate) enum Check {
     Replication,
     /// Object lock with a default retention (only when required).
     ObjectLock,
+    /// The buckets holding backups (`backup_buckets`): object lock, versioning, MFA delete.
+    BackupBucket,
     /// No lifecycle rule expires versions sooner than `min_retention_days`.
     Lifecycle,
     /// Default encryption is configured.
@@ -52,6 +54,7 @@ impl Check {
             Check::MfaDelete => "mfa_delete",
             Check::Replication => "replication",
             Check::ObjectLock => "object_lock",
+            Check::BackupBucket => "backup_bucket",
             Check::Lifecycle => "lifecycle",
             Check::Encryption => "encryption",
             Check::PublicAccess => "public_access",
@@ -73,6 +76,7 @@ impl Check {
             | Check::MfaDelete
             | Check::Replication
             | Check::ObjectLock
+            | Check::BackupBucket
             | Check::Lifecycle
             | Check::Region
             | Check::Checksum

@@ -8,6 +8,7 @@
 //! ([`config`], [`findings`]); [`plugin`] maps it all onto the SDK's actions.
 
 mod aws;
+mod backup_buckets;
 mod config;
 mod expected;
 mod findings;

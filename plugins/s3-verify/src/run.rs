@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::aws;
+use crate::backup_buckets;
 use crate::config::{Config, DEFAULT_SAMPLE, DEFAULT_STATUS_SAMPLE};
 use crate::expected::Expected;
 use crate::findings::{Check, Findings, Tally};
@@ -84,6 +85,9 @@ pub(crate) struct Report {
     pub expected: Option<ExpectedReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<Previous>,
+    /// The posture of each `backup_buckets` bucket.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backup_buckets: Vec<backup_buckets::Posture>,
     pub listing_tasks: usize,
     pub tally: Tally,
     pub findings: Findings,
@@ -155,6 +159,15 @@ pub(crate) async fn run(
     let facts = posture::gather(&client, bucket, region.clone()).await?;
     let mut findings = Findings::default();
     posture::evaluate(&facts, config, now, &mut findings);
+    let mut backup_postures = Vec::with_capacity(config.backup_buckets.len());
+    for location in &config.backup_buckets {
+        ctx.info(format!(
+            "{location}: reading the backup bucket's configuration"
+        ));
+        let found = backup_buckets::gather(&sdk, config, location).await;
+        backup_buckets::evaluate(&found, config, &mut findings);
+        backup_postures.push(found);
+    }
 
     let seed = config
         .seed
@@ -310,6 +323,7 @@ pub(crate) async fn run(
         replication_status,
         expected: expected_report,
         previous,
+        backup_buckets: backup_postures,
         listing_tasks: listed.tasks,
         tally: findings.tally(),
         findings,

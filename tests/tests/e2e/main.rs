@@ -8,6 +8,7 @@ mod machine_gone;
 mod monitoring;
 mod nfs_objects;
 mod notify;
+mod object_lock;
 mod plugins;
 mod postgres;
 mod restore;

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 pub use leftovers::Leftovers;
 pub use local::LocalBackend;
-pub use s3::{S3Backend, S3Location, S3Options};
+pub use s3::{LOCK_STATE_OBJECT, Lock, LockMode, ObjectLock, S3Backend, S3Location, S3Options};
 
 use crate::error::Result;
 
@@ -84,6 +84,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Whether object `name` exists.
     fn exists(&self, name: &str) -> Result<bool>;
+
+    /// Object Lock: makes sure each of `names` stays locked at least the configured days after
+    /// `time` (the snapshot referencing them), extending retentions that fall short; how many
+    /// were extended. Without a lock configured, nothing to do.
+    fn protect(&self, _names: &[String], _time: jiff::Timestamp) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// The lock on object `name` (Object Lock retention, legal hold); none for a store without.
+    fn lock(&self, _name: &str) -> Result<Lock> {
+        Ok(Lock::default())
+    }
 
     /// Removes object `name`; removing an absent object is not an error.
     fn delete(&self, name: &str) -> Result<()>;

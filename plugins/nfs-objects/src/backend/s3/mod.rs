@@ -14,13 +14,14 @@
 //! with exponential backoff and jitter.
 
 mod errors;
+mod lock;
 mod reader;
 mod staging;
 mod upload;
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -29,6 +30,8 @@ use super::{Backend, Leftovers, ObjectInfo};
 use crate::error::{Error, Result};
 use errors::{body_error, classify};
 use staging::StagingDir;
+
+pub use lock::{Lock, LockMode, ObjectLock, STATE_OBJECT as LOCK_STATE_OBJECT};
 
 /// Attempts per request before an error reaches the engine (throttling, 5xx, network).
 const MAX_ATTEMPTS: u32 = 6;
@@ -67,6 +70,8 @@ pub struct S3Options {
     pub endpoint_url: Option<String>,
     /// Path-style addressing; default on whenever an endpoint is configured.
     pub force_path_style: Option<bool>,
+    /// Object Lock: the retention every object written gets (see `lock`).
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// A repository under an S3 prefix.
@@ -82,6 +87,9 @@ pub struct S3Backend {
 struct Inner {
     client: Client,
     location: S3Location,
+    object_lock: Option<ObjectLock>,
+    /// Retain-until dates this process set or read (see `lock`).
+    known: Mutex<lock::Known>,
 }
 
 impl Inner {
@@ -144,7 +152,12 @@ impl S3Backend {
         let runtime = backplan_aws::runtime::multi_thread(2, "nfs-objects-s3")
             .map_err(|err| Error::Internal(err.message))?;
         let client = runtime.block_on(client(options));
-        let inner = Arc::new(Inner { client, location });
+        let inner = Arc::new(Inner {
+            client,
+            location,
+            object_lock: options.object_lock,
+            known: Mutex::default(),
+        });
         runtime.block_on(async {
             inner
                 .client
@@ -185,6 +198,31 @@ impl S3Backend {
                 .map_err(|err| classify(inner.bucket(), "", "ListObjectsV2", err))?;
             Ok(out.key_count().unwrap_or_default() == 0 && out.contents().is_empty())
         })
+    }
+}
+
+impl S3Backend {
+    /// Refuses a bucket without Object Lock enabled (GetObjectLockConfiguration): retention
+    /// cannot be set on its objects, so `object_lock` would protect nothing.
+    pub fn require_object_lock(&self) -> Result<()> {
+        let bucket = self.inner.bucket();
+        if self.runtime.block_on(lock::bucket_enabled(&self.inner))? {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "object_lock is set but bucket `{bucket}` does not have Object Lock enabled; \
+             Object Lock can only be turned on for a versioned bucket (`aws s3api \
+             put-object-lock-configuration --bucket {bucket} ...`), or remove object_lock"
+        )))
+    }
+
+    /// What the repository's state says of retain-until dates (empty when it is missing or
+    /// unreadable: it only ever saves requests).
+    fn stored_dates(&self) -> lock::Known {
+        match self.get(lock::STATE_OBJECT) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => lock::Known::default(),
+        }
     }
 }
 
@@ -303,6 +341,41 @@ impl Backend for S3Backend {
             Err(Error::MissingObject(_)) => Ok(false),
             Err(err) => Err(err),
         }
+    }
+
+    fn protect(&self, names: &[String], time: jiff::Timestamp) -> Result<usize> {
+        let Some(object_lock) = self.inner.object_lock else {
+            return Ok(0);
+        };
+        let now = jiff::Timestamp::now();
+        let stored = self.stored_dates();
+        let mut known = stored.clone();
+        known.merge(&self.inner.known.lock().expect("lock state"));
+        let look: Vec<String> = names
+            .iter()
+            .filter(|name| object_lock.must_look(known.get(name), time, now))
+            .cloned()
+            .collect();
+        let (dates, extended) = self.runtime.block_on(lock::ensure_all(
+            &self.inner,
+            look,
+            object_lock,
+            object_lock.needed(time),
+            object_lock.retain_until(now),
+        ))?;
+        for (name, until) in dates {
+            known.record(&name, until);
+        }
+        known.forget_expired(now);
+        if known != stored {
+            let bytes = serde_json::to_vec(&known).expect("lock state serialises");
+            self.put_bytes(lock::STATE_OBJECT, &bytes)?;
+        }
+        Ok(extended)
+    }
+
+    fn lock(&self, name: &str) -> Result<Lock> {
+        self.runtime.block_on(lock::head(&self.inner, name))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
