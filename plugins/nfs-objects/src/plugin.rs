@@ -517,7 +517,13 @@ impl Plugin for NfsObjects {
                 config.repository
             )));
         }
-        if source_known && (!restoring || !ctx.request().force) {
+        // Only a backup reads the source and only a restore writes it: a prune or verify (often
+        // from an admin machine where the artifact volume is not mounted) never touches it.
+        let touches_source = matches!(
+            ctx.request().check_for,
+            None | Some(Action::Backup) | Some(Action::Restore)
+        );
+        if source_known && touches_source && (!restoring || !ctx.request().force) {
             if !restoring && !config.source.is_dir() {
                 return Err(PluginError::config(format!(
                     "source {} is not a folder",

@@ -85,6 +85,29 @@ fn an_nfs_source_that_is_not_mounted_is_refused() {
 }
 
 #[test]
+fn a_prune_or_verify_from_a_machine_without_the_source_mounted_passes_its_check() {
+    let (source, repo) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let harness = Harness::new(plugin_descriptor());
+    let mounted = json!({"source": source.path(), "repository": repo.path().join("repo")});
+    harness.run(Action::Backup, mounted).unwrap();
+    // On the admin machine the artifact volume is not there at all.
+    let elsewhere = json!({
+        "source": source.path().join("not-mounted"), "repository": repo.path().join("repo"),
+        "kind": "nfs",
+    });
+    for action in [Action::Prune, Action::Verify] {
+        let mut check = harness.request(Action::Check, elsewhere.clone());
+        check.check_for = Some(action);
+        harness
+            .run_request(&check)
+            .unwrap_or_else(|e| panic!("check before {action}: {e:?}"));
+    }
+    let mut before_backup = harness.request(Action::Check, elsewhere);
+    before_backup.check_for = Some(Action::Backup);
+    assert!(harness.run_request(&before_backup).is_err());
+}
+
+#[test]
 fn an_s3_repository_asks_for_its_bucket_and_prefix_only() {
     let harness = Harness::new(plugin_descriptor());
     let s3 = json!({"source": "/data", "repository": "s3://art/ci/artifacts"});

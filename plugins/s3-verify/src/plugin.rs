@@ -213,6 +213,25 @@ impl Plugin for S3Verify {
                 "Resource": "arn:aws:s3:::*",
             }));
         }
+        // The posture of the buckets that hold the backups (their configuration only).
+        let backup_buckets: Vec<String> = config
+            .backup_buckets
+            .iter()
+            .filter_map(|address| crate::backup_buckets::parse(address))
+            .map(|(bucket, _)| format!("arn:aws:s3:::{bucket}"))
+            .collect();
+        if !backup_buckets.is_empty() {
+            statements.push(json!({
+                "Sid": "S3VerifyBackupBuckets",
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetBucketLocation",
+                    "s3:GetBucketVersioning",
+                    "s3:GetBucketObjectLockConfiguration",
+                ],
+                "Resource": backup_buckets,
+            }));
+        }
         // Read-only: every role may check the bucket (backup and a drill verify it).
         statements
             .into_iter()
@@ -241,6 +260,16 @@ mod tests {
             serde_json::from_value(json!({"bucket": "art", "replication": {"destination": "any"}}))
                 .unwrap();
         assert_eq!(S3Verify.permissions(&any).aws_iam_statements.len(), 2);
+        let guarded: Config = serde_json::from_value(json!({
+            "bucket": "art", "replication": {"destination": "any"},
+            "backup_buckets": ["s3://vault/artifacts", "s3://catalog"],
+        }))
+        .unwrap();
+        let posture = &S3Verify.permissions(&guarded).aws_iam_statements[2];
+        assert_eq!(
+            posture["Resource"],
+            json!(["arn:aws:s3:::vault", "arn:aws:s3:::catalog"])
+        );
         for role in Role::ALL {
             assert_eq!(
                 p.statements_for(role),
