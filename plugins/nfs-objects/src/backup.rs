@@ -37,7 +37,7 @@ use crate::control::{Control, Reporter};
 use crate::dedup::{self, DedupIndex};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
-use crate::id::ContentId;
+use crate::crypto::Keys;
 use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
@@ -170,7 +170,7 @@ fn attempt(
         .map(Iterator::peekable);
     let walk = Walk::new(&options.source, options.one_file_system)?;
     // After the snapshots: every pack the parent references was published before it.
-    let packs = Arc::new(PackSizes::list(backend.as_ref())?);
+    let packs = Arc::new(PackSizes::list(backend.as_ref(), repo.keys().blob_overhead())?);
 
     let time = jiff::Timestamp::now();
     let id = snapshot::new_id(time);
@@ -188,7 +188,12 @@ fn attempt(
     let workers = (0..options.workers.max(1))
         .map(|_| {
             Ok(FileReader {
-                packs: PackWriter::new(Arc::clone(backend), repo.config().pack_size),
+                packs: PackWriter::new(
+                    Arc::clone(backend),
+                    repo.config().pack_size,
+                    repo.keys().clone(),
+                ),
+                keys: repo.keys().clone(),
                 encoder: Encoder::new(options.compression_level)?,
                 shared: &shared,
                 buffer: AlignedBuffer::with_capacity(0),
@@ -312,6 +317,8 @@ struct TaskOutcome {
 /// A worker: reads file pieces, hashes, deduplicates, compresses and packs them.
 struct FileReader<'a> {
     packs: PackWriter,
+    /// What blob ids are hashed with.
+    keys: Keys,
     encoder: Encoder,
     shared: &'a Shared,
     buffer: AlignedBuffer,
@@ -356,7 +363,7 @@ impl FileReader<'_> {
     /// Stores the first `len` bytes of `self.buffer` unless the repository already has them.
     fn store(&mut self, len: usize) -> Result<BlobRef> {
         let raw = &self.buffer.as_slice()[..len];
-        let id = ContentId::of(raw);
+        let id = self.keys.id_of(raw);
         let raw_length = raw.len() as u64;
         let dedup = &self.shared.dedup;
         if dedup.tracks(raw_length) {

@@ -7,6 +7,10 @@
 //! right after the pack. References to a blob are handed out before its pack is sealed; the
 //! backup publishes nothing that uses them until every writer has finished.
 //!
+//! In an encrypted repository each blob is sealed on its own (under its pack's key, see
+//! `crypto`) by the worker that stores it, so encryption costs the single coordinating thread
+//! nothing, and a blob stays readable by its byte range.
+//!
 //! The staged pack is written around the page cache in whole aligned blocks (see `direct`): the
 //! blobs are gathered in an aligned buffer, each full buffer is one direct write, and the last,
 //! zero-padded block is cut back to the pack's true length before the pack is synced.
@@ -17,6 +21,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::blob::BlobRef;
+use crate::crypto::{Keys, PackKey};
 use crate::direct::{AlignedBuffer, DirectFile};
 use crate::error::{IoContext, Result};
 use crate::id::{ContentId, random_name};
@@ -31,9 +36,12 @@ const WRITE_SIZE: usize = 1 << 20;
 pub struct PackWriter {
     backend: Arc<dyn Backend>,
     target_size: u64,
+    keys: Keys,
     open: Option<OpenPack>,
     /// Blobs not yet written to the open pack (kept between packs).
     buffer: AlignedBuffer,
+    /// The blob being added, sealed (kept between blobs).
+    sealed: Vec<u8>,
     packs_written: u64,
 }
 
@@ -46,6 +54,8 @@ struct OpenPack {
     written: u64,
     length: u64,
     blobs: Vec<BlobRef>,
+    /// What its blobs are sealed with, in an encrypted repository.
+    key: Option<PackKey>,
 }
 
 impl OpenPack {
@@ -68,18 +78,21 @@ impl Drop for OpenPack {
 }
 
 impl PackWriter {
-    /// A writer sealing packs once they reach `target_size` bytes.
-    pub fn new(backend: Arc<dyn Backend>, target_size: u64) -> Self {
+    /// A writer closing packs once they reach `target_size` bytes, sealing blobs under `keys`.
+    pub fn new(backend: Arc<dyn Backend>, target_size: u64, keys: Keys) -> Self {
         Self {
             backend,
             target_size,
+            keys,
             open: None,
             buffer: AlignedBuffer::with_capacity(WRITE_SIZE),
+            sealed: Vec::new(),
             packs_written: 0,
         }
     }
 
-    /// Appends one stored blob and returns where it will be found.
+    /// Appends one stored blob (sealed first in an encrypted repository) and returns where it
+    /// will be found.
     pub fn add(
         &mut self,
         id: ContentId,
@@ -89,7 +102,14 @@ impl PackWriter {
     ) -> Result<BlobRef> {
         let pack = match &mut self.open {
             Some(pack) => pack,
-            None => self.open.insert(self.start_pack()?),
+            None => self.open.insert(start_pack(&self.backend, &self.keys)?),
+        };
+        let stored = match &pack.key {
+            Some(key) => {
+                key.seal(&id, stored, &mut self.sealed)?;
+                &self.sealed[..]
+            }
+            None => stored,
         };
         let mut rest = stored;
         while !rest.is_empty() {
@@ -121,20 +141,6 @@ impl PackWriter {
         Ok(self.packs_written)
     }
 
-    fn start_pack(&self) -> Result<OpenPack> {
-        let name = random_name();
-        let staged = self.backend.staging_file(".pack");
-        let file = DirectFile::create(&staged).at(&staged)?;
-        Ok(OpenPack {
-            name,
-            file,
-            staged,
-            written: 0,
-            length: 0,
-            blobs: Vec::new(),
-        })
-    }
-
     fn seal(&mut self) -> Result<()> {
         let Some(mut pack) = self.open.take() else {
             return Ok(());
@@ -156,6 +162,22 @@ impl PackWriter {
     }
 }
 
+/// A new, empty staged pack.
+fn start_pack(backend: &Arc<dyn Backend>, keys: &Keys) -> Result<OpenPack> {
+    let name = random_name();
+    let staged = backend.staging_file(".pack");
+    let file = DirectFile::create(&staged).at(&staged)?;
+    Ok(OpenPack {
+        key: keys.pack_key(&name),
+        name,
+        file,
+        staged,
+        written: 0,
+        length: 0,
+        blobs: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +187,7 @@ mod tests {
     fn packs_are_sealed_at_the_target_size_with_an_index() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 10);
+        let mut writer = PackWriter::new(backend.clone(), 10, Keys::plaintext());
         let a = writer
             .add(ContentId::of(b"aaaaaa"), b"aaaaaa", 6, false)
             .unwrap();
@@ -189,7 +211,7 @@ mod tests {
     fn an_abandoned_writer_publishes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 1 << 20);
+        let mut writer = PackWriter::new(backend.clone(), 1 << 20, Keys::plaintext());
         writer.add(ContentId::of(b"x"), b"x", 1, false).unwrap();
         drop(writer);
         assert!(backend.list("data/").unwrap().is_empty());

@@ -38,6 +38,7 @@ use crate::fetch::Fetcher;
 use crate::manifest::{Entry, Kind, ManifestReader, is_within};
 use crate::pipeline::{self, Batch, Jobs, Stage};
 use crate::pool::Worker;
+use crate::crypto::Keys;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::target::{self, Folder, Folders, Found, split_last};
@@ -136,7 +137,8 @@ pub fn restore(
     let workers = (0..options.workers.max(1))
         .map(|_| {
             Ok(PieceWriter {
-                fetcher: Fetcher::new(backend.as_ref())?,
+                fetcher: Fetcher::new(backend.as_ref(), repo.keys().clone())?,
+                keys: repo.keys().clone(),
                 aligned: AlignedBuffer::with_capacity(0),
                 compared: Vec::new(),
                 owners: options.owners,
@@ -399,6 +401,8 @@ enum Outcome {
 /// files with the snapshot's.
 struct PieceWriter<'a> {
     fetcher: Fetcher<'a>,
+    /// What content ids are hashed with, to compare existing files.
+    keys: Keys,
     /// Where raw blobs (slices of a fetched range, at any address) are copied for a direct write.
     aligned: AlignedBuffer,
     /// One chunk of an existing file being compared.
@@ -453,7 +457,7 @@ impl PieceWriter<'_> {
         let name = split_last(&entry.path).1;
         let same = target::open_file(&pending.parent, name).and_then(|file| {
             let found = target::look_open(&file)?;
-            let same = existing::holds_content(&file, &found, entry, &mut self.compared)?;
+            let same = existing::holds_content(&file, &found, entry, &self.keys, &mut self.compared)?;
             Ok(same.then_some((file, found)))
         });
         match same {

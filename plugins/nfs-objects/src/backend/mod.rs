@@ -10,6 +10,7 @@
 pub mod leftovers;
 mod local;
 mod s3;
+mod sealed;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 pub use leftovers::Leftovers;
 pub use local::LocalBackend;
 pub use s3::{S3Backend, S3Location, S3Options};
+pub use sealed::SealedBackend;
 
 use crate::error::Result;
 
