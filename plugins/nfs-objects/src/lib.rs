@@ -12,6 +12,7 @@ pub mod control;
 pub mod crypto;
 pub mod dedup;
 pub mod direct;
+pub mod encryption;
 pub mod error;
 pub mod existing;
 pub mod fetch;

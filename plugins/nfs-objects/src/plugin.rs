@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use backplan_plugin_sdk::{
-    Action, Context, Discovered, DiscoveredBackup, ErrorKind, Permissions, Plugin, PluginError,
-    PluginResult, Progress, Request, StepOutput,
+    Action, Context, Discovered, DiscoveredBackup, ErrorKind, KeyOperation, Permissions, Plugin,
+    PluginError, PluginResult, Progress, Request, StepOutput,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, LocalBackend, S3Backend, S3Location, S3Options, leftovers};
 use crate::backup::{BackupOptions, Skipped, backup, default_workers};
 use crate::control::{self, Control};
+use crate::encryption::{Encryption, keys_action};
+use crate::keyring::Kek;
 use crate::error::Error;
 use crate::mount::{MountExpectation, SourceKind, check_current};
 use crate::prune::{PruneOptions, Retention, prune};
@@ -93,6 +95,10 @@ pub struct Config {
     pub restore_trust_metadata: Option<bool>,
     #[serde(default)]
     pub retention: Retention,
+    /// Encrypts a new repository (format version 2) and opens an encrypted one: exactly one of
+    /// `passphrase_file`, `passphrase_env`, `kms_key_id`. Set on an existing plaintext
+    /// repository, or missing for an encrypted one, it is a configuration error.
+    pub encryption: Option<Encryption>,
 }
 
 impl Config {
@@ -122,6 +128,9 @@ impl Config {
             }
         }
         self.retention.validate().map_err(PluginError::config)?;
+        if let Some(encryption) = &self.encryption {
+            encryption.validate()?;
+        }
         let source = self.source.to_string_lossy();
         let source_known = !Request::is_unresolved(&source);
         if source_known && !self.source.is_absolute() {
@@ -161,6 +170,19 @@ impl Config {
         Ok(())
     }
 
+    /// The key-encryption key the step names, read now; `None` for a plaintext repository.
+    fn kek(&self) -> PluginResult<Option<Kek>> {
+        self.encryption
+            .as_ref()
+            .map(|encryption| encryption.kek(self.region.as_deref()))
+            .transpose()
+    }
+
+    /// The repository in `backend`, opened with the step's key.
+    fn open(&self, backend: Arc<dyn Backend>) -> PluginResult<Repository> {
+        Repository::open_with(backend, self.kek()?.as_ref()).map_err(to_plugin_error)
+    }
+
     /// This step's repository, to write into (backup, prune): a missing local folder is made.
     fn backend(&self) -> PluginResult<Arc<dyn Backend>> {
         Request::require_resolved([self.repository.as_str()])?;
@@ -197,7 +219,7 @@ impl Config {
         if let Some(location) = S3Location::parse(&self.repository) {
             let backend = self.s3(location.map_err(to_plugin_error)?)?;
             return Ok(if backend.exists(CONFIG_OBJECT).map_err(to_plugin_error)? {
-                Repository::open(Arc::new(backend)).map_err(to_plugin_error)?;
+                self.open(Arc::new(backend))?;
                 RepositoryState::Readable
             } else if backend.is_empty().map_err(to_plugin_error)? {
                 RepositoryState::Empty
@@ -207,7 +229,7 @@ impl Config {
         }
         let folder = local_path(&self.repository)?;
         Ok(if folder.join(CONFIG_OBJECT).exists() {
-            Repository::open(self.reader_at(&self.repository)?).map_err(to_plugin_error)?;
+            self.open(self.reader_at(&self.repository)?)?;
             RepositoryState::Readable
         } else if LocalBackend::holds_only_staged_files(folder) == Some(false) {
             RepositoryState::Foreign
@@ -402,6 +424,7 @@ impl Plugin for NfsObjects {
         Action::Restore,
         Action::Prune,
         Action::Discover,
+        Action::Keys,
     ];
 
     /// An S3 repository needs the bucket listed and objects under its prefix read, written and
@@ -492,7 +515,9 @@ impl Plugin for NfsObjects {
         if ctx.request().dry_run {
             return dry_backup(config);
         }
-        let repo = Repository::open_or_init(config.backend()?, RepoConfig::default())
+        // The key first: a key source that cannot be read fails before anything is written.
+        let kek = config.kek()?;
+        let repo = Repository::open_or_init_with(config.backend()?, RepoConfig::default(), kek.as_ref())
             .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
         options.workers = config.workers();
@@ -529,8 +554,7 @@ impl Plugin for NfsObjects {
     fn verify(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         let record: Record = ctx.record()?;
         let request: VerifyRequest = options(ctx)?;
-        let repo =
-            Repository::open(config.reader_at(&record.repository)?).map_err(to_plugin_error)?;
+        let repo = config.open(config.reader_at(&record.repository)?)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let options = VerifyOptions {
@@ -603,8 +627,7 @@ impl Plugin for NfsObjects {
                 source
             }
         };
-        let repo =
-            Repository::open(config.reader_at(&record.repository)?).map_err(to_plugin_error)?;
+        let repo = config.open(config.reader_at(&record.repository)?)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let mut options = RestoreOptions::new(&target);
@@ -664,7 +687,7 @@ impl Plugin for NfsObjects {
 
     fn prune(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         config.retention.validate().map_err(PluginError::config)?;
-        let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+        let repo = config.open(config.backend()?)?;
         // Only this step's snapshots are pruned. A source made by an earlier step is not known
         // at prune time; the backups this step recorded say which it was.
         let source = config.source.display().to_string();
@@ -727,6 +750,10 @@ impl Plugin for NfsObjects {
 
     /// This step's snapshots in its repository, each with the record its backup
     /// returned. Reads headers only: no lock, no staged leftovers collected, nothing written.
+    fn keys(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        Self::keys_of(ctx, config)
+    }
+
     fn discover(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         if Request::is_unresolved(&config.repository) {
             return Err(PluginError::config(format!(
@@ -740,8 +767,9 @@ impl Plugin for NfsObjects {
             err.message = format!("{}: {}", config.repository, err.message);
             err
         };
-        let repo =
-            Repository::open(config.reader_at(&config.repository)?).map_err(in_repository)?;
+        let kek = config.kek()?;
+        let repo = Repository::open_with(config.reader_at(&config.repository)?, kek.as_ref())
+            .map_err(in_repository)?;
         let (snapshots, unreadable) =
             snapshot::list_readable(repo.backend().as_ref()).map_err(in_repository)?;
         let request = ctx.request();
@@ -783,6 +811,26 @@ impl Plugin for NfsObjects {
 
 backplan_plugin_sdk::declare_plugin!(NfsObjects);
 
+impl NfsObjects {
+    /// Lists, adds or removes the keys of the step's encrypted repository (`backplan keys`),
+    /// opening it with the step's key. Only `keys/` changes; no data is read or rewritten.
+    fn keys_of(ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        let operation: KeyOperation = ctx.options()?;
+        Request::require_resolved([config.repository.as_str()])?;
+        let Some(kek) = config.kek()? else {
+            return Err(PluginError::config(
+                "the step has no `encryption`: its repository is not encrypted and has no keys",
+            ));
+        };
+        let backend = match operation {
+            KeyOperation::List => config.reader_at(&config.repository)?,
+            _ => config.backend()?,
+        };
+        let (summary, keys) = keys_action(backend.as_ref(), &kek, &operation, config.region.as_deref())?;
+        Ok(StepOutput::new(summary).record(keys))
+    }
+}
+
 /// What a backup would do, writing nothing: where it would go and what it would compare with.
 fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
     let source = config.source.display().to_string();
@@ -795,7 +843,7 @@ fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
         }
         RepositoryState::Empty => "a new repository".to_owned(),
         RepositoryState::Readable => {
-            let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+            let repo = config.open(config.backend()?)?;
             let snapshots = snapshot::list(repo.backend().as_ref()).map_err(to_plugin_error)?;
             match snapshots.into_iter().rev().find(|s| s.source == source) {
                 Some(parent) => format!(
@@ -889,7 +937,7 @@ fn local_path(repository: &str) -> PluginResult<&Path> {
 }
 
 /// The runner's view of an engine error: may a retry help, or is it the plan's fault?
-fn to_plugin_error(err: Error) -> PluginError {
+pub(crate) fn to_plugin_error(err: Error) -> PluginError {
     let kind = match &err {
         Error::Cancelled => return PluginError::cancelled(),
         Error::Backend {
