@@ -40,8 +40,14 @@ fn build_tree(root: &Path) {
     )
     .unwrap();
     fs::write(root.join(format!("job-1/{MARKER}.txt")), "named\n").unwrap();
-    let noise: Vec<u8> = (0..100_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..100_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
         .collect();
     fs::write(root.join("job-1/noise.bin"), noise).unwrap();
 }
@@ -220,8 +226,9 @@ fn a_plaintext_repository_refuses_a_key_and_an_encrypted_one_refuses_none() {
         "passphrase_env = \"BACKPLAN_TEST_PASSPHRASE\"",
     );
     let outcome = run(&sandbox, None, &with_passphrase(), &["run", &keyed]);
-    assert_eq!(outcome.code(), CONFIG_ERROR, "{}", outcome.stderr());
-    assert!(outcome.stderr().contains("not encrypted"), "{}", outcome.stderr());
+    let text = format!("{}{}", outcome.stdout(), outcome.stderr());
+    assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
+    assert!(text.contains("not encrypted"), "{text}");
     assert!(contents(&plain_repo) == before, "nothing written");
 
     // The other way: an encrypted repository, a step without `encryption`.
@@ -240,8 +247,9 @@ fn a_plaintext_repository_refuses_a_key_and_an_encrypted_one_refuses_none() {
     );
     fs::write(plain, text).unwrap();
     let outcome = run(&sandbox, None, &[], &["run", plain]);
-    assert_eq!(outcome.code(), CONFIG_ERROR, "{}", outcome.stderr());
-    assert!(outcome.stderr().contains("is encrypted"), "{}", outcome.stderr());
+    let text = format!("{}{}", outcome.stdout(), outcome.stderr());
+    assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
+    assert!(text.contains("is encrypted"), "{text}");
     assert!(contents(&secret_repo) == before, "never plaintext into an encrypted repository");
 }
 
