@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark of the nfs-objects engine against restic, rustic, borg, rsync and rclone (issue 3).
+# `backplan` is a plaintext repository, `backplan-enc` an encrypted one (format version 2,
+# passphrase); restic, rustic and borg (repokey) encrypt too, so `enc/peer` compares like with
+# like.
 #
 # Builds the reproducible dataset (../shared/bench/gen_dataset.py), then for each of RUNS rounds
 # runs every tool side by side, phase by phase: full backup into an empty repository, no-change
@@ -20,7 +23,7 @@ GEN=${GEN:-$ROOT/../shared/bench/gen_dataset.py}
 BENCH_DIR=${BENCH_DIR:-/tmp/backplan-bench}
 RUNS=${RUNS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
-TOOLS=${TOOLS:-backplan restic rustic borg rsync rclone}
+TOOLS=${TOOLS:-backplan backplan-enc restic rustic borg rsync rclone}
 INSTALL=${INSTALL:-1}
 PHASES="full nochange mutated restore verify"
 
@@ -28,7 +31,7 @@ DATA=$BENCH_DIR/data-$SMALL_FILES
 REPOS=$BENCH_DIR/repos
 OUT=$BENCH_DIR/restore
 TIMES=$BENCH_DIR/times-$SMALL_FILES.tsv
-export RESTIC_PASSWORD=bench BORG_PASSPHRASE= BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -69,6 +72,17 @@ backplan_command() {
     esac
 }
 
+# The same engine on an encrypted repository (AES-256-GCM, argon2id passphrase key).
+backplan_enc_command() {
+    local run="env ENGINE_PASSPHRASE=bench $ENGINE"
+    case $1 in
+    init) echo "true" ;;
+    full | nochange | mutated) echo "$run backup $REPOS/backplan-enc $DATA" ;;
+    restore) echo "$run restore $REPOS/backplan-enc $OUT/backplan-enc" ;;
+    verify) echo "$run verify $REPOS/backplan-enc" ;;
+    esac
+}
+
 # Peers: phase -> command ("" when the tool has no such phase).
 peer_command() {
     local tool=$1 phase=$2 repo=$REPOS/$1 out=$OUT/$1
@@ -81,7 +95,7 @@ peer_command() {
     rustic:full | rustic:nochange | rustic:mutated) echo "rustic -r $repo --password bench backup $DATA" ;;
     rustic:restore) echo "rustic -r $repo --password bench restore latest $out" ;;
     rustic:verify) echo "rustic -r $repo --password bench check --read-data" ;;
-    borg:init) echo "borg init -e none $repo" ;;
+    borg:init) echo "borg init -e repokey $repo" ;;
     borg:full | borg:nochange | borg:mutated) echo "borg create $repo::{now:%s%f} $DATA" ;;
     borg:restore) echo "sh -c 'mkdir -p $out && cd $out && borg extract $repo::\$(borg list --last 1 --short $repo)'" ;;
     borg:verify) echo "borg check --verify-data $repo" ;;
@@ -96,11 +110,15 @@ peer_command() {
 }
 
 command_for() {
-    if [[ $1 == backplan ]]; then backplan_command "$2"; else peer_command "$1" "$2"; fi
+    case $1 in
+    backplan) backplan_command "$2" ;;
+    backplan-enc) backplan_enc_command "$2" ;;
+    *) peer_command "$1" "$2" ;;
+    esac
 }
 
 available() {
-    [[ $1 == backplan ]] || command -v "$1" >/dev/null
+    [[ $1 == backplan || $1 == backplan-enc ]] || command -v "$1" >/dev/null
 }
 
 # Drop the page cache, then read the phase's inputs once, the same way for every tool.
@@ -140,11 +158,13 @@ for line in open(sys.argv[1]):
     tool, phase, run, wall, cpu, rss = line.split("\t")
     rows[(phase, tool)].append((float(wall), float(cpu), int(rss)))
 phases = ["full", "nochange", "mutated", "restore", "verify"]
-tools = sorted({t for _, t in rows}, key=lambda t: (t != "backplan", t))
-print(f"{'phase':9} {'tool':9} {'wall s':>8} {'cpu s':>8} {'rss MB':>8} {'backplan/peer':>14}")
+tools = sorted({t for _, t in rows}, key=lambda t: (not t.startswith("backplan"), t))
+print(f"{'phase':9} {'tool':12} {'wall s':>8} {'cpu s':>8} {'rss MB':>8} {'backplan/peer':>14} {'enc/peer':>9}")
 for phase in phases:
     ours = rows.get((phase, "backplan"))
     ours_wall = statistics.median(w for w, _, _ in ours) if ours else None
+    enc = rows.get((phase, "backplan-enc"))
+    enc_wall = statistics.median(w for w, _, _ in enc) if enc else None
     for tool in tools:
         runs = rows.get((phase, tool))
         if not runs:
@@ -153,7 +173,8 @@ for phase in phases:
         cpu = statistics.median(c for _, c, _ in runs)
         rss = max(r for _, _, r in runs) / 1024
         ratio = f"{ours_wall / wall:.2f}" if ours_wall and tool != "backplan" and wall else ""
-        print(f"{phase:9} {tool:9} {wall:8.2f} {cpu:8.2f} {rss:8.1f} {ratio:>14}")
+        versus = f"{enc_wall / wall:.2f}" if enc_wall and not tool.startswith("backplan") and wall else ""
+        print(f"{phase:9} {tool:12} {wall:8.2f} {cpu:8.2f} {rss:8.1f} {ratio:>14} {versus:>9}")
 PY
 }
 

@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::backend::{Leftovers, leftovers};
 use crate::blob::{BlobRef, Encoder};
 use crate::control::{Control, Reporter};
+use crate::crypto::Keys;
 use crate::dedup::{self, DedupIndex};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
-use crate::crypto::Keys;
 use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
@@ -170,7 +170,10 @@ fn attempt(
         .map(Iterator::peekable);
     let walk = Walk::new(&options.source, options.one_file_system)?;
     // After the snapshots: every pack the parent references was published before it.
-    let packs = Arc::new(PackSizes::list(backend.as_ref(), repo.keys().blob_overhead())?);
+    let packs = Arc::new(PackSizes::list(
+        backend.as_ref(),
+        repo.keys().blob_overhead(),
+    )?);
 
     let time = jiff::Timestamp::now();
     let id = snapshot::new_id(time);

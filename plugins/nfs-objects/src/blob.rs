@@ -162,14 +162,20 @@ impl Decoder {
             )));
         }
         let stored: &[u8] = if self.keys.is_encrypted() {
-            if self.pack_key.as_ref().is_none_or(|key| key.pack() != blob.pack) {
+            if self
+                .pack_key
+                .as_ref()
+                .is_none_or(|key| key.pack() != blob.pack)
+            {
                 self.pack_key = self.keys.pack_key(&blob.pack);
             }
-            let key = self.pack_key.as_ref().expect("encrypted keys make pack keys");
-            let length = stored
-                .len()
-                .checked_sub(OVERHEAD)
-                .ok_or_else(|| corrupt(format!("{} bytes cannot hold a sealed blob", stored.len())))?;
+            let key = self
+                .pack_key
+                .as_ref()
+                .expect("encrypted keys make pack keys");
+            let length = stored.len().checked_sub(OVERHEAD).ok_or_else(|| {
+                corrupt(format!("{} bytes cannot hold a sealed blob", stored.len()))
+            })?;
             let area = &mut self.opened.fill_area(length)[..length];
             key.open(&blob.id, stored, area).map_err(corrupt)?;
             self.opened.truncate(length);

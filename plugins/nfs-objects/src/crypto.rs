@@ -111,7 +111,12 @@ impl Keys {
     /// The keys derived from `master`.
     pub fn from_master(master: &[u8; MASTER_KEY_LEN]) -> Self {
         let master = hmac::Key::new(hmac::HMAC_SHA256, master);
-        let sub = |purpose: &str| derive(&master, format!("backplan-nfs-objects/2 {purpose}").as_bytes());
+        let sub = |purpose: &str| {
+            derive(
+                &master,
+                format!("backplan-nfs-objects/2 {purpose}").as_bytes(),
+            )
+        };
         Self(Some(Arc::new(Derived {
             id: sub("id"),
             blob: hmac::Key::new(hmac::HMAC_SHA256, &sub("blob")),
@@ -202,7 +207,12 @@ impl PackKey {
 
     /// Opens sealed blob `sealed` of id `id` into `out` (which must be `sealed.len() -
     /// OVERHEAD` bytes long); `Err` with why when it does not open.
-    pub fn open(&self, id: &ContentId, sealed: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    pub fn open(
+        &self,
+        id: &ContentId,
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> std::result::Result<(), String> {
         open_into(&self.key, &Aad::from(&id.0), sealed, out)
     }
 }
@@ -264,7 +274,13 @@ impl ObjectKey {
     }
 
     /// Appends segment `index` holding `piece` to `out`.
-    pub fn seal_segment(&self, index: u64, last: bool, piece: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    pub fn seal_segment(
+        &self,
+        index: u64,
+        last: bool,
+        piece: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let nonce = random_nonce()?;
         out.extend_from_slice(&nonce);
         let start = out.len();
@@ -298,7 +314,13 @@ impl ObjectKey {
 
     /// Appends the plaintext of segment `index` (`last`: whether the object ends with it),
     /// sealed as `piece`, to `out`.
-    pub fn open_segment(&self, index: u64, last: bool, piece: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    pub fn open_segment(
+        &self,
+        index: u64,
+        last: bool,
+        piece: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let start = out.len();
         out.resize(start + piece.len().saturating_sub(OVERHEAD), 0);
         open_into(
@@ -347,8 +369,14 @@ mod tests {
         pack.open(&id, &sealed, &mut out).unwrap();
         assert_eq!(out, b"secret");
         let other = keys.pack_key(&"b".repeat(32)).unwrap();
-        assert!(other.open(&id, &sealed, &mut out).is_err(), "moved to another pack");
-        assert!(pack.open(&keys.id_of(b"x"), &sealed, &mut out).is_err(), "another id");
+        assert!(
+            other.open(&id, &sealed, &mut out).is_err(),
+            "moved to another pack"
+        );
+        assert!(
+            pack.open(&keys.id_of(b"x"), &sealed, &mut out).is_err(),
+            "another id"
+        );
         let mut flipped = sealed.clone();
         flipped[NONCE + 2] ^= 1;
         assert!(pack.open(&id, &flipped, &mut out).is_err(), "flipped byte");

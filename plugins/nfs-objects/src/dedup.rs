@@ -213,7 +213,8 @@ mod tests {
     fn finds_large_blobs_of_earlier_packs_and_new_ones() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
+        let mut writer =
+            PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
         let large = writer
             .add(ContentId::of(b"large"), b"large", 5, false)
             .unwrap();
@@ -248,7 +249,8 @@ mod tests {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
         let mut blobs = Vec::new();
         for content in [&b"first"[..], b"second", b"third"] {
-            let mut writer = PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
+            let mut writer =
+                PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
             let id = ContentId::of(content);
             blobs.push(
                 writer

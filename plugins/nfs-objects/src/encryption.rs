@@ -84,7 +84,9 @@ pub fn kek_of(source: &KeySource, region: Option<&str>) -> PluginResult<Kek> {
     let passphrase = |text: String, from: String| {
         let line = text.lines().next().unwrap_or_default();
         if line.is_empty() {
-            return Err(PluginError::config(format!("{from}: the passphrase is empty")));
+            return Err(PluginError::config(format!(
+                "{from}: the passphrase is empty"
+            )));
         }
         Ok(Kek::Passphrase {
             passphrase: line.as_bytes().to_vec(),
@@ -212,17 +214,28 @@ mod tests {
     fn an_unreadable_or_empty_passphrase_is_a_configuration_error_naming_its_source() {
         let missing = kek_of(&KeySource::PassphraseFile("/nonexistent/pass".into()), None);
         let err = missing.unwrap_err();
-        assert!(err.message.contains("passphrase file /nonexistent/pass"), "{}", err.message);
+        assert!(
+            err.message.contains("passphrase file /nonexistent/pass"),
+            "{}",
+            err.message
+        );
         let unset = kek_of(
             &KeySource::PassphraseEnv("BACKPLAN_TEST_SURELY_UNSET_VARIABLE".into()),
             None,
         );
         let err = unset.unwrap_err();
-        assert!(err.message.contains("$BACKPLAN_TEST_SURELY_UNSET_VARIABLE"), "{}", err.message);
+        assert!(
+            err.message.contains("$BACKPLAN_TEST_SURELY_UNSET_VARIABLE"),
+            "{}",
+            err.message
+        );
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
-        let err = kek_of(&KeySource::PassphraseFile(empty.display().to_string()), None);
+        let err = kek_of(
+            &KeySource::PassphraseFile(empty.display().to_string()),
+            None,
+        );
         assert!(err.unwrap_err().message.contains("empty"));
     }
 }

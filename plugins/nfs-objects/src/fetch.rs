@@ -101,7 +101,8 @@ mod tests {
     fn merged_reads_return_each_blob_and_name_damage() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
+        let mut writer =
+            PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
         let blobs: Vec<BlobRef> = [&b"one"[..], b"two", b"three"]
             .iter()
             .map(|raw| {

@@ -208,7 +208,13 @@ fn wrap(id: &str, master: &[u8; MASTER_KEY_LEN], kek: &Kek) -> Result<KeyFile> {
                 key_id: key_id.clone(),
                 ciphertext: hex(&ciphertext),
             };
-            ("kms", format!("KMS key {key_id}"), None, Some(wrap), plaintext)
+            (
+                "kms",
+                format!("KMS key {key_id}"),
+                None,
+                Some(wrap),
+                plaintext,
+            )
         }
     };
     let nonce = random_bytes::<NONCE>()?;
@@ -243,13 +249,16 @@ fn mismatch(file: &KeyFile, kek: &Kek) -> bool {
 /// passphrase, another KMS key).
 fn unwrap(id: &str, file: &KeyFile, kek: &Kek) -> Result<Option<[u8; MASTER_KEY_LEN]>> {
     let wrapping_key = match (kek, &file.argon2id, &file.kms) {
-        (Kek::Passphrase { passphrase, .. }, Some(params), _) => derive(passphrase, params)?.to_vec(),
+        (Kek::Passphrase { passphrase, .. }, Some(params), _) => {
+            derive(passphrase, params)?.to_vec()
+        }
         (Kek::Kms { key_id, kms }, _, Some(wrap)) => {
             if wrap.key_id != *key_id {
                 return Ok(None);
             }
-            let ciphertext = unhex(&wrap.ciphertext)
-                .ok_or_else(|| Error::Invalid(format!("{}: ciphertext is not hex", key_object(id))))?;
+            let ciphertext = unhex(&wrap.ciphertext).ok_or_else(|| {
+                Error::Invalid(format!("{}: ciphertext is not hex", key_object(id)))
+            })?;
             kms.decrypt(key_id, &ciphertext)?
         }
         _ => return Ok(None),
@@ -258,9 +267,13 @@ fn unwrap(id: &str, file: &KeyFile, kek: &Kek) -> Result<Option<[u8; MASTER_KEY_
         .and_then(|n| Nonce::try_assume_unique_for_key(&n).ok())
         .ok_or_else(|| Error::Invalid(format!("{}: nonce is not 12 hex bytes", key_object(id))))?;
     let Some(mut wrapped) = unhex(&file.wrapped) else {
-        return Err(Error::Invalid(format!("{}: wrapped key is not hex", key_object(id))));
+        return Err(Error::Invalid(format!(
+            "{}: wrapped key is not hex",
+            key_object(id)
+        )));
     };
-    let Ok(master) = aead(&wrapping_key)?.open_in_place(nonce, Aad::from(wrap_aad(id)), &mut wrapped)
+    let Ok(master) =
+        aead(&wrapping_key)?.open_in_place(nonce, Aad::from(wrap_aad(id)), &mut wrapped)
     else {
         return Ok(None);
     };
@@ -272,7 +285,10 @@ fn unwrap(id: &str, file: &KeyFile, kek: &Kek) -> Result<Option<[u8; MASTER_KEY_
 pub fn list(backend: &dyn Backend) -> Result<BTreeMap<String, KeyFile>> {
     let mut keys = BTreeMap::new();
     for object in backend.list(KEYS_PREFIX)? {
-        let Some(id) = object.name.strip_prefix(KEYS_PREFIX).and_then(|n| n.strip_suffix(".json"))
+        let Some(id) = object
+            .name
+            .strip_prefix(KEYS_PREFIX)
+            .and_then(|n| n.strip_suffix(".json"))
         else {
             continue;
         };
@@ -378,11 +394,16 @@ mod tests {
         let backend = LocalBackend::new(dir.path()).unwrap();
         let made = create(&backend, &passphrase("one")).unwrap();
         let second = add(&backend, &made.master, &passphrase("two")).unwrap();
-        assert_eq!(open(&backend, &passphrase("two")).unwrap().master, made.master);
+        assert_eq!(
+            open(&backend, &passphrase("two")).unwrap().master,
+            made.master
+        );
         assert_eq!(open(&backend, &passphrase("two")).unwrap().key_id, second);
         let bytes = backend.get(&key_object(&second)).unwrap();
         backend.delete(&key_object(&second)).unwrap();
-        backend.put_bytes(&key_object("0000000000000000"), &bytes).unwrap();
+        backend
+            .put_bytes(&key_object("0000000000000000"), &bytes)
+            .unwrap();
         assert!(open(&backend, &passphrase("two")).is_err());
     }
 

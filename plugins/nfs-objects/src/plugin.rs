@@ -20,8 +20,8 @@ use crate::backend::{Backend, LocalBackend, S3Backend, S3Location, S3Options, le
 use crate::backup::{BackupOptions, Skipped, backup, default_workers};
 use crate::control::{self, Control};
 use crate::encryption::{Encryption, keys_action};
-use crate::keyring::Kek;
 use crate::error::Error;
+use crate::keyring::Kek;
 use crate::mount::{MountExpectation, SourceKind, check_current};
 use crate::prune::{PruneOptions, Retention, prune};
 use crate::repo::{CONFIG_OBJECT, IN_PROGRESS_GRACE, RepoConfig, Repository};
@@ -500,7 +500,15 @@ impl Plugin for NfsObjects {
                     config.repository
                 )));
             }
-            RepositoryState::Empty => "repository will be created",
+            RepositoryState::Empty => {
+                // The key source is read now, so a missing passphrase shows before a run.
+                config.kek()?;
+                if config.encryption.is_some() {
+                    "an encrypted repository will be created"
+                } else {
+                    "repository will be created"
+                }
+            }
         };
         Ok(StepOutput::new(format!(
             "{} ready; {repository}",
@@ -517,8 +525,9 @@ impl Plugin for NfsObjects {
         }
         // The key first: a key source that cannot be read fails before anything is written.
         let kek = config.kek()?;
-        let repo = Repository::open_or_init_with(config.backend()?, RepoConfig::default(), kek.as_ref())
-            .map_err(to_plugin_error)?;
+        let repo =
+            Repository::open_or_init_with(config.backend()?, RepoConfig::default(), kek.as_ref())
+                .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
         options.workers = config.workers();
         options.allow_empty = ctx.request().force;
@@ -826,7 +835,8 @@ impl NfsObjects {
             KeyOperation::List => config.reader_at(&config.repository)?,
             _ => config.backend()?,
         };
-        let (summary, keys) = keys_action(backend.as_ref(), &kek, &operation, config.region.as_deref())?;
+        let (summary, keys) =
+            keys_action(backend.as_ref(), &kek, &operation, config.region.as_deref())?;
         Ok(StepOutput::new(summary).record(keys))
     }
 }

@@ -186,7 +186,9 @@ impl Repository {
                 for stale in backend.list(KEYS_PREFIX)? {
                     backend.delete(&stale.name)?;
                 }
-                let opened = kek.map(|kek| keyring::create(backend.as_ref(), kek)).transpose()?;
+                let opened = kek
+                    .map(|kek| keyring::create(backend.as_ref(), kek))
+                    .transpose()?;
                 if opened.is_some() {
                     defaults.version = ENCRYPTED_VERSION;
                     defaults.encryption = Some(crypto::ALGORITHM.into());
@@ -228,7 +230,11 @@ impl Repository {
         parse_config(&bytes)
     }
 
-    fn from_config_bytes(backend: Arc<dyn Backend>, bytes: &[u8], kek: Option<&Kek>) -> Result<Self> {
+    fn from_config_bytes(
+        backend: Arc<dyn Backend>,
+        bytes: &[u8],
+        kek: Option<&Kek>,
+    ) -> Result<Self> {
         let config = parse_config(bytes)?;
         let opened = match (config.version, kek) {
             (PLAINTEXT_VERSION, None) => None,
@@ -248,7 +254,11 @@ impl Repository {
         Ok(Self::with_keys(backend, config, opened))
     }
 
-    fn with_keys(backend: Arc<dyn Backend>, config: RepoConfig, opened: Option<keyring::Opened>) -> Self {
+    fn with_keys(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        opened: Option<keyring::Opened>,
+    ) -> Self {
         match opened {
             None => Self {
                 backend,

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::blob::BlobRef;
 use crate::control::{Control, Reporter};
+use crate::crypto::Keys;
 use crate::direct::{self, AlignedBuffer, DirectFile};
 use crate::error::{Error, IoContext, Result};
 use crate::existing::{self, Verdict};
@@ -38,7 +39,6 @@ use crate::fetch::Fetcher;
 use crate::manifest::{Entry, Kind, ManifestReader, is_within};
 use crate::pipeline::{self, Batch, Jobs, Stage};
 use crate::pool::Worker;
-use crate::crypto::Keys;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::target::{self, Folder, Folders, Found, split_last};
@@ -457,7 +457,8 @@ impl PieceWriter<'_> {
         let name = split_last(&entry.path).1;
         let same = target::open_file(&pending.parent, name).and_then(|file| {
             let found = target::look_open(&file)?;
-            let same = existing::holds_content(&file, &found, entry, &self.keys, &mut self.compared)?;
+            let same =
+                existing::holds_content(&file, &found, entry, &self.keys, &mut self.compared)?;
             Ok(same.then_some((file, found)))
         });
         match same {

@@ -100,13 +100,23 @@ fn an_encrypted_repository_round_trips_deduplicates_and_hides_the_source() {
     assert_eq!(second.snapshot.stats.files_read, 1, "incremental");
 
     let target = dir.path().join("out");
-    let report = restore(&repo, &second.snapshot, &RestoreOptions::new(&target), Control::silent())
-        .unwrap();
+    let report = restore(
+        &repo,
+        &second.snapshot,
+        &RestoreOptions::new(&target),
+        Control::silent(),
+    )
+    .unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(files(&target), files(&source));
     // A second restore over the same files compares them under the keyed ids.
-    let again = restore(&repo, &second.snapshot, &RestoreOptions::new(&target), Control::silent())
-        .unwrap();
+    let again = restore(
+        &repo,
+        &second.snapshot,
+        &RestoreOptions::new(&target),
+        Control::silent(),
+    )
+    .unwrap();
     assert_eq!(again.unchanged, 4, "{again:?}");
 
     let options = VerifyOptions {

@@ -105,11 +105,21 @@ fn files_holding(repository: &Path, needle: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn restore_into(sandbox: &Sandbox, aws: Option<&LocalAws>, env: &[(&str, &str)], plan: &str) -> PathBuf {
+fn restore_into(
+    sandbox: &Sandbox,
+    aws: Option<&LocalAws>,
+    env: &[(&str, &str)],
+    plan: &str,
+) -> PathBuf {
     let target = sandbox.path().join(format!("drill-{}", fastrand_suffix()));
     let option = format!("target={}", target.display());
-    run(sandbox, aws, env, &["--json", "restore", plan, "--run", "latest", "-o", &option])
-        .expect_code(0);
+    run(
+        sandbox,
+        aws,
+        env,
+        &["--json", "restore", plan, "--run", "latest", "-o", &option],
+    )
+    .expect_code(0);
     target
 }
 
@@ -141,11 +151,26 @@ fn an_encrypted_repository_holds_no_byte_of_a_marker_and_restores_byte_identical
     assert_eq!(config["version"], 2, "{config}");
     assert_eq!(config["encryption"], "aes-256-gcm", "{config}");
     let objects = contents(&repository);
-    assert!(objects.keys().any(|n| n.starts_with("data/")), "{objects:?}");
-    assert!(objects.keys().any(|n| n.starts_with("keys/")), "{objects:?}");
-    assert_eq!(files_holding(&repository, MARKER.as_bytes()), Vec::<String>::new());
-    assert_eq!(files_holding(&repository, b"step 3: token"), Vec::<String>::new());
-    assert_eq!(files_holding(&repository, PASSPHRASE.as_bytes()), Vec::<String>::new());
+    assert!(
+        objects.keys().any(|n| n.starts_with("data/")),
+        "{objects:?}"
+    );
+    assert!(
+        objects.keys().any(|n| n.starts_with("keys/")),
+        "{objects:?}"
+    );
+    assert_eq!(
+        files_holding(&repository, MARKER.as_bytes()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        files_holding(&repository, b"step 3: token"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        files_holding(&repository, PASSPHRASE.as_bytes()),
+        Vec::<String>::new()
+    );
 
     run(&sandbox, None, &[], &["--json", "verify", &plan]).expect_code(0);
     let target = restore_into(&sandbox, None, &[], &plan);
@@ -173,7 +198,11 @@ fn a_wrong_or_missing_passphrase_is_a_configuration_error_naming_it_and_writes_n
             vec![],
             format!("passphrase file {}", missing_file.display()),
         ),
-        (by_env.to_owned(), vec![], "$BACKPLAN_TEST_PASSPHRASE".to_owned()),
+        (
+            by_env.to_owned(),
+            vec![],
+            "$BACKPLAN_TEST_PASSPHRASE".to_owned(),
+        ),
         (
             by_env.to_owned(),
             vec![("BACKPLAN_TEST_PASSPHRASE", "wrong value")],
@@ -241,30 +270,54 @@ fn a_plaintext_repository_refuses_a_key_and_an_encrypted_one_refuses_none() {
     );
     run(&sandbox, None, &with_passphrase(), &["run", &keyed]).expect_code(0);
     let before = contents(&secret_repo);
-    let text = fs::read_to_string(plain).unwrap().replace(
-        plain_repo.to_str().unwrap(),
-        secret_repo.to_str().unwrap(),
-    );
+    let text = fs::read_to_string(plain)
+        .unwrap()
+        .replace(plain_repo.to_str().unwrap(), secret_repo.to_str().unwrap());
     fs::write(plain, text).unwrap();
     let outcome = run(&sandbox, None, &[], &["run", plain]);
     let text = format!("{}{}", outcome.stdout(), outcome.stderr());
     assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
     assert!(text.contains("is encrypted"), "{text}");
-    assert!(contents(&secret_repo) == before, "never plaintext into an encrypted repository");
+    assert!(
+        contents(&secret_repo) == before,
+        "never plaintext into an encrypted repository"
+    );
 }
 
 #[test]
-fn a_passphrase_in_the_plan_is_refused_saying_to_use_a_file_or_a_variable() {
+fn a_passphrase_in_the_plan_is_refused_saying_to_use_a_file_or_a_variable_and_nothing_is_created() {
     let sandbox = Sandbox::new();
     let source = sandbox.path().join("data");
     build_tree(&source);
     let repository = sandbox.path().join("repo");
-    let plan = plan(&sandbox, &source, repository.to_str().unwrap(), "passphrase = \"hunter2\"");
+    let plan = plan(
+        &sandbox,
+        &source,
+        repository.to_str().unwrap(),
+        "passphrase = \"hunter2\"",
+    );
     let outcome = run(&sandbox, None, &[], &["run", &plan]);
     let text = format!("{}{}", outcome.stdout(), outcome.stderr());
     assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
-    assert!(text.contains("passphrase_file") && text.contains("passphrase_env"), "{text}");
+    assert!(
+        text.contains("passphrase_file") && text.contains("passphrase_env"),
+        "{text}"
+    );
     assert!(!repository.join("config.json").exists());
+
+    // A new repository whose passphrase file is missing is not created at all.
+    let missing = sandbox.path().join("missing-passphrase");
+    let plan = plan(
+        &sandbox,
+        &source,
+        repository.to_str().unwrap(),
+        &format!("passphrase_file = \"{}\"", missing.display()),
+    );
+    let outcome = run(&sandbox, None, &[], &["run", &plan]);
+    let text = format!("{}{}", outcome.stdout(), outcome.stderr());
+    assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
+    assert!(text.contains(&missing.display().to_string()), "{text}");
+    assert_eq!(contents(&repository), BTreeMap::new(), "nothing written");
 }
 
 /// Flips one byte in the middle of `file`.
@@ -297,13 +350,18 @@ fn a_flipped_byte_in_an_encrypted_pack_index_or_manifest_is_named_by_verify() {
             .into_keys()
             .filter(|name| name.starts_with(&format!("{folder}/")))
             .collect();
-        let object = objects.first().unwrap_or_else(|| panic!("no object in {folder}/"));
+        let object = objects
+            .first()
+            .unwrap_or_else(|| panic!("no object in {folder}/"));
         let file = repository.join(object);
         let original = flip(&file);
         let outcome = run(&sandbox, None, &env, &["--json", "verify", &plan]);
         let text = format!("{}{}", outcome.stdout(), outcome.stderr());
         assert_ne!(outcome.code(), 0, "{object}: {text}");
-        assert!(text.contains(object.as_str()), "verify names {object}: {text}");
+        assert!(
+            text.contains(object.as_str()),
+            "verify names {object}: {text}"
+        );
         fs::write(&file, original).unwrap();
     }
     run(&sandbox, None, &env, &["verify", &plan]).expect_code(0);
@@ -361,13 +419,24 @@ fn a_kms_wrapped_s3_repository_holds_no_marker_and_its_keys_are_added_and_remove
     let source = sandbox.path().join("data");
     build_tree(&source);
     let repository = "s3://backups/services/artifacts";
-    let by_kms = |key: &str| plan(&sandbox, &source, repository, &format!("kms_key_id = \"{key}\""));
+    let by_kms = |key: &str| {
+        plan(
+            &sandbox,
+            &source,
+            repository,
+            &format!("kms_key_id = \"{key}\""),
+        )
+    };
     let plan_path = by_kms(&first_key);
     let backed = run(&sandbox, Some(&aws), &[], &["--json", "run", &plan_path]);
     assert_eq!(step(&backed.expect_code(0).json())["status"], "Succeeded");
 
     let objects = bucket_objects(&aws, "services/artifacts/");
-    assert!(objects.keys().any(|k| k.contains("/data/")), "{:?}", objects.keys());
+    assert!(
+        objects.keys().any(|k| k.contains("/data/")),
+        "{:?}",
+        objects.keys()
+    );
     for (key, bytes) in &objects {
         assert!(!key.contains(MARKER), "{key}");
         assert!(
@@ -386,21 +455,37 @@ fn a_kms_wrapped_s3_repository_holds_no_marker_and_its_keys_are_added_and_remove
     };
     keys("add", &plan_path, &["--kms-key-id", &second_key], &[]).expect_code(0);
     let env = with_passphrase();
-    keys("add", &plan_path, &["--passphrase-env", "BACKPLAN_TEST_PASSPHRASE"], &env).expect_code(0);
+    keys(
+        "add",
+        &plan_path,
+        &["--passphrase-env", "BACKPLAN_TEST_PASSPHRASE"],
+        &env,
+    )
+    .expect_code(0);
     let listed = keys("list", &plan_path, &[], &[]);
     let listed = listed.expect_code(0).json();
     let all = listed["keys"].as_array().unwrap().clone();
     assert_eq!(all.len(), 3, "{listed:#}");
     let in_use: Vec<&Value> = all.iter().filter(|k| k["in_use"] == true).collect();
     assert_eq!(in_use.len(), 1, "{listed:#}");
-    assert!(in_use[0]["source"].as_str().unwrap().contains(&first_key), "{listed:#}");
+    assert!(
+        in_use[0]["source"].as_str().unwrap().contains(&first_key),
+        "{listed:#}"
+    );
     let first_id = in_use[0]["id"].as_str().unwrap().to_owned();
     // No data was touched by adding keys.
     let after = bucket_objects(&aws, "services/artifacts/");
     let data = |objects: &BTreeMap<String, Vec<u8>>| {
-        objects.iter().filter(|(k, _)| !k.contains("/keys/")).map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
+        objects
+            .iter()
+            .filter(|(k, _)| !k.contains("/keys/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
     };
-    assert!(data(&after) == data(&objects), "adding keys rewrites no data");
+    assert!(
+        data(&after) == data(&objects),
+        "adding keys rewrites no data"
+    );
 
     // The key in use cannot be removed; through the second KMS key, the first can.
     let refused = keys("remove", &plan_path, &[&first_id], &[]);
@@ -430,9 +515,17 @@ fn format_md_recipe_decrypts_a_snapshot_header_and_a_blob_with_python() {
         repository.to_str().unwrap(),
         "passphrase_env = \"BACKPLAN_TEST_PASSPHRASE\"",
     );
-    let backed = run(&sandbox, None, &with_passphrase(), &["--json", "run", &plan]);
+    let backed = run(
+        &sandbox,
+        None,
+        &with_passphrase(),
+        &["--json", "run", &plan],
+    );
     let backed = backed.expect_code(0).json();
-    let snapshot = step(&backed)["record"]["snapshot"].as_str().unwrap().to_owned();
+    let snapshot = step(&backed)["record"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // The recipe of FORMAT.md ("Decrypting by hand"), with nothing but Python's standard
     // library and `cryptography`.
@@ -491,8 +584,15 @@ for index in glob.glob(os.path.join(repo, "index", "*.json")):
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains(&format!("snapshot {snapshot}")), "{stdout}");
     let hex: String = noise.iter().map(|b| format!("{b:02x}")).collect();
-    assert!(stdout.contains(&format!("blob {hex}")), "the blob of noise.bin decrypts to it");
+    assert!(
+        stdout.contains(&format!("blob {hex}")),
+        "the blob of noise.bin decrypts to it"
+    );
 }

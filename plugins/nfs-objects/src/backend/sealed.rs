@@ -58,7 +58,8 @@ impl Backend for SealedBackend {
             return self.inner.put_file(name, staged);
         };
         let sealed = self.inner.staging_file(".sealed");
-        let done = seal_file(&key, staged, &sealed).and_then(|()| self.inner.put_file(name, &sealed));
+        let done =
+            seal_file(&key, staged, &sealed).and_then(|()| self.inner.put_file(name, &sealed));
         let _ = std::fs::remove_file(staged);
         if done.is_err() {
             let _ = std::fs::remove_file(&sealed);
@@ -96,7 +97,13 @@ impl Backend for SealedBackend {
         })
     }
 
-    fn get_range_into(&self, name: &str, offset: u64, len: u64, buffer: &mut Vec<u8>) -> Result<()> {
+    fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<()> {
         if self.key(name).is_none() {
             return self.inner.get_range_into(name, offset, len, buffer);
         }
@@ -223,7 +230,9 @@ mod tests {
     #[test]
     fn indexes_manifests_and_headers_are_sealed_and_read_back_plain() {
         let (_dir, inner, backend) = sealed();
-        backend.put_bytes("snapshots/s.json", b"{\"id\":\"s\"}").unwrap();
+        backend
+            .put_bytes("snapshots/s.json", b"{\"id\":\"s\"}")
+            .unwrap();
         assert_eq!(backend.get("snapshots/s.json").unwrap(), b"{\"id\":\"s\"}");
         let stored = inner.get("snapshots/s.json").unwrap();
         assert_eq!(stored.len(), 10 + OVERHEAD);
@@ -264,7 +273,10 @@ mod tests {
             .put_bytes("index/b.json", &inner.get("index/a.json").unwrap())
             .unwrap();
         let err = backend.get("index/b.json").unwrap_err();
-        assert!(matches!(&err, Error::Corrupt { name, .. } if name == "index/b.json"), "{err}");
+        assert!(
+            matches!(&err, Error::Corrupt { name, .. } if name == "index/b.json"),
+            "{err}"
+        );
         // A stream ends in an error, not in bytes, when a segment does not open.
         let mut flipped = inner.get("index/a.json").unwrap();
         flipped[14] ^= 1;
