@@ -45,7 +45,10 @@ pub async fn generate_data_key(client: &Client, key_id: &str) -> Result<DataKey,
         .await
         .map_err(|err| Failure::of(&err))?;
     let plaintext = out.plaintext.map(Blob::into_inner).unwrap_or_default();
-    let ciphertext = out.ciphertext_blob.map(Blob::into_inner).unwrap_or_default();
+    let ciphertext = out
+        .ciphertext_blob
+        .map(Blob::into_inner)
+        .unwrap_or_default();
     Ok(DataKey {
         plaintext,
         ciphertext,

@@ -290,13 +290,13 @@ fn a_passphrase_in_the_plan_is_refused_saying_to_use_a_file_or_a_variable_and_no
     let source = sandbox.path().join("data");
     build_tree(&source);
     let repository = sandbox.path().join("repo");
-    let plan = plan(
+    let inline = plan(
         &sandbox,
         &source,
         repository.to_str().unwrap(),
         "passphrase = \"hunter2\"",
     );
-    let outcome = run(&sandbox, None, &[], &["run", &plan]);
+    let outcome = run(&sandbox, None, &[], &["run", &inline]);
     let text = format!("{}{}", outcome.stdout(), outcome.stderr());
     assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
     assert!(
@@ -307,13 +307,13 @@ fn a_passphrase_in_the_plan_is_refused_saying_to_use_a_file_or_a_variable_and_no
 
     // A new repository whose passphrase file is missing is not created at all.
     let missing = sandbox.path().join("missing-passphrase");
-    let plan = plan(
+    let missing_file = plan(
         &sandbox,
         &source,
         repository.to_str().unwrap(),
         &format!("passphrase_file = \"{}\"", missing.display()),
     );
-    let outcome = run(&sandbox, None, &[], &["run", &plan]);
+    let outcome = run(&sandbox, None, &[], &["run", &missing_file]);
     let text = format!("{}{}", outcome.stdout(), outcome.stderr());
     assert_eq!(outcome.code(), CONFIG_ERROR, "{text}");
     assert!(text.contains(&missing.display().to_string()), "{text}");
