@@ -376,7 +376,10 @@ impl FileReader<'_> {
         }
         let blob = match self.encoder.compress(raw) {
             Some(compressed) => self.packs.add(id, compressed, raw_length, true)?,
-            None => self.packs.add(id, raw, raw_length, false)?,
+            None => {
+                let raw = &mut self.buffer.as_mut_slice()[..len];
+                self.packs.add(id, raw, raw_length, false)?
+            }
         };
         self.shared
             .bytes_stored

@@ -68,8 +68,9 @@ impl Encoder {
         })
     }
 
-    /// The compressed form of `raw`, or `None` when compression does not save 1/16.
-    pub fn compress(&mut self, raw: &[u8]) -> Option<&[u8]> {
+    /// The compressed form of `raw`, or `None` when compression does not save 1/16. Mutable,
+    /// so that an encrypted repository seals it in place.
+    pub fn compress(&mut self, raw: &[u8]) -> Option<&mut [u8]> {
         if raw.len() < MIN_COMPRESS_LEN || self.sample_incompressible(raw) {
             return None;
         }
@@ -83,7 +84,7 @@ impl Encoder {
             .compressor
             .compress_to_buffer(raw, &mut self.output[..limit])
         {
-            Ok(len) if len < limit => Some(&self.output[..len]),
+            Ok(len) if len < limit => Some(&mut self.output[..len]),
             _ => None,
         }
     }

@@ -185,24 +185,19 @@ impl PackKey {
         &self.pack
     }
 
-    /// Seals stored blob `stored` of id `id` into `out` (replacing its content): nonce,
-    /// ciphertext, tag.
-    pub fn seal(&self, id: &ContentId, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    /// Seals stored blob `stored` of id `id` in place (it becomes the ciphertext); returns the
+    /// nonce to store before it and the tag to store after it.
+    pub fn seal_in_place(&self, id: &ContentId, stored: &mut [u8]) -> Result<([u8; NONCE], Tag)> {
         let nonce = random_nonce()?;
-        out.clear();
-        out.reserve(stored.len() + OVERHEAD);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(stored);
         let tag = self
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&id.0),
-                &mut out[NONCE..],
+                stored,
             )
             .map_err(|_| Error::Internal("AES-GCM sealing failed".into()))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(())
+        Ok((nonce, tag))
     }
 
     /// Opens sealed blob `sealed` of id `id` into `out` (which must be `sealed.len() -
@@ -334,11 +329,6 @@ impl ObjectKey {
             reason: format!("segment {index}: {reason}"),
         })
     }
-
-    /// The object's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 #[cfg(test)]
@@ -362,8 +352,9 @@ mod tests {
         let keys = keys();
         let id = keys.id_of(b"secret");
         let pack = keys.pack_key(&"a".repeat(32)).unwrap();
-        let mut sealed = Vec::new();
-        pack.seal(&id, b"secret", &mut sealed).unwrap();
+        let mut blob = b"secret".to_vec();
+        let (nonce, tag) = pack.seal_in_place(&id, &mut blob).unwrap();
+        let sealed = [&nonce[..], &blob, tag.as_ref()].concat();
         assert_eq!(sealed.len(), 6 + OVERHEAD);
         let mut out = vec![0; 6];
         pack.open(&id, &sealed, &mut out).unwrap();

@@ -216,9 +216,11 @@ mod tests {
         let mut writer =
             PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
         let large = writer
-            .add(ContentId::of(b"large"), b"large", 5, false)
+            .add(ContentId::of(b"large"), &mut b"large".to_owned(), 5, false)
             .unwrap();
-        let small = writer.add(ContentId::of(b"s"), b"s", 1, false).unwrap();
+        let small = writer
+            .add(ContentId::of(b"s"), &mut b"s".to_owned(), 1, false)
+            .unwrap();
         writer.finish().unwrap();
 
         let index = index_of(&backend, 5);
@@ -254,11 +256,11 @@ mod tests {
             let id = ContentId::of(content);
             blobs.push(
                 writer
-                    .add(id, content, content.len() as u64, false)
+                    .add(id, &mut content.to_owned(), content.len() as u64, false)
                     .unwrap(),
             );
             writer
-                .add(id, content, content.len() as u64, false)
+                .add(id, &mut content.to_owned(), content.len() as u64, false)
                 .unwrap();
             writer.finish().unwrap();
         }

@@ -107,7 +107,12 @@ mod tests {
             .iter()
             .map(|raw| {
                 writer
-                    .add(ContentId::of(raw), raw, raw.len() as u64, false)
+                    .add(
+                        ContentId::of(raw),
+                        &mut raw.to_vec(),
+                        raw.len() as u64,
+                        false,
+                    )
                     .unwrap()
             })
             .collect();

@@ -237,7 +237,7 @@ fn wrap(id: &str, master: &[u8; MASTER_KEY_LEN], kek: &Kek) -> Result<KeyFile> {
     })
 }
 
-/// What a key file is, if it is not one `kek` can be tried on.
+/// Whether `file` is of another kind than `kek` (a passphrase key is never tried on KMS).
 fn mismatch(file: &KeyFile, kek: &Kek) -> bool {
     match kek {
         Kek::Passphrase { .. } => file.argon2id.is_none(),

@@ -40,8 +40,6 @@ pub struct PackWriter {
     open: Option<OpenPack>,
     /// Blobs not yet written to the open pack (kept between packs).
     buffer: AlignedBuffer,
-    /// The blob being added, sealed (kept between blobs).
-    sealed: Vec<u8>,
     packs_written: u64,
 }
 
@@ -59,6 +57,20 @@ struct OpenPack {
 }
 
 impl OpenPack {
+    /// Appends `bytes` to the pack through `buffer`, writing each time it is full.
+    fn append(&mut self, bytes: &[u8], buffer: &mut AlignedBuffer) -> Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let taken = buffer.append(rest);
+            rest = &rest[taken..];
+            if buffer.spare() == 0 {
+                self.write(buffer)?;
+            }
+        }
+        self.length += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Writes the full `buffer` at the end of the staged file.
     fn write(&mut self, buffer: &mut AlignedBuffer) -> Result<()> {
         self.file
@@ -86,17 +98,16 @@ impl PackWriter {
             keys,
             open: None,
             buffer: AlignedBuffer::with_capacity(WRITE_SIZE),
-            sealed: Vec::new(),
             packs_written: 0,
         }
     }
 
-    /// Appends one stored blob (sealed first in an encrypted repository) and returns where it
-    /// will be found.
+    /// Appends one stored blob and returns where it will be found. In an encrypted repository
+    /// the blob is sealed first, in place: `stored` then holds its ciphertext.
     pub fn add(
         &mut self,
         id: ContentId,
-        stored: &[u8],
+        stored: &mut [u8],
         raw_length: u64,
         zstd: bool,
     ) -> Result<BlobRef> {
@@ -104,30 +115,24 @@ impl PackWriter {
             Some(pack) => pack,
             None => self.open.insert(start_pack(&self.backend, &self.keys)?),
         };
-        let stored = match &pack.key {
+        let start = pack.length;
+        match &pack.key {
             Some(key) => {
-                key.seal(&id, stored, &mut self.sealed)?;
-                &self.sealed[..]
+                let (nonce, tag) = key.seal_in_place(&id, stored)?;
+                for piece in [&nonce[..], stored, tag.as_ref()] {
+                    pack.append(piece, &mut self.buffer)?;
+                }
             }
-            None => stored,
-        };
-        let mut rest = stored;
-        while !rest.is_empty() {
-            let taken = self.buffer.append(rest);
-            rest = &rest[taken..];
-            if self.buffer.spare() == 0 {
-                pack.write(&mut self.buffer)?;
-            }
+            None => pack.append(stored, &mut self.buffer)?,
         }
         let blob = BlobRef {
             id,
             pack: pack.name.clone(),
-            offset: pack.length,
-            length: stored.len() as u64,
+            offset: start,
+            length: pack.length - start,
             raw_length,
             zstd,
         };
-        pack.length += blob.length;
         pack.blobs.push(blob.clone());
         if pack.length >= self.target_size {
             self.seal()?;
@@ -189,12 +194,24 @@ mod tests {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
         let mut writer = PackWriter::new(backend.clone(), 10, Keys::plaintext());
         let a = writer
-            .add(ContentId::of(b"aaaaaa"), b"aaaaaa", 6, false)
+            .add(
+                ContentId::of(b"aaaaaa"),
+                &mut b"aaaaaa".to_owned(),
+                6,
+                false,
+            )
             .unwrap();
         let b = writer
-            .add(ContentId::of(b"bbbbbb"), b"bbbbbb", 6, false)
+            .add(
+                ContentId::of(b"bbbbbb"),
+                &mut b"bbbbbb".to_owned(),
+                6,
+                false,
+            )
             .unwrap();
-        let c = writer.add(ContentId::of(b"c"), b"c", 1, false).unwrap();
+        let c = writer
+            .add(ContentId::of(b"c"), &mut b"c".to_owned(), 1, false)
+            .unwrap();
         assert_eq!(a.pack, b.pack);
         assert_eq!(b.offset, 6);
         assert_ne!(c.pack, a.pack, "the first pack was full");
@@ -212,7 +229,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
         let mut writer = PackWriter::new(backend.clone(), 1 << 20, Keys::plaintext());
-        writer.add(ContentId::of(b"x"), b"x", 1, false).unwrap();
+        writer
+            .add(ContentId::of(b"x"), &mut b"x".to_owned(), 1, false)
+            .unwrap();
         drop(writer);
         assert!(backend.list("data/").unwrap().is_empty());
         assert_eq!(fs::read_dir(backend.staging_dir()).unwrap().count(), 0);

@@ -183,6 +183,17 @@ impl Config {
         Repository::open_with(backend, self.kek()?.as_ref()).map_err(to_plugin_error)
     }
 
+    /// For `check`: whether the repository in `backend` is of this format, and encrypted exactly
+    /// when the step names a key, whose source is read. The key itself is tried by the action
+    /// (opening costs an argon2id derivation, which `check` before every run would double).
+    fn check_key_choice(&self, backend: &dyn Backend) -> PluginResult<()> {
+        let found = Repository::peek(backend).map_err(to_plugin_error)?;
+        let kek = self.kek()?;
+        found
+            .check_key_choice(kek.as_ref())
+            .map_err(to_plugin_error)
+    }
+
     /// This step's repository, to write into (backup, prune): a missing local folder is made.
     fn backend(&self) -> PluginResult<Arc<dyn Backend>> {
         Request::require_resolved([self.repository.as_str()])?;
@@ -219,7 +230,7 @@ impl Config {
         if let Some(location) = S3Location::parse(&self.repository) {
             let backend = self.s3(location.map_err(to_plugin_error)?)?;
             return Ok(if backend.exists(CONFIG_OBJECT).map_err(to_plugin_error)? {
-                self.open(Arc::new(backend))?;
+                self.check_key_choice(&backend)?;
                 RepositoryState::Readable
             } else if backend.is_empty().map_err(to_plugin_error)? {
                 RepositoryState::Empty
@@ -229,7 +240,7 @@ impl Config {
         }
         let folder = local_path(&self.repository)?;
         Ok(if folder.join(CONFIG_OBJECT).exists() {
-            self.open(self.reader_at(&self.repository)?)?;
+            self.check_key_choice(self.reader_at(&self.repository)?.as_ref())?;
             RepositoryState::Readable
         } else if LocalBackend::holds_only_staged_files(folder) == Some(false) {
             RepositoryState::Foreign

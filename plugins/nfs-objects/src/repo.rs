@@ -111,6 +111,25 @@ impl RepoConfig {
         self.version == ENCRYPTED_VERSION
     }
 
+    /// Whether a step naming key `kek` (or none) may use this repository: a key for an
+    /// encrypted one, none for a plaintext one. Nothing is ever written in plaintext into an
+    /// encrypted repository.
+    pub fn check_key_choice(&self, kek: Option<&Kek>) -> Result<()> {
+        match (self.is_encrypted(), kek) {
+            (false, Some(kek)) => Err(Error::Invalid(format!(
+                "the repository is not encrypted (format version 1), but the step names a key \
+                 ({kek}): remove `encryption` from the step, or back up into a new, empty \
+                 repository to have it encrypted"
+            ))),
+            (true, None) => Err(Error::Invalid(
+                "the repository is encrypted (format version 2), but the step names no key: set \
+                 encryption.passphrase_file, encryption.passphrase_env or encryption.kms_key_id"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Why these tunables are unusable, if they are.
     fn flaw(&self) -> Option<String> {
         if !CHUNK_SIZE.contains(&self.chunk_size) {
@@ -236,21 +255,10 @@ impl Repository {
         kek: Option<&Kek>,
     ) -> Result<Self> {
         let config = parse_config(bytes)?;
-        let opened = match (config.version, kek) {
-            (PLAINTEXT_VERSION, None) => None,
-            (PLAINTEXT_VERSION, Some(kek)) => {
-                return Err(Error::Invalid(format!(
-                    "the repository is not encrypted (format version 1), but the step names a                      key ({kek}): remove `encryption` from the step, or back up into a new,                      empty repository to have it encrypted"
-                )));
-            }
-            (_, None) => {
-                return Err(Error::Invalid(
-                    "the repository is encrypted (format version 2), but the step names no                      key: set encryption.passphrase_file, encryption.passphrase_env or                      encryption.kms_key_id"
-                        .into(),
-                ));
-            }
-            (_, Some(kek)) => Some(keyring::open(backend.as_ref(), kek)?),
-        };
+        config.check_key_choice(kek)?;
+        let opened = kek
+            .map(|kek| keyring::open(backend.as_ref(), kek))
+            .transpose()?;
         Ok(Self::with_keys(backend, config, opened))
     }
 
