@@ -341,7 +341,7 @@ pub fn open(backend: &dyn Backend, kek: &Kek) -> Result<Opened> {
         }
     }
     let tried = keys.values().filter(|file| !mismatch(file, kek)).count();
-    Err(Error::Invalid(match kek {
+    Err(Error::Encryption(match kek {
         Kek::Passphrase { from, .. } => format!(
             "the {from} opens none of the repository's {tried} passphrase key(s): wrong passphrase"
         ),
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(opened.master, made.master);
         assert_eq!(opened.key_id, made.key_id);
         let err = open(&backend, &passphrase("wrong")).unwrap_err();
-        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(matches!(err, Error::Encryption(_)), "{err}");
         assert!(err.to_string().contains("passphrase in $TEST"), "{err}");
         let stored = backend.get(&key_object(&made.key_id)).unwrap();
         assert!(!stored.windows(5).any(|w| w == b"right"));

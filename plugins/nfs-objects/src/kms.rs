@@ -54,7 +54,7 @@ fn failed(call: &str, key_id: &str, failure: backplan_aws::Failure) -> Error {
         },
         // A ciphertext KMS does not accept (another key, damaged) opens nothing: the key
         // source is wrong for this repository.
-        Meaning::Failed => Error::Invalid(message),
+        Meaning::Failed => Error::Encryption(message),
     }
 }
 

@@ -967,7 +967,9 @@ pub(crate) fn to_plugin_error(err: Error) -> PluginError {
         Error::Backend {
             transient: false, ..
         } => ErrorKind::Permanent,
-        Error::Invalid(_) | Error::NotARepository(_) | Error::Access(_) => ErrorKind::Config,
+        Error::Invalid(_) | Error::NotARepository(_) | Error::Access(_) | Error::Encryption(_) => {
+            ErrorKind::Config
+        }
         Error::Internal(_) => ErrorKind::Internal,
         Error::Io { .. }
         | Error::MissingObject(_)

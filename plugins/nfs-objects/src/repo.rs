@@ -116,12 +116,12 @@ impl RepoConfig {
     /// encrypted repository.
     pub fn check_key_choice(&self, kek: Option<&Kek>) -> Result<()> {
         match (self.is_encrypted(), kek) {
-            (false, Some(kek)) => Err(Error::Invalid(format!(
+            (false, Some(kek)) => Err(Error::Encryption(format!(
                 "the repository is not encrypted (format version 1), but the step names a key \
                  ({kek}): remove `encryption` from the step, or back up into a new, empty \
                  repository to have it encrypted"
             ))),
-            (true, None) => Err(Error::Invalid(
+            (true, None) => Err(Error::Encryption(
                 "the repository is encrypted (format version 2), but the step names no key: set \
                  encryption.passphrase_file, encryption.passphrase_env or encryption.kms_key_id"
                     .into(),

@@ -149,7 +149,7 @@ fn an_encrypted_repository_is_refused_without_its_key_and_a_plaintext_one_with_a
     let encrypted = dir.path().join("enc");
     Repository::open_or_init_with(backend(&encrypted), config(), Some(&kek)).unwrap();
     let err = Repository::open(backend(&encrypted)).unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert!(matches!(err, Error::Encryption(_)), "{err}");
     let err = Repository::open_with(backend(&encrypted), Some(&passphrase("q"))).unwrap_err();
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
 
