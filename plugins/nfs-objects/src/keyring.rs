@@ -307,11 +307,31 @@ fn new_id() -> Result<String> {
     Ok(hex(&random_bytes::<8>()?))
 }
 
-/// Makes a new random master key and stores it wrapped under `kek`; returns it.
-pub fn create(backend: &dyn Backend, kek: &Kek) -> Result<Opened> {
+/// A new master key, wrapped and ready to store: everything that can fail for want of a
+/// working key source (argon2id, KMS) is done before anything is written.
+#[derive(Debug)]
+pub struct NewKey {
+    pub opened: Opened,
+    bytes: Vec<u8>,
+}
+
+impl NewKey {
+    /// Stores the key file.
+    pub fn publish(&self, backend: &dyn Backend) -> Result<()> {
+        backend.put_bytes(&key_object(&self.opened.key_id), &self.bytes)
+    }
+}
+
+/// A new random master key wrapped under `kek`, not yet stored.
+pub fn create(kek: &Kek) -> Result<NewKey> {
     let master = random_bytes::<MASTER_KEY_LEN>()?;
-    let key_id = add(backend, &master, kek)?;
-    Ok(Opened { master, key_id })
+    let key_id = new_id()?;
+    let bytes =
+        serde_json::to_vec_pretty(&wrap(&key_id, &master, kek)?).expect("key files serialise");
+    Ok(NewKey {
+        opened: Opened { master, key_id },
+        bytes,
+    })
 }
 
 /// Stores `master` wrapped under `kek` as a new key; returns its id.
@@ -376,7 +396,9 @@ mod tests {
         cheap();
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend::new(dir.path()).unwrap();
-        let made = create(&backend, &passphrase("right")).unwrap();
+        let made = create(&passphrase("right")).unwrap();
+        made.publish(&backend).unwrap();
+        let made = made.opened;
         let opened = open(&backend, &passphrase("right")).unwrap();
         assert_eq!(opened.master, made.master);
         assert_eq!(opened.key_id, made.key_id);
@@ -392,7 +414,9 @@ mod tests {
         cheap();
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend::new(dir.path()).unwrap();
-        let made = create(&backend, &passphrase("one")).unwrap();
+        let made = create(&passphrase("one")).unwrap();
+        made.publish(&backend).unwrap();
+        let made = made.opened;
         let second = add(&backend, &made.master, &passphrase("two")).unwrap();
         assert_eq!(
             open(&backend, &passphrase("two")).unwrap().master,

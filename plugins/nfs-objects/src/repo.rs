@@ -81,6 +81,23 @@ pub struct RepoConfig {
     pub encryption: Option<String>,
 }
 
+/// Whether the encrypted repository in `backend` is one whose creation was killed between its
+/// config and its key: no key, and nothing any key would have sealed.
+fn unfinished_creation(backend: &dyn Backend) -> Result<bool> {
+    for prefix in [
+        KEYS_PREFIX,
+        DATA_PREFIX,
+        INDEX_PREFIX,
+        MANIFEST_PREFIX,
+        SNAPSHOT_PREFIX,
+    ] {
+        if !backend.list(prefix)?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// `config.json` read and checked.
 fn parse_config(bytes: &[u8]) -> Result<RepoConfig> {
     let config: RepoConfig = serde_json::from_slice(bytes)
@@ -190,7 +207,17 @@ impl Repository {
         kek: Option<&Kek>,
     ) -> Result<Self> {
         match backend.get(CONFIG_OBJECT) {
-            Ok(bytes) => Self::from_config_bytes(backend, &bytes, kek),
+            Ok(bytes) => {
+                let config = parse_config(&bytes)?;
+                if let Some(kek) = kek.filter(|_| config.is_encrypted()) {
+                    if unfinished_creation(backend.as_ref())? {
+                        let key = keyring::create(kek)?;
+                        key.publish(backend.as_ref())?;
+                        return Ok(Self::with_keys(backend, config, Some(key.opened)));
+                    }
+                }
+                Self::from_config_bytes(backend, &bytes, kek)
+            }
             Err(Error::MissingObject(_)) => {
                 if let Some(flaw) = defaults.flaw() {
                     return Err(Error::Invalid(flaw));
@@ -200,20 +227,18 @@ impl Repository {
                         "{CONFIG_OBJECT} is missing but snapshots exist"
                     )));
                 }
-                // Key files without a config are what an earlier creation left when it was
-                // killed before its config: they open nothing that exists.
-                for stale in backend.list(KEYS_PREFIX)? {
-                    backend.delete(&stale.name)?;
-                }
-                let opened = kek
-                    .map(|kek| keyring::create(backend.as_ref(), kek))
-                    .transpose()?;
-                if opened.is_some() {
+                // The key is made (argon2id, KMS) before anything is written; the config comes
+                // first, so a folder holding a key file is always a repository.
+                let key = kek.map(keyring::create).transpose()?;
+                if key.is_some() {
                     defaults.version = ENCRYPTED_VERSION;
                     defaults.encryption = Some(crypto::ALGORITHM.into());
                 }
                 let bytes = serde_json::to_vec_pretty(&defaults).expect("config serialises");
                 backend.put_bytes(CONFIG_OBJECT, &bytes)?;
+                let opened = key
+                    .map(|key| key.publish(backend.as_ref()).map(|()| key.opened))
+                    .transpose()?;
                 Ok(Self::with_keys(backend, defaults, opened))
             }
             Err(err) => Err(err),

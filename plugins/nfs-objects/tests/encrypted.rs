@@ -162,14 +162,27 @@ fn an_encrypted_repository_is_refused_without_its_key_and_a_plaintext_one_with_a
 }
 
 #[test]
-fn key_files_left_by_a_creation_killed_before_its_config_are_removed_by_the_next() {
+fn a_creation_killed_between_its_config_and_its_key_is_completed_by_the_next_backup() {
     let dir = tempfile::tempdir().unwrap();
-    let repo_dir = dir.path().join("repo");
+    let (source, repo_dir) = (dir.path().join("src"), dir.path().join("repo"));
+    tree(&source);
     let kek = passphrase("p");
     Repository::open_or_init_with(backend(&repo_dir), config(), Some(&kek)).unwrap();
-    fs::remove_file(repo_dir.join("config.json")).unwrap();
+    for key in fs::read_dir(repo_dir.join("keys")).unwrap() {
+        fs::remove_file(key.unwrap().path()).unwrap();
+    }
+    let err = Repository::open_with(backend(&repo_dir), Some(&kek)).unwrap_err();
+    assert!(err.to_string().contains("holds no key"), "{err}");
     let repo = Repository::open_or_init_with(backend(&repo_dir), config(), Some(&kek)).unwrap();
-    assert_eq!(fs::read_dir(repo_dir.join("keys")).unwrap().count(), 1);
+    backup(&repo, &BackupOptions::new(&source), Control::silent()).unwrap();
     let reopened = Repository::open_with(backend(&repo_dir), Some(&kek)).unwrap();
     assert_eq!(reopened.key_id(), repo.key_id());
+
+    // Once anything is sealed, a repository that lost its keys stays unopenable: never a new
+    // key over data that the old one sealed.
+    for key in fs::read_dir(repo_dir.join("keys")).unwrap() {
+        fs::remove_file(key.unwrap().path()).unwrap();
+    }
+    let err = Repository::open_or_init_with(backend(&repo_dir), config(), Some(&kek)).unwrap_err();
+    assert!(err.to_string().contains("holds no key"), "{err}");
 }
