@@ -842,8 +842,11 @@ impl NfsObjects {
                 "the step has no `encryption`: its repository is not encrypted and has no keys",
             ));
         };
+        // Read first: a mistyped path is refused, not made into an empty folder.
+        let reader = config.reader_at(&config.repository)?;
+        Repository::peek(reader.as_ref()).map_err(to_plugin_error)?;
         let backend = match operation {
-            KeyOperation::List => config.reader_at(&config.repository)?,
+            KeyOperation::List => reader,
             _ => config.backend()?,
         };
         let (summary, keys) =
