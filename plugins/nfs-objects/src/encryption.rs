@@ -120,13 +120,14 @@ pub fn kek_of(source: &KeySource, region: Option<&str>) -> PluginResult<Kek> {
     }
 }
 
-/// The `keys` action on the repository in `backend`, which `kek` (the step's key) opens.
+/// The `keys` action on the repository in `backend`, which `kek` (the step's key) opens: its
+/// summary, the keys, and warnings about weak ones.
 pub fn keys_action(
     backend: &dyn Backend,
     kek: &Kek,
     operation: &KeyOperation,
     region: Option<&str>,
-) -> PluginResult<(String, Keys)> {
+) -> PluginResult<(String, Keys, Vec<String>)> {
     let engine = crate::plugin::to_plugin_error;
     if !Repository::peek(backend).map_err(engine)?.is_encrypted() {
         return Err(PluginError::config(
@@ -164,6 +165,10 @@ pub fn keys_action(
         }
     };
     let keys = keyring::list(backend).map_err(engine)?;
+    let warnings = keys
+        .iter()
+        .filter_map(|(id, file)| keyring::weakness(file).map(|weak| format!("key {id}: {weak}")))
+        .collect();
     let keys = Keys {
         keys: keys
             .into_iter()
@@ -181,7 +186,7 @@ pub fn keys_action(
     } else {
         summary
     };
-    Ok((summary, keys))
+    Ok((summary, keys, warnings))
 }
 
 #[cfg(test)]

@@ -280,6 +280,22 @@ fn unwrap(id: &str, file: &KeyFile, kek: &Kek) -> Result<Option<[u8; MASTER_KEY_
     Ok(<[u8; MASTER_KEY_LEN]>::try_from(&*master).ok())
 }
 
+/// The least argon2id memory (KiB) a passphrase key should cost: OWASP's minimum, 19 MiB.
+const WEAK_ARGON2_MEMORY_KIB: u32 = 19 << 10;
+
+/// Why passphrase key `file` is weak, if it is: argon2id parameters below the minimum (such as
+/// those of [`TEST_KDF_VARIABLE`]), which make guessing its passphrase cheap.
+pub fn weakness(file: &KeyFile) -> Option<String> {
+    let params = file.argon2id.as_ref()?;
+    (params.memory_kib < WEAK_ARGON2_MEMORY_KIB).then(|| {
+        format!(
+            "its argon2id costs only {} KiB and {} pass(es), far below the default {} KiB and \
+             {ARGON2_PASSES}: add a new key and remove this one",
+            params.memory_kib, params.iterations, ARGON2_MEMORY_KIB
+        )
+    })
+}
+
 /// Every key file of the repository by id. One that does not parse fails the listing: it may
 /// be the only key that opens.
 pub fn list(backend: &dyn Backend) -> Result<BTreeMap<String, KeyFile>> {
@@ -429,6 +445,16 @@ mod tests {
             .put_bytes(&key_object("0000000000000000"), &bytes)
             .unwrap();
         assert!(open(&backend, &passphrase("two")).is_err());
+    }
+
+    #[test]
+    fn a_key_made_at_test_cost_is_called_weak_and_one_at_the_default_is_not() {
+        cheap();
+        let weak = wrap("k", &[1; 32], &passphrase("x")).unwrap();
+        assert!(weakness(&weak).unwrap().contains("8 KiB"), "{weak:?}");
+        let mut default = weak.clone();
+        default.argon2id.as_mut().unwrap().memory_kib = ARGON2_MEMORY_KIB;
+        assert_eq!(weakness(&default), None);
     }
 
     #[test]

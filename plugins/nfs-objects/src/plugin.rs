@@ -849,9 +849,10 @@ impl NfsObjects {
             KeyOperation::List => reader,
             _ => config.backend()?,
         };
-        let (summary, keys) =
+        let (summary, keys, warnings) =
             keys_action(backend.as_ref(), &kek, &operation, config.region.as_deref())?;
-        Ok(StepOutput::new(summary).record(keys))
+        let output = StepOutput::new(summary).record(keys);
+        Ok(warnings.into_iter().fold(output, StepOutput::warning))
     }
 }
 
