@@ -768,12 +768,12 @@ impl Plugin for NfsObjects {
         Ok(output)
     }
 
-    /// This step's snapshots in its repository, each with the record its backup
-    /// returned. Reads headers only: no lock, no staged leftovers collected, nothing written.
     fn keys(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         Self::keys_of(ctx, config)
     }
 
+    /// This step's snapshots in its repository, each with the record its backup
+    /// returned. Reads headers only: no lock, no staged leftovers collected, nothing written.
     fn discover(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         if Request::is_unresolved(&config.repository) {
             return Err(PluginError::config(format!(
