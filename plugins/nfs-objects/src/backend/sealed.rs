@@ -263,6 +263,10 @@ mod tests {
         backend.put_bytes("data/ab/ab.pack", b"blobs").unwrap();
         assert_eq!(inner.get("data/ab/ab.pack").unwrap(), b"blobs");
         assert_eq!(backend.get_range("data/ab/ab.pack", 1, 2).unwrap(), b"lo");
+        for name in ["config.json", "keys/0123456789abcdef.json"] {
+            backend.put_bytes(name, b"{}").unwrap();
+            assert_eq!(inner.get(name).unwrap(), b"{}", "{name} is what opening starts from");
+        }
     }
 
     #[test]
