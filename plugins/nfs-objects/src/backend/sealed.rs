@@ -265,7 +265,11 @@ mod tests {
         assert_eq!(backend.get_range("data/ab/ab.pack", 1, 2).unwrap(), b"lo");
         for name in ["config.json", "keys/0123456789abcdef.json"] {
             backend.put_bytes(name, b"{}").unwrap();
-            assert_eq!(inner.get(name).unwrap(), b"{}", "{name} is what opening starts from");
+            assert_eq!(
+                inner.get(name).unwrap(),
+                b"{}",
+                "{name} is what opening starts from"
+            );
         }
     }
 
