@@ -9,6 +9,7 @@
 //! - [`config`]: the standard AWS configuration chain with a step's region, endpoint, retries
 //!   and timeouts on top, and the credential check `check` runs;
 //! - [`s3`] (feature `s3`): S3 clients, path-style on a configured endpoint;
+//! - [`kms`] (feature `kms`): KMS clients, data keys generated and decrypted;
 //! - [`error`]: the one error policy: denied or unresolved credentials are configuration
 //!   errors, throttling, 5xx and no answer are transient, the rest is permanent, and the SDK's
 //!   own words go into the error's detail.
@@ -20,6 +21,8 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "kms")]
+pub mod kms;
 pub mod runtime;
 #[cfg(feature = "s3")]
 pub mod s3;

@@ -10,7 +10,9 @@
 # and bytes) after the last backup.
 #
 # Rows: `backplan` is what users run, `backplan run / restore / verify` on a generated plan
-# (runner, catalog and plugin host included); `engine` is the engine example alone (the engine
+# (runner, catalog and plugin host included); `backplan-enc` the same on an encrypted
+# repository (format version 2, a passphrase key): restic, rustic and borg (repokey) encrypt
+# too, so `enc/peer` compares like with like; `engine` is the engine example alone (the engine
 # without the runner), kept as a second row.
 #
 # STORE=local (default): every tool writes a repository in a local folder. STORE=s3: every tool
@@ -34,8 +36,8 @@ RUNS=${RUNS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
 STORE=${STORE:-local}
 case $STORE in
-local) TOOLS=${TOOLS:-backplan engine restic rustic borg rsync rclone} ;;
-s3) TOOLS=${TOOLS:-backplan engine restic rustic rclone} ;;
+local) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic borg rsync rclone} ;;
+s3) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic rclone} ;;
 *) echo "STORE is local or s3" >&2; exit 2 ;;
 esac
 INSTALL=${INSTALL:-1}
@@ -51,7 +53,7 @@ TIMES=$BENCH_DIR/times-$STORE-$SMALL_FILES.tsv
 USAGE=$BENCH_DIR/usage-$STORE-$SMALL_FILES.tsv
 S3_ROOT=$BENCH_DIR/s3
 ENDPOINT=http://127.0.0.1:$S3_PORT
-export RESTIC_PASSWORD=bench BORG_PASSPHRASE= BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 # The S3 server's credentials, for every tool (restic, the AWS SDK and boto3 read these).
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
@@ -101,13 +103,17 @@ repository_of() {
     if [[ $STORE == s3 ]]; then echo "s3://$1/repo"; else echo "$REPOS/$1"; fi
 }
 
-# The plan `backplan` runs: one nfs-objects step from DATA into its repository, with its own
-# state folder (catalog) under BENCH_DIR. Retention is off: the benchmark never prunes.
-write_plan() {
-    mkdir -p "$BENCH_DIR/state"
-    cat >"$BENCH_DIR/plan.toml" <<TOML
+# The plans `backplan` and `backplan-enc` run: one nfs-objects step from DATA into the tool's
+# repository, each with its own state folder (catalog) under BENCH_DIR. Retention is off: the
+# benchmark never prunes.
+write_plans() {
+    local tool encryption
+    for tool in backplan backplan-enc; do
+        encryption=""
+        [[ $tool == backplan-enc ]] && encryption='encryption = { passphrase_env = "BENCH_PASSPHRASE" }'
+        cat >"$BENCH_DIR/$tool.toml" <<TOML
 [plan]
-name = "bench"
+name = "$tool"
 timeout = "2h"
 
 [[steps]]
@@ -115,18 +121,21 @@ id = "artifacts"
 plugin = "nfs-objects"
 [steps.config]
 source = "$DATA"
-repository = "$(repository_of backplan)"
+repository = "$(repository_of "$tool")"
+$encryption
 TOML
+    done
 }
 
-# The only place that knows how to drive backplan: phase -> command.
+# The only place that knows how to drive backplan: (row, phase) -> command.
 backplan_command() {
-    local backplan="BACKPLAN_STATE_DIR=$BENCH_DIR/state $BACKPLAN --quiet --no-progress"
-    case $1 in
-    init) echo "rm -rf $BENCH_DIR/state" ;;
-    full | nochange | mutated) echo "$backplan run $BENCH_DIR/plan.toml" ;;
-    restore) echo "$backplan restore $BENCH_DIR/plan.toml --run latest -o target=$OUT/backplan" ;;
-    verify) echo "$backplan verify $BENCH_DIR/plan.toml" ;;
+    local tool=$1 plan=$BENCH_DIR/$1.toml
+    local backplan="BACKPLAN_STATE_DIR=$BENCH_DIR/state-$tool BENCH_PASSPHRASE=bench $BACKPLAN --quiet --no-progress"
+    case $2 in
+    init) echo "rm -rf $BENCH_DIR/state-$tool" ;;
+    full | nochange | mutated) echo "$backplan run $plan" ;;
+    restore) echo "$backplan restore $plan --run latest -o target=$OUT/$tool" ;;
+    verify) echo "$backplan verify $plan" ;;
     esac
 }
 
@@ -170,7 +179,7 @@ peer_command() {
     rustic:full | rustic:nochange | rustic:mutated) echo "rustic -r $repo --password bench backup $DATA" ;;
     rustic:restore) echo "rustic -r $repo --password bench restore latest $out" ;;
     rustic:verify) echo "rustic -r $repo --password bench check --read-data" ;;
-    borg:init) echo "borg init -e none $repo" ;;
+    borg:init) echo "borg init -e repokey $repo" ;;
     borg:full | borg:nochange | borg:mutated) echo "borg create $repo::{now:%s%f} $DATA" ;;
     borg:restore) echo "sh -c 'mkdir -p $out && cd $out && borg extract $repo::\$(borg list --last 1 --short $repo)'" ;;
     borg:verify) echo "borg check --verify-data $repo" ;;
@@ -214,14 +223,14 @@ s3_peer_command() {
 
 command_for() {
     case $1 in
-    backplan) backplan_command "$2" ;;
+    backplan | backplan-enc) backplan_command "$1" "$2" ;;
     engine) engine_command "$2" ;;
     *) peer_command "$1" "$2" ;;
     esac
 }
 
 available() {
-    [[ $1 == backplan || $1 == engine ]] || command -v "$1" >/dev/null
+    [[ $1 == backplan* || $1 == engine ]] || command -v "$1" >/dev/null
 }
 
 # Where a tool's stored data sits on this machine's disk (for the S3 server: its bucket folder).
@@ -316,11 +325,13 @@ for line in open(sys.argv[1]):
     tool, phase, run, wall, cpu, rss = line.split("\t")
     rows[(phase, tool)].append((float(wall), float(cpu), int(rss)))
 phases = ["full", "nochange", "mutated", "restore", "verify"]
-tools = sorted({t for _, t in rows}, key=lambda t: (t != "backplan", t))
-print(f"{'phase':9} {'tool':9} {'wall s':>8} {'cpu s':>8} {'rss MB':>8} {'backplan/peer':>14}")
+tools = sorted({t for _, t in rows}, key=lambda t: (not t.startswith("backplan"), t))
+print(f"{'phase':9} {'tool':12} {'wall s':>8} {'cpu s':>8} {'rss MB':>8} {'backplan/peer':>14} {'enc/peer':>9}")
 for phase in phases:
     ours = rows.get((phase, "backplan"))
     ours_wall = statistics.median(w for w, _, _ in ours) if ours else None
+    enc = rows.get((phase, "backplan-enc"))
+    enc_wall = statistics.median(w for w, _, _ in enc) if enc else None
     for tool in tools:
         runs = rows.get((phase, tool))
         if not runs:
@@ -329,7 +340,8 @@ for phase in phases:
         cpu = statistics.median(c for _, c, _ in runs)
         rss = max(r for _, _, r in runs) / 1024
         ratio = f"{ours_wall / wall:.2f}" if ours_wall and tool != "backplan" and wall else ""
-        print(f"{phase:9} {tool:9} {wall:8.2f} {cpu:8.2f} {rss:8.1f} {ratio:>14}")
+        versus = f"{enc_wall / wall:.2f}" if enc_wall and not tool.startswith("backplan") and wall else ""
+        print(f"{phase:9} {tool:12} {wall:8.2f} {cpu:8.2f} {rss:8.1f} {ratio:>14} {versus:>9}")
 PY
     python3 - "$USAGE" <<'PY'
 import collections, statistics, sys
@@ -361,7 +373,7 @@ main() {
     fi
     : >"$TIMES"
     : >"$USAGE"
-    write_plan
+    write_plans
     [[ $STORE == s3 ]] && start_s3
     local tools=()
     for tool in $TOOLS; do available "$tool" && tools+=("$tool") || log "$tool not installed; skipped"; done

@@ -5,7 +5,8 @@
 //! engine restore REPO TARGET [SNAPSHOT]
 //! engine verify  REPO [SNAPSHOT]
 //! ```
-//! SNAPSHOT defaults to the latest. REPO is a folder or `s3://bucket/prefix` (reached through
+//! SNAPSHOT defaults to the latest. With `ENGINE_PASSPHRASE` set, the repository is encrypted
+//! (created so by `backup`, opened with it by the others). REPO is a folder or `s3://bucket/prefix` (reached through
 //! the standard AWS environment, e.g. `AWS_ENDPOINT_URL_S3`). Prints one JSON line with the
 //! result; for verify, the damaged files and what it found of the repository's indexes and packs
 //! (`inconsistent`, `orphans`), and whether all is `sound`.
@@ -21,6 +22,7 @@ use backplan_plugin_nfs_objects::backup::{BackupOptions, backup};
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
 use backplan_plugin_nfs_objects::index::Finding;
+use backplan_plugin_nfs_objects::keyring::Kek;
 use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository};
 use backplan_plugin_nfs_objects::restore::{RestoreOptions, restore};
 use backplan_plugin_nfs_objects::snapshot::{self, Snapshot};
@@ -51,9 +53,15 @@ fn run(args: &[String]) -> Result<serde_json::Value> {
         Some(location) => Arc::new(S3Backend::connect(location?, &S3Options::default())?),
         None => Arc::new(LocalBackend::new(PathBuf::from(repository))?),
     };
+    let kek = std::env::var("ENGINE_PASSPHRASE")
+        .ok()
+        .map(|passphrase| Kek::Passphrase {
+            passphrase: passphrase.into_bytes(),
+            from: "passphrase in $ENGINE_PASSPHRASE".into(),
+        });
     match (command, &args[2..]) {
         ("backup", [source]) => {
-            let repo = Repository::open_or_init(backend, RepoConfig::default())?;
+            let repo = Repository::open_or_init_with(backend, RepoConfig::default(), kek.as_ref())?;
             let report = backup(&repo, &BackupOptions::new(source), Control::silent())?;
             Ok(
                 json!({"snapshot": report.snapshot.id, "stats": report.snapshot.stats,
@@ -61,7 +69,7 @@ fn run(args: &[String]) -> Result<serde_json::Value> {
             )
         }
         ("restore", [target, rest @ ..]) => {
-            let repo = Repository::open(backend)?;
+            let repo = Repository::open_with(backend, kek.as_ref())?;
             let snapshot = pick(&repo, rest.first())?;
             let options = RestoreOptions::new(target);
             let report = restore(&repo, &snapshot, &options, Control::silent())?;
@@ -71,7 +79,7 @@ fn run(args: &[String]) -> Result<serde_json::Value> {
             )
         }
         ("verify", rest) => {
-            let repo = Repository::open(backend)?;
+            let repo = Repository::open_with(backend, kek.as_ref())?;
             let snapshot = pick(&repo, rest.first())?;
             let report = verify(
                 &repo,

@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::backend::{Leftovers, leftovers};
 use crate::blob::{BlobRef, Encoder};
 use crate::control::{Control, Reporter};
+use crate::crypto::Keys;
 use crate::dedup::{self, DedupIndex};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
-use crate::id::ContentId;
 use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
 use crate::pack::PackWriter;
@@ -172,7 +172,10 @@ fn attempt(
         .map(Iterator::peekable);
     let walk = Walk::new(&options.source, options.one_file_system)?;
     // After the snapshots: every pack the parent references was published before it.
-    let packs = Arc::new(PackSizes::list(backend.as_ref())?);
+    let packs = Arc::new(PackSizes::list(
+        backend.as_ref(),
+        repo.keys().blob_overhead(),
+    )?);
 
     let time = jiff::Timestamp::now();
     let id = snapshot::new_id(time);
@@ -190,7 +193,12 @@ fn attempt(
     let workers = (0..options.workers.max(1))
         .map(|_| {
             Ok(FileReader {
-                packs: PackWriter::new(Arc::clone(backend), repo.config().pack_size),
+                packs: PackWriter::new(
+                    Arc::clone(backend),
+                    repo.config().pack_size,
+                    repo.keys().clone(),
+                ),
+                keys: repo.keys().clone(),
                 encoder: Encoder::new(options.compression_level)?,
                 shared: &shared,
                 buffer: AlignedBuffer::with_capacity(0),
@@ -327,6 +335,8 @@ struct TaskOutcome {
 /// A worker: reads file pieces, hashes, deduplicates, compresses and packs them.
 struct FileReader<'a> {
     packs: PackWriter,
+    /// What blob ids are hashed with.
+    keys: Keys,
     encoder: Encoder,
     shared: &'a Shared,
     buffer: AlignedBuffer,
@@ -371,7 +381,7 @@ impl FileReader<'_> {
     /// Stores the first `len` bytes of `self.buffer` unless the repository already has them.
     fn store(&mut self, len: usize) -> Result<BlobRef> {
         let raw = &self.buffer.as_slice()[..len];
-        let id = ContentId::of(raw);
+        let id = self.keys.id_of(raw);
         let raw_length = raw.len() as u64;
         let dedup = &self.shared.dedup;
         if dedup.tracks(raw_length) {
@@ -381,7 +391,10 @@ impl FileReader<'_> {
         }
         let blob = match self.encoder.compress(raw) {
             Some(compressed) => self.packs.add(id, compressed, raw_length, true)?,
-            None => self.packs.add(id, raw, raw_length, false)?,
+            None => {
+                let raw = &mut self.buffer.as_mut_slice()[..len];
+                self.packs.add(id, raw, raw_length, false)?
+            }
         };
         self.shared
             .bytes_stored

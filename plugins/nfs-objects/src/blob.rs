@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{Keys, OVERHEAD, PackKey};
 use crate::direct::AlignedBuffer;
 use crate::error::{Error, Result};
 use crate::id::ContentId;
@@ -25,13 +26,13 @@ const SAMPLE_SLICES: usize = 8;
 /// Where a blob is stored and how to turn it back into raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
-    /// blake3 of the raw bytes.
+    /// blake3 of the raw bytes (keyed, in an encrypted repository).
     pub id: ContentId,
     /// Name of the pack holding it (32 hex digits; object `data/<first 2>/<name>.pack`).
     pub pack: String,
     /// Byte offset of the stored form inside the pack.
     pub offset: u64,
-    /// Length of the stored form.
+    /// Length of the stored form (sealed, in an encrypted repository: nonce, ciphertext, tag).
     pub length: u64,
     /// Length of the raw bytes.
     pub raw_length: u64,
@@ -67,8 +68,9 @@ impl Encoder {
         })
     }
 
-    /// The compressed form of `raw`, or `None` when compression does not save 1/16.
-    pub fn compress(&mut self, raw: &[u8]) -> Option<&[u8]> {
+    /// The compressed form of `raw`, or `None` when compression does not save 1/16. Mutable,
+    /// so that an encrypted repository seals it in place.
+    pub fn compress(&mut self, raw: &[u8]) -> Option<&mut [u8]> {
         if raw.len() < MIN_COMPRESS_LEN || self.sample_incompressible(raw) {
             return None;
         }
@@ -82,7 +84,7 @@ impl Encoder {
             .compressor
             .compress_to_buffer(raw, &mut self.output[..limit])
         {
-            Ok(len) if len < limit => Some(&self.output[..len]),
+            Ok(len) if len < limit => Some(&mut self.output[..len]),
             _ => None,
         }
     }
@@ -114,11 +116,17 @@ impl Encoder {
 /// Turns stored blobs back into raw bytes, checked against their ids. Restore and verify pass
 /// every byte of a repository through here, so each worker keeps one: a raw blob is checked in
 /// place, a compressed one is decompressed into a buffer and with a zstd context that are both
-/// reused (a fresh context and 4 MiB buffer per blob cost 5 % of a restore).
+/// reused (a fresh context and 4 MiB buffer per blob cost 5 % of a restore). In an encrypted
+/// repository a blob is opened first, into a buffer also reused, under its pack's key (kept
+/// while the blobs come from the same pack).
 pub struct Decoder {
     decompressor: zstd::bulk::Decompressor<'static>,
     /// Aligned, so a restore can write decompressed data straight to disk (see `direct`).
     scratch: AlignedBuffer,
+    keys: Keys,
+    pack_key: Option<PackKey>,
+    /// The opened (decrypted) stored form; aligned like `scratch`.
+    opened: AlignedBuffer,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -128,12 +136,16 @@ impl std::fmt::Debug for Decoder {
 }
 
 impl Decoder {
-    pub fn new() -> Result<Self> {
+    /// A decoder of blobs named and sealed with `keys`.
+    pub fn new(keys: Keys) -> Result<Self> {
         let decompressor = zstd::bulk::Decompressor::new()
             .map_err(|err| Error::Internal(format!("zstd decompressor: {err}")))?;
         Ok(Self {
             decompressor,
             scratch: AlignedBuffer::with_capacity(0),
+            keys,
+            pack_key: None,
+            opened: AlignedBuffer::with_capacity(0),
         })
     }
 
@@ -150,6 +162,28 @@ impl Decoder {
                 blob.length
             )));
         }
+        let stored: &[u8] = if self.keys.is_encrypted() {
+            if self
+                .pack_key
+                .as_ref()
+                .is_none_or(|key| key.pack() != blob.pack)
+            {
+                self.pack_key = self.keys.pack_key(&blob.pack);
+            }
+            let key = self
+                .pack_key
+                .as_ref()
+                .expect("encrypted keys make pack keys");
+            let length = stored.len().checked_sub(OVERHEAD).ok_or_else(|| {
+                corrupt(format!("{} bytes cannot hold a sealed blob", stored.len()))
+            })?;
+            let area = &mut self.opened.fill_area(length)[..length];
+            key.open(&blob.id, stored, area).map_err(corrupt)?;
+            self.opened.truncate(length);
+            self.opened.as_slice()
+        } else {
+            stored
+        };
         let raw: &[u8] = if blob.zstd {
             let capacity = usize::try_from(blob.raw_length)
                 .map_err(|_| corrupt("raw length does not fit in memory".into()))?;
@@ -169,7 +203,7 @@ impl Decoder {
                 blob.raw_length
             )));
         }
-        if ContentId::of(raw) != blob.id {
+        if self.keys.id_of(raw) != blob.id {
             return Err(corrupt("content does not match its id".into()));
         }
         Ok(raw)
@@ -198,7 +232,7 @@ mod tests {
         let out = encoder.compress(&raw).expect("text compresses").to_vec();
         assert!(out.len() < raw.len() / 4);
         assert_eq!(
-            Decoder::new()
+            Decoder::new(Keys::plaintext())
                 .unwrap()
                 .decode(&stored(&raw, &out, true), &out)
                 .unwrap(),
@@ -246,12 +280,12 @@ mod tests {
         let raw = b"some artifact".to_vec();
         let mut bad = raw.clone();
         bad[3] ^= 1;
-        let err = Decoder::new()
+        let err = Decoder::new(Keys::plaintext())
             .unwrap()
             .decode(&stored(&raw, &bad, false), &bad)
             .unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-        let err = Decoder::new()
+        let err = Decoder::new(Keys::plaintext())
             .unwrap()
             .decode(&stored(&raw, &raw, false), &raw[..5])
             .unwrap_err();

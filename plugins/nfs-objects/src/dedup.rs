@@ -131,7 +131,7 @@ impl DedupIndex {
             .filter_map(|n| pack_of(n))
             .any(|pack| self.packs.get(&pack).is_none())
         {
-            refreshed = PackSizes::list(backend)?;
+            refreshed = PackSizes::list(backend, self.packs.overhead())?;
             &refreshed
         } else {
             self.packs.as_ref()
@@ -165,7 +165,7 @@ impl DedupIndex {
             let pack = pack_of(name).unwrap_or_default();
             let size = packs.get(&pack).map_or(0, |p| p.size);
             match entries {
-                Ok(entries) => match index::index_flaw(&pack, &entries, size) {
+                Ok(entries) => match index::index_flaw(&pack, &entries, size, packs.overhead()) {
                     Some(flaw) => self.distrusted.add(
                         name,
                         format!("{flaw}; the index is not used, content it lists is stored again"),
@@ -205,7 +205,7 @@ mod tests {
     use crate::pack::PackWriter;
 
     fn index_of(backend: &Arc<dyn Backend>, min_length: u64) -> DedupIndex {
-        let packs = PackSizes::list(backend.as_ref()).unwrap();
+        let packs = PackSizes::list(backend.as_ref(), 0).unwrap();
         DedupIndex::new(backend.clone(), min_length, Arc::new(packs), 2)
     }
 
@@ -213,11 +213,14 @@ mod tests {
     fn finds_large_blobs_of_earlier_packs_and_new_ones() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 1 << 20);
+        let mut writer =
+            PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
         let large = writer
-            .add(ContentId::of(b"large"), b"large", 5, false)
+            .add(ContentId::of(b"large"), &mut b"large".to_owned(), 5, false)
             .unwrap();
-        let small = writer.add(ContentId::of(b"s"), b"s", 1, false).unwrap();
+        let small = writer
+            .add(ContentId::of(b"s"), &mut b"s".to_owned(), 1, false)
+            .unwrap();
         writer.finish().unwrap();
 
         let index = index_of(&backend, 5);
@@ -248,15 +251,16 @@ mod tests {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
         let mut blobs = Vec::new();
         for content in [&b"first"[..], b"second", b"third"] {
-            let mut writer = PackWriter::new(backend.clone(), 1 << 20);
+            let mut writer =
+                PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
             let id = ContentId::of(content);
             blobs.push(
                 writer
-                    .add(id, content, content.len() as u64, false)
+                    .add(id, &mut content.to_owned(), content.len() as u64, false)
                     .unwrap(),
             );
             writer
-                .add(id, content, content.len() as u64, false)
+                .add(id, &mut content.to_owned(), content.len() as u64, false)
                 .unwrap();
             writer.finish().unwrap();
         }

@@ -86,6 +86,10 @@ impl AlignedBuffer {
         &self.storage[self.start..self.start + self.len]
     }
 
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+
     /// The first `len` bytes, to be written into (e.g. as a read or decompression target); sets
     /// the length to `len`. A buffer too small is first replaced by a larger one, dropping its
     /// content.

@@ -46,6 +46,10 @@ pub enum Error {
     /// A mount-safety rule refused the operation.
     #[error("mount check failed: {0}")]
     Mount(String),
+    /// The step's key does not fit the repository: none named for an encrypted one, one named
+    /// for a plaintext one, or one that opens none of its keys. The configuration must change.
+    #[error("encryption: {0}")]
+    Encryption(String),
     /// The caller asked for something contradictory or impossible.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 
 use rustix::fs::FileType;
 
-use crate::id::ContentId;
+use crate::crypto::Keys;
 use crate::manifest::{Entry, Kind};
 use crate::target::Found;
 
@@ -78,12 +78,13 @@ pub fn same_size_and_mtime(found: &Found, entry: &Entry) -> bool {
 }
 
 /// Whether open `file` holds exactly `entry`'s content: same size and mtime, and every chunk
-/// hashes to its content id. Stops reading at the first chunk that differs. `buffer` holds one
-/// chunk at a time (kept by the caller between calls).
+/// hashes to its content id (under `keys`). Stops reading at the first chunk that differs.
+/// `buffer` holds one chunk at a time (kept by the caller between calls).
 pub fn holds_content(
     file: &File,
     found: &Found,
     entry: &Entry,
+    keys: &Keys,
     buffer: &mut Vec<u8>,
 ) -> io::Result<bool> {
     if !same_size_and_mtime(found, entry) {
@@ -94,7 +95,7 @@ pub fn holds_content(
         let length = usize::try_from(blob.raw_length).map_err(io::Error::other)?;
         buffer.resize(length, 0);
         file.read_exact_at(buffer, offset)?;
-        if ContentId::of(buffer) != blob.id {
+        if keys.id_of(buffer) != blob.id {
             return Ok(false);
         }
         offset += blob.raw_length;

@@ -6,6 +6,7 @@
 
 use crate::backend::Backend;
 use crate::blob::{BlobRef, Decoder};
+use crate::crypto::Keys;
 use crate::error::Result;
 use crate::repo::pack_object;
 
@@ -30,10 +31,11 @@ impl std::fmt::Debug for Fetcher<'_> {
 }
 
 impl<'a> Fetcher<'a> {
-    pub fn new(backend: &'a dyn Backend) -> Result<Self> {
+    /// A fetcher of blobs named and sealed with `keys`.
+    pub fn new(backend: &'a dyn Backend, keys: Keys) -> Result<Self> {
         Ok(Self {
             backend,
-            decoder: Decoder::new()?,
+            decoder: Decoder::new(keys)?,
             buffer: Vec::new(),
         })
     }
@@ -99,12 +101,18 @@ mod tests {
     fn merged_reads_return_each_blob_and_name_damage() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 1 << 20);
+        let mut writer =
+            PackWriter::new(backend.clone(), 1 << 20, crate::crypto::Keys::plaintext());
         let blobs: Vec<BlobRef> = [&b"one"[..], b"two", b"three"]
             .iter()
             .map(|raw| {
                 writer
-                    .add(ContentId::of(raw), raw, raw.len() as u64, false)
+                    .add(
+                        ContentId::of(raw),
+                        &mut raw.to_vec(),
+                        raw.len() as u64,
+                        false,
+                    )
                     .unwrap()
             })
             .collect();
@@ -121,7 +129,7 @@ mod tests {
             (3, missing),
         ];
         let mut seen = Vec::new();
-        Fetcher::new(backend.as_ref())
+        Fetcher::new(backend.as_ref(), Keys::plaintext())
             .unwrap()
             .fetch_each(wanted, |tag, _, result| {
                 seen.push((tag, result.map(<[u8]>::to_vec)))

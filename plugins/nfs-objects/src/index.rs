@@ -7,7 +7,8 @@
 //! each pack's size, and judge claims without any further request:
 //!
 //! - a reference must be possible on its own terms (a pack name of 32 hex digits, a raw blob as
-//!   long as its raw length, a compressed one shorter) and lie inside an existing pack;
+//!   long as its raw length, a compressed one shorter; in an encrypted repository, each plus
+//!   the nonce and tag of its sealing) and lie inside an existing pack;
 //! - an index must describe its pack exactly. The pack writer lays blobs back to back from byte
 //!   0, so an index's entries, sorted by offset, cover the pack without gap or overlap and end at
 //!   its last byte. That catches an index whose offsets or lengths were changed even where the
@@ -38,13 +39,19 @@ pub struct PackInfo {
     pub modified: SystemTime,
 }
 
-/// Every pack of the repository by name, from one listing of `data/`.
+/// Every pack of the repository by name, from one listing of `data/`, and what sealing adds to
+/// each blob stored in them.
 #[derive(Debug, Clone, Default)]
-pub struct PackSizes(HashMap<String, PackInfo>);
+pub struct PackSizes {
+    packs: HashMap<String, PackInfo>,
+    overhead: u64,
+}
 
 impl PackSizes {
-    /// Lists `data/`. Objects that are not packs, or not where their name puts them, are left out.
-    pub fn list(backend: &dyn Backend) -> Result<Self> {
+    /// Lists `data/`, whose blobs are `overhead` bytes longer than their stored form (see
+    /// `Keys::blob_overhead`). Objects that are not packs, or not where their name puts them,
+    /// are left out.
+    pub fn list(backend: &dyn Backend, overhead: u64) -> Result<Self> {
         let mut packs = HashMap::new();
         for object in backend.list(DATA_PREFIX)? {
             if let Some(name) = object_stem(&object.name, ".pack") {
@@ -57,22 +64,27 @@ impl PackSizes {
                 }
             }
         }
-        Ok(Self(packs))
+        Ok(Self { packs, overhead })
+    }
+
+    /// What sealing adds to each blob.
+    pub fn overhead(&self) -> u64 {
+        self.overhead
     }
 
     /// Pack `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<PackInfo> {
-        self.0.get(name).copied()
+        self.packs.get(name).copied()
     }
 
     /// Every pack, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, PackInfo)> {
-        self.0.iter().map(|(name, info)| (name.as_str(), *info))
+        self.packs.iter().map(|(name, info)| (name.as_str(), *info))
     }
 
     /// Why `blob` cannot be where it says it is, if it cannot.
     pub fn flaw(&self, blob: &BlobRef) -> Option<String> {
-        if let Some(flaw) = blob_flaw(blob) {
+        if let Some(flaw) = blob_flaw(blob, self.overhead) {
             return Some(flaw);
         }
         let Some(pack) = self.get(&blob.pack) else {
@@ -96,8 +108,8 @@ pub fn valid_pack_name(name: &str) -> bool {
     name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Why `blob` is impossible whatever the packs hold, if it is.
-fn blob_flaw(blob: &BlobRef) -> Option<String> {
+/// Why `blob` is impossible whatever the packs hold, if it is (`overhead`: what sealing adds).
+fn blob_flaw(blob: &BlobRef, overhead: u64) -> Option<String> {
     let at = || format!("blob {} at offset {}", blob.id, blob.offset);
     if !valid_pack_name(&blob.pack) {
         return Some(format!("{}: {:?} is not a pack name", at(), blob.pack));
@@ -105,34 +117,34 @@ fn blob_flaw(blob: &BlobRef) -> Option<String> {
     if blob.offset.checked_add(blob.length).is_none() {
         return Some(format!("{}: length {} overflows", at(), blob.length));
     }
-    if blob.length == 0 {
-        return Some(format!("{}: stored in 0 bytes", at()));
+    if blob.length <= overhead {
+        return Some(format!("{}: stored in {} bytes", at(), blob.length));
     }
-    if !blob.zstd && blob.length != blob.raw_length {
+    let stored = blob.length - overhead;
+    if !blob.zstd && stored != blob.raw_length {
         return Some(format!(
-            "{}: stored raw in {} bytes but {} bytes long",
+            "{}: stored raw in {stored} bytes but {} bytes long",
             at(),
-            blob.length,
             blob.raw_length
         ));
     }
-    if blob.zstd && blob.length >= blob.raw_length {
+    if blob.zstd && stored >= blob.raw_length {
         return Some(format!(
-            "{}: compressed to {} bytes, not less than its {} raw bytes",
+            "{}: compressed to {stored} bytes, not less than its {} raw bytes",
             at(),
-            blob.length,
             blob.raw_length
         ));
     }
     None
 }
 
-/// Why `entries`, the index of pack `pack` of `size` bytes, does not describe it, if it does not.
-pub fn index_flaw(pack: &str, entries: &[BlobRef], size: u64) -> Option<String> {
+/// Why `entries`, the index of pack `pack` of `size` bytes whose blobs are `overhead` bytes
+/// longer than their stored form, does not describe it, if it does not.
+pub fn index_flaw(pack: &str, entries: &[BlobRef], size: u64, overhead: u64) -> Option<String> {
     if let Some(other) = entries.iter().find(|e| e.pack != pack) {
         return Some(format!("lists a blob of another pack, {:?}", other.pack));
     }
-    if let Some(flaw) = entries.iter().find_map(blob_flaw) {
+    if let Some(flaw) = entries.iter().find_map(|e| blob_flaw(e, overhead)) {
         return Some(flaw);
     }
     let mut by_offset: Vec<&BlobRef> = entries.iter().collect();
@@ -234,8 +246,8 @@ mod tests {
     fn an_index_must_cover_its_pack_exactly() {
         let pack = "ab".repeat(16);
         let good = [blob(4, 6), blob(0, 4)];
-        assert_eq!(index_flaw(&pack, &good, 10), None);
-        let flaw = |entries: &[BlobRef], size| index_flaw(&pack, entries, size).unwrap();
+        assert_eq!(index_flaw(&pack, &good, 10, 0), None);
+        let flaw = |entries: &[BlobRef], size| index_flaw(&pack, entries, size, 0).unwrap();
         assert!(flaw(&good, 11).contains("cover 10 bytes of the 11"));
         assert!(flaw(&[blob(0, 4), blob(5, 5)], 10).contains("a gap after byte 4"));
         assert!(flaw(&[blob(0, 4), blob(3, 7)], 10).contains("an overlap after byte 4"));
@@ -252,7 +264,7 @@ mod tests {
             size: 10,
             modified: SystemTime::UNIX_EPOCH,
         };
-        packs.0.insert("ab".repeat(16), info);
+        packs.packs.insert("ab".repeat(16), info);
         assert_eq!(packs.flaw(&blob(0, 10)), None);
         let flaw = |blob: &BlobRef| packs.flaw(blob).unwrap();
         assert!(flaw(&blob(6, 5)).contains("ends at byte 11, beyond the 10 bytes"));

@@ -7,6 +7,10 @@
 //! right after the pack. References to a blob are handed out before its pack is sealed; the
 //! backup publishes nothing that uses them until every writer has finished.
 //!
+//! In an encrypted repository each blob is sealed on its own (under its pack's key, see
+//! `crypto`) by the worker that stores it, so encryption costs the single coordinating thread
+//! nothing, and a blob stays readable by its byte range.
+//!
 //! The staged pack is written around the page cache in whole aligned blocks (see `direct`): the
 //! blobs are gathered in an aligned buffer, each full buffer is one direct write, and the last,
 //! zero-padded block is cut back to the pack's true length before the pack is synced.
@@ -17,6 +21,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::blob::BlobRef;
+use crate::crypto::{Keys, PackKey};
 use crate::direct::{AlignedBuffer, DirectFile};
 use crate::error::{IoContext, Result};
 use crate::id::{ContentId, random_name};
@@ -31,6 +36,7 @@ const WRITE_SIZE: usize = 1 << 20;
 pub struct PackWriter {
     backend: Arc<dyn Backend>,
     target_size: u64,
+    keys: Keys,
     open: Option<OpenPack>,
     /// Blobs not yet written to the open pack (kept between packs).
     buffer: AlignedBuffer,
@@ -46,9 +52,25 @@ struct OpenPack {
     written: u64,
     length: u64,
     blobs: Vec<BlobRef>,
+    /// What its blobs are sealed with, in an encrypted repository.
+    key: Option<PackKey>,
 }
 
 impl OpenPack {
+    /// Appends `bytes` to the pack through `buffer`, writing each time it is full.
+    fn append(&mut self, bytes: &[u8], buffer: &mut AlignedBuffer) -> Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let taken = buffer.append(rest);
+            rest = &rest[taken..];
+            if buffer.spare() == 0 {
+                self.write(buffer)?;
+            }
+        }
+        self.length += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Writes the full `buffer` at the end of the staged file.
     fn write(&mut self, buffer: &mut AlignedBuffer) -> Result<()> {
         self.file
@@ -68,46 +90,49 @@ impl Drop for OpenPack {
 }
 
 impl PackWriter {
-    /// A writer sealing packs once they reach `target_size` bytes.
-    pub fn new(backend: Arc<dyn Backend>, target_size: u64) -> Self {
+    /// A writer closing packs once they reach `target_size` bytes, sealing blobs under `keys`.
+    pub fn new(backend: Arc<dyn Backend>, target_size: u64, keys: Keys) -> Self {
         Self {
             backend,
             target_size,
+            keys,
             open: None,
             buffer: AlignedBuffer::with_capacity(WRITE_SIZE),
             packs_written: 0,
         }
     }
 
-    /// Appends one stored blob and returns where it will be found.
+    /// Appends one stored blob and returns where it will be found. In an encrypted repository
+    /// the blob is sealed first, in place: `stored` then holds its ciphertext.
     pub fn add(
         &mut self,
         id: ContentId,
-        stored: &[u8],
+        stored: &mut [u8],
         raw_length: u64,
         zstd: bool,
     ) -> Result<BlobRef> {
         let pack = match &mut self.open {
             Some(pack) => pack,
-            None => self.open.insert(self.start_pack()?),
+            None => self.open.insert(start_pack(&self.backend, &self.keys)?),
         };
-        let mut rest = stored;
-        while !rest.is_empty() {
-            let taken = self.buffer.append(rest);
-            rest = &rest[taken..];
-            if self.buffer.spare() == 0 {
-                pack.write(&mut self.buffer)?;
+        let start = pack.length;
+        match &pack.key {
+            Some(key) => {
+                let (nonce, tag) = key.seal_in_place(&id, stored)?;
+                for piece in [&nonce[..], stored, tag.as_ref()] {
+                    pack.append(piece, &mut self.buffer)?;
+                }
             }
+            None => pack.append(stored, &mut self.buffer)?,
         }
         let blob = BlobRef {
             id,
             pack: pack.name.clone(),
-            offset: pack.length,
-            length: stored.len() as u64,
+            offset: start,
+            length: pack.length - start,
             raw_length,
             zstd,
         };
-        pack.length += blob.length;
         pack.blobs.push(blob.clone());
         if pack.length >= self.target_size {
             self.seal()?;
@@ -119,20 +144,6 @@ impl PackWriter {
     pub fn finish(mut self) -> Result<u64> {
         self.seal()?;
         Ok(self.packs_written)
-    }
-
-    fn start_pack(&self) -> Result<OpenPack> {
-        let name = random_name();
-        let staged = self.backend.staging_file(".pack");
-        let file = DirectFile::create(&staged).at(&staged)?;
-        Ok(OpenPack {
-            name,
-            file,
-            staged,
-            written: 0,
-            length: 0,
-            blobs: Vec::new(),
-        })
     }
 
     fn seal(&mut self) -> Result<()> {
@@ -156,6 +167,22 @@ impl PackWriter {
     }
 }
 
+/// A new, empty staged pack.
+fn start_pack(backend: &Arc<dyn Backend>, keys: &Keys) -> Result<OpenPack> {
+    let name = random_name();
+    let staged = backend.staging_file(".pack");
+    let file = DirectFile::create(&staged).at(&staged)?;
+    Ok(OpenPack {
+        key: keys.pack_key(&name),
+        name,
+        file,
+        staged,
+        written: 0,
+        length: 0,
+        blobs: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,14 +192,26 @@ mod tests {
     fn packs_are_sealed_at_the_target_size_with_an_index() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 10);
+        let mut writer = PackWriter::new(backend.clone(), 10, Keys::plaintext());
         let a = writer
-            .add(ContentId::of(b"aaaaaa"), b"aaaaaa", 6, false)
+            .add(
+                ContentId::of(b"aaaaaa"),
+                &mut b"aaaaaa".to_owned(),
+                6,
+                false,
+            )
             .unwrap();
         let b = writer
-            .add(ContentId::of(b"bbbbbb"), b"bbbbbb", 6, false)
+            .add(
+                ContentId::of(b"bbbbbb"),
+                &mut b"bbbbbb".to_owned(),
+                6,
+                false,
+            )
             .unwrap();
-        let c = writer.add(ContentId::of(b"c"), b"c", 1, false).unwrap();
+        let c = writer
+            .add(ContentId::of(b"c"), &mut b"c".to_owned(), 1, false)
+            .unwrap();
         assert_eq!(a.pack, b.pack);
         assert_eq!(b.offset, 6);
         assert_ne!(c.pack, a.pack, "the first pack was full");
@@ -189,8 +228,10 @@ mod tests {
     fn an_abandoned_writer_publishes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
-        let mut writer = PackWriter::new(backend.clone(), 1 << 20);
-        writer.add(ContentId::of(b"x"), b"x", 1, false).unwrap();
+        let mut writer = PackWriter::new(backend.clone(), 1 << 20, Keys::plaintext());
+        writer
+            .add(ContentId::of(b"x"), &mut b"x".to_owned(), 1, false)
+            .unwrap();
         drop(writer);
         assert!(backend.list("data/").unwrap().is_empty());
         assert_eq!(fs::read_dir(backend.staging_dir()).unwrap().count(), 0);

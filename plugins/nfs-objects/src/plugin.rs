@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use backplan_plugin_sdk::{
-    Action, Context, Discovered, DiscoveredBackup, ErrorKind, Permissions, Plugin, PluginError,
-    PluginResult, Progress, Request, Role, StepOutput,
+    Action, Context, Discovered, DiscoveredBackup, ErrorKind, KeyOperation, Permissions, Plugin,
+    PluginError, PluginResult, Progress, Request, Role, StepOutput,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,9 @@ use crate::backend::{
 };
 use crate::backup::{BackupOptions, Skipped, backup, default_workers};
 use crate::control::{self, Control};
+use crate::encryption::{Encryption, keys_action};
 use crate::error::Error;
+use crate::keyring::Kek;
 use crate::mount::{MountExpectation, SourceKind, check_current};
 use crate::prune::{PruneOptions, Retention, prune};
 use crate::repo::{CONFIG_OBJECT, IN_PROGRESS_GRACE, RepoConfig, Repository};
@@ -100,6 +102,10 @@ pub struct Config {
     /// that of the older objects it references, so no snapshot can be deleted before it is
     /// `days` old. See FORMAT.md, "Object Lock".
     pub object_lock: Option<ObjectLock>,
+    /// Encrypts a new repository (format version 2) and opens an encrypted one: exactly one of
+    /// `passphrase_file`, `passphrase_env`, `kms_key_id`. Set on an existing plaintext
+    /// repository, or missing for an encrypted one, it is a configuration error.
+    pub encryption: Option<Encryption>,
 }
 
 impl Config {
@@ -131,6 +137,9 @@ impl Config {
         self.retention.validate().map_err(PluginError::config)?;
         if let Some(flaw) = self.object_lock.as_ref().and_then(ObjectLock::flaw) {
             return Err(PluginError::config(flaw));
+        }
+        if let Some(encryption) = &self.encryption {
+            encryption.validate()?;
         }
         let source = self.source.to_string_lossy();
         let source_known = !Request::is_unresolved(&source);
@@ -176,6 +185,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The key-encryption key the step names, read now; `None` for a plaintext repository.
+    fn kek(&self) -> PluginResult<Option<Kek>> {
+        self.encryption
+            .as_ref()
+            .map(|encryption| encryption.kek(self.region.as_deref()))
+            .transpose()
+    }
+
+    /// The repository in `backend`, opened with the step's key.
+    fn open(&self, backend: Arc<dyn Backend>) -> PluginResult<Repository> {
+        Repository::open_with(backend, self.kek()?.as_ref()).map_err(to_plugin_error)
+    }
+
+    /// For `check`: whether the repository in `backend` is of this format, and encrypted exactly
+    /// when the step names a key, whose source is read. The key itself is tried by the action
+    /// (opening costs an argon2id derivation, which `check` before every run would double).
+    fn check_key_choice(&self, backend: &dyn Backend) -> PluginResult<()> {
+        let found = Repository::peek(backend).map_err(to_plugin_error)?;
+        let kek = self.kek()?;
+        found
+            .check_key_choice(kek.as_ref())
+            .map_err(to_plugin_error)
     }
 
     /// This step's repository, to write into (backup, prune): a missing local folder is made.
@@ -226,7 +259,7 @@ impl Config {
         if let Some(location) = S3Location::parse(&self.repository) {
             let backend = self.s3(location.map_err(to_plugin_error)?)?;
             return Ok(if backend.exists(CONFIG_OBJECT).map_err(to_plugin_error)? {
-                Repository::open(Arc::new(backend)).map_err(to_plugin_error)?;
+                self.check_key_choice(&backend)?;
                 RepositoryState::Readable
             } else if backend.is_empty().map_err(to_plugin_error)? {
                 RepositoryState::Empty
@@ -236,7 +269,7 @@ impl Config {
         }
         let folder = local_path(&self.repository)?;
         Ok(if folder.join(CONFIG_OBJECT).exists() {
-            Repository::open(self.reader_at(&self.repository)?).map_err(to_plugin_error)?;
+            self.check_key_choice(self.reader_at(&self.repository)?.as_ref())?;
             RepositoryState::Readable
         } else if LocalBackend::holds_only_staged_files(folder) == Some(false) {
             RepositoryState::Foreign
@@ -431,6 +464,7 @@ impl Plugin for NfsObjects {
         Action::Restore,
         Action::Prune,
         Action::Discover,
+        Action::Keys,
     ];
 
     /// An S3 repository: every role lists the bucket and reads objects under its prefix; backup
@@ -547,7 +581,15 @@ impl Plugin for NfsObjects {
                     config.repository
                 )));
             }
-            RepositoryState::Empty => "repository will be created",
+            RepositoryState::Empty => {
+                // The key source is read now, so a missing passphrase shows before a run.
+                config.kek()?;
+                if config.encryption.is_some() {
+                    "an encrypted repository will be created"
+                } else {
+                    "repository will be created"
+                }
+            }
         };
         let mut output =
             StepOutput::new(format!("{} ready; {repository}", config.source.display()));
@@ -568,8 +610,11 @@ impl Plugin for NfsObjects {
             return dry_backup(config);
         }
         config.require_object_lock()?;
-        let repo = Repository::open_or_init(config.backend()?, RepoConfig::default())
-            .map_err(to_plugin_error)?;
+        // The key first: a key source that cannot be read fails before anything is written.
+        let kek = config.kek()?;
+        let repo =
+            Repository::open_or_init_with(config.backend()?, RepoConfig::default(), kek.as_ref())
+                .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
         options.workers = config.workers();
         options.allow_empty = ctx.request().force;
@@ -611,8 +656,7 @@ impl Plugin for NfsObjects {
     fn verify(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         let record: Record = ctx.record()?;
         let request: VerifyRequest = options(ctx)?;
-        let repo =
-            Repository::open(config.reader_at(&record.repository)?).map_err(to_plugin_error)?;
+        let repo = config.open(config.reader_at(&record.repository)?)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let options = VerifyOptions {
@@ -685,8 +729,7 @@ impl Plugin for NfsObjects {
                 source
             }
         };
-        let repo =
-            Repository::open(config.reader_at(&record.repository)?).map_err(to_plugin_error)?;
+        let repo = config.open(config.reader_at(&record.repository)?)?;
         let snapshot =
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let mut options = RestoreOptions::new(&target);
@@ -746,7 +789,7 @@ impl Plugin for NfsObjects {
 
     fn prune(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
         config.retention.validate().map_err(PluginError::config)?;
-        let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+        let repo = config.open(config.backend()?)?;
         // Only this step's snapshots are pruned. A source made by an earlier step is not known
         // at prune time; the backups this step recorded say which it was.
         let source = config.source.display().to_string();
@@ -827,6 +870,10 @@ impl Plugin for NfsObjects {
         Ok(output)
     }
 
+    fn keys(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        Self::keys_of(ctx, config)
+    }
+
     /// This step's snapshots in its repository, each with the record its backup
     /// returned. Reads headers only: no lock, no staged leftovers collected, nothing written.
     fn discover(&self, ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
@@ -842,8 +889,9 @@ impl Plugin for NfsObjects {
             err.message = format!("{}: {}", config.repository, err.message);
             err
         };
-        let repo =
-            Repository::open(config.reader_at(&config.repository)?).map_err(in_repository)?;
+        let kek = config.kek()?;
+        let repo = Repository::open_with(config.reader_at(&config.repository)?, kek.as_ref())
+            .map_err(in_repository)?;
         let (snapshots, unreadable) =
             snapshot::list_readable(repo.backend().as_ref()).map_err(in_repository)?;
         let request = ctx.request();
@@ -979,6 +1027,31 @@ fn lock_shorter_than_retention(lock: &ObjectLock, retention: &Retention) -> Opti
     })
 }
 
+impl NfsObjects {
+    /// Lists, adds or removes the keys of the step's encrypted repository (`backplan keys`),
+    /// opening it with the step's key. Only `keys/` changes; no data is read or rewritten.
+    fn keys_of(ctx: &Context, config: &Config) -> PluginResult<StepOutput> {
+        let operation: KeyOperation = ctx.options()?;
+        Request::require_resolved([config.repository.as_str()])?;
+        let Some(kek) = config.kek()? else {
+            return Err(PluginError::config(
+                "the step has no `encryption`: its repository is not encrypted and has no keys",
+            ));
+        };
+        // Read first: a mistyped path is refused, not made into an empty folder.
+        let reader = config.reader_at(&config.repository)?;
+        Repository::peek(reader.as_ref()).map_err(to_plugin_error)?;
+        let backend = match operation {
+            KeyOperation::List => reader,
+            _ => config.backend()?,
+        };
+        let (summary, keys, warnings) =
+            keys_action(backend.as_ref(), &kek, &operation, config.region.as_deref())?;
+        let output = StepOutput::new(summary).record(keys);
+        Ok(warnings.into_iter().fold(output, StepOutput::warning))
+    }
+}
+
 /// What a backup would do, writing nothing: where it would go and what it would compare with.
 fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
     let source = config.source.display().to_string();
@@ -991,7 +1064,7 @@ fn dry_backup(config: &Config) -> PluginResult<StepOutput> {
         }
         RepositoryState::Empty => "a new repository".to_owned(),
         RepositoryState::Readable => {
-            let repo = Repository::open(config.backend()?).map_err(to_plugin_error)?;
+            let repo = config.open(config.backend()?)?;
             let snapshots = snapshot::list(repo.backend().as_ref()).map_err(to_plugin_error)?;
             match snapshots.into_iter().rev().find(|s| s.source == source) {
                 Some(parent) => format!(
@@ -1085,7 +1158,7 @@ fn local_path(repository: &str) -> PluginResult<&Path> {
 }
 
 /// The runner's view of an engine error: may a retry help, or is it the plan's fault?
-fn to_plugin_error(err: Error) -> PluginError {
+pub(crate) fn to_plugin_error(err: Error) -> PluginError {
     let kind = match &err {
         Error::Cancelled => return PluginError::cancelled(),
         Error::Backend {
@@ -1094,7 +1167,9 @@ fn to_plugin_error(err: Error) -> PluginError {
         Error::Backend {
             transient: false, ..
         } => ErrorKind::Permanent,
-        Error::Invalid(_) | Error::NotARepository(_) | Error::Access(_) => ErrorKind::Config,
+        Error::Invalid(_) | Error::NotARepository(_) | Error::Access(_) | Error::Encryption(_) => {
+            ErrorKind::Config
+        }
         Error::Internal(_) => ErrorKind::Internal,
         Error::Io { .. }
         | Error::MissingObject(_)

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, SealedBackend};
+use crate::crypto::{self, Keys};
 use crate::error::{Error, Result};
+use crate::keyring::{self, KEYS_PREFIX, Kek};
 
 /// The object that marks a folder or prefix as a repository.
 pub const CONFIG_OBJECT: &str = "config.json";
@@ -25,7 +27,10 @@ pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 pub const IN_PROGRESS_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 const FORMAT_NAME: &str = "backplan-nfs-objects";
-const FORMAT_VERSION: u32 = 1;
+/// Plaintext repositories.
+const PLAINTEXT_VERSION: u32 = 1;
+/// Encrypted repositories (see `crypto`).
+const ENCRYPTED_VERSION: u32 = 2;
 
 /// Bounds of `chunk_size`. Each worker holds a chunk (and its compressed form) in memory, and a
 /// manifest entry holds one reference per chunk of its file, so neither end may be absurd.
@@ -65,15 +70,83 @@ pub fn object_stem<'a>(object: &'a str, suffix: &str) -> Option<&'a str> {
 pub struct RepoConfig {
     /// Always `backplan-nfs-objects`.
     pub format: String,
-    /// Format version; this code reads version 1.
+    /// Format version: 1 (plaintext) or 2 (encrypted).
     pub version: u32,
     /// Files larger than this are split into chunks of exactly this size (the last one shorter).
     pub chunk_size: u64,
     /// A pack is sealed once it holds at least this many bytes.
     pub pack_size: u64,
+    /// Version 2: the construction every object is sealed with, `aes-256-gcm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+}
+
+/// Whether the encrypted repository in `backend` is one whose creation was killed between its
+/// config and its key: no key, and nothing any key would have sealed.
+fn unfinished_creation(backend: &dyn Backend) -> Result<bool> {
+    for prefix in [
+        KEYS_PREFIX,
+        DATA_PREFIX,
+        INDEX_PREFIX,
+        MANIFEST_PREFIX,
+        SNAPSHOT_PREFIX,
+    ] {
+        if !backend.list(prefix)?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `config.json` read and checked.
+fn parse_config(bytes: &[u8]) -> Result<RepoConfig> {
+    let config: RepoConfig = serde_json::from_slice(bytes)
+        .map_err(|err| Error::NotARepository(format!("{CONFIG_OBJECT}: {err}")))?;
+    let known = match config.version {
+        PLAINTEXT_VERSION => config.encryption.is_none(),
+        ENCRYPTED_VERSION => config.encryption.as_deref() == Some(crypto::ALGORITHM),
+        _ => false,
+    };
+    if config.format != FORMAT_NAME || !known {
+        return Err(Error::NotARepository(format!(
+            "format {} version {} encryption {} (this is {FORMAT_NAME} version              {PLAINTEXT_VERSION}, or {ENCRYPTED_VERSION} with {})",
+            config.format,
+            config.version,
+            config.encryption.as_deref().unwrap_or("none"),
+            crypto::ALGORITHM
+        )));
+    }
+    if let Some(flaw) = config.flaw() {
+        return Err(Error::NotARepository(format!("{CONFIG_OBJECT}: {flaw}")));
+    }
+    Ok(config)
 }
 
 impl RepoConfig {
+    /// Whether the repository is encrypted (format version 2).
+    pub fn is_encrypted(&self) -> bool {
+        self.version == ENCRYPTED_VERSION
+    }
+
+    /// Whether a step naming key `kek` (or none) may use this repository: a key for an
+    /// encrypted one, none for a plaintext one. Nothing is ever written in plaintext into an
+    /// encrypted repository.
+    pub fn check_key_choice(&self, kek: Option<&Kek>) -> Result<()> {
+        match (self.is_encrypted(), kek) {
+            (false, Some(kek)) => Err(Error::Encryption(format!(
+                "the repository is not encrypted (format version 1), but the step names a key \
+                 ({kek}): remove `encryption` from the step, or back up into a new, empty \
+                 repository to have it encrypted"
+            ))),
+            (true, None) => Err(Error::Encryption(
+                "the repository is encrypted (format version 2), but the step names no key: set \
+                 encryption.passphrase_file, encryption.passphrase_env or encryption.kms_key_id"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Why these tunables are unusable, if they are.
     fn flaw(&self) -> Option<String> {
         if !CHUNK_SIZE.contains(&self.chunk_size) {
@@ -99,9 +172,10 @@ impl Default for RepoConfig {
     fn default() -> Self {
         Self {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: PLAINTEXT_VERSION,
             chunk_size: 4 << 20,
             pack_size: 32 << 20,
+            encryption: None,
         }
     }
 }
@@ -109,15 +183,41 @@ impl Default for RepoConfig {
 /// An opened repository.
 #[derive(Debug, Clone)]
 pub struct Repository {
+    /// Sealing and opening objects when the repository is encrypted.
     backend: Arc<dyn Backend>,
     config: RepoConfig,
+    keys: Keys,
+    /// The key file that opened an encrypted repository.
+    key_id: Option<String>,
 }
 
 impl Repository {
-    /// Opens the repository in `backend`, creating it with `defaults` when the backend is empty.
+    /// Opens the plaintext repository in `backend`, creating it with `defaults` when the
+    /// backend is empty.
     pub fn open_or_init(backend: Arc<dyn Backend>, defaults: RepoConfig) -> Result<Self> {
+        Self::open_or_init_with(backend, defaults, None)
+    }
+
+    /// Opens the repository in `backend` with key-encryption key `kek` (`None`: a plaintext
+    /// one), creating it with `defaults` when the backend is empty, encrypted exactly when a
+    /// `kek` is given. Nothing is written before `kek` is known to work.
+    pub fn open_or_init_with(
+        backend: Arc<dyn Backend>,
+        mut defaults: RepoConfig,
+        kek: Option<&Kek>,
+    ) -> Result<Self> {
         match backend.get(CONFIG_OBJECT) {
-            Ok(bytes) => Self::from_config_bytes(backend, &bytes),
+            Ok(bytes) => {
+                let config = parse_config(&bytes)?;
+                if let Some(kek) = kek.filter(|_| config.is_encrypted()) {
+                    if unfinished_creation(backend.as_ref())? {
+                        let key = keyring::create(kek)?;
+                        key.publish(backend.as_ref())?;
+                        return Ok(Self::with_keys(backend, config, Some(key.opened)));
+                    }
+                }
+                Self::from_config_bytes(backend, &bytes, kek)
+            }
             Err(Error::MissingObject(_)) => {
                 if let Some(flaw) = defaults.flaw() {
                     return Err(Error::Invalid(flaw));
@@ -127,21 +227,34 @@ impl Repository {
                         "{CONFIG_OBJECT} is missing but snapshots exist"
                     )));
                 }
+                // The key is made (argon2id, KMS) before anything is written; the config comes
+                // first, so a folder holding a key file is always a repository.
+                let key = kek.map(keyring::create).transpose()?;
+                if key.is_some() {
+                    defaults.version = ENCRYPTED_VERSION;
+                    defaults.encryption = Some(crypto::ALGORITHM.into());
+                }
                 let bytes = serde_json::to_vec_pretty(&defaults).expect("config serialises");
                 backend.put_bytes(CONFIG_OBJECT, &bytes)?;
-                Ok(Self {
-                    backend,
-                    config: defaults,
-                })
+                let opened = key
+                    .map(|key| key.publish(backend.as_ref()).map(|()| key.opened))
+                    .transpose()?;
+                Ok(Self::with_keys(backend, defaults, opened))
             }
             Err(err) => Err(err),
         }
     }
 
-    /// Opens an existing repository; never creates one (restore, verify and prune use this).
+    /// Opens an existing plaintext repository; never creates one.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::open_with(backend, None)
+    }
+
+    /// Opens an existing repository with key-encryption key `kek` (`None`: a plaintext one);
+    /// never creates one (restore, verify and prune use this).
+    pub fn open_with(backend: Arc<dyn Backend>, kek: Option<&Kek>) -> Result<Self> {
         match backend.get(CONFIG_OBJECT) {
-            Ok(bytes) => Self::from_config_bytes(backend, &bytes),
+            Ok(bytes) => Self::from_config_bytes(backend, &bytes, kek),
             Err(Error::MissingObject(_)) => {
                 Err(Error::NotARepository(format!("{CONFIG_OBJECT} not found")))
             }
@@ -149,24 +262,68 @@ impl Repository {
         }
     }
 
-    fn from_config_bytes(backend: Arc<dyn Backend>, bytes: &[u8]) -> Result<Self> {
-        let config: RepoConfig = serde_json::from_slice(bytes)
-            .map_err(|err| Error::NotARepository(format!("{CONFIG_OBJECT}: {err}")))?;
-        if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
-            return Err(Error::NotARepository(format!(
-                "format {} version {} (this is {FORMAT_NAME} version {FORMAT_VERSION})",
-                config.format, config.version
-            )));
-        }
-        if let Some(flaw) = config.flaw() {
-            return Err(Error::NotARepository(format!("{CONFIG_OBJECT}: {flaw}")));
-        }
-        Ok(Self { backend, config })
+    /// The tunables of the repository in `backend`, read without opening it: whether it is
+    /// encrypted, for a caller that must choose a key.
+    pub fn peek(backend: &dyn Backend) -> Result<RepoConfig> {
+        let bytes = match backend.get(CONFIG_OBJECT) {
+            Err(Error::MissingObject(_)) => {
+                return Err(Error::NotARepository(format!("{CONFIG_OBJECT} not found")));
+            }
+            other => other?,
+        };
+        parse_config(&bytes)
     }
 
-    /// The store holding the objects.
+    fn from_config_bytes(
+        backend: Arc<dyn Backend>,
+        bytes: &[u8],
+        kek: Option<&Kek>,
+    ) -> Result<Self> {
+        let config = parse_config(bytes)?;
+        config.check_key_choice(kek)?;
+        let opened = kek
+            .map(|kek| keyring::open(backend.as_ref(), kek))
+            .transpose()?;
+        Ok(Self::with_keys(backend, config, opened))
+    }
+
+    fn with_keys(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        opened: Option<keyring::Opened>,
+    ) -> Self {
+        match opened {
+            None => Self {
+                backend,
+                config,
+                keys: Keys::plaintext(),
+                key_id: None,
+            },
+            Some(opened) => {
+                let keys = Keys::from_master(&opened.master);
+                Self {
+                    backend: Arc::new(SealedBackend::new(backend, keys.clone())),
+                    config,
+                    keys,
+                    key_id: Some(opened.key_id),
+                }
+            }
+        }
+    }
+
+    /// The store holding the objects (sealing and opening them in an encrypted repository).
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// What blobs are sealed and named with.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The id of the key that opened an encrypted repository.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
     }
 
     /// The tunables recorded at creation.

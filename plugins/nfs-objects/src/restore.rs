@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::blob::BlobRef;
 use crate::control::{Control, Reporter};
+use crate::crypto::Keys;
 use crate::direct::{self, AlignedBuffer, DirectFile};
 use crate::error::{Error, IoContext, Result};
 use crate::existing::{self, Verdict};
@@ -136,7 +137,8 @@ pub fn restore(
     let workers = (0..options.workers.max(1))
         .map(|_| {
             Ok(PieceWriter {
-                fetcher: Fetcher::new(backend.as_ref())?,
+                fetcher: Fetcher::new(backend.as_ref(), repo.keys().clone())?,
+                keys: repo.keys().clone(),
                 aligned: AlignedBuffer::with_capacity(0),
                 compared: Vec::new(),
                 owners: options.owners,
@@ -399,6 +401,8 @@ enum Outcome {
 /// files with the snapshot's.
 struct PieceWriter<'a> {
     fetcher: Fetcher<'a>,
+    /// What content ids are hashed with, to compare existing files.
+    keys: Keys,
     /// Where raw blobs (slices of a fetched range, at any address) are copied for a direct write.
     aligned: AlignedBuffer,
     /// One chunk of an existing file being compared.
@@ -453,7 +457,8 @@ impl PieceWriter<'_> {
         let name = split_last(&entry.path).1;
         let same = target::open_file(&pending.parent, name).and_then(|file| {
             let found = target::look_open(&file)?;
-            let same = existing::holds_content(&file, &found, entry, &mut self.compared)?;
+            let same =
+                existing::holds_content(&file, &found, entry, &self.keys, &mut self.compared)?;
             Ok(same.then_some((file, found)))
         });
         match same {

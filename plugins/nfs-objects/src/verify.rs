@@ -119,7 +119,7 @@ pub fn verify(
         .into_iter()
         .map(|o| o.name)
         .collect();
-    let packs = PackSizes::list(backend)?;
+    let packs = PackSizes::list(backend, repo.keys().blob_overhead())?;
     let tracked = dedup::min_length(repo.config().chunk_size);
     let workers = options.workers.max(1);
     let indexes = check_indexes(backend, &index_names, &packs, tracked, workers)?;
@@ -129,7 +129,7 @@ pub fn verify(
     let checkers = (0..workers)
         .map(|_| {
             Ok(BlobChecker {
-                fetcher: Fetcher::new(backend)?,
+                fetcher: Fetcher::new(backend, repo.keys().clone())?,
                 tracked,
                 indexes: &indexes,
             })
@@ -322,7 +322,7 @@ fn check_indexes(
         let pack = object_stem(name, ".json").unwrap_or_default();
         let size = packs.get(pack).map_or(0, |p| p.size);
         match entries {
-            Ok(entries) => match index::index_flaw(pack, &entries, size) {
+            Ok(entries) => match index::index_flaw(pack, &entries, size, packs.overhead()) {
                 Some(flaw) => findings.add(name, flaw),
                 None => {
                     let mut found = found.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use backplan_plugin_nfs_objects::backend::{Backend, Leftovers, LocalBackend, ObjectInfo};
+use backplan_plugin_nfs_objects::backend::{Backend, Leftovers, LocalBackend, Lock, ObjectInfo};
 use backplan_plugin_nfs_objects::backup::{BackupOptions, BackupReport, backup};
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
@@ -368,6 +368,12 @@ impl Backend for CrashingBackend {
     }
     fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name)
+    }
+    fn protect(&self, names: &[String], time: jiff::Timestamp) -> Result<usize> {
+        self.inner.protect(names, time)
+    }
+    fn lock(&self, name: &str) -> Result<Lock> {
+        self.inner.lock(name)
     }
     fn collect_leftovers(&self, max_age: std::time::Duration, dry_run: bool) -> Leftovers {
         self.inner.collect_leftovers(max_age, dry_run)

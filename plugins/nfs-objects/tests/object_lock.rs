@@ -69,6 +69,9 @@ impl Backend for LockingBackend {
     fn exists(&self, name: &str) -> Result<bool> {
         self.inner.exists(name)
     }
+    fn protect(&self, names: &[String], time: jiff::Timestamp) -> Result<usize> {
+        self.inner.protect(names, time)
+    }
     fn lock(&self, name: &str) -> Result<Lock> {
         Ok(self
             .locks

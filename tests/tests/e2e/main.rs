@@ -7,6 +7,7 @@ mod json;
 mod machine_gone;
 mod monitoring;
 mod nfs_objects;
+mod nfs_objects_encrypted;
 mod notify;
 mod object_lock;
 mod plugins;

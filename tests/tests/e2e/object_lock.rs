@@ -336,7 +336,10 @@ fn the_s3_catalog_works_on_an_object_lock_bucket_with_a_default_retention() {
         let lock = aws.boto(
             "out(json.loads(s3.get_object(Bucket='vault', Key='fleet/services/lock')['Body'].read()))",
         );
-        assert_eq!(lock["released"], true, "{server:?}: the lock is held: {lock}");
+        assert_eq!(
+            lock["released"], true,
+            "{server:?}: the lock is held: {lock}"
+        );
         let records = retentions(&aws, "vault", "fleet/services/runs/");
         assert!(!records.is_empty(), "{server:?}: {keys}");
         assert!(

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{Backend, Leftovers, ObjectInfo, leftovers};
+use super::{Backend, Leftovers, Lock, ObjectInfo, leftovers};
 use crate::error::{Error, Result};
 
 /// The folder holding staged, not yet published files.
@@ -212,6 +212,16 @@ impl Backend for LocalBackend {
         self.path_of(name)?
             .try_exists()
             .map_err(|source| backend_error(name, source))
+    }
+
+    /// A folder has no Object Lock: nothing to extend.
+    fn protect(&self, _names: &[String], _time: jiff::Timestamp) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// A folder has no Object Lock: nothing is ever locked.
+    fn lock(&self, _name: &str) -> Result<Lock> {
+        Ok(Lock::default())
     }
 
     fn delete(&self, name: &str) -> Result<()> {

@@ -10,6 +10,7 @@
 pub mod leftovers;
 mod local;
 mod s3;
+mod sealed;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 pub use leftovers::Leftovers;
 pub use local::LocalBackend;
 pub use s3::{LOCK_STATE_OBJECT, Lock, LockMode, ObjectLock, S3Backend, S3Location, S3Options};
+pub use sealed::SealedBackend;
 
 use crate::error::Result;
 
@@ -87,15 +89,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Object Lock: makes sure each of `names` stays locked at least the configured days after
     /// `time` (the snapshot referencing them), extending retentions that fall short; how many
-    /// were extended. Without a lock configured, nothing to do.
-    fn protect(&self, _names: &[String], _time: jiff::Timestamp) -> Result<usize> {
-        Ok(0)
-    }
+    /// were extended. Without a lock configured, nothing to do. No default: a wrapper (like
+    /// the sealing one) must pass it on, or an encrypted repository's locks would lapse.
+    fn protect(&self, names: &[String], time: jiff::Timestamp) -> Result<usize>;
 
     /// The lock on object `name` (Object Lock retention, legal hold); none for a store without.
-    fn lock(&self, _name: &str) -> Result<Lock> {
-        Ok(Lock::default())
-    }
+    /// No default, for the same reason as [`Backend::protect`].
+    fn lock(&self, name: &str) -> Result<Lock>;
 
     /// Removes object `name`; removing an absent object is not an error.
     fn delete(&self, name: &str) -> Result<()>;
