@@ -346,6 +346,18 @@ fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
     jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
 }
 
+/// When a discovered run started, as closely as its snapshot shows: the header's run start is
+/// only known to the second (from the run id), so two runs within one second would be ordered
+/// at random in the rebuilt catalog — and `latest` could name the older. The snapshot was
+/// started within the run, so when its time falls in that second it is the closer figure.
+fn started_at(run: &Origin, snapshot: &Snapshot) -> jiff::Timestamp {
+    let second = run.started_at;
+    let in_second = snapshot.time >= second
+        && snapshot.time < second + jiff::SignedDuration::from_secs(1)
+        && second.subsec_nanosecond() == 0;
+    if in_second { snapshot.time } else { second }
+}
+
 /// What `discover` makes of a repository's snapshots (oldest first): the backups of step `step`
 /// of plan `plan`, one per run (the latest snapshot, should a retried step have made two), and
 /// the number of snapshots of `source` that name no run (made before headers named theirs).
@@ -371,7 +383,7 @@ fn discovered(
         .into_values()
         .map(|(run, snapshot)| DiscoveredBackup {
             run_id: run.id.clone(),
-            started_at: run.started_at.to_string(),
+            started_at: started_at(run, snapshot).to_string(),
             record: serde_json::to_value(Record::of(repository, snapshot))
                 .expect("records serialise"),
             outputs: [("snapshot".to_owned(), snapshot.id.clone().into())].into(),
@@ -1253,6 +1265,33 @@ mod tests {
             discovered("/repo", "p", "files", Some("/elsewhere"), &snapshots).1,
             0
         );
+    }
+
+    #[test]
+    fn two_runs_started_in_one_second_are_rediscovered_in_the_order_they_ran() {
+        let (early, late) = ("20260101T030000Z-ffffff", "20260101T030000Z-000000");
+        let mut first = snapshot("first", 1, Some(("p", "files", early)));
+        first.time = "2026-01-01T03:00:00.2Z".parse().unwrap();
+        let mut second = snapshot("second", 2, Some(("p", "files", late)));
+        second.time = "2026-01-01T03:00:00.7Z".parse().unwrap();
+        let (found, _) = discovered("/repo", "p", "files", None, &[first, second]);
+        let mut order: Vec<(&str, &str)> = found
+            .iter()
+            .map(|b| (b.started_at.as_str(), b.run_id.as_str()))
+            .collect();
+        order.sort();
+        assert_eq!(
+            order,
+            [
+                ("2026-01-01T03:00:00.2Z", early),
+                ("2026-01-01T03:00:00.7Z", late)
+            ]
+        );
+        // A snapshot outside its run's second (a clock step) leaves the run's own start.
+        let mut odd = snapshot("odd", 3, Some(("p", "files", early)));
+        odd.time = "2026-01-01T04:00:00Z".parse().unwrap();
+        let (found, _) = discovered("/repo", "p", "files", None, &[odd]);
+        assert_eq!(found[0].started_at, "2026-01-01T03:00:00Z");
     }
 
     #[test]
