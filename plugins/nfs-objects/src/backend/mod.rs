@@ -78,6 +78,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Reads each `(name, offset, len)` of `ranges` into the buffer of the same position (which
+    /// is replaced): the reads of one batch of a restore or verify. A store whose requests wait
+    /// on the network (S3) makes them concurrently; by default they are made one after another.
+    fn get_ranges_into(
+        &self,
+        ranges: &[(String, u64, u64)],
+        buffers: &mut [Vec<u8>],
+    ) -> Vec<Result<()>> {
+        ranges
+            .iter()
+            .zip(buffers)
+            .map(|((name, offset, len), buffer)| self.get_range_into(name, *offset, *len, buffer))
+            .collect()
+    }
+
     /// Opens an object as a stream (manifests are read this way so they never sit whole in memory).
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>>;
 

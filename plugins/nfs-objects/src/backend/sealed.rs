@@ -111,6 +111,21 @@ impl Backend for SealedBackend {
         Ok(())
     }
 
+    fn get_ranges_into(
+        &self,
+        ranges: &[(String, u64, u64)],
+        buffers: &mut [Vec<u8>],
+    ) -> Vec<Result<()>> {
+        if ranges.iter().all(|(name, _, _)| self.key(name).is_none()) {
+            return self.inner.get_ranges_into(ranges, buffers);
+        }
+        ranges
+            .iter()
+            .zip(buffers)
+            .map(|((name, offset, len), buffer)| self.get_range_into(name, *offset, *len, buffer))
+            .collect()
+    }
+
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
         let inner = self.inner.open(name)?;
         Ok(match self.key(name) {

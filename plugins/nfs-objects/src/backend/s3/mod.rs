@@ -105,8 +105,23 @@ impl Inner {
     }
 
     async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.get_range_into(name, offset, len, &mut bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Reads `len` bytes of `name` from `offset` into `buffer` (its old content is dropped, its
+    /// allocation kept).
+    async fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<()> {
+        buffer.clear();
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let out = self
             .client
@@ -117,19 +132,14 @@ impl Inner {
             .send()
             .await
             .map_err(|err| classify(self.bucket(), name, "GetObject", err))?;
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|err| body_error(self.bucket(), name, err))?
-            .to_vec();
-        if bytes.len() as u64 != len {
+        read_body(out.body, buffer, self.bucket(), name).await?;
+        if buffer.len() as u64 != len {
             return Err(Error::Corrupt {
                 name: name.to_owned(),
                 reason: format!("shorter than {} bytes", offset + len),
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     async fn size(&self, name: &str) -> Result<u64> {
@@ -227,6 +237,27 @@ impl S3Backend {
 }
 
 /// An S3 client from the standard chain, with `options` applied on top.
+/// Appends a GetObject body to `into`, chunk by chunk as it arrives: one copy per chunk.
+/// (`AggregatedBytes::to_vec` copied byte by byte: a quarter of the CPU of a restore from S3.)
+async fn read_body(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    into: &mut Vec<u8>,
+    bucket: &str,
+    name: &str,
+) -> Result<()> {
+    if let Some(size) = body.size_hint().1 {
+        into.reserve(usize::try_from(size).unwrap_or(0));
+    }
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|err| body_error(bucket, name, err))?
+    {
+        into.extend_from_slice(&chunk);
+    }
+    Ok(())
+}
+
 async fn client(options: &S3Options) -> Client {
     let sdk = backplan_aws::load(&backplan_aws::Settings {
         region: options.region.clone(),
@@ -277,18 +308,60 @@ impl Backend for S3Backend {
                 .send()
                 .await
                 .map_err(|err| classify(inner.bucket(), name, "GetObject", err))?;
-            Ok(out
-                .body
-                .collect()
-                .await
-                .map_err(|err| body_error(inner.bucket(), name, err))?
-                .to_vec())
+            let mut bytes = Vec::new();
+            read_body(out.body, &mut bytes, inner.bucket(), name).await?;
+            Ok(bytes)
         })
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.runtime
             .block_on(self.inner.get_range(name, offset, len))
+    }
+
+    fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.get_range_into(name, offset, len, buffer))
+    }
+
+    /// All at once: a restore or verify batch's reads are a handful of ranged GETs, each
+    /// mostly waiting on the server; made one after another, half the wall time was idle.
+    fn get_ranges_into(
+        &self,
+        ranges: &[(String, u64, u64)],
+        buffers: &mut [Vec<u8>],
+    ) -> Vec<Result<()>> {
+        self.runtime.block_on(async {
+            let mut reads = tokio::task::JoinSet::new();
+            for (index, ((name, offset, len), buffer)) in
+                ranges.iter().zip(buffers.iter_mut()).enumerate()
+            {
+                let (inner, name, (offset, len)) =
+                    (self.inner.clone(), name.clone(), (*offset, *len));
+                let mut buffer = std::mem::take(buffer);
+                reads.spawn(async move {
+                    let result = inner.get_range_into(&name, offset, len, &mut buffer).await;
+                    (index, buffer, result)
+                });
+            }
+            let mut results: Vec<Result<()>> = (0..ranges.len()).map(|_| Ok(())).collect();
+            while let Some(joined) = reads.join_next().await {
+                match joined {
+                    Ok((index, buffer, result)) => {
+                        buffers[index] = buffer;
+                        results[index] = result;
+                    }
+                    Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+                }
+            }
+            results
+        })
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
