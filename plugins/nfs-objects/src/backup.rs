@@ -70,6 +70,9 @@ pub struct BackupOptions {
     pub allow_empty: bool,
     /// The backplan run making this backup, written into the snapshot header.
     pub origin: Option<Origin>,
+    /// Read large files, and write staged packs, around the page cache (see `direct`).
+    pub direct_reads: bool,
+    pub direct_writes: bool,
 }
 
 impl BackupOptions {
@@ -82,6 +85,8 @@ impl BackupOptions {
             one_file_system: true,
             allow_empty: false,
             origin: None,
+            direct_reads: true,
+            direct_writes: true,
         }
     }
 }
@@ -197,7 +202,9 @@ fn attempt(
                     Arc::clone(backend),
                     repo.config().pack_size,
                     repo.keys().clone(),
-                ),
+                )
+                .direct(options.direct_writes),
+                direct_reads: options.direct_reads,
                 keys: repo.keys().clone(),
                 encoder: Encoder::new(options.compression_level)?,
                 shared: &shared,
@@ -340,6 +347,7 @@ struct FileReader<'a> {
     encoder: Encoder,
     shared: &'a Shared,
     buffer: AlignedBuffer,
+    direct_reads: bool,
 }
 
 impl Worker for FileReader<'_> {
@@ -349,7 +357,7 @@ impl Worker for FileReader<'_> {
     fn run(&mut self, tasks: Vec<ReadTask>) -> Result<Vec<TaskOutcome>> {
         let mut outcomes = Vec::with_capacity(tasks.len());
         for task in tasks {
-            let result = match read_piece(&task, &mut self.buffer) {
+            let result = match read_piece(&task, &mut self.buffer, self.direct_reads) {
                 Ok(filled) => TaskResult::Stored {
                     blob: self.store(filled)?,
                     short: filled < task.length as usize,
@@ -411,8 +419,8 @@ const DIRECT_READ_MIN: u64 = 1 << 20;
 /// Reads up to `task.length` bytes at `task.offset` into the start of `buffer`; how many were
 /// there (fewer if the file got shorter). The buffer only ever grows, so it is not zeroed
 /// again for every piece. Large pieces are read directly when the filesystem allows it.
-fn read_piece(task: &ReadTask, buffer: &mut AlignedBuffer) -> io::Result<usize> {
-    if task.length >= DIRECT_READ_MIN && task.offset % direct::ALIGN as u64 == 0 {
+fn read_piece(task: &ReadTask, buffer: &mut AlignedBuffer, direct: bool) -> io::Result<usize> {
+    if direct && task.length >= DIRECT_READ_MIN && task.offset % direct::ALIGN as u64 == 0 {
         match read_into(task, buffer, true) {
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
             done => return done,

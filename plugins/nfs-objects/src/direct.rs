@@ -26,6 +26,68 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+/// Whether large reads and writes go around the page cache: the step's `direct_io`.
+///
+/// On an NFS (or other network) client, `O_DIRECT` also bypasses the client's cache and turns
+/// every read and write into a synchronous round trip to the server, so `auto` keeps it for
+/// local filesystems only.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectIo {
+    /// On for local filesystems, off for network ones (NFS, SMB/CIFS, FUSE, Ceph, 9p, …).
+    #[default]
+    Auto,
+    /// Always (where the filesystem accepts `O_DIRECT`).
+    On,
+    /// Never: every read and write through the page cache.
+    Off,
+}
+
+impl DirectIo {
+    /// Whether I/O on files under `path` should be direct. `auto` on a path whose filesystem
+    /// cannot be told (it does not exist yet) looks at its nearest existing parent.
+    pub fn applies_to(self, path: &Path) -> bool {
+        match self {
+            DirectIo::On => true,
+            DirectIo::Off => false,
+            DirectIo::Auto => !path
+                .ancestors()
+                .find_map(|at| rustix::fs::statfs(at).ok())
+                .is_some_and(|fs| is_network_filesystem(fs.f_type)),
+        }
+    }
+}
+
+/// Whether a `statfs` filesystem type is one reached over the network (or through FUSE, whose
+/// servers are often remote: sshfs, s3fs).
+fn is_network_filesystem(f_type: i64) -> bool {
+    const NETWORK: [i64; 12] = [
+        0x6969,                 // NFS
+        0x517B,                 // SMB
+        0xFF53_4D42_u32 as i64, // CIFS
+        0xFE53_4D42_u32 as i64, // SMB2
+        0x6573_5546,            // FUSE
+        0x00C3_6400,            // Ceph
+        0x0102_1997,            // 9p
+        0x5346_414F,            // AFS
+        0x7375_7245,            // Coda
+        0x0116_1970,            // GFS2
+        0x7461_636F,            // OCFS2
+        0x0BD0_0BD0,            // Lustre
+    ];
+    NETWORK.contains(&f_type) || NETWORK.contains(&(f_type & 0xFFFF_FFFF))
+}
+
 /// Alignment of buffers, offsets and lengths for `O_DIRECT`.
 pub const ALIGN: usize = 4096;
 
@@ -222,6 +284,25 @@ pub fn is_aligned(data: &[u8], offset: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_io_auto_is_off_only_on_network_filesystems() {
+        assert!(is_network_filesystem(0x6969), "NFS");
+        assert!(
+            is_network_filesystem(0xFF53_4D42_u32 as i32 as i64),
+            "CIFS, signed f_type"
+        );
+        assert!(!is_network_filesystem(0xEF53), "ext4");
+        assert!(!is_network_filesystem(0x0102_1994), "tmpfs");
+        let here = tempfile::tempdir().unwrap();
+        let not_yet = here.path().join("to/be/made");
+        assert!(
+            DirectIo::Auto.applies_to(&not_yet),
+            "a local folder not made yet"
+        );
+        assert!(DirectIo::On.applies_to(&not_yet));
+        assert!(!DirectIo::Off.applies_to(here.path()));
+    }
 
     #[test]
     fn buffers_are_aligned_and_pad_with_zeros() {

@@ -41,6 +41,8 @@ pub struct PackWriter {
     /// Blobs not yet written to the open pack (kept between packs).
     buffer: AlignedBuffer,
     packs_written: u64,
+    /// Staged packs are written with `O_DIRECT` (where the filesystem allows it).
+    direct: bool,
 }
 
 #[derive(Debug)]
@@ -99,7 +101,14 @@ impl PackWriter {
             open: None,
             buffer: AlignedBuffer::with_capacity(WRITE_SIZE),
             packs_written: 0,
+            direct: true,
         }
+    }
+
+    /// Whether staged packs are written around the page cache (default: yes).
+    pub fn direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
     }
 
     /// Appends one stored blob and returns where it will be found. In an encrypted repository
@@ -113,7 +122,9 @@ impl PackWriter {
     ) -> Result<BlobRef> {
         let pack = match &mut self.open {
             Some(pack) => pack,
-            None => self.open.insert(start_pack(&self.backend, &self.keys)?),
+            None => self
+                .open
+                .insert(start_pack(&self.backend, &self.keys, self.direct)?),
         };
         let start = pack.length;
         match &pack.key {
@@ -168,10 +179,15 @@ impl PackWriter {
 }
 
 /// A new, empty staged pack.
-fn start_pack(backend: &Arc<dyn Backend>, keys: &Keys) -> Result<OpenPack> {
+fn start_pack(backend: &Arc<dyn Backend>, keys: &Keys, direct: bool) -> Result<OpenPack> {
     let name = random_name();
     let staged = backend.staging_file(".pack");
-    let file = DirectFile::create(&staged).at(&staged)?;
+    let file = if direct {
+        DirectFile::create(&staged)
+    } else {
+        DirectFile::create_buffered(&staged)
+    }
+    .at(&staged)?;
     Ok(OpenPack {
         key: keys.pack_key(&name),
         name,

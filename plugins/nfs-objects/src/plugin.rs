@@ -83,6 +83,12 @@ pub struct Config {
     /// Worker threads, 1 to 64 (default: cores + 3, at most 64).
     #[schemars(range(min = 1, max = 64))]
     pub workers: Option<usize>,
+    /// Large reads and writes around the page cache (`O_DIRECT`): `auto` (default: on for
+    /// local filesystems, off on NFS and other network filesystems, where it would bypass the
+    /// client's cache), `on` or `off`. Decided for the source, the repository's staging folder
+    /// and a restore's target each.
+    #[serde(default)]
+    pub direct_io: crate::direct::DirectIo,
     /// zstd level for compressible data, 1 to 9 (default 1). Higher levels are not offered: each
     /// worker would need 40 to 60 MB more and compress several times slower, for little gain on
     /// build logs.
@@ -629,6 +635,8 @@ impl Plugin for NfsObjects {
                 .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
         options.workers = config.workers();
+        options.direct_reads = config.direct_io.applies_to(&config.source);
+        options.direct_writes = config.direct_io.applies_to(repo.backend().staging_dir());
         options.allow_empty = ctx.request().force;
         options.origin = Some(origin(ctx.request()));
         if let Some(level) = config.compression_level {
@@ -747,6 +755,7 @@ impl Plugin for NfsObjects {
         let mut options = RestoreOptions::new(&target);
         options.force = force;
         options.workers = config.workers();
+        options.direct_writes = config.direct_io.applies_to(&target);
         options.subpath = subpath;
         options.trust_metadata = request
             .trust_metadata

@@ -74,6 +74,8 @@ pub struct RestoreOptions {
     /// Restore owners and groups (needs root).
     pub owners: bool,
     pub workers: usize,
+    /// Write large files around the page cache (see `direct`).
+    pub direct_writes: bool,
 }
 
 impl RestoreOptions {
@@ -87,6 +89,7 @@ impl RestoreOptions {
             // SAFETY: geteuid has no preconditions and cannot fail.
             owners: unsafe { libc::geteuid() } == 0,
             workers: crate::backup::default_workers(),
+            direct_writes: true,
         }
     }
 }
@@ -285,6 +288,8 @@ struct NewFile {
     entry: Entry,
     parent: Folder,
     owners: bool,
+    /// Large files may be written around the page cache (the step's `direct_io`).
+    direct: bool,
 }
 
 impl NewFile {
@@ -294,7 +299,7 @@ impl NewFile {
         let (temporary, file) =
             target::with_temporary_name(|name| target::create_file(&self.parent, name))?;
         let sized = (|| {
-            let direct = writes_direct(&self.entry) && target::try_direct(&file)?;
+            let direct = self.direct && writes_direct(&self.entry) && target::try_direct(&file)?;
             file.set_len(self.entry.size)?;
             Ok(direct)
         })();
@@ -776,6 +781,7 @@ impl<'env> Run<'env> {
         let new = NewFile {
             parent,
             owners: self.options.owners,
+            direct: self.options.direct_writes,
             entry,
         };
         let shared = if let [blob] = new.entry.chunks.as_slice() {

@@ -798,3 +798,35 @@ fn a_lost_catalog_is_rebuilt_from_the_snapshot_headers_and_each_run_restores_its
         "first build\n"
     );
 }
+
+#[test]
+fn an_s3_repository_restores_byte_identical_with_each_direct_io_setting() {
+    let aws = LocalAws::start(&[]);
+    aws.script("s3.create_bucket(Bucket='backups')");
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    build_tree(&source);
+    for setting in ["auto", "on", "off"] {
+        let plan = plan(&sandbox, &source, &format!("s3://backups/{setting}"));
+        let mut text = fs::read_to_string(&plan).unwrap();
+        text.push_str(&format!("direct_io = \"{setting}\"\n"));
+        fs::write(&plan, text).unwrap();
+        sandbox.run_on(&aws, &["run", &plan]).expect_code(0);
+        let target = sandbox.path().join(format!("restored-{setting}"));
+        let option = format!("target={}", target.display());
+        sandbox
+            .run_on(&aws, &["restore", &plan, "--run", "latest", "-o", &option])
+            .expect_code(0);
+        assert_eq!(
+            describe(&target),
+            describe(&source),
+            "direct_io = {setting}"
+        );
+    }
+    let plan = plan(&sandbox, &source, "s3://backups/typo");
+    let mut text = fs::read_to_string(&plan).unwrap();
+    text.push_str("direct_io = \"sometimes\"\n");
+    fs::write(&plan, text).unwrap();
+    let refused = sandbox.run_on(&aws, &["plan", "check", &plan]);
+    assert!(refused.expect_code(78).stderr().contains("direct_io"));
+}
