@@ -26,6 +26,8 @@ struct LockingBackend {
     locks: Mutex<HashMap<String, Lock>>,
     /// The time S3 judges locks at.
     now: Mutex<Timestamp>,
+    /// Every name a backup asked to keep locked (`protect`).
+    protected: Mutex<Vec<String>>,
 }
 
 impl LockingBackend {
@@ -70,6 +72,7 @@ impl Backend for LockingBackend {
         self.inner.exists(name)
     }
     fn protect(&self, names: &[String], time: jiff::Timestamp) -> Result<usize> {
+        self.protected.lock().unwrap().extend_from_slice(names);
         self.inner.protect(names, time)
     }
     fn lock(&self, name: &str) -> Result<Lock> {
@@ -104,6 +107,7 @@ fn two_snapshots(now: Timestamp) -> Fixture {
         inner: LocalBackend::new(store.path()).unwrap(),
         locks: Mutex::default(),
         now: Mutex::new(now),
+        protected: Mutex::default(),
     });
     let config = RepoConfig {
         chunk_size: 64 << 10,
@@ -219,4 +223,32 @@ fn an_unreferenced_pack_still_locked_is_left_with_its_index_for_a_later_prune() 
         assert!(fixture.backend.exists(&index_object(pack)).unwrap());
     }
     assert!(!report.deleted_objects.contains(&index_object(&only_old[0])));
+}
+
+#[test]
+fn an_encrypted_repositorys_backup_asks_the_store_to_keep_what_its_snapshot_needs_locked() {
+    // SAFETY: no other test of this binary reads the variable; it only makes argon2id cheap.
+    unsafe { std::env::set_var(backplan_plugin_nfs_objects::keyring::TEST_KDF_VARIABLE, "1") };
+    let kek = backplan_plugin_nfs_objects::keyring::Kek::Passphrase {
+        passphrase: b"locked and sealed".to_vec(),
+        from: "passphrase in $TEST".into(),
+    };
+    let (source, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let backend = Arc::new(LockingBackend {
+        inner: LocalBackend::new(store.path()).unwrap(),
+        locks: Mutex::default(),
+        now: Mutex::new(Timestamp::now()),
+        protected: Mutex::default(),
+    });
+    let repo =
+        Repository::open_or_init_with(backend.clone(), RepoConfig::default(), Some(&kek)).unwrap();
+    std::fs::write(source.path().join("file"), "sealed").unwrap();
+    backup(&repo, &BackupOptions::new(source.path()), Control::silent()).unwrap();
+    let snapshot = snapshot::list(repo.backend().as_ref()).unwrap().remove(0);
+    let protected = backend.protected.lock().unwrap().clone();
+    assert!(protected.contains(&snapshot.manifest), "{protected:?}");
+    assert!(
+        protected.iter().any(|name| name.starts_with("data/")),
+        "the packs it references: {protected:?}"
+    );
 }
