@@ -352,16 +352,24 @@ fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
     jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
 }
 
-/// When a discovered run started, as closely as its snapshot shows: the header's run start is
+/// When a discovered run started, as closely as its snapshot shows. The header's run start is
 /// only known to the second (from the run id), so two runs within one second would be ordered
-/// at random in the rebuilt catalog — and `latest` could name the older. The snapshot was
-/// started within the run, so when its time falls in that second it is the closer figure.
+/// at random in the rebuilt catalog — and `latest` could name the older. Runs of a plan never
+/// overlap (the lock), so their snapshots were taken in the order the runs started: the time
+/// from the run's second to its snapshot, squeezed into that second by a strictly increasing
+/// map, orders them and never claims a start outside the second the run id names.
 fn started_at(run: &Origin, snapshot: &Snapshot) -> jiff::Timestamp {
     let second = run.started_at;
-    let in_second = snapshot.time >= second
-        && snapshot.time < second + jiff::SignedDuration::from_secs(1)
-        && second.subsec_nanosecond() == 0;
-    if in_second { snapshot.time } else { second }
+    if second.subsec_nanosecond() != 0 {
+        return second;
+    }
+    let after = snapshot.time.duration_since(second).as_secs_f64();
+    if after.is_nan() || after <= 0.0 {
+        return second;
+    }
+    let fraction = after / (1.0 + after);
+    let nanos = ((fraction * 1e9) as i64).min(999_999_999);
+    second + jiff::SignedDuration::from_nanos(nanos)
 }
 
 /// What `discover` makes of a repository's snapshots (oldest first): the backups of step `step`
@@ -1278,27 +1286,31 @@ mod tests {
 
     #[test]
     fn two_runs_started_in_one_second_are_rediscovered_in_the_order_they_ran() {
+        // Run ids sort against the order they ran; the second run's snapshot is taken after
+        // the id's second has ended, the first's within it.
         let (early, late) = ("20260101T030000Z-ffffff", "20260101T030000Z-000000");
         let mut first = snapshot("first", 1, Some(("p", "files", early)));
-        first.time = "2026-01-01T03:00:00.2Z".parse().unwrap();
+        first.time = "2026-01-01T03:00:00.7Z".parse().unwrap();
         let mut second = snapshot("second", 2, Some(("p", "files", late)));
-        second.time = "2026-01-01T03:00:00.7Z".parse().unwrap();
+        second.time = "2026-01-01T03:00:01.2Z".parse().unwrap();
         let (found, _) = discovered("/repo", "p", "files", None, &[first, second]);
-        let mut order: Vec<(&str, &str)> = found
-            .iter()
-            .map(|b| (b.started_at.as_str(), b.run_id.as_str()))
-            .collect();
-        order.sort();
-        assert_eq!(
-            order,
-            [
-                ("2026-01-01T03:00:00.2Z", early),
-                ("2026-01-01T03:00:00.7Z", late)
-            ]
-        );
-        // A snapshot outside its run's second (a clock step) leaves the run's own start.
+        let at = |run: &str| -> jiff::Timestamp {
+            let found = found.iter().find(|b| b.run_id == run).unwrap();
+            found.started_at.parse().unwrap()
+        };
+        assert!(at(early) < at(late), "{found:#?}");
+        let id_second: jiff::Timestamp = "2026-01-01T03:00:00Z".parse().unwrap();
+        let next_second = id_second + jiff::SignedDuration::from_secs(1);
+        for run in [early, late] {
+            assert!(
+                at(run) >= id_second && at(run) < next_second,
+                "{run}: {}",
+                at(run)
+            );
+        }
+        // A snapshot stamped before its run's second (a clock step back) leaves the second.
         let mut odd = snapshot("odd", 3, Some(("p", "files", early)));
-        odd.time = "2026-01-01T04:00:00Z".parse().unwrap();
+        odd.time = "2026-01-01T02:59:00Z".parse().unwrap();
         let (found, _) = discovered("/repo", "p", "files", None, &[odd]);
         assert_eq!(found[0].started_at, "2026-01-01T03:00:00Z");
     }
