@@ -7,7 +7,7 @@
 //! calls) and [`evaluate`] (no I/O, unit-tested). A bucket that cannot be read is a finding, not
 //! an error: the checked bucket's own checks still run.
 
-use aws_sdk_s3::types::{BucketVersioningStatus, MfaDeleteStatus, ObjectLockEnabled};
+use aws_sdk_s3::types::{BucketVersioningStatus, MfaDeleteStatus};
 use backplan_aws::SdkConfig;
 use serde::Serialize;
 
@@ -78,22 +78,7 @@ async fn read(
     });
     posture.mfa_delete = versioning.mfa_delete() == Some(&MfaDeleteStatus::Enabled);
     match lock {
-        Ok(out) => {
-            posture.object_lock = out.object_lock_configuration().map(|c| {
-                let retention = c.rule().and_then(|r| r.default_retention());
-                ObjectLock {
-                    enabled: c.object_lock_enabled() == Some(&ObjectLockEnabled::Enabled),
-                    mode: retention
-                        .and_then(|r| r.mode())
-                        .map(|m| m.as_str().to_owned()),
-                    retention_days: retention.and_then(|r| {
-                        r.days()
-                            .map(i64::from)
-                            .or_else(|| r.years().map(|y| i64::from(y) * 365))
-                    }),
-                }
-            })
-        }
+        Ok(out) => posture.object_lock = out.object_lock_configuration().map(ObjectLock::of),
         Err(e) if aws::code(&e) == Some("ObjectLockConfigurationNotFoundError") => {}
         Err(e) => return Err(aws::error(&bucket, "GetObjectLockConfiguration", e)),
     }

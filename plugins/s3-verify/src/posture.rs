@@ -54,6 +54,24 @@ pub(crate) struct ObjectLock {
     pub retention_days: Option<i64>,
 }
 
+impl ObjectLock {
+    /// What a bucket's Object Lock configuration says (years of default retention as days).
+    pub(crate) fn of(config: &aws_sdk_s3::types::ObjectLockConfiguration) -> Self {
+        let retention = config.rule().and_then(|r| r.default_retention());
+        ObjectLock {
+            enabled: config.object_lock_enabled() == Some(&ObjectLockEnabled::Enabled),
+            mode: retention
+                .and_then(|r| r.mode())
+                .map(|m| m.as_str().to_owned()),
+            retention_days: retention.and_then(|r| {
+                r.days()
+                    .map(i64::from)
+                    .or_else(|| r.years().map(|y| i64::from(y) * 365))
+            }),
+        }
+    }
+}
+
 /// What the bucket's configuration says.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct Facts {
@@ -218,20 +236,7 @@ pub(crate) async fn gather(client: &Client, bucket: &str, region: String) -> Plu
 
     match object_lock {
         Ok(out) => {
-            facts.object_lock = out.object_lock_configuration().map(|c| {
-                let retention = c.rule().and_then(|r| r.default_retention());
-                ObjectLock {
-                    enabled: c.object_lock_enabled() == Some(&ObjectLockEnabled::Enabled),
-                    mode: retention
-                        .and_then(|r| r.mode())
-                        .map(|m| m.as_str().to_owned()),
-                    retention_days: retention.and_then(|r| {
-                        r.days()
-                            .map(i64::from)
-                            .or_else(|| r.years().map(|y| i64::from(y) * 365))
-                    }),
-                }
-            });
+            facts.object_lock = out.object_lock_configuration().map(ObjectLock::of);
         }
         Err(e) if aws::code(&e) == Some("ObjectLockConfigurationNotFoundError") => {}
         Err(e) => return Err(aws::error(bucket, "GetObjectLockConfiguration", e)),
