@@ -13,29 +13,33 @@ use crate::crypto::Keys;
 use crate::error::Result;
 use crate::repo::pack_object;
 
-/// Neighbouring blobs are merged into one read up to this many bytes (each worker keeps a
-/// buffer this large; 16 MiB was no faster and cost 15 MB more peak memory).
-const MAX_MERGED_READ: u64 = 4 << 20;
+/// Neighbouring blobs are merged into one read up to this many bytes (a larger blob is read
+/// alone). Small enough that a batch of small files makes several reads at once: a GET's
+/// answer streams at a rate of its own (s3s-fs: ~20 MB/s each), so a restore from S3 is only
+/// as fast as the GETs it makes together.
+const MAX_MERGED_READ: u64 = 512 << 10;
 /// Bytes between two wanted blobs of a pack that a merged read spans rather than split (read
 /// and thrown away: at ~100 MB/s per S3 stream, about the time of one more request).
 const MAX_GAP: u64 = 256 << 10;
-/// Merged reads made together, at most this many bytes (each worker holds as many buffers)...
-const IN_FLIGHT_BYTES: u64 = 16 << 20;
+/// Merged reads made together, at most this many bytes (unless one read is larger): each worker
+/// keeps a buffer this large. One buffer per read, each as large as the largest it ever held,
+/// had grown to 32 MiB per worker.
+const IN_FLIGHT_BYTES: u64 = 4 << 20;
 /// ...and at most this many requests.
 const IN_FLIGHT_READS: usize = 8;
 
-/// What a worker needs to read blobs back: the backend, a zstd decoder and a read buffer, both
-/// kept from one call to the next.
+/// What a worker needs to read blobs back: the backend, a zstd decoder and the buffer the reads
+/// made together fill back to back, both kept from one call to the next.
 pub struct Fetcher<'a> {
     backend: &'a dyn Backend,
     decoder: Decoder,
-    buffers: Vec<Vec<u8>>,
+    buffer: Vec<u8>,
 }
 
 impl std::fmt::Debug for Fetcher<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher")
-            .field("buffers", &self.buffers.len())
+            .field("buffer", &self.buffer.len())
             .finish_non_exhaustive()
     }
 }
@@ -46,13 +50,14 @@ impl<'a> Fetcher<'a> {
         Ok(Self {
             backend,
             decoder: Decoder::new(keys)?,
-            buffers: Vec::new(),
+            buffer: Vec::new(),
         })
     }
 
     /// Fetches and checks each `(tag, blob)`, calling `each` with the raw bytes or why they could
     /// not be had. Blobs are visited in pack order (by pack, then offset), not the order given.
-    /// The reads of up to [`IN_FLIGHT_BYTES`] are made together (concurrently on S3).
+    /// The reads of up to [`IN_FLIGHT_BYTES`] are made together (concurrently on S3), into one
+    /// buffer.
     pub fn fetch_each<T>(
         &mut self,
         mut wanted: Vec<(T, BlobRef)>,
@@ -75,9 +80,14 @@ impl<'a> Fetcher<'a> {
                 }
                 run.push(rest.next().expect("peeked"));
             }
-            group_bytes += span(&run).1 - span(&run).0;
+            let (start, end) = span(&run);
+            if group_bytes + (end - start) > IN_FLIGHT_BYTES && !group.is_empty() {
+                self.read_group(std::mem::take(&mut group), &mut each);
+                group_bytes = 0;
+            }
+            group_bytes += end - start;
             group.push(run);
-            if group_bytes >= IN_FLIGHT_BYTES || group.len() >= IN_FLIGHT_READS {
+            if group.len() >= IN_FLIGHT_READS {
                 self.read_group(std::mem::take(&mut group), &mut each);
                 group_bytes = 0;
             }
@@ -100,18 +110,23 @@ impl<'a> Fetcher<'a> {
                 (pack_object(&run[0].1.pack), start, end - start)
             })
             .collect();
-        self.buffers
-            .resize_with(ranges.len().max(self.buffers.len()), Vec::new);
-        let results = self
-            .backend
-            .get_ranges_into(&ranges, &mut self.buffers[..ranges.len()]);
-        for ((run, result), buffer) in group.into_iter().zip(results).zip(&self.buffers) {
+        let total: u64 = ranges.iter().map(|(_, _, len)| len).sum();
+        let total = usize::try_from(total).expect("a group is at most IN_FLIGHT_BYTES");
+        // Grown once to the largest group and never shrunk: zero-filled only the first time.
+        if self.buffer.len() < total {
+            self.buffer.resize(total, 0);
+        }
+        let results = self.backend.read_ranges(&ranges, &mut self.buffer[..total]);
+        let mut at_run = 0;
+        for ((run, result), (_, _, len)) in group.into_iter().zip(results).zip(&ranges) {
+            let read = &self.buffer[at_run..at_run + *len as usize];
+            at_run += *len as usize;
             let start = span(&run).0;
             match result {
                 Ok(()) => {
                     for (tag, blob) in run {
                         let at = (blob.offset - start) as usize;
-                        let stored = &buffer[at..at + blob.length as usize];
+                        let stored = &read[at..at + blob.length as usize];
                         let raw = self
                             .decoder
                             .decode(&blob, stored)

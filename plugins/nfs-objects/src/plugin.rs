@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{
     Backend, LocalBackend, ObjectLock, S3Backend, S3Location, S3Options, leftovers,
 };
-use crate::backup::{BackupOptions, Skipped, backup, default_workers};
+use crate::backup::{BackupOptions, Skipped, backup, default_workers, network_workers};
 use crate::control::{self, Control};
 use crate::encryption::{Encryption, keys_action};
 use crate::error::Error;
@@ -80,7 +80,8 @@ pub struct Config {
     /// Exact mount source the source must be on, e.g. `10.0.0.5:/exports/circleci`.
     #[schemars(length(min = 1))]
     pub expect_device: Option<String>,
-    /// Worker threads, 1 to 64 (default: cores + 3, at most 64).
+    /// Worker threads, 1 to 64 (default: cores + 3, and 2 × cores + 4 for a restore or verify
+    /// from S3, at most 64).
     #[schemars(range(min = 1, max = 64))]
     pub workers: Option<usize>,
     /// Large reads and writes around the page cache (`O_DIRECT`): `auto` (default: on for
@@ -130,6 +131,15 @@ impl Config {
         self.workers
             .unwrap_or_else(default_workers)
             .clamp(1, MAX_WORKERS)
+    }
+
+    /// Threads for a restore or verify of `repository`: as configured, else [`default_workers`]
+    /// for a folder and [`network_workers`] for S3.
+    fn reading_workers(&self, repository: &str) -> usize {
+        match (self.workers, S3Location::parse(repository)) {
+            (None, Some(_)) => network_workers().clamp(1, MAX_WORKERS),
+            _ => self.workers(),
+        }
     }
 
     /// What the schema cannot say about this config (see [`Config`]). Values that come from an
@@ -690,7 +700,7 @@ impl Plugin for NfsObjects {
         let options = VerifyOptions {
             fraction: request.fraction.or(config.verify_fraction).unwrap_or(1.0),
             seed: request.seed,
-            workers: config.workers(),
+            workers: config.reading_workers(&record.repository),
             grace: IN_PROGRESS_GRACE,
         };
         let report = with_control(ctx, |control| verify(&repo, &snapshot, &options, control))?;
@@ -762,7 +772,7 @@ impl Plugin for NfsObjects {
             snapshot::load(repo.backend().as_ref(), &record.snapshot).map_err(to_plugin_error)?;
         let mut options = RestoreOptions::new(&target);
         options.force = force;
-        options.workers = config.workers();
+        options.workers = config.reading_workers(&record.repository);
         options.direct_writes = config.direct_io.applies_to(&target);
         options.subpath = subpath;
         options.trust_metadata = request

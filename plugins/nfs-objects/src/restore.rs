@@ -43,10 +43,19 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::target::{self, Folder, Folders, Found, split_last};
 
-/// Files being written or compared at once; bounds open descriptors and memory.
+/// Files of several pieces being written, plus existing files being compared, at once: each
+/// holds a descriptor until it is done.
 const OPEN_FILES: usize = 256;
-/// Small-file pieces (or existing files to compare) per job.
+/// Files waiting for their pieces at once, all kinds: bounds memory (an entry each). Files of
+/// one piece (most small files) hold no descriptor while they wait, so they are bounded here
+/// only: counted under [`OPEN_FILES`], a restore from S3 had no more than 4 jobs of small files
+/// in flight whatever the workers, and spent half its time waiting on them.
+const PENDING_FILES: usize = 4096;
+/// Pieces (or existing files to compare) per job...
 const BATCH_PIECES: usize = 64;
+/// ...and stored bytes of pieces per job, at most (unless one piece is larger). A file's pieces
+/// go out in jobs this large, so its GETs are made together and spread over the workers.
+const BATCH_BYTES: u64 = 4 << 20;
 /// Bytes of existing files to compare per job, at most (unless one file is larger).
 const COMPARE_BYTES: u64 = 16 << 20;
 /// Zero runs shorter than this are written, not skipped (a multiple of `direct::ALIGN`, so the
@@ -154,9 +163,10 @@ pub fn restore(
         options,
         folders: Folders::new(Arc::clone(&root)),
         files: HashMap::new(),
+        open_shared: 0,
         comparing: 0,
         next_slot: 0,
-        pieces: Batch::new(BATCH_PIECES, u64::MAX),
+        pieces: Batch::new(BATCH_PIECES, BATCH_BYTES),
         compares: Batch::new(BATCH_PIECES, COMPARE_BYTES),
         report: &mut report,
         reporter,
@@ -537,6 +547,8 @@ struct Run<'env> {
     options: &'env RestoreOptions,
     folders: Folders,
     files: HashMap<u64, OpenFile>,
+    /// Files of `files` the coordinating thread holds open (of several pieces).
+    open_shared: usize,
     /// Existing files sent to be compared, not yet answered.
     comparing: usize,
     next_slot: u64,
@@ -603,9 +615,9 @@ impl<'env> Stage for Run<'env> {
         Ok(())
     }
 
-    /// As many files are being written or compared as may be open at once.
+    /// As many files are open, or waiting for their pieces, as may be at once.
     fn is_full(&self, _in_flight: usize) -> bool {
-        self.files.len() + self.comparing >= OPEN_FILES
+        self.open_shared + self.comparing >= OPEN_FILES || self.files.len() >= PENDING_FILES
     }
 }
 
@@ -785,13 +797,14 @@ impl<'env> Run<'env> {
             entry,
         };
         let shared = if let [blob] = new.entry.chunks.as_slice() {
+            let stored = blob.length;
             let piece = Piece {
                 slot,
                 blob: blob.clone(),
                 into: Destination::Whole(Box::new(new)),
                 offset: 0,
             };
-            self.pieces.push(piece, 0);
+            self.pieces.push(piece, stored);
             if self.pieces.is_full() {
                 self.flush(jobs)?;
             }
@@ -805,6 +818,7 @@ impl<'env> Run<'env> {
                 }
             };
             let file = Arc::new(Mutex::new(file));
+            self.open_shared += 1;
             let mut offset = 0;
             for blob in &new.entry.chunks {
                 let piece = Piece {
@@ -813,9 +827,11 @@ impl<'env> Run<'env> {
                     blob: blob.clone(),
                     offset,
                 };
-                self.pieces.push(piece, 0);
+                self.pieces.push(piece, blob.length);
                 offset += blob.raw_length;
-                self.flush(jobs)?;
+                if self.pieces.is_full() {
+                    self.flush(jobs)?;
+                }
             }
             Some((new, temporary, file))
         };
@@ -841,7 +857,10 @@ impl<'env> Run<'env> {
             return;
         };
         let finished = match open.shared {
-            Some((new, temporary, file)) => new.finish(&temporary, &lock(&file), open.failure),
+            Some((new, temporary, file)) => {
+                self.open_shared -= 1;
+                new.finish(&temporary, &lock(&file), open.failure)
+            }
             None => open.failure.map_or(Ok(()), Err),
         };
         if let Err(reason) = finished {

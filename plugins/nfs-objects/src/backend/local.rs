@@ -171,25 +171,18 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut buffer = Vec::new();
-        self.get_range_into(name, offset, len, &mut buffer)?;
+        let mut buffer = vec![0; usize::try_from(len).map_err(|_| too_large(name))?];
+        self.read_range(name, offset, &mut buffer)?;
         Ok(buffer)
     }
 
-    fn get_range_into(
-        &self,
-        name: &str,
-        offset: u64,
-        len: u64,
-        buffer: &mut Vec<u8>,
-    ) -> Result<()> {
+    fn read_range(&self, name: &str, offset: u64, into: &mut [u8]) -> Result<()> {
         let file = File::open(self.path_of(name)?).map_err(|source| backend_error(name, source))?;
-        buffer.resize(usize::try_from(len).map_err(|_| too_large(name))?, 0);
-        file.read_exact_at(buffer, offset)
+        file.read_exact_at(into, offset)
             .map_err(|source| match source.kind() {
                 io::ErrorKind::UnexpectedEof => Error::Corrupt {
                     name: name.to_owned(),
-                    reason: format!("shorter than {} bytes", offset + len),
+                    reason: format!("shorter than {} bytes", offset + into.len() as u64),
                 },
                 _ => backend_error(name, source),
             })

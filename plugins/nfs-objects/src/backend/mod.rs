@@ -65,31 +65,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Reads `len` bytes at `offset`; an object shorter than that is corrupt.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
-    /// [`Backend::get_range`] into `buffer` (replacing its content), for callers that read
+    /// [`Backend::get_range`] into `into`, as many bytes as it is long, for callers that read
     /// many ranges: a reused buffer spares an allocation, and fresh pages, per read.
-    fn get_range_into(
-        &self,
-        name: &str,
-        offset: u64,
-        len: u64,
-        buffer: &mut Vec<u8>,
-    ) -> Result<()> {
-        *buffer = self.get_range(name, offset, len)?;
+    fn read_range(&self, name: &str, offset: u64, into: &mut [u8]) -> Result<()> {
+        let bytes = self.get_range(name, offset, into.len() as u64)?;
+        into.copy_from_slice(&bytes);
         Ok(())
     }
 
-    /// Reads each `(name, offset, len)` of `ranges` into the buffer of the same position (which
-    /// is replaced): the reads of one batch of a restore or verify. A store whose requests wait
-    /// on the network (S3) makes them concurrently; by default they are made one after another.
-    fn get_ranges_into(
-        &self,
-        ranges: &[(String, u64, u64)],
-        buffers: &mut [Vec<u8>],
-    ) -> Vec<Result<()>> {
-        ranges
-            .iter()
-            .zip(buffers)
-            .map(|((name, offset, len), buffer)| self.get_range_into(name, *offset, *len, buffer))
+    /// Reads each `(name, offset, len)` of `ranges` into its part of `into`, which holds them
+    /// back to back (a range starts where the one before it ends) and is exactly as long as all
+    /// of them: the reads of one batch of a restore or verify, into one buffer its worker keeps.
+    /// A store whose requests wait on the network (S3) makes them concurrently; by default
+    /// they are made one after another.
+    fn read_ranges(&self, ranges: &[(String, u64, u64)], into: &mut [u8]) -> Vec<Result<()>> {
+        split_ranges(ranges, into)
+            .map(|((name, offset, _), into)| self.read_range(name, *offset, into))
             .collect()
     }
 
@@ -114,4 +105,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Removes object `name`; removing an absent object is not an error.
     fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// Each range of `ranges` beside its part of `into` (see [`Backend::read_ranges`]).
+///
+/// # Panics
+/// If `into` is not exactly as long as the ranges together: a caller's bug.
+pub fn split_ranges<'a, 'b>(
+    ranges: &'a [(String, u64, u64)],
+    mut into: &'b mut [u8],
+) -> impl Iterator<Item = (&'a (String, u64, u64), &'b mut [u8])> {
+    let total: u64 = ranges.iter().map(|(_, _, len)| len).sum();
+    assert_eq!(into.len() as u64, total, "a buffer as long as the ranges");
+    ranges.iter().map(move |range| {
+        let (part, rest) = std::mem::take(&mut into).split_at_mut(range.2 as usize);
+        into = rest;
+        (range, part)
+    })
 }

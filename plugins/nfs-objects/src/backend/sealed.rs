@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, Leftovers, Lock, ObjectInfo};
+use super::{Backend, Leftovers, Lock, ObjectInfo, split_ranges};
 use crate::crypto::{Keys, OVERHEAD, ObjectKey, SEGMENT};
 use crate::error::{Error, IoContext, Result};
 use crate::repo::{INDEX_PREFIX, MANIFEST_PREFIX, SNAPSHOT_PREFIX};
@@ -97,32 +97,20 @@ impl Backend for SealedBackend {
         })
     }
 
-    fn get_range_into(
-        &self,
-        name: &str,
-        offset: u64,
-        len: u64,
-        buffer: &mut Vec<u8>,
-    ) -> Result<()> {
+    fn read_range(&self, name: &str, offset: u64, into: &mut [u8]) -> Result<()> {
         if self.key(name).is_none() {
-            return self.inner.get_range_into(name, offset, len, buffer);
+            return self.inner.read_range(name, offset, into);
         }
-        *buffer = self.get_range(name, offset, len)?;
+        into.copy_from_slice(&self.get_range(name, offset, into.len() as u64)?);
         Ok(())
     }
 
-    fn get_ranges_into(
-        &self,
-        ranges: &[(String, u64, u64)],
-        buffers: &mut [Vec<u8>],
-    ) -> Vec<Result<()>> {
+    fn read_ranges(&self, ranges: &[(String, u64, u64)], into: &mut [u8]) -> Vec<Result<()>> {
         if ranges.iter().all(|(name, _, _)| self.key(name).is_none()) {
-            return self.inner.get_ranges_into(ranges, buffers);
+            return self.inner.read_ranges(ranges, into);
         }
-        ranges
-            .iter()
-            .zip(buffers)
-            .map(|((name, offset, len), buffer)| self.get_range_into(name, *offset, *len, buffer))
+        split_ranges(ranges, into)
+            .map(|((name, offset, _), into)| self.read_range(name, *offset, into))
             .collect()
     }
 

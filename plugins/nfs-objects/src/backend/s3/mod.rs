@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
 
-use super::{Backend, Leftovers, ObjectInfo};
+use super::{Backend, Leftovers, ObjectInfo, split_ranges};
 use crate::error::{Error, Result};
 use errors::{body_error, classify};
 use staging::StagingDir;
@@ -105,21 +105,20 @@ impl Inner {
     }
 
     async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        self.get_range_into(name, offset, len, &mut bytes).await?;
+        let mut bytes = vec![
+            0;
+            usize::try_from(len).map_err(|_| {
+                Error::Invalid(format!("range of {name} does not fit in memory"))
+            })?
+        ];
+        self.read_range(name, offset, &mut bytes).await?;
         Ok(bytes)
     }
 
-    /// Reads `len` bytes of `name` from `offset` into `buffer` (its old content is dropped, its
-    /// allocation kept).
-    async fn get_range_into(
-        &self,
-        name: &str,
-        offset: u64,
-        len: u64,
-        buffer: &mut Vec<u8>,
-    ) -> Result<()> {
-        buffer.clear();
+    /// Reads `into.len()` bytes of `name` from `offset` into `into`, chunk by chunk as the body
+    /// arrives; a body of another length is a corrupt object.
+    async fn read_range(&self, name: &str, offset: u64, into: &mut [u8]) -> Result<()> {
+        let len = into.len() as u64;
         if len == 0 {
             return Ok(());
         }
@@ -132,8 +131,23 @@ impl Inner {
             .send()
             .await
             .map_err(|err| classify(self.bucket(), name, "GetObject", err))?;
-        read_body(out.body, buffer, self.bucket(), name).await?;
-        if buffer.len() as u64 != len {
+        let mut body = out.body;
+        let mut filled = 0;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|err| body_error(self.bucket(), name, err))?
+        {
+            let Some(area) = into.get_mut(filled..filled + chunk.len()) else {
+                return Err(Error::Corrupt {
+                    name: name.to_owned(),
+                    reason: format!("more than the {len} bytes asked for at offset {offset}"),
+                });
+            };
+            area.copy_from_slice(&chunk);
+            filled += chunk.len();
+        }
+        if filled as u64 != len {
             return Err(Error::Corrupt {
                 name: name.to_owned(),
                 reason: format!("shorter than {} bytes", offset + len),
@@ -319,49 +333,18 @@ impl Backend for S3Backend {
             .block_on(self.inner.get_range(name, offset, len))
     }
 
-    fn get_range_into(
-        &self,
-        name: &str,
-        offset: u64,
-        len: u64,
-        buffer: &mut Vec<u8>,
-    ) -> Result<()> {
+    fn read_range(&self, name: &str, offset: u64, into: &mut [u8]) -> Result<()> {
         self.runtime
-            .block_on(self.inner.get_range_into(name, offset, len, buffer))
+            .block_on(self.inner.read_range(name, offset, into))
     }
 
     /// All at once: a restore or verify batch's reads are a handful of ranged GETs, each
-    /// mostly waiting on the server; made one after another, half the wall time was idle.
-    fn get_ranges_into(
-        &self,
-        ranges: &[(String, u64, u64)],
-        buffers: &mut [Vec<u8>],
-    ) -> Vec<Result<()>> {
-        self.runtime.block_on(async {
-            let mut reads = tokio::task::JoinSet::new();
-            for (index, ((name, offset, len), buffer)) in
-                ranges.iter().zip(buffers.iter_mut()).enumerate()
-            {
-                let (inner, name, (offset, len)) =
-                    (self.inner.clone(), name.clone(), (*offset, *len));
-                let mut buffer = std::mem::take(buffer);
-                reads.spawn(async move {
-                    let result = inner.get_range_into(&name, offset, len, &mut buffer).await;
-                    (index, buffer, result)
-                });
-            }
-            let mut results: Vec<Result<()>> = (0..ranges.len()).map(|_| Ok(())).collect();
-            while let Some(joined) = reads.join_next().await {
-                match joined {
-                    Ok((index, buffer, result)) => {
-                        buffers[index] = buffer;
-                        results[index] = result;
-                    }
-                    Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
-                }
-            }
-            results
-        })
+    /// mostly waiting on the server; made one after another, half the wall time was idle. Each
+    /// read fills its own part of the caller's buffer as its body arrives.
+    fn read_ranges(&self, ranges: &[(String, u64, u64)], into: &mut [u8]) -> Vec<Result<()>> {
+        let reads = split_ranges(ranges, into)
+            .map(|((name, offset, _), into)| self.inner.read_range(name, *offset, into));
+        self.runtime.block_on(futures_util::future::join_all(reads))
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
