@@ -174,7 +174,9 @@ impl Default for RepoConfig {
             format: FORMAT_NAME.into(),
             version: PLAINTEXT_VERSION,
             chunk_size: 4 << 20,
-            pack_size: 32 << 20,
+            // 64 MiB: a backup of the bench tree into S3 made 43 objects instead of 85 with
+            // 32 MiB (restic: 82), in the same time; a pack costs a PUT and an index object.
+            pack_size: 64 << 20,
             encryption: None,
         }
     }

@@ -95,8 +95,8 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     let source = sandbox.path().join("data");
     build_tree(&source);
     let plan = plan(&sandbox, &source, "s3://backups/services/artifacts");
-    // One pack writer, so the 40 MiB file fills a 32 MiB pack (a multipart upload) whatever
-    // the machine's core count; with several, each pack may stay under the multipart size.
+    // One pack writer, so the 40 MiB file lands in one pack above the multipart size whatever
+    // the machine's core count; with several, each pack may stay under it.
     let mut text = fs::read_to_string(&plan).unwrap();
     text.push_str("workers = 1\n");
     fs::write(&plan, text).unwrap();
@@ -134,7 +134,7 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
             .filter(|k| k.starts_with("services/artifacts/"))
             .count()
     );
-    // The 32 MiB packs went up as multipart uploads (their ETag ends in -<parts>).
+    // The packs above 16 MiB went up as multipart uploads (their ETag ends in -<parts>).
     let multipart = aws.script(
         "print(sum('-' in o['ETag'] for o in s3.list_objects_v2(Bucket='backups')['Contents']))",
     );

@@ -1,6 +1,6 @@
 //! Publishing objects: one PutObject for small ones, a parallel multipart upload for packs.
 //!
-//! A pack is 32 MiB; sent as one request it would take one connection's bandwidth and, on a
+//! A pack is 64 MiB; sent as one request it would take one connection's bandwidth and, on a
 //! failure, be resent whole. Above `MULTIPART_THRESHOLD` it is cut into `PART_SIZE` parts read
 //! straight from the staged file (never held in memory), `PARALLEL_PARTS` at a time. The object
 //! appears only when CompleteMultipartUpload succeeds; a failed upload is aborted so no parts
