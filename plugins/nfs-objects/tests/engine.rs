@@ -321,7 +321,10 @@ impl Gather {
             self.changed.notify_all();
         }
         let timeout = std::time::Duration::from_secs(2);
-        drop(self.changed.wait_timeout_while(state, timeout, |(_, _, met)| !*met));
+        drop(
+            self.changed
+                .wait_timeout_while(state, timeout, |(_, _, met)| !*met),
+        );
     }
 
     fn leave(&self) {
@@ -453,7 +456,11 @@ fn small_files_waiting_for_their_reads_do_not_count_as_open_files() {
         tempfile::tempdir().unwrap(),
     );
     for i in 0..2000 {
-        fs::write(source.path().join(format!("f{i:04}")), format!("file {i}\n")).unwrap();
+        fs::write(
+            source.path().join(format!("f{i:04}")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
     }
     let snapshot = run_backup(&open_repo(repo_dir.path()), source.path())
         .unwrap()
