@@ -111,7 +111,7 @@ impl<'a> Fetcher<'a> {
             })
             .collect();
         let total: u64 = ranges.iter().map(|(_, _, len)| len).sum();
-        let total = usize::try_from(total).expect("a group is at most IN_FLIGHT_BYTES");
+        let total = usize::try_from(total).expect("a group's reads fit in memory");
         // Grown once to the largest group and never shrunk: zero-filled only the first time.
         if self.buffer.len() < total {
             self.buffer.resize(total, 0);

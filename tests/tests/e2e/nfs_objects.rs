@@ -14,11 +14,17 @@ const CONFIG_ERROR: i32 = 78;
 
 /// A plan with one nfs-objects step backing up `source` into `repository`.
 fn plan(sandbox: &Sandbox, source: &Path, repository: &str) -> String {
+    plan_with(sandbox, source, repository, "")
+}
+
+/// [`plan`] with `config` (lines of TOML) added to the step's config.
+fn plan_with(sandbox: &Sandbox, source: &Path, repository: &str, config: &str) -> String {
     let path = sandbox.write(
         "plan.toml",
         &format!(
             "[plan]\nname = \"artifacts\"\n\n[[steps]]\nid = \"artifacts\"\n\
-             plugin = \"nfs-objects\"\n[steps.config]\nsource = \"{}\"\nrepository = \"{repository}\"\n",
+             plugin = \"nfs-objects\"\n[steps.config]\nsource = \"{}\"\nrepository = \"{repository}\"\n\
+             {config}",
             source.display()
         ),
     );
@@ -94,12 +100,14 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     let sandbox = Sandbox::new();
     let source = sandbox.path().join("data");
     build_tree(&source);
-    let plan = plan(&sandbox, &source, "s3://backups/services/artifacts");
     // One pack writer, so the 40 MiB file lands in one pack above the multipart size whatever
     // the machine's core count; with several, each pack may stay under it.
-    let mut text = fs::read_to_string(&plan).unwrap();
-    text.push_str("workers = 1\n");
-    fs::write(&plan, text).unwrap();
+    let plan = plan_with(
+        &sandbox,
+        &source,
+        "s3://backups/services/artifacts",
+        "workers = 1\n",
+    );
 
     let first = sandbox.run_on(&aws, &["--json", "run", &plan]);
     let first = first.expect_code(0).json();
@@ -424,11 +432,13 @@ fn a_backup_after_an_index_offset_was_corrupted_does_not_copy_it_and_verify_repo
     let source = sandbox.path().join("data");
     let repository = sandbox.path().join("repo");
     random_files(&source, 2, 1 << 20);
-    let plan = plan(&sandbox, &source, repository.to_str().unwrap());
     // One worker: both files in one pack, so the changed range stays inside it.
-    let mut text = fs::read_to_string(&plan).unwrap();
-    text.push_str("workers = 1\n");
-    fs::write(&plan, text).unwrap();
+    let plan = plan_with(
+        &sandbox,
+        &source,
+        repository.to_str().unwrap(),
+        "workers = 1\n",
+    );
     sandbox.run(["--json", "run", &plan]).expect_code(0);
     let index_file = files_under(&repository, "index").remove(0);
     let mut index: Value = serde_json::from_slice(&fs::read(&index_file).unwrap()).unwrap();
@@ -623,10 +633,12 @@ fn absurd_numbers_and_empty_values_are_plan_errors_at_their_line() {
         let source = sandbox.path().join("data");
         fs::create_dir(&source).unwrap();
         let repository = sandbox.path().join("repo");
-        let plan = plan(&sandbox, &source, repository.to_str().unwrap());
-        let mut text = fs::read_to_string(&plan).unwrap();
-        text.push_str(&format!("{line}\n"));
-        fs::write(&plan, text).unwrap();
+        let plan = plan_with(
+            &sandbox,
+            &source,
+            repository.to_str().unwrap(),
+            &format!("{line}\n"),
+        );
         let out = sandbox.run(["plan", "check", &plan]);
         out.expect_code(CONFIG_ERROR);
         let stderr = out.stderr();
@@ -812,10 +824,12 @@ fn an_s3_repository_restores_byte_identical_with_each_direct_io_setting() {
     let source = sandbox.path().join("data");
     build_tree(&source);
     for setting in ["auto", "on", "off"] {
-        let plan = plan(&sandbox, &source, &format!("s3://backups/{setting}"));
-        let mut text = fs::read_to_string(&plan).unwrap();
-        text.push_str(&format!("direct_io = \"{setting}\"\n"));
-        fs::write(&plan, text).unwrap();
+        let plan = plan_with(
+            &sandbox,
+            &source,
+            &format!("s3://backups/{setting}"),
+            &format!("direct_io = \"{setting}\"\n"),
+        );
         sandbox.run_on(&aws, &["run", &plan]).expect_code(0);
         let target = sandbox.path().join(format!("restored-{setting}"));
         let option = format!("target={}", target.display());
@@ -828,10 +842,12 @@ fn an_s3_repository_restores_byte_identical_with_each_direct_io_setting() {
             "direct_io = {setting}"
         );
     }
-    let plan = plan(&sandbox, &source, "s3://backups/typo");
-    let mut text = fs::read_to_string(&plan).unwrap();
-    text.push_str("direct_io = \"sometimes\"\n");
-    fs::write(&plan, text).unwrap();
+    let plan = plan_with(
+        &sandbox,
+        &source,
+        "s3://backups/typo",
+        "direct_io = \"sometimes\"\n",
+    );
     let refused = sandbox.run_on(&aws, &["plan", "check", &plan]);
     assert!(refused.expect_code(78).stderr().contains("direct_io"));
 }

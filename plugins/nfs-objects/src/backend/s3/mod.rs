@@ -105,12 +105,9 @@ impl Inner {
     }
 
     async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut bytes = vec![
-            0;
-            usize::try_from(len).map_err(|_| {
-                Error::Invalid(format!("range of {name} does not fit in memory"))
-            })?
-        ];
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Invalid(format!("range of {name} does not fit in memory")))?;
+        let mut bytes = vec![0; len];
         self.read_range(name, offset, &mut bytes).await?;
         Ok(bytes)
     }
@@ -250,7 +247,6 @@ impl S3Backend {
     }
 }
 
-/// An S3 client from the standard chain, with `options` applied on top.
 /// Appends a GetObject body to `into`, chunk by chunk as it arrives: one copy per chunk.
 /// (`AggregatedBytes::to_vec` copied byte by byte: a quarter of the CPU of a restore from S3.)
 async fn read_body(
@@ -272,6 +268,7 @@ async fn read_body(
     Ok(())
 }
 
+/// An S3 client from the standard chain, with `options` applied on top.
 async fn client(options: &S3Options) -> Client {
     let sdk = backplan_aws::load(&backplan_aws::Settings {
         region: options.region.clone(),
