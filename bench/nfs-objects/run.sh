@@ -9,6 +9,8 @@
 # (user + system) and peak RSS, and the ratio backplan/peer; then what each tool stored (objects
 # and bytes) after the last backup.
 #
+# `cp` (local only) is the floor of a restore: `cp -a` of the tree itself, restore phase only.
+#
 # Rows: `backplan` is what users run, `backplan run / restore / verify` on a generated plan
 # (runner, catalog and plugin host included); `backplan-enc` the same on an encrypted
 # repository (format version 2, a passphrase key): restic, rustic and borg (repokey) encrypt
@@ -25,7 +27,10 @@
 # (20000; use 500000 for the memory scale test), DATA (a tree to use instead of the generated
 # one), TOOLS (default: all that suit STORE), STORE, INSTALL (1: install missing peers with
 # apt-get and `cargo install`), BACKPLAN and ENGINE (prebuilt binaries; skip the build),
-# S3_PORT (9555). Needs root (drop_caches).
+# S3_PORT (9555), PHASES (default "full nochange mutated restore verify"; leave out `mutated`
+# for a DATA tree that is not the generated one), RESTORE_FS (`fresh`, the default: every
+# restore goes into a new ext4 filesystem of its own, see `restore_target`; `plain`: into a
+# folder of BENCH_DIR). Needs root (drop_caches, mount).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,12 +41,13 @@ RUNS=${RUNS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
 STORE=${STORE:-local}
 case $STORE in
-local) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic borg rsync rclone} ;;
-s3) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic rclone} ;;
+local) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic borg rsync rclone cp} ;;
+s3) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic rclone cp} ;;
 *) echo "STORE is local or s3" >&2; exit 2 ;;
 esac
 INSTALL=${INSTALL:-1}
-PHASES="full nochange mutated restore verify"
+PHASES=${PHASES:-full nochange mutated restore verify}
+RESTORE_FS=${RESTORE_FS:-fresh}
 S3_PORT=${S3_PORT:-9555}
 S3S_FS_VERSION=0.14.1
 PYTHON=$ROOT/scripts/local-aws/.venv/bin/python
@@ -225,6 +231,7 @@ command_for() {
     case $1 in
     backplan | backplan-enc) backplan_command "$1" "$2" ;;
     engine) engine_command "$2" ;;
+    cp) [[ $2 != restore ]] || echo "cp -a $DATA/. $OUT/cp/" ;;
     *) peer_command "$1" "$2" ;;
     esac
 }
@@ -233,9 +240,47 @@ available() {
     [[ $1 == backplan* || $1 == engine ]] || command -v "$1" >/dev/null
 }
 
-# Where a tool's stored data sits on this machine's disk (for the S3 server: its bucket folder).
+# Which phases back up (usage is recorded after the last of them).
+is_backup() { [[ $1 == full || $1 == nochange || $1 == mutated ]]; }
+
+# Where a tool's stored data sits on this machine's disk (for the S3 server: its bucket folder);
+# `cp` copies the tree itself.
 stored_folder() {
-    if [[ $STORE == s3 ]]; then echo "$S3_ROOT/$1"; else echo "$REPOS/$1"; fi
+    if [[ $1 == cp ]]; then echo "$DATA"; elif [[ $STORE == s3 ]]; then echo "$S3_ROOT/$1"; else echo "$REPOS/$1"; fi
+}
+
+# Makes the empty folder a restore of `tool` writes into. With RESTORE_FS=fresh it is the root
+# of a new ext4 filesystem (a sparse image on a loop device, the default mkfs options, journal
+# included) mounted for this one restore: on ext4 without a journal, as on some build machines,
+# allocating inodes skips the ones deleted in the last 5 minutes one by one, so a restore into a
+# folder right after the previous round's `rm -rf` ran up to twice as long, for whichever tool
+# came after it. Falls back to a plain folder (said once) where loop mounts are not allowed.
+restore_target() {
+    local out=$OUT/$1
+    mkdir -p "$out"
+    [[ $RESTORE_FS == fresh ]] || return 0
+    local image=$BENCH_DIR/restore-$1.img
+    if [[ -z ${DATA_BYTES:-} ]]; then
+        DATA_BYTES=$(du -sb "$DATA" | cut -f1)
+        DATA_ENTRIES=$(find "$DATA" | wc -l)
+    fi
+    rm -f "$image"
+    truncate -s $((DATA_BYTES * 2 + (1 << 30))) "$image"
+    if mkfs.ext4 -q -F -N $((DATA_ENTRIES * 2 + 10000)) "$image" >/dev/null 2>&1 &&
+        mount -o loop "$image" "$out" 2>/dev/null; then
+        rmdir "$out/lost+found"
+    else
+        rm -f "$image"
+        log "cannot mount a fresh filesystem here; restores go into plain folders (RESTORE_FS=plain)"
+        RESTORE_FS=plain
+    fi
+}
+
+# Unmounts and removes what `restore_target` made.
+release_target() {
+    local out=$OUT/$1
+    [[ $RESTORE_FS == fresh ]] || return 0
+    umount "$out" && rm -f "$BENCH_DIR/restore-$1.img"
 }
 
 # Drop the page cache, then read the phase's inputs once, the same way for every tool.
@@ -268,7 +313,6 @@ start_s3() {
     s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$AWS_ACCESS_KEY_ID" \
         --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3_ROOT" >"$BENCH_DIR/s3s-fs.log" 2>&1 &
     S3_PID=$!
-    trap 'kill $S3_PID 2>/dev/null' EXIT
     for _ in $(seq 1 50); do
         curl -s -o /dev/null "$ENDPOINT" && break
         sleep 0.2
@@ -302,10 +346,14 @@ timed() {
     local tool=$1 phase=$2 run=$3 cmd
     cmd=$(command_for "$tool" "$phase")
     [[ -n $cmd ]] || return 0
+    [[ $phase == restore ]] && restore_target "$tool"
     reset_cache "$tool" "$phase"
     local stats
     stats=$(mktemp)
-    if ! /usr/bin/time -f '%e %U %S %M' -o "$stats" sh -c "$cmd" >/dev/null 2>"$stats.err"; then
+    local status=0
+    /usr/bin/time -f '%e %U %S %M' -o "$stats" sh -c "$cmd" >/dev/null 2>"$stats.err" || status=$?
+    [[ $phase == restore ]] && release_target "$tool"
+    if ((status != 0)); then
         log "$tool $phase failed: $(tail -n 3 "$stats.err")"
         rm -f "$stats" "$stats.err"
         return 0
@@ -362,7 +410,16 @@ for tool in sorted(rows, key=lambda t: (t != "backplan", t)):
 PY
 }
 
+# On the way out, however the script ends: the S3 server stopped, restore filesystems unmounted.
+clean_up() {
+    [[ -z ${S3_PID:-} ]] || kill "$S3_PID" 2>/dev/null
+    local mounted
+    for mounted in "$OUT"/*; do mountpoint -q "$mounted" 2>/dev/null && umount "$mounted"; done
+    rm -f "$BENCH_DIR"/restore-*.img
+}
+
 main() {
+    trap clean_up EXIT
     [[ $(id -u) == 0 ]] || { echo "run as root (drop_caches)" >&2; exit 1; }
     [[ $INSTALL == 1 ]] && install_peers
     build_backplan
@@ -375,7 +432,8 @@ main() {
     : >"$USAGE"
     write_plans
     [[ $STORE == s3 ]] && start_s3
-    local tools=()
+    local tools=() last_backup=""
+    for phase in $PHASES; do is_backup "$phase" && last_backup=$phase; done
     for tool in $TOOLS; do available "$tool" && tools+=("$tool") || log "$tool not installed; skipped"; done
     for run in $(seq 1 "$RUNS"); do
         fresh_stores "${tools[@]}"
@@ -386,8 +444,8 @@ main() {
             local order=("${tools[@]}")
             ((run % 2 == 0)) && order=($(printf '%s\n' "${tools[@]}" | tac))
             for tool in "${order[@]}"; do timed "$tool" "$phase" "$run"; done
-            if [[ $phase == mutated ]]; then
-                for tool in "${tools[@]}"; do record_usage "$tool" "$run"; done
+            if [[ $phase == "$last_backup" ]]; then
+                for tool in "${tools[@]}"; do [[ $tool == cp ]] || record_usage "$tool" "$run"; done
             fi
         done
     done

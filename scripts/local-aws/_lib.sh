@@ -10,9 +10,11 @@ LOCAL_AWS_REPO_ROOT="$(cd "$LOCAL_AWS_DIR/../.." && pwd -P)"
 # The pins. moto 5.2.x answers GetBucketVersioning/ListParts with an XML root that the
 # current aws-sdk-s3 rejects, hence 5.1.22. Changing a pin changes the stamp, which
 # makes the next `start` re-install into the virtualenv.
+# zstandard lets tests read the repository objects nfs-objects compresses (its indexes).
 LOCAL_AWS_REQUIREMENTS=(
   "moto[server,ec2,s3]==5.1.22"
   "ministack==1.5.33"
+  "zstandard==0.23.0"
 )
 
 # Project-local virtualenv. Kept inside this directory (ignored by its .gitignore) so the

@@ -409,10 +409,8 @@ impl FileReader<'_> {
         let id = self.keys.id_of(raw);
         let raw_length = raw.len() as u64;
         let dedup = &self.shared.dedup;
-        if dedup.tracks(raw_length) {
-            if let Some(existing) = dedup.find(&id, raw_length)? {
-                return Ok(existing);
-            }
+        if let Some(existing) = dedup.find(&id, raw_length)? {
+            return Ok(existing);
         }
         let blob = match self.encoder.compress(raw) {
             Some(compressed) => self.packs.add(id, compressed, raw_length, true)?,

@@ -4,16 +4,23 @@
 //! manifest. This index catches the rest — the same large artifact or cache under a new path, or a
 //! chunk shared between two files. It only tracks blobs of at least `min_length` bytes so its
 //! memory grows with the amount of large data, not with the number of files (a repository of
-//! 500,000 small files would otherwise need tens of megabytes here); duplicate small files cost
-//! little space. It is loaded from the `index/` objects the first time a backup has new data, so
-//! a no-change run never pays for it.
+//! 500,000 small files would otherwise need tens of megabytes here). It is loaded from the
+//! `index/` objects the first time a backup has new data, so a no-change run never pays for it.
+//!
+//! Small files are deduplicated only against the last [`RECENT_SMALL`] small blobs this backup
+//! stored, a window of fixed size. Real trees repeat small files close together: in a Cargo
+//! registry (57,500 files) 12,000 small files, 72 MiB, are copies of another, and a window of
+//! 4,096 blobs finds 71.3 MiB of them (2,048: 71.0; 65,536: 72.0): the same LICENSE, build script
+//! or generated file in consecutive versions of a crate, `node_modules` copies side by side.
+//! Stored again, they made that repository 10 % larger than rustic's. The window keeps memory
+//! flat (about 1 MB) however many files there are.
 //!
 //! A new snapshot must never reference data that is not there, so an index is only believed
 //! when it describes a pack that exists, exactly (see `index`): the index of a missing pack, an
 //! unreadable one, or one whose entries do not cover its pack is left out, the content it
 //! lists is stored again, and the backup names it among its findings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::Backend;
@@ -26,6 +33,9 @@ use crate::repo::{INDEX_PREFIX, index_object, object_stem, pack_object};
 /// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
 /// repository-wide dedup index.
 const MIN_LENGTH: u64 = 256 * 1024;
+
+/// Small blobs remembered for deduplication within one backup (about 250 bytes each).
+const RECENT_SMALL: usize = 4096;
 
 /// The smallest blob worth deduplicating in a repository cutting files into `chunk_size` pieces.
 pub fn min_length(chunk_size: u64) -> u64 {
@@ -42,7 +52,44 @@ pub struct DedupIndex {
     /// Threads reading index objects when the index is loaded.
     threads: usize,
     known: Mutex<Option<HashMap<ContentId, BlobRef>>>,
+    /// The small blobs this backup stored last.
+    recent: Mutex<RecentBlobs>,
     distrusted: Findings,
+}
+
+/// The last `capacity` blobs remembered, by content id; the oldest is forgotten first.
+#[derive(Debug)]
+struct RecentBlobs {
+    capacity: usize,
+    blobs: HashMap<ContentId, BlobRef>,
+    order: VecDeque<ContentId>,
+}
+
+impl RecentBlobs {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            blobs: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &ContentId) -> Option<&BlobRef> {
+        self.blobs.get(id)
+    }
+
+    fn insert(&mut self, blob: &BlobRef) {
+        if self.capacity == 0 || self.blobs.contains_key(&blob.id) {
+            return;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.blobs.remove(&oldest);
+            }
+        }
+        self.order.push_back(blob.id);
+        self.blobs.insert(blob.id, blob.clone());
+    }
 }
 
 impl DedupIndex {
@@ -59,19 +106,28 @@ impl DedupIndex {
             packs,
             threads,
             known: Mutex::new(None),
+            recent: Mutex::new(RecentBlobs::new(RECENT_SMALL)),
             distrusted: Findings::default(),
         }
     }
 
-    /// Whether blobs of `raw_length` bytes are worth looking up.
-    pub fn tracks(&self, raw_length: u64) -> bool {
+    /// Whether blobs of `raw_length` bytes are looked up in the repository-wide index (smaller
+    /// ones only among the recent small blobs).
+    fn tracks(&self, raw_length: u64) -> bool {
         raw_length >= self.min_length
     }
 
-    /// A stored copy of content `id` of `raw_length` bytes, if the repository has one. An entry
-    /// of another length cannot hold that content (its index was edited): it is not used, and
-    /// named among the findings.
+    /// A stored copy of content `id` of `raw_length` bytes, if the repository has one (for a
+    /// small blob: if this backup stored it lately). An entry of another length cannot hold
+    /// that content (its index was edited): it is not used, and named among the findings.
     pub fn find(&self, id: &ContentId, raw_length: u64) -> Result<Option<BlobRef>> {
+        if !self.tracks(raw_length) {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(recent
+                .get(id)
+                .filter(|blob| blob.raw_length == raw_length)
+                .cloned());
+        }
         let found = self.loaded()?.as_ref().and_then(|map| map.get(id).cloned());
         Ok(found.filter(|blob| {
             let plausible = blob.raw_length == raw_length;
@@ -95,6 +151,9 @@ impl DedupIndex {
             if let Some(map) = self.loaded()?.as_mut() {
                 map.insert(blob.id, blob.clone());
             }
+        } else {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.insert(blob);
         }
         Ok(())
     }
@@ -243,6 +302,48 @@ mod tests {
         index.remember(&fresh).unwrap();
         assert_eq!(index.find(&fresh.id, 6).unwrap(), None, "of another length");
         assert_eq!(index.into_distrusted().len(), 1);
+    }
+
+    fn small_blob(content: &[u8]) -> BlobRef {
+        BlobRef {
+            id: ContentId::of(content),
+            pack: "p".into(),
+            offset: 0,
+            length: content.len() as u64,
+            raw_length: content.len() as u64,
+            zstd: false,
+        }
+    }
+
+    #[test]
+    fn duplicate_small_files_are_found_among_the_blobs_this_backup_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
+        let index = index_of(&backend, 1 << 20);
+        let license = small_blob(b"MIT License");
+        assert_eq!(index.find(&license.id, 11).unwrap(), None);
+        index.remember(&license).unwrap();
+        assert_eq!(index.find(&license.id, 11).unwrap(), Some(license.clone()));
+        assert_eq!(
+            index.find(&license.id, 12).unwrap(),
+            None,
+            "of another length"
+        );
+        // No index object was read for it: a small file never loads the repository's index.
+        assert!(index.known.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_window_of_recent_small_blobs_forgets_the_oldest_first() {
+        let mut recent = RecentBlobs::new(2);
+        let [a, b, c] = [b"a", b"b", b"c"].map(|content| small_blob(content));
+        recent.insert(&a);
+        recent.insert(&b);
+        recent.insert(&a);
+        recent.insert(&c);
+        assert!(recent.get(&a.id).is_none());
+        assert!(recent.get(&b.id).is_some() && recent.get(&c.id).is_some());
+        assert_eq!(recent.blobs.len(), 2);
     }
 
     #[test]

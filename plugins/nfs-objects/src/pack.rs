@@ -171,7 +171,7 @@ impl PackWriter {
         }
         self.backend
             .put_file(&pack_object(&pack.name), &pack.staged)?;
-        let index = serde_json::to_vec(&pack.blobs).expect("blob refs serialise");
+        let index = crate::index::encode_index(&pack.blobs);
         self.backend.put_bytes(&index_object(&pack.name), &index)?;
         self.packs_written += 1;
         Ok(())
@@ -234,8 +234,7 @@ mod tests {
         assert_eq!(writer.finish().unwrap(), 2);
 
         assert_eq!(backend.get(&pack_object(&a.pack)).unwrap(), b"aaaaaabbbbbb");
-        let index: Vec<BlobRef> =
-            serde_json::from_slice(&backend.get(&index_object(&a.pack)).unwrap()).unwrap();
+        let index = crate::index::read_index(backend.as_ref(), &index_object(&a.pack)).unwrap();
         assert_eq!(index, [a, b]);
         assert_eq!(fs::read_dir(backend.staging_dir()).unwrap().count(), 0);
     }

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use backplan_plugin_nfs_objects::backend::{Backend, Leftovers, LocalBackend, Lock, ObjectInfo};
 use backplan_plugin_nfs_objects::backup::{BackupOptions, BackupReport, backup};
+use backplan_plugin_nfs_objects::blob::BlobRef;
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
+use backplan_plugin_nfs_objects::index::{decode_index, encode_index};
 use backplan_plugin_nfs_objects::manifest::{Entry, ManifestReader};
 use backplan_plugin_nfs_objects::prune::{PruneOptions, Retention, prune};
 use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository, index_object, pack_object};
@@ -205,6 +207,41 @@ fn round_trip_reproduces_content_and_metadata() {
     .unwrap();
     assert!(verified.damaged.is_empty(), "{:?}", verified.damaged);
     assert_eq!(verified.files_checked, 5, "files with content");
+}
+
+/// Consecutive versions of a package repeat small files (a LICENSE, a build script): each
+/// content is stored once however many folders hold it, and every copy restores and verifies.
+#[test]
+fn small_files_repeated_across_folders_are_stored_once() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let license = pseudo_random(20_000, 7);
+    for version in 0..50 {
+        let folder = source.path().join(format!("crate-1.{version}.0"));
+        fs::create_dir(&folder).unwrap();
+        fs::write(folder.join("LICENSE"), &license).unwrap();
+        fs::write(folder.join("lib.rs"), pseudo_random(3_000, version)).unwrap();
+    }
+    let repo = open_repo(repo_dir.path());
+    let report = run_backup(&repo, source.path()).unwrap();
+    // 50 distinct lib.rs of 3,000 bytes, and the LICENSE once (random bytes: stored raw).
+    let stored = report.snapshot.stats.bytes_stored;
+    assert!(stored < 50 * 3_000 + 2 * 20_000, "stored {stored}");
+
+    restore_to(&repo, &report.snapshot, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+    let verified = verify(
+        &repo,
+        &report.snapshot,
+        &VerifyOptions::default(),
+        Control::silent(),
+    )
+    .unwrap();
+    assert!(verified.damaged.is_empty(), "{:?}", verified.damaged);
+    assert_eq!(verified.files_checked, 100);
 }
 
 /// Large files are read and written around the page cache when their pieces are large and
@@ -807,6 +844,20 @@ fn verify_now(repo: &Repository, snapshot: &Snapshot) -> VerifyReport {
     verify(repo, snapshot, &options, Control::silent()).unwrap()
 }
 
+/// An index object as JSON, to edit.
+fn read_index_json(path: &Path) -> serde_json::Value {
+    serde_json::to_value(decode_index(&fs::read(path).unwrap()).unwrap()).unwrap()
+}
+
+/// Writes an edited index back as the pack writer would.
+fn write_index_json(path: &Path, index: serde_json::Value) {
+    fs::write(
+        path,
+        encode_index(&serde_json::from_value::<Vec<BlobRef>>(index).unwrap()),
+    )
+    .unwrap();
+}
+
 fn objects_of(findings: &[backplan_plugin_nfs_objects::index::Finding]) -> Vec<&str> {
     findings.iter().map(|f| f.object.as_str()).collect()
 }
@@ -875,8 +926,7 @@ fn a_backup_after_an_index_offset_was_corrupted_does_not_copy_it() {
     let chunk = manifest_entries(&repo, &first).pop().unwrap().chunks[1].clone();
     // Shift the blob's entry by one byte: the range still lies inside the pack.
     let index_path = repo_dir.path().join(index_object(&chunk.pack));
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let mut index = read_index_json(&index_path);
     let entry = index
         .as_array_mut()
         .unwrap()
@@ -884,7 +934,7 @@ fn a_backup_after_an_index_offset_was_corrupted_does_not_copy_it() {
         .find(|e| e["offset"] == chunk.offset)
         .unwrap();
     entry["offset"] = (chunk.offset + 1).into();
-    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    write_index_json(&index_path, index);
     fs::write(source.path().join("copy.bin"), &content).unwrap();
 
     let report = run_backup(&repo, source.path()).unwrap();
@@ -1035,13 +1085,12 @@ fn verify_reports_an_index_that_lists_the_wrong_blob_where_the_snapshot_reads_an
         .clone();
     // Two blobs of the same length trade ids: the index still covers its pack exactly.
     let index_path = repo_dir.path().join(index_object(&pack));
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let mut index = read_index_json(&index_path);
     let entries = index.as_array_mut().unwrap();
     let first_id = entries[0]["id"].clone();
     entries[0]["id"] = entries[1]["id"].clone();
     entries[1]["id"] = first_id;
-    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    write_index_json(&index_path, index);
 
     let check = verify_now(&repo, &snapshot);
     assert!(check.damaged.is_empty());

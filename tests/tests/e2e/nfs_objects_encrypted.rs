@@ -528,9 +528,10 @@ fn format_md_recipe_decrypts_a_snapshot_header_and_a_blob_with_python() {
         .to_owned();
 
     // The recipe of FORMAT.md ("Decrypting by hand"), with nothing but Python's standard
-    // library and `cryptography`.
+    // library, `cryptography` and `zstandard`.
     let script = r#"
 import glob, hashlib, hmac, json, os, struct, sys
+import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -558,7 +559,9 @@ def open_object(name):
 header = json.loads(open_object("snapshots/%s.json" % snapshot))
 print("snapshot", header["id"])
 for index in glob.glob(os.path.join(repo, "index", "*.json")):
-    for blob in json.loads(open_object("index/" + os.path.basename(index))):
+    stored = open_object("index/" + os.path.basename(index))
+    listing = zstandard.ZstdDecompressor().stream_reader(stored).read()
+    for blob in json.loads(listing):
         if blob.get("zstd") or blob["raw_length"] != int(wanted):
             continue
         pack = os.path.join(repo, "data", blob["pack"][:2], blob["pack"] + ".pack")
