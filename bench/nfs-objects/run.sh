@@ -9,7 +9,8 @@
 # (user + system) and peak RSS, and the ratio backplan/peer; then what each tool stored (objects
 # and bytes) after the last backup.
 #
-# `cp` (local only) is the floor of a restore: `cp -a` of the tree itself, restore phase only.
+# Two floors, one phase each: `cp` is `cp -a` of the tree itself (restore), `find` is
+# `find -newer` over it (no-change: what looking at every file's metadata costs).
 #
 # Rows: `backplan` is what users run, `backplan run / restore / verify` on a generated plan
 # (runner, catalog and plugin host included); `backplan-enc` the same on an encrypted
@@ -41,8 +42,8 @@ RUNS=${RUNS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
 STORE=${STORE:-local}
 case $STORE in
-local) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic borg rsync rclone cp} ;;
-s3) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic rclone cp} ;;
+local) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic borg rsync rclone cp find} ;;
+s3) TOOLS=${TOOLS:-backplan backplan-enc engine restic rustic rclone cp find} ;;
 *) echo "STORE is local or s3" >&2; exit 2 ;;
 esac
 INSTALL=${INSTALL:-1}
@@ -232,6 +233,12 @@ command_for() {
     backplan | backplan-enc) backplan_command "$1" "$2" ;;
     engine) engine_command "$2" ;;
     cp) [[ $2 != restore ]] || echo "cp -a $DATA/. $OUT/cp/" ;;
+    find)
+        case $2 in
+        init) echo "touch $BENCH_DIR/find-since" ;;
+        nochange) echo "find $DATA -newer $BENCH_DIR/find-since" ;;
+        esac
+        ;;
     *) peer_command "$1" "$2" ;;
     esac
 }
@@ -336,9 +343,11 @@ fresh_stores() {
     rm -rf "$REPOS" "$OUT"
     mkdir -p "$REPOS" "$OUT"
     if [[ $STORE == s3 ]]; then
-        local tool
-        for tool in "$@"; do rm -rf "${S3_ROOT:?}/$tool"; done
-        "$PYTHON" "$HERE/store.py" mkbucket "$@"
+        local tool buckets=()
+        # The floors store nothing (and a bucket name has 3 characters at least).
+        for tool in "$@"; do [[ $tool == cp || $tool == find ]] || buckets+=("$tool"); done
+        for tool in "${buckets[@]}"; do rm -rf "${S3_ROOT:?}/$tool"; done
+        "$PYTHON" "$HERE/store.py" mkbucket "${buckets[@]}"
     fi
 }
 
@@ -445,7 +454,9 @@ main() {
             ((run % 2 == 0)) && order=($(printf '%s\n' "${tools[@]}" | tac))
             for tool in "${order[@]}"; do timed "$tool" "$phase" "$run"; done
             if [[ $phase == "$last_backup" ]]; then
-                for tool in "${tools[@]}"; do [[ $tool == cp ]] || record_usage "$tool" "$run"; done
+                for tool in "${tools[@]}"; do
+                    [[ $tool == cp || $tool == find ]] || record_usage "$tool" "$run"
+                done
             fi
         done
     done
