@@ -213,6 +213,11 @@ impl std::fmt::Debug for ManifestWriter {
     }
 }
 
+/// The zstd level manifests are written at. Level 1 is both faster and smaller than 3 on
+/// manifests, which are mostly hex content ids: 65 against 73 MB for 1,000,000 files, 3.60
+/// against 3.84 MB for 57,500, in half the time (a no-change run writes the whole manifest).
+const MANIFEST_LEVEL: i32 = 1;
+
 impl ManifestWriter {
     /// Starts a manifest in file `staged`.
     pub fn create(staged: &Path) -> Result<Self> {
@@ -221,7 +226,7 @@ impl ManifestWriter {
             inner: BufWriter::with_capacity(256 * 1024, file),
             hasher: blake3::Hasher::new(),
         };
-        let encoder = zstd::Encoder::new(sink, 3).at(staged)?;
+        let encoder = zstd::Encoder::new(sink, MANIFEST_LEVEL).at(staged)?;
         Ok(Self {
             encoder,
             staged: staged.to_owned(),
