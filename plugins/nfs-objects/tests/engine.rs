@@ -236,13 +236,7 @@ fn small_files_repeated_across_folders_are_stored_once() {
 
     restore_to(&repo, &report.snapshot, target.path());
     assert_eq!(describe(source.path()), describe(target.path()));
-    let verified = verify(
-        &repo,
-        &report.snapshot,
-        &VerifyOptions::default(),
-        Control::silent(),
-    )
-    .unwrap();
+    let verified = verify_now(&repo, &report.snapshot);
     assert!(verified.damaged.is_empty(), "{:?}", verified.damaged);
     assert_eq!(verified.files_checked, 100);
 }
