@@ -6,7 +6,8 @@
 //! file on a routine run). New and changed files are read by a few worker threads; small files
 //! travel in batches, and large files are split into `chunk_size` pieces handled in parallel.
 //! Results are put back in walk order in a bounded window, so the new manifest is written as a
-//! stream too.
+//! stream too; a run that changes nothing copies the parent's manifest instead (see
+//! [`Likeness`]).
 //!
 //! After a file is read it is `lstat`ed again: if it changed meanwhile it is read once more, and
 //! if it changed again it is stored marked `torn` and named in the report. Only when every pack
@@ -26,12 +27,14 @@ use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{Leftovers, leftovers};
+use rustix::fs::FileType;
+
+use crate::backend::{Backend, Leftovers, leftovers};
 use crate::blob::{BlobRef, Encoder};
 use crate::control::{Control, Reporter};
 use crate::crypto::Keys;
@@ -39,12 +42,13 @@ use crate::dedup::{self, DedupIndex};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
 use crate::index::{Finding, PackSizes};
-use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, path_order};
+use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, Prefetched, path_order};
 use crate::pack::PackWriter;
 use crate::pipeline::{self, Batch, Jobs, Stage};
 use crate::pool::Worker;
 use crate::repo::{CONFIG_OBJECT, Repository, index_object, manifest_object, pack_object};
 use crate::snapshot::{self, Origin, Snapshot, SnapshotStats};
+use crate::target;
 use crate::walk::{Found, Step, Walk};
 
 /// Small files are sent to the workers in batches of about this many bytes...
@@ -194,7 +198,9 @@ fn attempt(
     let source = options.source.display().to_string();
     let previous = parent
         .filter(|_| compare)
-        .map(|p| ManifestReader::open(backend.as_ref(), &p.manifest, p.manifest_blake3))
+        .map(|p| {
+            ManifestReader::open(backend.as_ref(), &p.manifest, p.manifest_blake3)?.prefetched()
+        })
         .transpose()?
         .map(Iterator::peekable);
     let walk = Walk::new(&options.source, options.one_file_system)?;
@@ -239,7 +245,13 @@ fn attempt(
     let mut run = Run {
         chunk_size: repo.config().chunk_size,
         manifest: ManifestWriter::create(&staged.0)?,
+        likeness: match &previous {
+            Some(_) => Likeness::Same { entries: 0 },
+            None => Likeness::Different,
+        },
         previous,
+        parent: parent.filter(|_| compare),
+        backend: backend.as_ref(),
         packs: &packs,
         unusable: BTreeMap::new(),
         slots: VecDeque::new(),
@@ -257,6 +269,10 @@ fn attempt(
     debug_assert!(run.slots.is_empty());
     run.reporter
         .report(run.stats_entries(), run.stats.bytes, true);
+    // Entries of the previous manifest past the last walked path were deleted since.
+    if run.previous.as_mut().is_some_and(|p| p.peek().is_some()) {
+        run.diverge()?;
+    }
     // The rest of the previous manifest, so its digest is checked before anything that was
     // taken from it is published.
     if let Some(previous) = run.previous.as_mut() {
@@ -275,9 +291,21 @@ fn attempt(
     }
     run.stats.bytes_stored = shared.bytes_stored.load(Ordering::Relaxed);
     run.stats.packs_written = shared.packs_written.load(Ordering::Relaxed);
-    let manifest = run.manifest.finish()?;
     let manifest_name = manifest_object(&id);
-    backend.put_file(&manifest_name, &manifest.staged)?;
+    let manifest_blake3 = match (&run.likeness, run.parent) {
+        // Nothing changed: the parent's manifest, whose digest was just checked, is copied
+        // instead of written again (a hard link, a server-side copy).
+        (Likeness::Same { .. }, Some(parent)) => {
+            drop(run.manifest);
+            backend.copy(&parent.manifest, &manifest_name)?;
+            parent.manifest_blake3
+        }
+        _ => {
+            let manifest = run.manifest.finish()?;
+            backend.put_file(&manifest_name, &manifest.staged)?;
+            manifest.digest
+        }
+    };
     // Under Object Lock, everything the snapshot needs stays locked as long as it does, before
     // it is published.
     let needed: Vec<String> = [CONFIG_OBJECT.to_owned(), manifest_name.clone()]
@@ -296,7 +324,7 @@ fn attempt(
         host: snapshot::host_name(),
         parent: parent.filter(|_| compare).map(|p| p.id.clone()),
         manifest: manifest_name,
-        manifest_blake3: manifest.digest,
+        manifest_blake3,
         stats: run.stats,
         torn: run.torn,
         run: options.origin.clone(),
@@ -481,6 +509,23 @@ fn read_into(task: &ReadTask, buffer: &mut AlignedBuffer, direct: bool) -> io::R
 struct Slot {
     entry: Entry,
     state: SlotState,
+    /// The parent's entry at the same place, unchanged: while the manifests are alike it is
+    /// not written (see [`Likeness`]).
+    same: bool,
+}
+
+/// How the new manifest compares with the parent's so far.
+///
+/// A routine run changes nothing, and encoding a manifest that the parent already holds is
+/// the bulk of its work (a million entries take seconds). So while every entry walked is the
+/// parent's entry at the same place, unchanged, nothing is written: at the end the parent's
+/// manifest is copied. At the first difference the parent's first `entries` are read again
+/// from its manifest into the writer, and that second reader carries on the merge-join.
+enum Likeness {
+    /// The new manifest so far is the parent's first `entries`, none of them written yet.
+    Same { entries: u64 },
+    /// The manifests differ (or there is no parent to compare with): every entry is written.
+    Different,
 }
 
 enum SlotState {
@@ -502,7 +547,11 @@ enum SlotState {
 struct Run<'env> {
     chunk_size: u64,
     manifest: ManifestWriter,
-    previous: Option<Peekable<ManifestReader>>,
+    likeness: Likeness,
+    previous: Option<Peekable<Prefetched>>,
+    /// The snapshot `previous` reads, and where from: to read it again (see [`Likeness`]).
+    parent: Option<&'env Snapshot>,
+    backend: &'env dyn Backend,
     /// The packs listed at the start, to check what is taken over from `previous`.
     packs: &'env PackSizes,
     /// Packs the previous snapshot references that cannot hold what it says, by object name:
@@ -598,42 +647,105 @@ impl<'env> Run<'env> {
     }
 
     /// Takes one walked entry: decides between reuse and reading, and queues it in order.
-    fn add(&mut self, found: Found, jobs: &mut Jobs<'_, Vec<ReadTask>>) -> Result<()> {
-        let Some(mut entry) = entry_from(&found)? else {
+    fn add(&mut self, mut found: Found, jobs: &mut Jobs<'_, Vec<ReadTask>>) -> Result<()> {
+        let Some(mut entry) = entry_from(&mut found)? else {
             self.skip(&found.absolute, "not a file, folder or symlink".into());
             return Ok(());
         };
+        let meta = &found.metadata;
+        if entry.kind == Kind::File && meta.links > 1 {
+            let key = (meta.device, meta.inode);
+            if let Some(first) = self.hardlinks.get(&key) {
+                entry.kind = Kind::Hardlink;
+                entry.target = Some(first.clone());
+            } else {
+                self.hardlinks.insert(key, entry.path.clone());
+            }
+        }
+        let same = self.next_is_same(&entry)?;
+        if !same {
+            self.diverge()?;
+        }
         let previous = self.previous_entry(&entry.path)?;
         let mut state = SlotState::Ready;
-        if entry.kind == Kind::File {
-            let meta = &found.metadata;
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.hardlinks.get(&key) {
-                    entry.kind = Kind::Hardlink;
-                    entry.target = Some(first.clone());
-                } else {
-                    self.hardlinks.insert(key, entry.path.clone());
+        if entry.kind == Kind::File && entry.size > 0 {
+            let unchanged = previous
+                .filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry))
+                // (`same` already found every chunk inside its pack.)
+                .filter(|p| same || self.all_present(&p.chunks));
+            match unchanged {
+                Some(previous) => {
+                    entry.chunks = previous.chunks;
+                    self.stats.files_reused += 1;
                 }
-            }
-            if entry.kind == Kind::File && entry.size > 0 {
-                let unchanged = previous
-                    .filter(|p| p.kind == Kind::File && !p.torn && same_version(p, &entry))
-                    .filter(|p| self.all_present(&p.chunks));
-                match unchanged {
-                    Some(previous) => {
-                        entry.chunks = previous.chunks;
-                        self.stats.files_reused += 1;
-                    }
-                    None => {
-                        let path = found.absolute.into();
-                        state = self.start_reading(&entry, path, 0, jobs)?;
-                    }
+                None => {
+                    let path = found.absolute.into();
+                    state = self.start_reading(&entry, path, 0, jobs)?;
                 }
             }
         }
-        self.slots.push_back(Slot { entry, state });
+        if let Likeness::Same { entries } = &mut self.likeness {
+            *entries += 1;
+        }
+        self.slots.push_back(Slot { entry, state, same });
         self.write_ready()
+    }
+
+    /// Whether `entry` (not yet given its chunks) will be, unchanged, the parent's entry at
+    /// the same place while the manifests are alike: the next one of the parent's manifest,
+    /// equal in every field, and for a file with content one taken over whole.
+    fn next_is_same(&mut self, entry: &Entry) -> Result<bool> {
+        let (Likeness::Same { .. }, Some(previous)) = (&self.likeness, self.previous.as_mut())
+        else {
+            return Ok(false);
+        };
+        let parent = match previous.peek() {
+            None => return Ok(false),
+            Some(Err(_)) => return previous.next().transpose().map(|_| false),
+            Some(Ok(parent)) => parent,
+        };
+        let takes_chunks = entry.kind == Kind::File && entry.size > 0;
+        let chunks_alike = if takes_chunks {
+            !parent.chunks.is_empty() && parent.chunks.iter().all(|c| self.packs.flaw(c).is_none())
+        } else {
+            parent.chunks.is_empty()
+        };
+        Ok(chunks_alike && alike_but_chunks(entry, parent))
+    }
+
+    /// The manifests stop being alike: the entries so far, the parent's first ones, are
+    /// written from a second reader of its manifest, which then replaces the first one, read
+    /// no further than them. Nothing taken from the first reader outlives it unchecked: the
+    /// second is read to the end, so its digest covers every entry written.
+    fn diverge(&mut self) -> Result<()> {
+        let Likeness::Same { entries } = std::mem::replace(&mut self.likeness, Likeness::Different)
+        else {
+            return Ok(());
+        };
+        let Some(parent) = self.parent.filter(|_| entries > 0) else {
+            return Ok(());
+        };
+        let mut again =
+            ManifestReader::open(self.backend, &parent.manifest, parent.manifest_blake3)?;
+        for _ in 0..entries {
+            let entry = again.next().transpose()?.ok_or_else(|| Error::Corrupt {
+                name: parent.manifest.clone(),
+                reason: "it ended sooner when read again".into(),
+            })?;
+            self.refer_to(&entry);
+            self.manifest.push(&entry)?;
+        }
+        self.previous = Some(again.prefetched()?.peekable());
+        Ok(())
+    }
+
+    /// Records the packs `entry` references.
+    fn refer_to(&mut self, entry: &Entry) {
+        for blob in &entry.chunks {
+            if !self.referenced.contains(&blob.pack) {
+                self.referenced.insert(blob.pack.clone());
+            }
+        }
     }
 
     /// Whether every one of `chunks` lies inside an existing pack; if not, the first that does
@@ -745,8 +857,8 @@ impl<'env> Run<'env> {
             self.skip(&path, reason);
             return Ok(());
         }
-        let now = match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() => meta,
+        let now = match target::Found::of_path(&path) {
+            Ok(meta) if meta.kind == FileType::RegularFile => meta,
             _ => {
                 self.skip(&path, "deleted or replaced while being backed up".into());
                 return Ok(());
@@ -785,30 +897,27 @@ impl<'env> Run<'env> {
     /// Writes the entries at the front of the window that are complete.
     fn write_ready(&mut self) -> Result<()> {
         while let Some(slot) = self.slots.front() {
-            match slot.state {
-                SlotState::Reading { .. } => break,
-                SlotState::Dropped => {}
-                SlotState::Ready => {
-                    let entry = &slot.entry;
-                    match entry.kind {
-                        Kind::File => {
-                            self.stats.files += 1;
-                            self.stats.bytes += entry.size;
-                        }
-                        Kind::Dir => self.stats.dirs += 1,
-                        Kind::Symlink => self.stats.symlinks += 1,
-                        Kind::Hardlink => self.stats.hardlinks += 1,
-                    }
-                    self.manifest.push(entry)?;
-                    for blob in &entry.chunks {
-                        if !self.referenced.contains(&blob.pack) {
-                            self.referenced.insert(blob.pack.clone());
-                        }
-                    }
-                }
+            if matches!(slot.state, SlotState::Reading { .. }) {
+                break;
             }
-            self.slots.pop_front();
+            let slot = self.slots.pop_front().expect("the front slot");
             self.first_slot += 1;
+            if let SlotState::Ready = slot.state {
+                let entry = &slot.entry;
+                match entry.kind {
+                    Kind::File => {
+                        self.stats.files += 1;
+                        self.stats.bytes += entry.size;
+                    }
+                    Kind::Dir => self.stats.dirs += 1,
+                    Kind::Symlink => self.stats.symlinks += 1,
+                    Kind::Hardlink => self.stats.hardlinks += 1,
+                }
+                if !slot.same {
+                    self.manifest.push(entry)?;
+                }
+                self.refer_to(entry);
+            }
         }
         let entries = self.stats_entries();
         self.reporter.report(entries, self.stats.bytes, false);
@@ -828,29 +937,57 @@ fn reading_state(size: u64, chunk_size: u64, path: Arc<Path>, attempt: u8) -> Sl
     }
 }
 
+/// Whether two entries are equal in every field but their chunks.
+fn alike_but_chunks(a: &Entry, b: &Entry) -> bool {
+    let Entry {
+        path,
+        kind,
+        size,
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        ctime_ns,
+        inode,
+        target,
+        chunks: _,
+        torn,
+    } = a;
+    *path == b.path
+        && *kind == b.kind
+        && *size == b.size
+        && *mode == b.mode
+        && *uid == b.uid
+        && *gid == b.gid
+        && *mtime_ns == b.mtime_ns
+        && *ctime_ns == b.ctime_ns
+        && *inode == b.inode
+        && *target == b.target
+        && *torn == b.torn
+}
+
 /// Whether two entries describe the same version of a file.
 fn same_version(a: &Entry, b: &Entry) -> bool {
     a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns && a.inode == b.inode
 }
 
-/// The manifest entry for a walked path; `None` for sockets, FIFOs and device nodes.
-fn entry_from(found: &Found) -> Result<Option<Entry>> {
-    let file_type = found.metadata.file_type();
-    let (kind, target) = if file_type.is_file() {
-        (Kind::File, None)
-    } else if file_type.is_dir() {
-        (Kind::Dir, None)
-    } else if file_type.is_symlink() {
-        let target = fs::read_link(&found.absolute).map_err(|source| Error::Io {
-            path: found.absolute.clone(),
-            source,
-        })?;
-        (Kind::Symlink, Some(target.as_os_str().as_bytes().to_vec()))
-    } else {
-        return Ok(None);
+/// The manifest entry for a walked path (its relative path moved into it); `None` for sockets,
+/// FIFOs and device nodes.
+fn entry_from(found: &mut Found) -> Result<Option<Entry>> {
+    let (kind, target) = match found.metadata.kind {
+        FileType::RegularFile => (Kind::File, None),
+        FileType::Directory => (Kind::Dir, None),
+        FileType::Symlink => {
+            let target = fs::read_link(&found.absolute).map_err(|source| Error::Io {
+                path: found.absolute.clone(),
+                source,
+            })?;
+            (Kind::Symlink, Some(target.as_os_str().as_bytes().to_vec()))
+        }
+        _ => return Ok(None),
     };
     let mut entry = Entry {
-        path: found.relative.clone(),
+        path: std::mem::take(&mut found.relative),
         kind,
         size: 0,
         mode: 0,
@@ -867,16 +1004,16 @@ fn entry_from(found: &Found) -> Result<Option<Entry>> {
     Ok(Some(entry))
 }
 
-fn fill_metadata(entry: &mut Entry, meta: &fs::Metadata) {
+fn fill_metadata(entry: &mut Entry, meta: &target::Found) {
     entry.size = if entry.kind == Kind::Dir {
         0
     } else {
-        meta.size()
+        meta.size
     };
-    entry.mode = meta.mode() & 0o7777;
-    entry.uid = meta.uid();
-    entry.gid = meta.gid();
-    entry.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-    entry.ctime_ns = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
-    entry.inode = meta.ino();
+    entry.mode = meta.mode;
+    entry.uid = meta.uid;
+    entry.gid = meta.gid;
+    entry.mtime_ns = meta.mtime_ns;
+    entry.ctime_ns = meta.ctime_ns;
+    entry.inode = meta.inode;
 }

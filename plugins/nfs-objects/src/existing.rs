@@ -146,8 +146,10 @@ mod tests {
             gid: 2,
             size: 3,
             mtime_ns,
+            ctime_ns: mtime_ns,
             device: 1,
             inode: 1,
+            links: 1,
         }
     }
 

@@ -352,6 +352,92 @@ impl Iterator for ManifestReader {
     }
 }
 
+/// Entries decoded ahead by one thread at most.
+const PREFETCH_BATCH: usize = 1024;
+/// Batches decoded and not yet taken: the memory bound of a [`Prefetched`] reader.
+const PREFETCH_BATCHES: usize = 4;
+
+/// A [`ManifestReader`] decoding on a thread of its own, a few batches ahead of its caller.
+///
+/// Decoding (zstd, then JSON) is about half of a backup that changes nothing, whose walking
+/// thread otherwise spends the rest in `lstat`: on a second core the two overlap. Entries come
+/// in the same order, the digest check (or any error) last, as from the reader itself.
+pub struct Prefetched {
+    batches: Option<std::sync::mpsc::Receiver<Vec<Result<Entry>>>>,
+    batch: std::vec::IntoIter<Result<Entry>>,
+    /// The last batch came: the reader ended.
+    complete: bool,
+    decoder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Prefetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetched").finish_non_exhaustive()
+    }
+}
+
+impl ManifestReader {
+    /// This reader, decoding ahead on a thread of its own.
+    pub fn prefetched(mut self) -> Result<Prefetched> {
+        let (sender, batches) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
+        let decoder = std::thread::Builder::new()
+            .name("manifest-reader".into())
+            .spawn(move || {
+                loop {
+                    let batch: Vec<Result<Entry>> = self.by_ref().take(PREFETCH_BATCH).collect();
+                    // A short batch, perhaps empty, is the last: it tells the end from a crash.
+                    let last = batch.len() < PREFETCH_BATCH;
+                    // Not sent when the caller has gone: nothing more to do.
+                    if sender.send(batch).is_err() || last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|err| Error::Internal(format!("starting a manifest reader: {err}")))?;
+        Ok(Prefetched {
+            batches: Some(batches),
+            batch: Vec::new().into_iter(),
+            complete: false,
+            decoder: Some(decoder),
+        })
+    }
+}
+
+impl Iterator for Prefetched {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(entry) = self.batch.next() {
+                return Some(entry);
+            }
+            match self.batches.as_ref()?.recv() {
+                Ok(batch) => {
+                    self.complete = batch.len() < PREFETCH_BATCH;
+                    self.batch = batch.into_iter();
+                }
+                Err(_) => {
+                    self.batches = None;
+                    // Gone without its last batch: the thread panicked, and the manifest was
+                    // not read to its end (nor its digest checked).
+                    return (!self.complete)
+                        .then(|| Err(Error::Internal("the manifest reader stopped early".into())));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Prefetched {
+    /// Stops the decoding thread: it sees the channel closed at its next batch.
+    fn drop(&mut self) {
+        self.batches = None;
+        if let Some(decoder) = self.decoder.take() {
+            let _ = decoder.join();
+        }
+    }
+}
+
 /// A failure to read manifest `name`: the backend's own error when its stream carried one.
 fn backend_read_error(name: &str, source: io::Error) -> Error {
     Error::from_stream(source, |source| Error::Backend {
@@ -395,6 +481,40 @@ mod tests {
         assert!(is_within(b"a", b"a"));
         assert!(!is_within(b"ab", b"a"));
         assert!(is_within(b"x", b""));
+    }
+
+    #[test]
+    fn prefetched_entries_and_the_digest_check_come_as_from_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(LocalBackend::new(dir.path()).unwrap());
+        // Exactly one batch, a batch and one more, several batches and a part.
+        for count in [PREFETCH_BATCH, PREFETCH_BATCH + 1, 5 * PREFETCH_BATCH + 7] {
+            let staged = backend.staging_dir().join("m");
+            let mut writer = ManifestWriter::create(&staged).unwrap();
+            let entries: Vec<Entry> = (0..count)
+                .map(|i| entry(format!("{i:08}").as_bytes(), Kind::Dir))
+                .collect();
+            for e in &entries {
+                writer.push(e).unwrap();
+            }
+            let done = writer.finish().unwrap();
+            backend.put_file("manifests/m", &done.staged).unwrap();
+            let open = |digest| {
+                ManifestReader::open(backend.as_ref(), "manifests/m", digest)
+                    .unwrap()
+                    .prefetched()
+                    .unwrap()
+            };
+            let read: Vec<Entry> = open(done.digest).collect::<Result<_>>().unwrap();
+            assert_eq!(read, entries, "{count}");
+            let results: Vec<_> = open(ContentId::of(b"other")).collect();
+            assert_eq!(results.len(), count + 1, "{count}");
+            assert!(matches!(results[count], Err(Error::Corrupt { .. })));
+            // Left early, the decoding thread stops.
+            let mut partly = open(done.digest);
+            assert!(partly.next().unwrap().is_ok());
+            drop(partly);
+        }
     }
 
     #[test]

@@ -130,15 +130,18 @@ pub struct Found {
     pub gid: u32,
     pub size: u64,
     pub mtime_ns: i64,
+    pub ctime_ns: i64,
     pub device: u64,
     pub inode: u64,
+    /// How many names the inode has.
+    pub links: u64,
 }
 
 impl Found {
     // The field types of `struct stat` differ between architectures: the conversions are
     // needed on some and do nothing on others.
     #[allow(clippy::useless_conversion)]
-    fn from_stat(stat: &rustix::fs::Stat) -> Self {
+    pub fn from_stat(stat: &rustix::fs::Stat) -> Self {
         Self {
             kind: FileType::from_raw_mode(stat.st_mode),
             mode: stat.st_mode & 0o7777,
@@ -148,9 +151,18 @@ impl Found {
             mtime_ns: i64::from(stat.st_mtime)
                 .saturating_mul(1_000_000_000)
                 .saturating_add(u64::from(stat.st_mtime_nsec) as i64),
+            ctime_ns: i64::from(stat.st_ctime)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(stat.st_ctime_nsec) as i64),
             device: u64::from(stat.st_dev),
             inode: u64::from(stat.st_ino),
+            links: u64::from(stat.st_nlink),
         }
+    }
+
+    /// What is at `path`, without following a link at its end.
+    pub fn of_path(path: &Path) -> io::Result<Self> {
+        Ok(Self::from_stat(&rustix::fs::lstat(path)?))
     }
 
     /// The same file as `other` (a hard link to it).

@@ -186,3 +186,50 @@ fn a_creation_killed_between_its_config_and_its_key_is_completed_by_the_next_bac
     let err = Repository::open_or_init_with(backend(&repo_dir), config(), Some(&kek)).unwrap_err();
     assert!(err.to_string().contains("holds no key"), "{err}");
 }
+
+#[test]
+fn an_unchanged_backup_seals_its_copy_of_the_parent_manifest_under_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, repo_dir) = (dir.path().join("src"), dir.path().join("repo"));
+    tree(&source);
+    let kek = passphrase("p");
+    let repo = Repository::open_or_init_with(backend(&repo_dir), config(), Some(&kek)).unwrap();
+    let first = backup(&repo, &BackupOptions::new(&source), Control::silent())
+        .unwrap()
+        .snapshot;
+    let second = backup(&repo, &BackupOptions::new(&source), Control::silent())
+        .unwrap()
+        .snapshot;
+    assert_eq!(
+        second.manifest_blake3, first.manifest_blake3,
+        "the same manifest"
+    );
+    let sealed = |name: &str| fs::read(repo_dir.join(name)).unwrap();
+    assert_ne!(
+        sealed(&first.manifest),
+        sealed(&second.manifest),
+        "sealed again under the copy's own name, not hard-linked"
+    );
+
+    let keep_last = PruneOptions {
+        retention: Retention {
+            keep_last: Some(1),
+            ..Retention::default()
+        },
+        source: None,
+        dry_run: false,
+        min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
+    };
+    prune(&repo, &keep_last, Control::silent()).unwrap();
+    let target = dir.path().join("out");
+    let report = restore(
+        &repo,
+        &second,
+        &RestoreOptions::new(&target),
+        Control::silent(),
+    )
+    .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(files(&target), files(&source));
+}

@@ -14,7 +14,7 @@ use backplan_plugin_nfs_objects::blob::BlobRef;
 use backplan_plugin_nfs_objects::control::Control;
 use backplan_plugin_nfs_objects::error::{Error, Result};
 use backplan_plugin_nfs_objects::index::{decode_index, encode_index};
-use backplan_plugin_nfs_objects::manifest::{Entry, ManifestReader};
+use backplan_plugin_nfs_objects::manifest::{Entry, ManifestReader, ManifestWriter};
 use backplan_plugin_nfs_objects::prune::{PruneOptions, Retention, prune};
 use backplan_plugin_nfs_objects::repo::{RepoConfig, Repository, index_object, pack_object};
 use backplan_plugin_nfs_objects::restore::{RestoreOptions, restore};
@@ -1093,4 +1093,184 @@ fn verify_reports_an_index_that_lists_the_wrong_blob_where_the_snapshot_reads_an
     assert!(check.damaged.is_empty());
     assert_eq!(objects_of(&check.inconsistent), [index_object(&pack)]);
     assert!(check.inconsistent[0].problem.contains("does not list blob"));
+}
+
+fn keep_last_one() -> PruneOptions {
+    PruneOptions {
+        retention: Retention {
+            keep_last: Some(1),
+            ..Retention::default()
+        },
+        source: None,
+        dry_run: false,
+        min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
+    }
+}
+
+#[test]
+fn a_backup_that_changes_nothing_copies_the_parent_manifest() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    let second = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_ne!(second.manifest, first.manifest, "each snapshot has its own");
+    assert_eq!(second.manifest_blake3, first.manifest_blake3);
+    let inode = |s: &Snapshot| {
+        fs::metadata(repo_dir.path().join(&s.manifest))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(
+        inode(&second),
+        inode(&first),
+        "a hard link: no byte written again"
+    );
+    assert_eq!(second.stats.files, first.stats.files);
+    assert_eq!(second.stats.files_reused, first.stats.files_read);
+
+    // The parent forgotten, its manifest deleted by name: the copy stays whole.
+    let pruned = prune(&repo, &keep_last_one(), Control::silent()).unwrap();
+    assert_eq!(pruned.forgotten, std::slice::from_ref(&first.id));
+    assert!(!repo_dir.path().join(&first.manifest).exists());
+    assert!(verify_now(&repo, &second).is_sound());
+    restore_to(&repo, &second, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+}
+
+/// What a test does to a source tree.
+type Change = fn(&Path);
+
+#[test]
+fn a_backup_alike_its_parent_up_to_a_change_writes_the_whole_manifest() {
+    // Walk order: "", dangling, empty-dir, jobs, jobs/1, jobs/1/copy.bin, jobs/1/empty,
+    // jobs/1/logs, jobs/1/logs/build.log, jobs/1/random.bin, jobs/bad-…, jobs/hard.log,
+    // jobs/latest.log, sparse.img. Each change makes the manifests differ at another place;
+    // (change, files read by the backup after it).
+    let changes: [(&str, Change, u64); 5] = [
+        (
+            "a file added to the root: the root's entry is the first to differ",
+            |root| fs::write(root.join("aaa.txt"), b"new").unwrap(),
+            1,
+        ),
+        (
+            "a file removed from a folder: that folder's entry differs",
+            |root| fs::remove_file(root.join("jobs/1/copy.bin")).unwrap(),
+            0,
+        ),
+        (
+            "a file in the middle rewritten",
+            |root| fs::write(root.join("jobs/1/random.bin"), pseudo_random(300_000, 7)).unwrap(),
+            1,
+        ),
+        (
+            "the last entry rewritten",
+            |root| fs::write(root.join("sparse.img"), b"no longer sparse").unwrap(),
+            1,
+        ),
+        (
+            "a folder's permissions changed",
+            |root| {
+                fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o700))
+                    .unwrap()
+            },
+            0,
+        ),
+    ];
+    for (change, apply, read) in changes {
+        let (source, repo_dir, target) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        build_tree(source.path());
+        let repo = open_repo(repo_dir.path());
+        let first = run_backup(&repo, source.path()).unwrap().snapshot;
+        apply(source.path());
+        let second = run_backup(&repo, source.path()).unwrap().snapshot;
+        assert_ne!(second.manifest_blake3, first.manifest_blake3, "{change}");
+        assert_eq!(
+            second.stats.files_read, read,
+            "{change}: the files after the change are still taken over"
+        );
+        // Alone in the repository, the snapshot must hold the tree as it now is.
+        prune(&repo, &keep_last_one(), Control::silent()).unwrap();
+        assert!(verify_now(&repo, &second).is_sound(), "{change}");
+        restore_to(&repo, &second, target.path());
+        assert_eq!(describe(source.path()), describe(target.path()), "{change}");
+    }
+}
+
+#[test]
+fn entries_of_the_parent_past_the_end_of_the_walk_are_left_out() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    // A parent listing one entry more, last in walk order, that the walk will not find
+    // although nothing before it changed (as when the walk skips an unreadable path).
+    let mut entries = manifest_entries(&repo, &first);
+    let mut gone = entries.last().unwrap().clone();
+    gone.path = b"zzz-gone".to_vec();
+    entries.push(gone);
+    let staged = repo.backend().staging_file(".manifest");
+    let mut writer = ManifestWriter::create(&staged).unwrap();
+    for entry in &entries {
+        writer.push(entry).unwrap();
+    }
+    let written = writer.finish().unwrap();
+    let longer = Snapshot {
+        id: format!("{}-longer", first.id),
+        time: first.time + jiff::SignedDuration::from_secs(1),
+        manifest: "manifests/longer.jsonl.zst".into(),
+        manifest_blake3: written.digest,
+        ..first.clone()
+    };
+    repo.backend()
+        .put_file(&longer.manifest, &written.staged)
+        .unwrap();
+    snapshot::publish(repo.backend().as_ref(), &longer).unwrap();
+
+    let second = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_eq!(second.parent.as_deref(), Some(longer.id.as_str()));
+    assert_eq!(second.stats.files_read, 0);
+    assert_eq!(
+        manifest_entries(&repo, &second),
+        manifest_entries(&repo, &first)
+    );
+    restore_to(&repo, &second, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+}
+
+#[test]
+fn an_unchanged_backup_over_a_corrupt_parent_manifest_does_not_copy_it() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(source.path());
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    // Every line parses, every entry is the tree's: only the digest tells.
+    let path = repo_dir.path().join(&first.manifest);
+    let lines = zstd::decode_all(&fs::read(&path).unwrap()[..]).unwrap();
+    fs::write(&path, zstd::encode_all(&lines[..], 19).unwrap()).unwrap();
+
+    let report = run_backup(&repo, source.path()).unwrap();
+    assert_eq!(objects_of(&report.findings), [first.manifest.as_str()]);
+    let second = &report.snapshot;
+    assert_ne!(second.manifest_blake3, first.manifest_blake3);
+    assert_ne!(
+        fs::metadata(repo_dir.path().join(&second.manifest))
+            .unwrap()
+            .ino(),
+        fs::metadata(&path).unwrap().ino()
+    );
+    assert!(verify_now(&repo, second).is_sound());
 }

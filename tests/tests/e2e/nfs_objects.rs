@@ -127,14 +127,30 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
         "only the changed and the new file are read: {summary}"
     );
 
+    // A run that changes nothing copies the second's manifest inside the bucket.
+    let third = sandbox.run_on(&aws, &["--json", "run", &plan]);
+    let summary = step(&third.expect_code(0).json())["summary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(summary.contains(", 0 read ("), "{summary}");
+    let manifests = aws.script(
+        "for o in s3.list_objects_v2(Bucket='backups', Prefix='services/artifacts/manifests/')['Contents']:\n\
+         \x20   print(s3.get_object(Bucket='backups', Key=o['Key'])['Body'].read().hex())",
+    );
+    let mut manifests: Vec<&str> = manifests.lines().collect();
+    manifests.sort();
+    manifests.dedup();
+    assert_eq!(manifests.len(), 2, "three manifests, two of them alike");
+
     // The objects sit under the prefix with the layout of FORMAT.md.
     let keys =
         aws.script("for o in s3.list_objects_v2(Bucket='backups')['Contents']: print(o['Key'])");
     let keys: Vec<&str> = keys.lines().collect();
     assert!(keys.contains(&"services/artifacts/config.json"), "{keys:?}");
     let count = |prefix: &str| keys.iter().filter(|k| k.starts_with(prefix)).count();
-    assert_eq!(count("services/artifacts/snapshots/"), 2, "{keys:?}");
-    assert_eq!(count("services/artifacts/manifests/"), 2, "{keys:?}");
+    assert_eq!(count("services/artifacts/snapshots/"), 3, "{keys:?}");
+    assert_eq!(count("services/artifacts/manifests/"), 3, "{keys:?}");
     assert!(count("services/artifacts/data/") >= 2, "{keys:?}");
     assert_eq!(
         keys.len(),

@@ -152,6 +152,14 @@ fn an_object_lock_repository_locks_every_object_extends_what_backups_reference_a
             .unwrap()
             .to_owned();
         assert!(!summary.contains("retention of"), "{server:?}: {summary}");
+        // Its manifest, a server-side copy of the second's, is locked as long as a fresh write.
+        let manifests = retentions(&aws, "vault", "artifacts/manifests/");
+        let locked_long = manifests
+            .iter()
+            .filter(|(_, _, until)| *until >= started + 5 * DAY - 60)
+            .count();
+        assert_eq!(manifests.len(), 3, "{server:?}: {manifests:?}");
+        assert_eq!(locked_long, 2, "{server:?}: {manifests:?}");
 
         // Prune keeps the two older snapshots: they are still locked.
         let pruned = sandbox.run_on(&aws, &["--json", "prune", &path]);

@@ -12,7 +12,8 @@ mod local;
 mod s3;
 mod sealed;
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +22,7 @@ pub use local::LocalBackend;
 pub use s3::{LOCK_STATE_OBJECT, Lock, LockMode, ObjectLock, S3Backend, S3Location, S3Options};
 pub use sealed::SealedBackend;
 
-use crate::error::Result;
+use crate::error::{Error, IoContext, Result};
 
 /// One object as seen by [`Backend::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Publishes `data` as object `name`; atomic and durable like [`Backend::put_file`].
     fn put_bytes(&self, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Publishes a copy of object `from` as object `to`; atomic and durable like
+    /// [`Backend::put_file`]. By default the bytes go through a staged file
+    /// ([`copy_through_staging`]); a store that can copy without moving them does (a hard
+    /// link, a server-side copy). A wrapper that seals objects under their name must not pass
+    /// it on: sealed bytes open only under the name they were sealed for.
+    fn copy(&self, from: &str, to: &str) -> Result<()> {
+        copy_through_staging(self, from, to)
+    }
 
     /// Reads a whole object.
     fn get(&self, name: &str) -> Result<Vec<u8>>;
@@ -105,6 +115,38 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Removes object `name`; removing an absent object is not an error.
     fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// [`Backend::copy`] by reading object `from` into a staged file and publishing that as `to`.
+pub fn copy_through_staging<B: Backend + ?Sized>(backend: &B, from: &str, to: &str) -> Result<()> {
+    let staged = backend.staging_file("");
+    let copied = stage_copy(backend, from, &staged).and_then(|()| backend.put_file(to, &staged));
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    copied
+}
+
+/// Writes the bytes of object `from` into the new file `staged`.
+fn stage_copy<B: Backend + ?Sized>(backend: &B, from: &str, staged: &Path) -> Result<()> {
+    let mut reader = backend.open(from)?;
+    let mut file = File::create_new(staged).at(staged)?;
+    let mut buffer = vec![0; 256 << 10];
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(Error::Backend {
+                    name: from.to_owned(),
+                    source,
+                    transient: true,
+                });
+            }
+        };
+        file.write_all(&buffer[..read]).at(staged)?;
+    }
 }
 
 /// Each range of `ranges` beside its part of `into` (see [`Backend::read_ranges`]).

@@ -308,6 +308,19 @@ impl Backend for S3Backend {
             .block_on(upload::put_bytes(&self.inner, name, data.to_vec()))
     }
 
+    /// A server-side CopyObject. Should the server refuse it (an object above CopyObject's
+    /// 5 GiB, a server without it), the bytes are downloaded and uploaded instead.
+    fn copy(&self, from: &str, to: &str) -> Result<()> {
+        match self
+            .runtime
+            .block_on(upload::copy_object(&self.inner, from, to))
+        {
+            Err(Error::MissingObject(name)) => Err(Error::MissingObject(name)),
+            Err(_) => super::copy_through_staging(self, from, to),
+            Ok(()) => Ok(()),
+        }
+    }
+
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let inner = &self.inner;
         self.runtime.block_on(async {

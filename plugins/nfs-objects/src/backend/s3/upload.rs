@@ -51,6 +51,41 @@ async fn put_object(inner: &Inner, name: &str, body: ByteStream) -> Result<()> {
     Ok(())
 }
 
+/// Publishes a server-side copy of object `from` as `to`, with the backend's Object Lock
+/// retention if it has one: no byte crosses the network.
+pub(super) async fn copy_object(inner: &Inner, from: &str, to: &str) -> Result<()> {
+    let retention = lock::for_write(inner);
+    inner
+        .client
+        .copy_object()
+        .bucket(inner.bucket())
+        .key(inner.key(to))
+        .copy_source(copy_source(inner.bucket(), &inner.key(from)))
+        .set_object_lock_mode(retention.as_ref().map(|r| r.0.clone()))
+        .set_object_lock_retain_until_date(retention.as_ref().map(|r| r.1))
+        .send()
+        .await
+        .map_err(|err| classify(inner.bucket(), from, "CopyObject", err))?;
+    if let Some((_, _, until)) = retention {
+        lock::remember(inner, to, until);
+    }
+    Ok(())
+}
+
+/// CopyObject's `x-amz-copy-source`: `bucket/key`, URL-encoded except for the slashes.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut source = String::with_capacity(bucket.len() + key.len() + 1);
+    for byte in format!("{bucket}/{key}").bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                source.push(char::from(byte));
+            }
+            _ => source.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    source
+}
+
 /// Publishes the local file `staged` as object `name`.
 pub(super) async fn put_file(inner: &Arc<Inner>, name: &str, staged: &Path) -> Result<()> {
     let size = tokio::fs::metadata(staged).await.at(staged)?.len();
@@ -174,5 +209,22 @@ async fn next(running: &mut JoinSet<Result<CompletedPart>>) -> Result<CompletedP
         Some(Ok(part)) => part,
         Some(Err(err)) => Err(Error::Internal(format!("upload task failed: {err}"))),
         None => Err(Error::Internal("no upload task left".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_source_is_url_encoded_except_for_its_slashes() {
+        assert_eq!(
+            copy_source("art", "backups/manifests/20261201T000000Z-ab.jsonl.zst"),
+            "art/backups/manifests/20261201T000000Z-ab.jsonl.zst"
+        );
+        assert_eq!(
+            copy_source("art", "a b/ü+%.json"),
+            "art/a%20b/%C3%BC%2B%25.json"
+        );
     }
 }
