@@ -137,12 +137,12 @@ fn stage_copy<B: Backend + ?Sized>(backend: &B, from: &str, staged: &Path) -> Re
             Ok(0) => return Ok(()),
             Ok(read) => read,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(Error::Backend {
+            Err(err) => {
+                return Err(Error::from_stream(err, |source| Error::Backend {
                     name: from.to_owned(),
                     source,
                     transient: true,
-                });
+                }));
             }
         };
         file.write_all(&buffer[..read]).at(staged)?;
