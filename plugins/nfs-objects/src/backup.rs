@@ -196,8 +196,9 @@ fn attempt(
 ) -> Result<BackupReport> {
     let backend = repo.backend();
     let source = options.source.display().to_string();
-    let previous = parent
-        .filter(|_| compare)
+    // The parent whose entries are taken over, if any.
+    let compared = parent.filter(|_| compare);
+    let previous = compared
         .map(|p| {
             ManifestReader::open(backend.as_ref(), &p.manifest, p.manifest_blake3)?.prefetched()
         })
@@ -250,7 +251,7 @@ fn attempt(
             None => Likeness::Different,
         },
         previous,
-        parent: parent.filter(|_| compare),
+        parent: compared,
         backend: backend.as_ref(),
         packs: &packs,
         unusable: BTreeMap::new(),
@@ -322,7 +323,7 @@ fn attempt(
         time,
         source,
         host: snapshot::host_name(),
-        parent: parent.filter(|_| compare).map(|p| p.id.clone()),
+        parent: compared.map(|p| p.id.clone()),
         manifest: manifest_name,
         manifest_blake3,
         stats: run.stats,

@@ -54,6 +54,20 @@ fn tree(root: &Path) {
     fs::write(root.join("a/copy.bin"), &noise).unwrap();
 }
 
+/// Forget all but the latest snapshot, however young its objects.
+fn keep_last_one() -> PruneOptions {
+    PruneOptions {
+        retention: Retention {
+            keep_last: Some(1),
+            ..Retention::default()
+        },
+        source: None,
+        dry_run: false,
+        min_age: std::time::Duration::ZERO,
+        leftover_age: std::time::Duration::ZERO,
+    }
+}
+
 /// Every file of `dir`, recursively, with its bytes.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -126,17 +140,7 @@ fn an_encrypted_repository_round_trips_deduplicates_and_hides_the_source() {
     let verified = verify(&repo, &second.snapshot, &options, Control::silent()).unwrap();
     assert!(verified.is_sound(), "{verified:?}");
 
-    let keep_last = PruneOptions {
-        retention: Retention {
-            keep_last: Some(1),
-            ..Retention::default()
-        },
-        source: None,
-        dry_run: false,
-        min_age: std::time::Duration::ZERO,
-        leftover_age: std::time::Duration::ZERO,
-    };
-    let pruned = prune(&repo, &keep_last, Control::silent()).unwrap();
+    let pruned = prune(&repo, &keep_last_one(), Control::silent()).unwrap();
     assert_eq!(pruned.forgotten.len(), 1, "{pruned:?}");
     let verified = verify(&repo, &second.snapshot, &options, Control::silent()).unwrap();
     assert!(verified.is_sound(), "{verified:?}");
@@ -211,17 +215,7 @@ fn an_unchanged_backup_seals_its_copy_of_the_parent_manifest_under_its_own_name(
         "sealed again under the copy's own name, not hard-linked"
     );
 
-    let keep_last = PruneOptions {
-        retention: Retention {
-            keep_last: Some(1),
-            ..Retention::default()
-        },
-        source: None,
-        dry_run: false,
-        min_age: std::time::Duration::ZERO,
-        leftover_age: std::time::Duration::ZERO,
-    };
-    prune(&repo, &keep_last, Control::silent()).unwrap();
+    prune(&repo, &keep_last_one(), Control::silent()).unwrap();
     let target = dir.path().join("out");
     let report = restore(
         &repo,

@@ -791,14 +791,8 @@ fn prune_keeps_by_retention_and_deletes_only_unreferenced_data() {
     }
     let before = snapshot::list(repo.backend().as_ref()).unwrap();
     let mut options = PruneOptions {
-        retention: Retention {
-            keep_last: Some(1),
-            ..Retention::default()
-        },
-        source: None,
         dry_run: true,
-        min_age: std::time::Duration::ZERO,
-        leftover_age: std::time::Duration::ZERO,
+        ..keep_last_one()
     };
     let dry = prune(&repo, &options, Control::silent()).unwrap();
     assert_eq!(dry.forgotten.len(), 2);
@@ -1095,6 +1089,7 @@ fn verify_reports_an_index_that_lists_the_wrong_blob_where_the_snapshot_reads_an
     assert!(check.inconsistent[0].problem.contains("does not list blob"));
 }
 
+/// Forget all but the latest snapshot, however young its objects.
 fn keep_last_one() -> PruneOptions {
     PruneOptions {
         retention: Retention {
