@@ -4,7 +4,9 @@
 //! A file whose size, mtime, ctime and inode all match its previous entry keeps its blob
 //! references without being opened (CircleCI artifacts are write-once, so this is nearly every
 //! file on a routine run). New and changed files are read by a few worker threads; small files
-//! travel in batches, and large files are split into `chunk_size` pieces handled in parallel.
+//! travel in batches, and large files are split into pieces of [`PIECE_CHUNKS`] `chunk_size`s
+//! handled in parallel. A worker reads its piece front to back and cuts it into chunks where its
+//! content says (see `chunker`).
 //! Results are put back in walk order in a bounded window, so the new manifest is written as a
 //! stream too; a run that changes nothing copies the parent's manifest instead (see
 //! [`Likeness`]).
@@ -36,9 +38,10 @@ use rustix::fs::FileType;
 
 use crate::backend::{Backend, Leftovers, leftovers};
 use crate::blob::{BlobRef, Encoder};
+use crate::chunker::{Chunker, Scan};
 use crate::control::{Control, Reporter};
 use crate::crypto::Keys;
-use crate::dedup::{self, DedupIndex};
+use crate::dedup::{self, DedupIndex, Lookup};
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, Result};
 use crate::index::{Finding, PackSizes};
@@ -57,6 +60,11 @@ const BATCH_BYTES: u64 = 1 << 20;
 const BATCH_FILES: usize = 64;
 /// Entries waiting to be written in order; bounds memory whatever the tree's size.
 const WINDOW: usize = 4096;
+/// A large file is read in pieces of this many `chunk_size`s (32 MiB by default), each cut into
+/// chunks by one worker. A piece's first chunk starts at the piece, whatever the content: the
+/// larger the pieces, the fewer such forced cuts (each costs the deduplication of about one
+/// chunk of content that moved), the smaller, the more workers share one large file.
+const PIECE_CHUNKS: u64 = 32;
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -234,6 +242,7 @@ fn attempt(
                 )
                 .direct(options.direct_writes),
                 direct_reads: options.direct_reads,
+                chunker: Chunker::new(repo.config().chunk_size, repo.keys()),
                 keys: repo.keys().clone(),
                 encoder: Encoder::new(options.compression_level)?,
                 shared: &shared,
@@ -244,7 +253,7 @@ fn attempt(
     let reporter = Reporter::new(control, "backup", parent.map(|p| p.stats.bytes));
 
     let mut run = Run {
-        chunk_size: repo.config().chunk_size,
+        piece_size: repo.config().chunk_size * PIECE_CHUNKS,
         manifest: ManifestWriter::create(&staged.0)?,
         likeness: match &previous {
             Some(_) => Likeness::Same { entries: 0 },
@@ -370,7 +379,7 @@ struct Shared {
 /// One piece of one file to read.
 struct ReadTask {
     slot: u64,
-    chunk: usize,
+    piece: usize,
     path: Arc<Path>,
     offset: u64,
     length: u64,
@@ -378,15 +387,25 @@ struct ReadTask {
 
 /// What reading a task gave.
 enum TaskResult {
-    /// Stored (or found already stored); `short` if the file ended before `length` bytes.
-    Stored { blob: BlobRef, short: bool },
+    /// Stored (or found already stored) as these chunks; `short` if the file ended before
+    /// `length` bytes.
+    Stored { blobs: Vec<BlobRef>, short: bool },
     /// The file could not be read; `vanished` when it no longer exists.
     Failed { vanished: bool, reason: String },
 }
 
+impl TaskResult {
+    fn failed(err: io::Error) -> Self {
+        Self::Failed {
+            vanished: err.kind() == io::ErrorKind::NotFound,
+            reason: err.to_string(),
+        }
+    }
+}
+
 struct TaskOutcome {
     slot: u64,
-    chunk: usize,
+    piece: usize,
     result: TaskResult,
 }
 
@@ -396,7 +415,9 @@ struct FileReader<'a> {
     /// What blob ids are hashed with.
     keys: Keys,
     encoder: Encoder,
+    chunker: Chunker,
     shared: &'a Shared,
+    /// The bytes of the piece being read, from the start of the chunk being cut.
     buffer: AlignedBuffer,
     direct_reads: bool,
 }
@@ -408,19 +429,10 @@ impl Worker for FileReader<'_> {
     fn run(&mut self, tasks: Vec<ReadTask>) -> Result<Vec<TaskOutcome>> {
         let mut outcomes = Vec::with_capacity(tasks.len());
         for task in tasks {
-            let result = match read_piece(&task, &mut self.buffer, self.direct_reads) {
-                Ok(filled) => TaskResult::Stored {
-                    blob: self.store(filled)?,
-                    short: filled < task.length as usize,
-                },
-                Err(err) => TaskResult::Failed {
-                    vanished: err.kind() == io::ErrorKind::NotFound,
-                    reason: err.to_string(),
-                },
-            };
+            let result = self.store_piece(&task)?;
             outcomes.push(TaskOutcome {
                 slot: task.slot,
-                chunk: task.chunk,
+                piece: task.piece,
                 result,
             });
         }
@@ -437,26 +449,75 @@ impl Worker for FileReader<'_> {
 }
 
 impl FileReader<'_> {
-    /// Stores the first `len` bytes of `self.buffer` unless the repository already has them.
-    fn store(&mut self, len: usize) -> Result<BlobRef> {
-        let raw = &self.buffer.as_slice()[..len];
+    /// Reads piece `task` front to back and stores it cut into chunks; a file that cannot be
+    /// read is a [`TaskResult::Failed`], not an error of the backup.
+    ///
+    /// The buffer holds at most two chunks and a block: bytes are read after what is left of
+    /// the chunk being cut, which is moved to the front first when less than a chunk's room
+    /// remains (to just before an aligned address, so direct reads land aligned).
+    fn store_piece(&mut self, task: &ReadTask) -> Result<TaskResult> {
+        let mut source = match PieceSource::open(task, self.direct_reads) {
+            Ok(source) => source,
+            Err(err) => return Ok(TaskResult::failed(err)),
+        };
+        let max = self.chunker.max();
+        if self.buffer.capacity() < 2 * max + direct::ALIGN {
+            self.buffer = AlignedBuffer::with_capacity(2 * max + direct::ALIGN);
+        }
+        let capacity = self.buffer.capacity();
+        self.buffer.fill_area(capacity);
+        let (mut start, mut end) = (0, 0);
+        let mut scan = Scan::default();
+        let mut blobs = Vec::new();
+        let mut ended = false;
+        while !ended || start < end {
+            if capacity - end < max {
+                let left = end - start;
+                let to = direct::align_up(left) - left;
+                self.buffer.as_mut_slice().copy_within(start..end, to);
+                (start, end) = (to, to + left);
+            }
+            if !ended {
+                match source.read(&mut self.buffer.as_mut_slice()[end..]) {
+                    Ok(0) => ended = true,
+                    Ok(read) => end += read,
+                    Err(err) => return Ok(TaskResult::failed(err)),
+                }
+            }
+            while let Some(length) =
+                self.chunker
+                    .cut(&self.buffer.as_slice()[start..end], ended, &mut scan)
+            {
+                blobs.push(self.store(start, length)?);
+                start += length;
+            }
+        }
+        Ok(TaskResult::Stored {
+            blobs,
+            short: source.left > 0,
+        })
+    }
+
+    /// Stores the `len` bytes of `self.buffer` at `at` unless the repository already has them.
+    fn store(&mut self, at: usize, len: usize) -> Result<BlobRef> {
+        let raw = &self.buffer.as_slice()[at..at + len];
         let id = self.keys.id_of(raw);
         let raw_length = raw.len() as u64;
-        let dedup = &self.shared.dedup;
-        if let Some(existing) = dedup.find(&id, raw_length)? {
-            return Ok(existing);
-        }
+        let claim = match self.shared.dedup.claim(&id, raw_length)? {
+            Lookup::Stored(existing) => return Ok(existing),
+            Lookup::Absent(claim) => claim,
+        };
         let blob = match self.encoder.compress(raw) {
             Some(compressed) => self.packs.add(id, compressed, raw_length, true)?,
             None => {
-                let raw = &mut self.buffer.as_mut_slice()[..len];
+                let raw = &mut self.buffer.as_mut_slice()[at..at + len];
                 self.packs.add(id, raw, raw_length, false)?
             }
         };
         self.shared
             .bytes_stored
             .fetch_add(blob.length, Ordering::Relaxed);
-        dedup.remember(&blob)?;
+        claim.stored(&blob)?;
         Ok(blob)
     }
 }
@@ -465,45 +526,78 @@ impl FileReader<'_> {
 /// allows it: no copy out of the cache, and a backup does not evict the machine's working set.
 const DIRECT_READ_MIN: u64 = 1 << 20;
 
-/// Reads up to `task.length` bytes at `task.offset` into the start of `buffer`; how many were
-/// there (fewer if the file got shorter). The buffer only ever grows, so it is not zeroed
-/// again for every piece. Large pieces are read directly when the filesystem allows it.
-fn read_piece(task: &ReadTask, buffer: &mut AlignedBuffer, direct: bool) -> io::Result<usize> {
-    if direct && task.length >= DIRECT_READ_MIN && task.offset % direct::ALIGN as u64 == 0 {
-        match read_into(task, buffer, true) {
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
-            done => return done,
-        }
-    }
-    read_into(task, buffer, false)
+/// One piece of a file, read front to back; directly (in whole aligned blocks, into aligned
+/// memory) when it is large and the filesystem allows it.
+struct PieceSource<'a> {
+    file: File,
+    path: &'a Path,
+    direct: bool,
+    /// Where the next read starts.
+    offset: u64,
+    /// Bytes of the piece not read yet.
+    left: usize,
+    /// The file ended before the piece did (a short direct read is its last).
+    ended: bool,
 }
 
-/// [`read_piece`], with `O_DIRECT` or without.
-fn read_into(task: &ReadTask, buffer: &mut AlignedBuffer, direct: bool) -> io::Result<usize> {
-    let flags = if direct { libc::O_DIRECT } else { 0 };
-    let file = File::options()
-        .read(true)
-        .custom_flags(flags)
-        .open(&task.path)?;
-    let length = usize::try_from(task.length).map_err(io::Error::other)?;
-    // Direct reads need whole aligned blocks: ask for the length rounded up (the file may end
-    // first, or go on: only `length` bytes count), into an aligned buffer, at an aligned offset.
-    let area = buffer.fill_area(direct::align_up(length));
-    let mut filled = 0;
-    while filled < length {
-        match file.read_at(&mut area[filled..], task.offset + filled as u64) {
-            Ok(0) => break,
-            // A short direct read is the end of the file (and the next offset is unaligned).
-            Ok(n) if direct && n % direct::ALIGN != 0 => {
-                filled += n;
-                break;
+impl<'a> PieceSource<'a> {
+    fn open(task: &'a ReadTask, direct: bool) -> io::Result<Self> {
+        let direct =
+            direct && task.length >= DIRECT_READ_MIN && task.offset % direct::ALIGN as u64 == 0;
+        let (file, direct) = open_for_reading(&task.path, direct)?;
+        Ok(Self {
+            file,
+            path: &task.path,
+            direct,
+            offset: task.offset,
+            left: usize::try_from(task.length).map_err(io::Error::other)?,
+            ended: false,
+        })
+    }
+
+    /// Reads the next bytes of the piece into the start of `area` (aligned, and at least a
+    /// block long, for a direct read); how many (only the piece's count), 0 at its end.
+    fn read(&mut self, area: &mut [u8]) -> io::Result<usize> {
+        while self.left > 0 && !self.ended {
+            let want = if self.direct {
+                direct::align_up(self.left).min(area.len() / direct::ALIGN * direct::ALIGN)
+            } else {
+                self.left.min(area.len())
+            };
+            match self.file.read_at(&mut area[..want], self.offset) {
+                Ok(0) => self.ended = true,
+                Ok(read) => {
+                    self.ended = self.direct && read % direct::ALIGN != 0;
+                    let read = read.min(self.left);
+                    self.offset += read as u64;
+                    self.left -= read;
+                    return Ok(read);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // The filesystem does not take direct reads after all: read it buffered.
+                Err(err) if self.direct && err.raw_os_error() == Some(libc::EINVAL) => {
+                    (self.file, self.direct) = open_for_reading(self.path, false)?;
+                }
+                Err(err) => return Err(err),
             }
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
+        }
+        Ok(0)
+    }
+}
+
+/// Opens `path` for reading, directly if asked and the filesystem allows it at all.
+fn open_for_reading(path: &Path, direct: bool) -> io::Result<(File, bool)> {
+    if direct {
+        match File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+            opened => return opened.map(|file| (file, true)),
         }
     }
-    Ok(filled.min(length))
+    File::open(path).map(|file| (file, false))
 }
 
 /// An entry waiting for its turn to be written to the manifest.
@@ -535,7 +629,8 @@ enum SlotState {
     Dropped,
     Reading {
         path: Arc<Path>,
-        chunks: Vec<Option<BlobRef>>,
+        /// The chunks of each piece, once read.
+        pieces: Vec<Option<Vec<BlobRef>>>,
         missing: usize,
         /// 0 for the first read, 1 for the re-read after a change.
         attempt: u8,
@@ -546,7 +641,8 @@ enum SlotState {
 
 /// The walking thread's state during one backup.
 struct Run<'env> {
-    chunk_size: u64,
+    /// Large files are read in pieces of this many bytes.
+    piece_size: u64,
     manifest: ManifestWriter,
     likeness: Likeness,
     previous: Option<Peekable<Prefetched>>,
@@ -595,7 +691,7 @@ impl<'env> Stage for Run<'env> {
         for outcome in outcomes {
             let index = (outcome.slot - self.first_slot) as usize;
             let SlotState::Reading {
-                chunks,
+                pieces,
                 missing,
                 short,
                 failure,
@@ -608,10 +704,10 @@ impl<'env> Stage for Run<'env> {
             };
             match outcome.result {
                 TaskResult::Stored {
-                    blob,
+                    blobs,
                     short: was_short,
                 } => {
-                    chunks[outcome.chunk] = Some(blob);
+                    pieces[outcome.piece] = Some(blobs);
                     *short |= was_short;
                 }
                 TaskResult::Failed { vanished, reason } => {
@@ -797,7 +893,7 @@ impl<'env> Run<'env> {
     ) -> Result<SlotState> {
         let slot = self.first_slot + self.slots.len() as u64;
         self.queue_reads(slot, entry.size, &path, jobs)?;
-        Ok(reading_state(entry.size, self.chunk_size, path, attempt))
+        Ok(reading_state(entry.size, self.piece_size, path, attempt))
     }
 
     /// Sends a large file's pieces to the workers one by one, a small file into the batch.
@@ -808,15 +904,15 @@ impl<'env> Run<'env> {
         path: &Arc<Path>,
         jobs: &mut Jobs<'_, Vec<ReadTask>>,
     ) -> Result<()> {
-        let pieces = size.div_ceil(self.chunk_size);
-        for chunk in 0..pieces {
-            let offset = chunk * self.chunk_size;
+        let pieces = size.div_ceil(self.piece_size);
+        for piece in 0..pieces {
+            let offset = piece * self.piece_size;
             let task = ReadTask {
                 slot,
-                chunk: chunk as usize,
+                piece: piece as usize,
                 path: Arc::clone(path),
                 offset,
-                length: self.chunk_size.min(size - offset),
+                length: self.piece_size.min(size - offset),
             };
             if pieces > 1 {
                 jobs.submit(vec![task])?;
@@ -840,7 +936,7 @@ impl<'env> Run<'env> {
         let slot = &mut self.slots[index];
         let SlotState::Reading {
             path,
-            chunks,
+            pieces,
             attempt,
             short,
             failure,
@@ -865,7 +961,7 @@ impl<'env> Run<'env> {
                 return Ok(());
             }
         };
-        let chunks: Vec<BlobRef> = chunks.into_iter().flatten().collect();
+        let chunks: Vec<BlobRef> = pieces.into_iter().flatten().flatten().collect();
         let read_bytes: u64 = chunks.iter().map(|c| c.raw_length).sum();
         self.stats.files_read += 1;
         self.stats.bytes_read += read_bytes;
@@ -879,7 +975,7 @@ impl<'env> Run<'env> {
             slot.entry = current;
             let slot_number = self.first_slot + index as u64;
             let size = self.slots[index].entry.size;
-            self.slots[index].state = reading_state(size, self.chunk_size, Arc::clone(&path), 1);
+            self.slots[index].state = reading_state(size, self.piece_size, Arc::clone(&path), 1);
             if size == 0 {
                 self.slots[index].state = SlotState::Ready;
             } else {
@@ -926,11 +1022,11 @@ impl<'env> Run<'env> {
     }
 }
 
-fn reading_state(size: u64, chunk_size: u64, path: Arc<Path>, attempt: u8) -> SlotState {
-    let pieces = size.div_ceil(chunk_size) as usize;
+fn reading_state(size: u64, piece_size: u64, path: Arc<Path>, attempt: u8) -> SlotState {
+    let pieces = size.div_ceil(piece_size) as usize;
     SlotState::Reading {
         path,
-        chunks: vec![None; pieces],
+        pieces: vec![None; pieces],
         missing: pieces,
         attempt,
         short: false,

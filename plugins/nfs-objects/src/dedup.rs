@@ -19,9 +19,17 @@
 //! when it describes a pack that exists, exactly (see `index`): the index of a missing pack, an
 //! unreadable one, or one whose entries do not cover its pack is left out, the content it
 //! lists is stored again, and the backup names it among its findings.
+//!
+//! Workers store content in parallel, and the same content often arrives at two of them at
+//! once: two copies of a large binary, or two near-identical builds of a crate next to each
+//! other in a folder, read side by side. So a worker [`claim`](DedupIndex::claim)s content it is
+//! about to store, and another that finds it claimed waits until it is stored, then takes the
+//! stored copy. Without that, both missed: a `target/` folder stored 6 % more (907 against 855
+//! MiB) when large files were read whole by one worker each.
 
+use std::collections::HashSet;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::backend::Backend;
 use crate::blob::BlobRef;
@@ -30,16 +38,17 @@ use crate::id::ContentId;
 use crate::index::{self, Finding, Findings, PackSizes};
 use crate::repo::{INDEX_PREFIX, index_object, object_stem, pack_object};
 
-/// Blobs at least this large (or full chunks, if chunks are smaller) are looked up in the
-/// repository-wide dedup index.
+/// Blobs at least this large (or as large as the shortest cut chunk, if that is smaller) are
+/// looked up in the repository-wide dedup index.
 const MIN_LENGTH: u64 = 256 * 1024;
 
 /// Small blobs remembered for deduplication within one backup (about 250 bytes each).
 const RECENT_SMALL: usize = 4096;
 
-/// The smallest blob worth deduplicating in a repository cutting files into `chunk_size` pieces.
+/// The smallest blob worth deduplicating in a repository whose chunks are at most `chunk_size`
+/// (and, but for the last of a file, at least a sixteenth of it: see `chunker`).
 pub fn min_length(chunk_size: u64) -> u64 {
-    MIN_LENGTH.min(chunk_size)
+    MIN_LENGTH.min(chunk_size / 16)
 }
 
 /// A lazily loaded map from content id to a stored copy, shared by the worker threads.
@@ -54,7 +63,47 @@ pub struct DedupIndex {
     known: Mutex<Option<HashMap<ContentId, BlobRef>>>,
     /// The small blobs this backup stored last.
     recent: Mutex<RecentBlobs>,
+    /// Content a worker is storing right now (see [`Claim`]), and the signal that one landed.
+    in_flight: Mutex<HashSet<ContentId>>,
+    landed: Condvar,
     distrusted: Findings,
+}
+
+/// What [`DedupIndex::claim`] found.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// The repository holds the content already.
+    Stored(BlobRef),
+    /// It does not; the caller stores it, then hands the claim the stored blob.
+    Absent(Claim<'a>),
+}
+
+/// The right, and the duty, to store one content: others asking for it wait until it is
+/// [`stored`](Claim::stored) or the claim is dropped (a failed store: one of them stores it).
+#[derive(Debug)]
+pub struct Claim<'a> {
+    index: &'a DedupIndex,
+    id: ContentId,
+}
+
+impl Claim<'_> {
+    /// Records the stored blob and lets those waiting for it take it.
+    pub fn stored(self, blob: &BlobRef) -> Result<()> {
+        self.index.remember(blob)
+        // (The claim is released by `drop`, after the blob is findable.)
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let index = self.index;
+        lock(&index.in_flight).remove(&self.id);
+        index.landed.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// The last `capacity` blobs remembered, by content id; the oldest is forgotten first.
@@ -107,6 +156,8 @@ impl DedupIndex {
             threads,
             known: Mutex::new(None),
             recent: Mutex::new(RecentBlobs::new(RECENT_SMALL)),
+            in_flight: Mutex::new(HashSet::new()),
+            landed: Condvar::new(),
             distrusted: Findings::default(),
         }
     }
@@ -143,6 +194,27 @@ impl DedupIndex {
             }
             plausible
         }))
+    }
+
+    /// A stored copy of content `id` of `raw_length` bytes, as [`find`](Self::find), or else
+    /// the claim to store it; waits while another worker holds that claim.
+    pub fn claim(&self, id: &ContentId, raw_length: u64) -> Result<Lookup<'_>> {
+        let mut in_flight = lock(&self.in_flight);
+        loop {
+            if let Some(blob) = self.find(id, raw_length)? {
+                return Ok(Lookup::Stored(blob));
+            }
+            if in_flight.insert(*id) {
+                return Ok(Lookup::Absent(Claim {
+                    index: self,
+                    id: *id,
+                }));
+            }
+            in_flight = self
+                .landed
+                .wait(in_flight)
+                .unwrap_or_else(|poison| poison.into_inner());
+        }
     }
 
     /// Records a blob this backup has just stored.

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod backup;
 pub mod blob;
+pub mod chunker;
 pub mod control;
 pub mod crypto;
 pub mod dedup;

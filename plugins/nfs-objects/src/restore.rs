@@ -152,6 +152,7 @@ pub fn restore(
                 fetcher: Fetcher::new(backend.as_ref(), repo.keys().clone())?,
                 keys: repo.keys().clone(),
                 aligned: AlignedBuffer::with_capacity(0),
+                gathered: Gatherer::default(),
                 compared: Vec::new(),
                 owners: options.owners,
             })
@@ -288,7 +289,7 @@ struct OpenFile {
     path: Vec<u8>,
     /// A file of several pieces, finished by the coordinating thread once all are in; `None`
     /// for a file a worker writes and finishes whole.
-    shared: Option<(NewFile, Vec<u8>, Arc<Mutex<DirectFile>>)>,
+    shared: Option<(NewFile, Vec<u8>, Arc<Mutex<SharedFile>>)>,
     missing: usize,
     failure: Option<String>,
 }
@@ -386,7 +387,7 @@ enum Destination {
     /// `pwrite`s on one inode queue on its kernel lock, spinning while the holder copies 4 MiB
     /// (10 % of a restore's CPU on 2 cores); a waiter on this mutex sleeps instead, and the
     /// other worker decodes meanwhile.
-    Shared(Arc<Mutex<DirectFile>>),
+    Shared(Arc<Mutex<SharedFile>>),
     /// It is the whole file: the worker creates, writes and finishes it, so the many small
     /// files of a tree cost the coordinating thread no system calls of their own.
     Whole(Box<NewFile>),
@@ -418,8 +419,11 @@ struct PieceWriter<'a> {
     fetcher: Fetcher<'a>,
     /// What content ids are hashed with, to compare existing files.
     keys: Keys,
-    /// Where raw blobs (slices of a fetched range, at any address) are copied for a direct write.
+    /// Where the blocks two pieces of a file share are put together (see [`SharedFile`]).
     aligned: AlignedBuffer,
+    /// Consecutive pieces of one file, written together; its buffer also takes a whole file's
+    /// content (a slice of a fetched range, at any address) for a direct write.
+    gathered: Gatherer,
     /// One chunk of an existing file being compared.
     compared: Vec<u8>,
     owners: bool,
@@ -448,20 +452,24 @@ impl PieceWriter<'_> {
             .into_iter()
             .map(|piece| ((piece.slot, piece.into, piece.offset), piece.blob))
             .collect();
-        let aligned = &mut self.aligned;
+        let (aligned, gathered) = (&mut self.aligned, &mut self.gathered);
         self.fetcher
             .fetch_each(wanted, |(slot, into, offset), _, raw| {
                 let problem = match (into, raw) {
+                    // (A failed write is the file's own failure, see `SharedFile`.)
                     (Destination::Shared(file), Ok(raw)) => {
-                        write_sparse(&mut lock(&file), offset, raw, aligned)
-                            .err()
-                            .map(|e| e.to_string())
+                        gathered.add(&file, offset, raw, aligned);
+                        None
                     }
-                    (Destination::Whole(file), Ok(raw)) => file.write_whole(raw, aligned).err(),
+                    (Destination::Whole(file), Ok(raw)) => {
+                        file.write_whole(raw, gathered.lend(aligned)).err()
+                    }
                     (_, Err(reason)) => Some(reason),
                 };
                 outcomes.push(Outcome::Written { slot, problem });
             });
+        // Written before the coordinating thread hears of it.
+        gathered.write_out(aligned);
         outcomes
     }
 
@@ -497,16 +505,185 @@ fn fix_metadata(file: &File, found: &Found, entry: &Entry, owners: bool) -> io::
 }
 
 /// The file behind `shared`; a worker that panicked while writing is reported by the pool.
-fn lock(shared: &Mutex<DirectFile>) -> std::sync::MutexGuard<'_, DirectFile> {
+fn lock(shared: &Mutex<SharedFile>) -> std::sync::MutexGuard<'_, SharedFile> {
     shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Bytes of consecutive pieces of one file a worker gathers before writing them.
+const GATHER_BYTES: usize = 4 << 20;
+
+/// Consecutive pieces of one file (as a pack holds them), gathered by a worker to be written
+/// together: content-defined chunks (about 1 MiB, ending anywhere) would otherwise cost a
+/// synchronous direct write each, and more for the blocks they share with their neighbours.
+/// `buffer[0]` is the byte at `base` of the file, an aligned offset, so whole blocks are
+/// written straight from the buffer.
+#[derive(Default)]
+struct Gatherer {
+    /// Allocated when a worker first gathers.
+    aligned: Option<AlignedBuffer>,
+    run: Option<Gathering>,
+}
+
+struct Gathering {
+    file: Arc<Mutex<SharedFile>>,
+    base: u64,
+    /// The file's bytes gathered: `start..end`.
+    start: u64,
+    end: u64,
+}
+
+impl Gatherer {
+    /// Gathers piece `raw` of `file` at `offset`, after writing out what was gathered when
+    /// the piece does not continue it.
+    fn add(
+        &mut self,
+        file: &Arc<Mutex<SharedFile>>,
+        offset: u64,
+        mut raw: &[u8],
+        scratch: &mut AlignedBuffer,
+    ) {
+        let continues = self
+            .run
+            .as_ref()
+            .is_some_and(|run| Arc::ptr_eq(&run.file, file) && run.end == offset);
+        if !continues {
+            self.write_out(scratch);
+            let base = offset / direct::ALIGN as u64 * direct::ALIGN as u64;
+            self.run = Some(Gathering {
+                file: Arc::clone(file),
+                base,
+                start: offset,
+                end: offset,
+            });
+        }
+        let buffer = self
+            .aligned
+            .get_or_insert_with(|| AlignedBuffer::with_capacity(GATHER_BYTES));
+        buffer.fill_area(GATHER_BYTES);
+        while !raw.is_empty() {
+            let run = self.run.as_mut().expect("a run was just started");
+            let at = (run.end - run.base) as usize;
+            let taken = raw.len().min(GATHER_BYTES - at);
+            buffer.as_mut_slice()[at..at + taken].copy_from_slice(&raw[..taken]);
+            run.end += taken as u64;
+            raw = &raw[taken..];
+            if at + taken == GATHER_BYTES {
+                write_gathered(run, buffer, scratch);
+                (run.base, run.start) = (run.end, run.end);
+            }
+        }
+    }
+
+    /// The buffer, to copy a whole file's content into for a direct write, once what was
+    /// gathered in it is written out.
+    fn lend(&mut self, scratch: &mut AlignedBuffer) -> &mut AlignedBuffer {
+        self.write_out(scratch);
+        self.aligned
+            .get_or_insert_with(|| AlignedBuffer::with_capacity(GATHER_BYTES))
+    }
+
+    /// Writes out what is gathered.
+    fn write_out(&mut self, scratch: &mut AlignedBuffer) {
+        if let (Some(run), Some(buffer)) = (self.run.take(), self.aligned.as_mut()) {
+            write_gathered(&run, buffer, scratch);
+        }
+    }
+}
+
+/// Writes the bytes `run` gathered in `buffer` into its file (unless the file failed already:
+/// its first failure is kept to be reported).
+fn write_gathered(run: &Gathering, buffer: &AlignedBuffer, scratch: &mut AlignedBuffer) {
+    let mut file = lock(&run.file);
+    if file.failure.is_some() || run.start == run.end {
+        return;
+    }
+    let from = (run.start - run.base) as usize;
+    let to = (run.end - run.base) as usize;
+    if let Err(err) = file.write(run.start, &buffer.as_slice()[from..to], scratch) {
+        file.failure = Some(err.to_string());
+    }
+}
+
+/// A file of several pieces, written by whichever worker fetched each.
+struct SharedFile {
+    file: DirectFile,
+    size: u64,
+    /// The first write into it that failed.
+    failure: Option<String>,
+    /// Blocks of a direct file that two pieces share, as filled so far: a content-defined chunk
+    /// starts and ends anywhere, and a direct write only takes whole aligned blocks. A shared
+    /// block is written once both pieces have put their part in.
+    edges: HashMap<u64, (Box<[u8; direct::ALIGN]>, usize)>,
+}
+
+impl SharedFile {
+    fn new(file: DirectFile, size: u64) -> Self {
+        Self {
+            file,
+            size,
+            failure: None,
+            edges: HashMap::new(),
+        }
+    }
+
+    /// Writes piece `data` at `offset`: into a direct file, the whole blocks it covers at once,
+    /// its parts of the blocks at either end once those are complete.
+    fn write(&mut self, offset: u64, data: &[u8], aligned: &mut AlignedBuffer) -> io::Result<()> {
+        if !self.file.is_direct() {
+            return write_sparse(&mut self.file, offset, data, aligned);
+        }
+        let block = direct::ALIGN as u64;
+        let end = offset + data.len() as u64;
+        let body_start = offset.next_multiple_of(block).min(end);
+        let body_end = (end / block * block).max(body_start);
+        let at = |position: u64| (position - offset) as usize;
+        self.join(offset, &data[..at(body_start)], aligned)?;
+        write_sparse(
+            &mut self.file,
+            body_start,
+            &data[at(body_start)..at(body_end)],
+            aligned,
+        )?;
+        self.join(body_end, &data[at(body_end)..], aligned)
+    }
+
+    /// Puts `part`, which lies inside one block, at `offset` into that block, and writes the
+    /// block once it holds all of its bytes (the file's last block: up to its end, zero-padded;
+    /// the file is cut back to its size when complete). An all-zero block stays a hole.
+    fn join(&mut self, offset: u64, part: &[u8], aligned: &mut AlignedBuffer) -> io::Result<()> {
+        if part.is_empty() {
+            return Ok(());
+        }
+        let length = direct::ALIGN as u64;
+        let block = offset / length;
+        let start = block * length;
+        let needed = (self.size - start).min(length) as usize;
+        let (bytes, filled) = self
+            .edges
+            .entry(block)
+            .or_insert_with(|| (Box::new([0; direct::ALIGN]), 0));
+        let from = (offset - start) as usize;
+        bytes[from..from + part.len()].copy_from_slice(part);
+        *filled += part.len();
+        if *filled < needed {
+            return Ok(());
+        }
+        let (bytes, _) = self.edges.remove(&block).expect("the block just filled");
+        if bytes.iter().all(|&byte| byte == 0) {
+            return Ok(());
+        }
+        aligned.copy_from(&bytes[..]);
+        self.file.write_all_at(aligned.padded(), start)
+    }
+}
+
 /// Writes `data` at `offset`, leaving all-zero blocks as holes (the file is pre-sized). Into a
 /// direct file, each write is made aligned: copied into `aligned` when the data does not start
 /// at an aligned address, and zero-padded to a whole block at the file's end (the file is cut
-/// back to its size when complete; a direct file's pieces all start at aligned offsets).
+/// back to its size when complete; the caller gives a direct file data that starts at an
+/// aligned offset).
 fn write_sparse(
     file: &mut DirectFile,
     offset: u64,
@@ -817,7 +994,7 @@ impl<'env> Run<'env> {
                     return Ok(());
                 }
             };
-            let file = Arc::new(Mutex::new(file));
+            let file = Arc::new(Mutex::new(SharedFile::new(file, new.entry.size)));
             self.open_shared += 1;
             let mut offset = 0;
             for blob in &new.entry.chunks {
@@ -859,7 +1036,9 @@ impl<'env> Run<'env> {
         let finished = match open.shared {
             Some((new, temporary, file)) => {
                 self.open_shared -= 1;
-                new.finish(&temporary, &lock(&file), open.failure)
+                let mut file = lock(&file);
+                let failure = open.failure.or(file.failure.take());
+                new.finish(&temporary, &file.file, failure)
             }
             None => open.failure.map_or(Ok(()), Err),
         };
@@ -957,13 +1136,8 @@ fn text(err: io::Error) -> String {
     err.to_string()
 }
 
-/// Whether `entry` is written around the page cache: a large file whose pieces all start at
-/// aligned offsets (every chunk but the last a whole number of blocks).
+/// Whether `entry` is written around the page cache: a large file (its pieces may end anywhere,
+/// see [`SharedFile`]).
 fn writes_direct(entry: &Entry) -> bool {
-    let aligned_chunk = |blob: &BlobRef| blob.raw_length % direct::ALIGN as u64 == 0;
     entry.size >= DIRECT_MIN
-        && entry
-            .chunks
-            .split_last()
-            .is_some_and(|(_, init)| init.iter().all(aligned_chunk))
 }
