@@ -388,6 +388,43 @@ mod tests {
     }
 
     #[test]
+    fn content_claimed_by_one_worker_is_waited_for_by_another_then_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());
+        let index = index_of(&backend, 1);
+        let blob = small_blob(b"twin");
+        let Lookup::Absent(claim) = index.claim(&blob.id, 4).unwrap() else {
+            panic!("nothing is stored yet");
+        };
+        std::thread::scope(|threads| {
+            let waiter = threads.spawn(|| match index.claim(&blob.id, 4).unwrap() {
+                Lookup::Stored(found) => found,
+                Lookup::Absent(_) => panic!("claimed twice"),
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(
+                !waiter.is_finished(),
+                "the second worker waits for the first"
+            );
+            claim.stored(&blob).unwrap();
+            assert_eq!(waiter.join().unwrap(), blob);
+        });
+
+        // A claim given up (its store failed) passes to one of those waiting.
+        let other = small_blob(b"other");
+        let Lookup::Absent(claim) = index.claim(&other.id, 5).unwrap() else {
+            panic!("nothing is stored yet");
+        };
+        std::thread::scope(|threads| {
+            let waiter =
+                threads.spawn(|| matches!(index.claim(&other.id, 5), Ok(Lookup::Absent(_))));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(claim);
+            assert!(waiter.join().unwrap());
+        });
+    }
+
+    #[test]
     fn duplicate_small_files_are_found_among_the_blobs_this_backup_stored() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()).unwrap());

@@ -1141,3 +1141,71 @@ fn text(err: io::Error) -> String {
 fn writes_direct(entry: &Entry) -> bool {
     entry.size >= DIRECT_MIN
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `content` cut into pieces of 1 byte to 300 KiB, as (offset, length).
+    fn pieces(content: &[u8], rng: &mut fastrand::Rng) -> Vec<(u64, usize)> {
+        let mut cut = Vec::new();
+        let mut at = 0;
+        while at < content.len() {
+            let length = match rng.u8(..4) {
+                0 => rng.usize(1..4096),
+                _ => rng.usize(4096..300 << 10),
+            }
+            .min(content.len() - at);
+            cut.push((at as u64, length));
+            at += length;
+        }
+        cut
+    }
+
+    #[test]
+    fn pieces_ending_anywhere_and_arriving_in_any_order_make_the_file() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let size = (3 << 20) + 1234;
+        let mut content: Vec<u8> = (0..size).map(|_| rng.u8(1..)).collect();
+        content[1 << 20..(1 << 20) + (200 << 10)].fill(0);
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("file");
+            let file = if direct {
+                DirectFile::create(&path).unwrap()
+            } else {
+                DirectFile::create_buffered(&path).unwrap()
+            };
+            file.file().set_len(size as u64).unwrap();
+            let shared = Arc::new(Mutex::new(SharedFile::new(file, size as u64)));
+            // Runs of consecutive pieces (as a pack holds them) in a shuffled order, taken by
+            // two workers in turn.
+            let mut runs: Vec<Vec<(u64, usize)>> = pieces(&content, &mut rng)
+                .chunks(3)
+                .map(<[_]>::to_vec)
+                .collect();
+            rng.shuffle(&mut runs);
+            let mut workers =
+                [(); 2].map(|()| (Gatherer::default(), AlignedBuffer::with_capacity(0)));
+            for (number, run) in runs.iter().enumerate() {
+                let (gatherer, scratch) = &mut workers[number % 2];
+                for &(offset, length) in run {
+                    let at = offset as usize;
+                    gatherer.add(&shared, offset, &content[at..at + length], scratch);
+                }
+                // (Otherwise the next piece, not continuing this run, writes it out.)
+                if number % 3 == 0 {
+                    gatherer.write_out(scratch);
+                }
+            }
+            for (gatherer, scratch) in &mut workers {
+                gatherer.write_out(scratch);
+            }
+            let shared = lock(&shared);
+            assert_eq!(shared.failure, None);
+            assert!(shared.edges.is_empty(), "every shared block was written");
+            shared.file.file().set_len(size as u64).unwrap();
+            assert!(std::fs::read(&path).unwrap() == content, "direct: {direct}");
+        }
+    }
+}
