@@ -45,10 +45,10 @@ const MIN_LENGTH: u64 = 256 * 1024;
 /// Small blobs remembered for deduplication within one backup (about 250 bytes each).
 const RECENT_SMALL: usize = 4096;
 
-/// The smallest blob worth deduplicating in a repository whose chunks are at most `chunk_size`
-/// (and, but for the last of a file, at least a sixteenth of it: see `chunker`).
+/// The smallest blob worth deduplicating in a repository whose chunks are at most `chunk_size`:
+/// every chunk but the last of a file is tracked.
 pub fn min_length(chunk_size: u64) -> u64 {
-    MIN_LENGTH.min(chunk_size / 16)
+    MIN_LENGTH.min(crate::chunker::shortest(chunk_size))
 }
 
 /// A lazily loaded map from content id to a stored copy, shared by the worker threads.
