@@ -28,8 +28,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +44,7 @@ use crate::control::{Control, Reporter};
 use crate::crypto::Keys;
 use crate::dedup::{self, DedupIndex, Lookup};
 use crate::direct::{self, AlignedBuffer};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::index::{Finding, PackSizes};
 use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, Prefetched, path_order};
 use crate::pack::PackWriter;
@@ -222,6 +223,8 @@ fn attempt(
     let id = snapshot::new_id(time);
     let staged = StagedFile(backend.staging_file(".manifest"));
     let shared = Shared {
+        source: walk.root_folder().at(&options.source)?,
+        source_path: options.source.clone(),
         dedup: DedupIndex::new(
             Arc::clone(backend),
             dedup::min_length(repo.config().chunk_size),
@@ -370,6 +373,10 @@ impl Drop for StagedFile {
 
 /// State shared by the worker threads.
 struct Shared {
+    /// The source folder, which files are opened below (see `target::open_beneath`)...
+    source: OwnedFd,
+    /// ...and its path, which the paths of read tasks start with.
+    source_path: PathBuf,
     dedup: DedupIndex,
     bytes_stored: AtomicU64,
     packs_written: AtomicU64,
@@ -395,9 +402,17 @@ enum TaskResult {
 
 impl TaskResult {
     fn failed(err: io::Error) -> Self {
+        let reason = match err.raw_os_error() {
+            Some(libc::ELOOP | libc::EXDEV) => {
+                "it, or a folder on its path, was replaced by a symlink while being backed up \
+                 (not followed)"
+                    .to_owned()
+            }
+            _ => err.to_string(),
+        };
         Self::Failed {
             vanished: err.kind() == io::ErrorKind::NotFound,
-            reason: err.to_string(),
+            reason,
         }
     }
 }
@@ -455,7 +470,7 @@ impl FileReader<'_> {
     /// the chunk being cut, which is moved to the front first when less than a chunk's room
     /// remains (to just before an aligned address, so direct reads land aligned).
     fn store_piece(&mut self, task: &ReadTask) -> Result<TaskResult> {
-        let mut source = match PieceSource::open(task, self.direct_reads) {
+        let mut source = match PieceSource::open(task, self.shared, self.direct_reads) {
             Ok(source) => source,
             Err(err) => return Ok(TaskResult::failed(err)),
         };
@@ -529,7 +544,9 @@ const DIRECT_READ_MIN: u64 = 1 << 20;
 /// memory) when it is large and the filesystem allows it.
 struct PieceSource<'a> {
     file: File,
-    path: &'a Path,
+    /// The source folder and the file's path below it.
+    folder: &'a OwnedFd,
+    relative: &'a [u8],
     direct: bool,
     /// Where the next read starts.
     offset: u64,
@@ -540,13 +557,20 @@ struct PieceSource<'a> {
 }
 
 impl<'a> PieceSource<'a> {
-    fn open(task: &'a ReadTask, direct: bool) -> io::Result<Self> {
+    fn open(task: &'a ReadTask, shared: &'a Shared, direct: bool) -> io::Result<Self> {
         let direct =
             direct && task.length >= DIRECT_READ_MIN && task.offset % direct::ALIGN as u64 == 0;
-        let (file, direct) = open_for_reading(&task.path, direct)?;
+        let relative = task
+            .path
+            .strip_prefix(&shared.source_path)
+            .map_err(io::Error::other)?
+            .as_os_str()
+            .as_bytes();
+        let (file, direct) = open_for_reading(&shared.source, relative, direct)?;
         Ok(Self {
             file,
-            path: &task.path,
+            folder: &shared.source,
+            relative,
             direct,
             offset: task.offset,
             left: usize::try_from(task.length).map_err(io::Error::other)?,
@@ -575,7 +599,7 @@ impl<'a> PieceSource<'a> {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 // The filesystem does not take direct reads after all: read it buffered.
                 Err(err) if self.direct && err.raw_os_error() == Some(libc::EINVAL) => {
-                    (self.file, self.direct) = open_for_reading(self.path, false)?;
+                    (self.file, self.direct) = open_for_reading(self.folder, self.relative, false)?;
                 }
                 Err(err) => return Err(err),
             }
@@ -584,19 +608,15 @@ impl<'a> PieceSource<'a> {
     }
 }
 
-/// Opens `path` for reading, directly if asked and the filesystem allows it at all.
-fn open_for_reading(path: &Path, direct: bool) -> io::Result<(File, bool)> {
+/// Opens `relative` below `folder` for reading, directly if asked and the filesystem allows it.
+fn open_for_reading(folder: &OwnedFd, relative: &[u8], direct: bool) -> io::Result<(File, bool)> {
     if direct {
-        match File::options()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
+        match target::open_beneath(folder, relative, true) {
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
             opened => return opened.map(|file| (file, true)),
         }
     }
-    File::open(path).map(|file| (file, false))
+    target::open_beneath(folder, relative, false).map(|file| (file, false))
 }
 
 /// An entry waiting for its turn to be written to the manifest.

@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// An opened folder of the target, shared by the entries written into it.
@@ -118,6 +118,33 @@ fn explain(err: io::Error, parent: &OwnedFd, name: &[u8], path: &[u8]) -> io::Er
 pub fn open_folder(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     Ok(rustix::fs::openat(parent, name, flags, Mode::empty())?)
+}
+
+/// Opens the file at `relative` below folder `root` for reading (directly, if `direct`),
+/// following no symlink on the way: a backup reads a file some time after the walk saw it, and
+/// a folder of the source swapped meanwhile for a link to `/etc` must make the open fail, not
+/// read `/etc` into the repository. One `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`;
+/// on kernels without it (before 5.6), each folder is opened from its parent, refusing links.
+pub fn open_beneath(root: &OwnedFd, relative: &[u8], direct: bool) -> io::Result<File> {
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if direct {
+        flags |= OFlags::DIRECT;
+    }
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(root, relative, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS) => {}
+        opened => return Ok(opened?.into()),
+    }
+    let (folders, name) = split_last(relative);
+    let mut folder: Option<OwnedFd> = None;
+    for part in folders
+        .split(|&byte| byte == b'/')
+        .filter(|part| !part.is_empty())
+    {
+        folder = Some(open_folder(folder.as_ref().unwrap_or(root), part)?);
+    }
+    let parent = folder.as_ref().unwrap_or(root);
+    Ok(rustix::fs::openat(parent, name, flags, Mode::empty())?.into())
 }
 
 /// What is at a name, as `lstat` sees it.
@@ -366,5 +393,31 @@ mod tests {
         // The stack went back to `a` and on again.
         folders.open(b"a/b").unwrap();
         assert_eq!(split_last(b"x"), (&b""[..], &b"x"[..]));
+    }
+
+    #[test]
+    fn a_file_is_opened_beneath_its_root_through_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/file"), b"ok").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("a/swapped")).unwrap();
+        std::os::unix::fs::symlink("b/file", dir.path().join("a/link")).unwrap();
+        let root = open_root(dir.path()).unwrap();
+        let mut read = String::new();
+        io::Read::read_to_string(
+            &mut open_beneath(&root, b"a/b/file", false).unwrap(),
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(read, "ok");
+        for through_a_link in [&b"a/swapped/secret"[..], b"a/link", b"../x"] {
+            let shown = String::from_utf8_lossy(through_a_link);
+            assert!(
+                open_beneath(&root, through_a_link, false).is_err(),
+                "{shown}"
+            );
+        }
     }
 }

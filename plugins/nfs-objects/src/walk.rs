@@ -96,6 +96,15 @@ impl Walk {
         })
     }
 
+    /// Another descriptor of the folder walked, to read the files found below it (see
+    /// `target::open_beneath`).
+    pub fn root_folder(&self) -> io::Result<OwnedFd> {
+        match self.folders.first().and_then(|root| root.handle.as_ref()) {
+            Some(handle) => handle.try_clone(),
+            None => Err(io::Error::other("the walk is past its root folder")),
+        }
+    }
+
     fn visit(&mut self, name: OsString) -> Option<Step> {
         let parent = self.folders.last()?;
         let absolute = parent.absolute.join(&name);
