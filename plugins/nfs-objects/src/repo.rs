@@ -32,7 +32,7 @@ const PLAINTEXT_VERSION: u32 = 1;
 /// Encrypted repositories (see `crypto`).
 const ENCRYPTED_VERSION: u32 = 2;
 
-/// Bounds of `chunk_size`. Each worker holds a chunk (and its compressed form) in memory, and a
+/// Bounds of `chunk_size`. Each worker holds two chunks (and a compressed one) in memory, and a
 /// manifest entry holds one reference per chunk of its file, so neither end may be absurd.
 pub const CHUNK_SIZE: std::ops::RangeInclusive<u64> = (64 << 10)..=(16 << 20);
 /// Bounds of `pack_size`: a pack is at most `pack_size` plus one blob, far below the 80 GB of
@@ -72,7 +72,7 @@ pub struct RepoConfig {
     pub format: String,
     /// Format version: 1 (plaintext) or 2 (encrypted).
     pub version: u32,
-    /// Files larger than this are split into chunks of exactly this size (the last one shorter).
+    /// Chunks are at most this long (see `chunker`; before 2026-12 they were all this long).
     pub chunk_size: u64,
     /// A pack is sealed once it holds at least this many bytes.
     pub pack_size: u64,
