@@ -29,7 +29,7 @@ use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1094,11 +1094,17 @@ fn entry_from(found: &mut Found) -> Result<Option<Entry>> {
         FileType::RegularFile => (Kind::File, None),
         FileType::Directory => (Kind::Dir, None),
         FileType::Symlink => {
-            let target = fs::read_link(&found.absolute).map_err(|source| Error::Io {
-                path: found.absolute.clone(),
-                source,
-            })?;
-            (Kind::Symlink, Some(target.as_os_str().as_bytes().to_vec()))
+            let target = match found.link_target.take() {
+                Some(target) => target,
+                None => fs::read_link(&found.absolute)
+                    .map_err(|source| Error::Io {
+                        path: found.absolute.clone(),
+                        source,
+                    })?
+                    .into_os_string()
+                    .into_vec(),
+            };
+            (Kind::Symlink, Some(target))
         }
         _ => return Ok(None),
     };

@@ -31,6 +31,9 @@ pub struct Found {
     pub absolute: PathBuf,
     /// `lstat` of the entry (symlinks are not followed).
     pub metadata: target::Found,
+    /// A symlink's target, read relative to its open folder (`None` for other entries, and for
+    /// links in folders looked into by path).
+    pub link_target: Option<Vec<u8>>,
 }
 
 /// What the walk yields: an entry, or a problem with one path that the caller should report.
@@ -84,6 +87,7 @@ impl Walk {
                 relative: Vec::new(),
                 absolute: root.to_owned(),
                 metadata,
+                link_target: None,
             }),
             one_file_system,
             folders: vec![Folder {
@@ -133,6 +137,22 @@ impl Walk {
                 });
             }
         };
+        // A link's target is read where it was looked at, not through the path again.
+        let link_target = match (&parent.handle, metadata.kind) {
+            (Some(handle), FileType::Symlink) => {
+                match rustix::fs::readlinkat(handle, name.as_bytes(), Vec::new()) {
+                    Ok(target) => Some(target.into_bytes()),
+                    Err(Errno::NOENT) => return None,
+                    Err(err) => {
+                        return Some(Step::Skipped {
+                            path: absolute,
+                            reason: io::Error::from(err).to_string(),
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
         if metadata.kind == FileType::Directory {
             if self.one_file_system && metadata.device != self.root_device {
                 self.skipped.push_back(Step::Skipped {
@@ -159,6 +179,7 @@ impl Walk {
             relative,
             absolute,
             metadata,
+            link_target,
         }))
     }
 
@@ -300,6 +321,11 @@ mod tests {
                 panic!("{step:?}")
             };
             let by_path = fs::symlink_metadata(&found.absolute).unwrap();
+            let link = fs::read_link(&found.absolute).ok();
+            assert_eq!(
+                found.link_target,
+                link.map(|l| l.into_os_string().into_vec())
+            );
             let seen = found.metadata;
             let what = &found.absolute;
             assert_eq!(seen.size, by_path.size(), "{what:?}");
