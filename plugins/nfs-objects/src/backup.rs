@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::iter::Peekable;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -223,7 +222,7 @@ fn attempt(
     let id = snapshot::new_id(time);
     let staged = StagedFile(backend.staging_file(".manifest"));
     let shared = Shared {
-        source: walk.root_folder().at(&options.source)?,
+        source: Arc::new(walk.root_folder().at(&options.source)?),
         source_path: options.source.clone(),
         dedup: DedupIndex::new(
             Arc::clone(backend),
@@ -374,7 +373,7 @@ impl Drop for StagedFile {
 /// State shared by the worker threads.
 struct Shared {
     /// The source folder, which files are opened below (see `target::open_beneath`)...
-    source: OwnedFd,
+    source: target::Folder,
     /// ...and its path, which the paths of read tasks start with.
     source_path: PathBuf,
     dedup: DedupIndex,
@@ -470,7 +469,10 @@ impl FileReader<'_> {
     /// the chunk being cut, which is moved to the front first when less than a chunk's room
     /// remains (to just before an aligned address, so direct reads land aligned).
     fn store_piece(&mut self, task: &ReadTask) -> Result<TaskResult> {
-        let mut source = match PieceSource::open(task, self.shared, self.direct_reads) {
+        let shared = self.shared;
+        let opened =
+            PieceSource::open(task, &shared.source, &shared.source_path, self.direct_reads);
+        let mut source = match opened {
             Ok(source) => source,
             Err(err) => return Ok(TaskResult::failed(err)),
         };
@@ -545,7 +547,7 @@ const DIRECT_READ_MIN: u64 = 1 << 20;
 struct PieceSource<'a> {
     file: File,
     /// The source folder and the file's path below it.
-    folder: &'a OwnedFd,
+    folder: &'a target::Folder,
     relative: &'a [u8],
     direct: bool,
     /// Where the next read starts.
@@ -557,19 +559,25 @@ struct PieceSource<'a> {
 }
 
 impl<'a> PieceSource<'a> {
-    fn open(task: &'a ReadTask, shared: &'a Shared, direct: bool) -> io::Result<Self> {
+    /// Opens piece `task` of a file below `source` (at `source_path`).
+    fn open(
+        task: &'a ReadTask,
+        source: &'a target::Folder,
+        source_path: &Path,
+        direct: bool,
+    ) -> io::Result<Self> {
         let direct =
             direct && task.length >= DIRECT_READ_MIN && task.offset % direct::ALIGN as u64 == 0;
         let relative = task
             .path
-            .strip_prefix(&shared.source_path)
+            .strip_prefix(source_path)
             .map_err(io::Error::other)?
             .as_os_str()
             .as_bytes();
-        let (file, direct) = open_for_reading(&shared.source, relative, direct)?;
+        let (file, direct) = open_for_reading(source, relative, direct)?;
         Ok(Self {
             file,
-            folder: &shared.source,
+            folder: source,
             relative,
             direct,
             offset: task.offset,
@@ -609,7 +617,11 @@ impl<'a> PieceSource<'a> {
 }
 
 /// Opens `relative` below `folder` for reading, directly if asked and the filesystem allows it.
-fn open_for_reading(folder: &OwnedFd, relative: &[u8], direct: bool) -> io::Result<(File, bool)> {
+fn open_for_reading(
+    folder: &target::Folder,
+    relative: &[u8],
+    direct: bool,
+) -> io::Result<(File, bool)> {
     if direct {
         match target::open_beneath(folder, relative, true) {
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
@@ -1138,4 +1150,42 @@ fn fill_metadata(entry: &mut Entry, meta: &target::Found) {
     entry.mtime_ns = meta.mtime_ns;
     entry.ctime_ns = meta.ctime_ns;
     entry.inode = meta.inode;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: workers opened the files the walk found by absolute path, so a folder of the
+    /// source swapped for a link meanwhile made them read outside the source.
+    #[test]
+    fn a_file_behind_a_folder_swapped_for_a_link_is_not_read() {
+        let (source, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fs::write(outside.path().join("secret"), b"secret").unwrap();
+        fs::create_dir(source.path().join("job")).unwrap();
+        fs::write(source.path().join("job/log"), b"log").unwrap();
+        let walk = Walk::new(source.path(), true).unwrap();
+        let folder = Arc::new(walk.root_folder().unwrap());
+        let task = |name: &str| ReadTask {
+            slot: 0,
+            piece: 0,
+            path: source.path().join(name).into(),
+            offset: 0,
+            length: 6,
+        };
+        let readable = task("job/log");
+        assert!(PieceSource::open(&readable, &folder, source.path(), false).is_ok());
+        // The walk saw `job/secret` in a folder; the folder is now a link to `outside`.
+        fs::rename(source.path().join("job"), source.path().join("old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), source.path().join("job")).unwrap();
+        fs::rename(outside.path().join("secret"), outside.path().join("log")).unwrap();
+        let swapped = task("job/log");
+        let Err(err) = PieceSource::open(&swapped, &folder, source.path(), false) else {
+            panic!("read through the link");
+        };
+        let TaskResult::Failed { reason, .. } = TaskResult::failed(err) else {
+            unreachable!()
+        };
+        assert!(reason.contains("replaced by a symlink"), "{reason}");
+    }
 }

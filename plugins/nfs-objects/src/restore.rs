@@ -515,7 +515,7 @@ fn lock(shared: &Mutex<SharedFile>) -> std::sync::MutexGuard<'_, SharedFile> {
 const GATHER_BYTES: usize = 4 << 20;
 
 /// Consecutive pieces of one file (as a pack holds them), gathered by a worker to be written
-/// together: content-defined chunks (about 1 MiB, ending anywhere) would otherwise cost a
+/// together: content-defined chunks (512 KiB on average, ending anywhere) would otherwise cost a
 /// synchronous direct write each, and more for the blocks they share with their neighbours.
 /// `buffer[0]` is the byte at `base` of the file, an aligned offset, so whole blocks are
 /// written straight from the buffer.
@@ -558,9 +558,7 @@ impl Gatherer {
                 end: offset,
             });
         }
-        let buffer = self
-            .aligned
-            .get_or_insert_with(|| AlignedBuffer::with_capacity(GATHER_BYTES));
+        let buffer = gathering_buffer(&mut self.aligned);
         buffer.fill_area(GATHER_BYTES);
         while !raw.is_empty() {
             let run = self.run.as_mut().expect("a run was just started");
@@ -580,8 +578,7 @@ impl Gatherer {
     /// gathered in it is written out.
     fn lend(&mut self, scratch: &mut AlignedBuffer) -> &mut AlignedBuffer {
         self.write_out(scratch);
-        self.aligned
-            .get_or_insert_with(|| AlignedBuffer::with_capacity(GATHER_BYTES))
+        gathering_buffer(&mut self.aligned)
     }
 
     /// Writes out what is gathered.
@@ -590,6 +587,11 @@ impl Gatherer {
             write_gathered(&run, buffer, scratch);
         }
     }
+}
+
+/// A worker's gathering buffer, allocated the first time it is needed.
+fn gathering_buffer(buffer: &mut Option<AlignedBuffer>) -> &mut AlignedBuffer {
+    buffer.get_or_insert_with(|| AlignedBuffer::with_capacity(GATHER_BYTES))
 }
 
 /// Writes the bytes `run` gathered in `buffer` into its file (unless the file failed already:

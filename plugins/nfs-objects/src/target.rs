@@ -125,26 +125,31 @@ pub fn open_folder(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
 /// a folder of the source swapped meanwhile for a link to `/etc` must make the open fail, not
 /// read `/etc` into the repository. One `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`;
 /// on kernels without it (before 5.6), each folder is opened from its parent, refusing links.
-pub fn open_beneath(root: &OwnedFd, relative: &[u8], direct: bool) -> io::Result<File> {
-    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    if direct {
-        flags |= OFlags::DIRECT;
-    }
+pub fn open_beneath(root: &Folder, relative: &[u8], direct: bool) -> io::Result<File> {
+    let flags = reading_flags(direct);
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(root, relative, flags, Mode::empty(), resolve) {
-        Err(Errno::NOSYS) => {}
-        opened => return Ok(opened?.into()),
+        Err(Errno::NOSYS) => open_through_folders(root, relative, direct),
+        opened => Ok(opened?.into()),
     }
-    let (folders, name) = split_last(relative);
-    let mut folder: Option<OwnedFd> = None;
-    for part in folders
-        .split(|&byte| byte == b'/')
-        .filter(|part| !part.is_empty())
-    {
-        folder = Some(open_folder(folder.as_ref().unwrap_or(root), part)?);
+}
+
+/// [`open_beneath`] without `openat2`: every folder on the way opened from its parent.
+fn open_through_folders(root: &Folder, relative: &[u8], direct: bool) -> io::Result<File> {
+    let (parent, name) = Folders::new(Arc::clone(root)).parent_of(relative)?;
+    let opened = rustix::fs::openat(&parent, name, reading_flags(direct), Mode::empty())?;
+    Ok(opened.into())
+}
+
+/// Flags to open a file of the source for reading: never through a link, never waiting on a
+/// fifo that took its place.
+fn reading_flags(direct: bool) -> OFlags {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if direct {
+        flags | OFlags::DIRECT
+    } else {
+        flags
     }
-    let parent = folder.as_ref().unwrap_or(root);
-    Ok(rustix::fs::openat(parent, name, flags, Mode::empty())?.into())
 }
 
 /// What is at a name, as `lstat` sees it.
@@ -405,19 +410,16 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("a/swapped")).unwrap();
         std::os::unix::fs::symlink("b/file", dir.path().join("a/link")).unwrap();
         let root = open_root(dir.path()).unwrap();
-        let mut read = String::new();
-        io::Read::read_to_string(
-            &mut open_beneath(&root, b"a/b/file", false).unwrap(),
-            &mut read,
-        )
-        .unwrap();
-        assert_eq!(read, "ok");
-        for through_a_link in [&b"a/swapped/secret"[..], b"a/link", b"../x"] {
-            let shown = String::from_utf8_lossy(through_a_link);
-            assert!(
-                open_beneath(&root, through_a_link, false).is_err(),
-                "{shown}"
-            );
+        // With `openat2`, and as on kernels without it.
+        for open in [open_beneath, open_through_folders] {
+            let mut read = String::new();
+            io::Read::read_to_string(&mut open(&root, b"a/b/file", false).unwrap(), &mut read)
+                .unwrap();
+            assert_eq!(read, "ok");
+            for through_a_link in [&b"a/swapped/secret"[..], b"a/link", b"../x"] {
+                let shown = String::from_utf8_lossy(through_a_link);
+                assert!(open(&root, through_a_link, false).is_err(), "{shown}");
+            }
         }
     }
 }
