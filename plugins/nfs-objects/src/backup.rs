@@ -42,6 +42,7 @@ use crate::chunker::{Chunker, Scan};
 use crate::control::{Control, Reporter};
 use crate::crypto::Keys;
 use crate::dedup::{self, DedupIndex, Lookup};
+use crate::dictionary;
 use crate::direct::{self, AlignedBuffer};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Finding, PackSizes};
@@ -49,7 +50,9 @@ use crate::manifest::{Entry, Kind, ManifestReader, ManifestWriter, Prefetched, p
 use crate::pack::PackWriter;
 use crate::pipeline::{self, Batch, Jobs, Stage};
 use crate::pool::Worker;
-use crate::repo::{CONFIG_OBJECT, Repository, index_object, manifest_object, pack_object};
+use crate::repo::{
+    CONFIG_OBJECT, Repository, dictionary_object, index_object, manifest_object, pack_object,
+};
 use crate::snapshot::{self, Origin, Snapshot, SnapshotStats};
 use crate::target;
 use crate::walk::{Found, Step, Walk};
@@ -75,6 +78,9 @@ pub struct BackupOptions {
     pub workers: usize,
     /// zstd level for compressible data.
     pub compression_level: i32,
+    /// Compress with a dictionary of the repository (trained from the source if it has none),
+    /// where its config allows them (see `dictionary`).
+    pub dictionary: bool,
     /// Do not descend into other filesystems mounted below `source`.
     pub one_file_system: bool,
     /// Accept an empty source although the previous snapshot had files (normally the sign of
@@ -103,6 +109,7 @@ impl BackupOptions {
             // chunks; with content-defined ones, 3 % smaller for +49 %). Blobs that compression
             // does not shrink by 1/16 are stored raw (see `blob`).
             compression_level: 2,
+            dictionary: true,
             one_file_system: true,
             allow_empty: false,
             origin: None,
@@ -171,11 +178,13 @@ pub fn backup(
         .into_iter()
         .rev()
         .find(|snapshot| snapshot.source == source);
-    let mut report = match attempt(repo, options, control, parent.as_ref(), true) {
+    let dictionary = dictionary(repo, options)?;
+    let dictionary = dictionary.as_deref();
+    let mut report = match attempt(repo, options, control, parent.as_ref(), dictionary, true) {
         Err(Error::MissingObject(name) | Error::Corrupt { name, .. })
             if parent.as_ref().is_some_and(|p| p.manifest == name) =>
         {
-            let mut report = attempt(repo, options, control, parent.as_ref(), false)?;
+            let mut report = attempt(repo, options, control, parent.as_ref(), dictionary, false)?;
             report.findings.insert(
                 0,
                 Finding {
@@ -193,12 +202,36 @@ pub fn backup(
     Ok(report)
 }
 
-/// One backup against `parent`, whose manifest's entries are taken over only if `compare`.
+/// The dictionary this backup compresses with, if the repository and `options` allow one: the
+/// repository's own, or else one trained from the source and published now (see `dictionary`).
+fn dictionary(repo: &Repository, options: &BackupOptions) -> Result<Option<Arc<[u8]>>> {
+    if !(options.dictionary && repo.config().dictionaries) {
+        return Ok(None);
+    }
+    let dictionaries = repo.dictionaries();
+    if let Some((_, bytes)) = dictionaries.for_backup()? {
+        return Ok(Some(bytes));
+    }
+    let trained = dictionary::train(
+        &options.source,
+        options.one_file_system,
+        options.compression_level,
+    )?;
+    let Some(trained) = trained else {
+        return Ok(None);
+    };
+    let id = dictionaries.publish(trained)?;
+    Ok(Some(dictionaries.get(id).map_err(Error::Internal)?))
+}
+
+/// One backup against `parent`, whose manifest's entries are taken over only if `compare`,
+/// compressing with `dictionary`.
 fn attempt(
     repo: &Repository,
     options: &BackupOptions,
     control: Control<'_>,
     parent: Option<&Snapshot>,
+    dictionary: Option<&[u8]>,
     compare: bool,
 ) -> Result<BackupReport> {
     let backend = repo.backend();
@@ -245,7 +278,7 @@ fn attempt(
                 direct_reads: options.direct_reads,
                 chunker: Chunker::new(repo.config().chunk_size, repo.keys()),
                 keys: repo.keys().clone(),
-                encoder: Encoder::new(options.compression_level)?,
+                encoder: Encoder::new(options.compression_level, dictionary)?,
                 shared: &shared,
                 buffer: AlignedBuffer::with_capacity(0),
             })
@@ -318,13 +351,19 @@ fn attempt(
         }
     };
     // Under Object Lock, everything the snapshot needs stays locked as long as it does, before
-    // it is published.
+    // it is published: its packs may hold blobs compressed with any of the dictionaries.
     let needed: Vec<String> = [CONFIG_OBJECT.to_owned(), manifest_name.clone()]
         .into_iter()
         .chain(
             run.referenced
                 .iter()
                 .flat_map(|pack| [pack_object(pack), index_object(pack)]),
+        )
+        .chain(
+            repo.dictionaries()
+                .list()?
+                .into_iter()
+                .map(dictionary_object),
         )
         .collect();
     let retention_extended = backend.protect(&needed, time)?;

@@ -7,9 +7,12 @@
 //! workers, into several packs), and a read spans a short gap between two wanted blobs rather
 //! than pay another request: on S3 a request costs more than the bytes of the gap.
 
+use std::sync::Arc;
+
 use crate::backend::Backend;
 use crate::blob::{BlobRef, Decoder};
 use crate::crypto::Keys;
+use crate::dictionary::Dictionaries;
 use crate::error::Result;
 use crate::repo::pack_object;
 
@@ -45,11 +48,15 @@ impl std::fmt::Debug for Fetcher<'_> {
 }
 
 impl<'a> Fetcher<'a> {
-    /// A fetcher of blobs named and sealed with `keys`.
-    pub fn new(backend: &'a dyn Backend, keys: Keys) -> Result<Self> {
+    /// A fetcher of blobs named and sealed with `keys`, compressed with `dictionaries`.
+    pub fn new(
+        backend: &'a dyn Backend,
+        keys: Keys,
+        dictionaries: Arc<Dictionaries>,
+    ) -> Result<Self> {
         Ok(Self {
             backend,
-            decoder: Decoder::new(keys)?,
+            decoder: Decoder::new(keys, dictionaries)?,
             buffer: Vec::new(),
         })
     }
@@ -162,7 +169,6 @@ mod tests {
     use crate::backend::LocalBackend;
     use crate::id::ContentId;
     use crate::pack::PackWriter;
-    use std::sync::Arc;
 
     #[test]
     fn merged_reads_return_each_blob_and_name_damage() {
@@ -196,11 +202,15 @@ mod tests {
             (3, missing),
         ];
         let mut seen = Vec::new();
-        Fetcher::new(backend.as_ref(), Keys::plaintext())
-            .unwrap()
-            .fetch_each(wanted, |tag, _, result| {
-                seen.push((tag, result.map(<[u8]>::to_vec)))
-            });
+        Fetcher::new(
+            backend.as_ref(),
+            Keys::plaintext(),
+            Arc::new(Dictionaries::new(backend.clone())),
+        )
+        .unwrap()
+        .fetch_each(wanted, |tag, _, result| {
+            seen.push((tag, result.map(<[u8]>::to_vec)))
+        });
         assert_eq!(seen[0], (0, Ok(b"one".to_vec())));
         assert!(seen[1].1.as_ref().unwrap_err().contains("does not match"));
         assert_eq!(seen[2], (2, Ok(b"three".to_vec())));
@@ -237,11 +247,15 @@ mod tests {
             ("a2 again", a[2].clone()),
         ];
         let mut seen = Vec::new();
-        Fetcher::new(backend.as_ref(), Keys::plaintext())
-            .unwrap()
-            .fetch_each(wanted, |tag, _, result| {
-                seen.push((tag, result.unwrap().to_vec()))
-            });
+        Fetcher::new(
+            backend.as_ref(),
+            Keys::plaintext(),
+            Arc::new(Dictionaries::new(backend.clone())),
+        )
+        .unwrap()
+        .fetch_each(wanted, |tag, _, result| {
+            seen.push((tag, result.unwrap().to_vec()))
+        });
         seen.sort();
         let expected: Vec<(&str, Vec<u8>)> = [
             ("a0", &b"a0"[..]),

@@ -12,6 +12,7 @@ pub mod chunker;
 pub mod control;
 pub mod crypto;
 pub mod dedup;
+pub mod dictionary;
 pub mod direct;
 pub mod encryption;
 pub mod error;

@@ -95,6 +95,11 @@ pub struct Config {
     /// build logs.
     #[schemars(range(min = 1, max = 9))]
     pub compression_level: Option<i32>,
+    /// Compress with a zstd dictionary trained from the source's own small files (default
+    /// true): the first backup into a new repository trains it, once. `false` makes a new
+    /// repository that binaries from before dictionaries (2026-12) can still read, and stops
+    /// an existing one from using its dictionary for new data.
+    pub compression_dictionary: Option<bool>,
     /// Share of files `verify` re-reads, in (0, 1] (default 1: all).
     #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0))]
     pub verify_fraction: Option<f64>,
@@ -648,15 +653,20 @@ impl Plugin for NfsObjects {
         config.require_object_lock()?;
         // The key first: a key source that cannot be read fails before anything is written.
         let kek = config.kek()?;
-        let repo =
-            Repository::open_or_init_with(config.backend()?, RepoConfig::default(), kek.as_ref())
-                .map_err(to_plugin_error)?;
+        let dictionary = config.compression_dictionary.unwrap_or(true);
+        let defaults = RepoConfig {
+            dictionaries: dictionary,
+            ..RepoConfig::default()
+        };
+        let repo = Repository::open_or_init_with(config.backend()?, defaults, kek.as_ref())
+            .map_err(to_plugin_error)?;
         let mut options = BackupOptions::new(&config.source);
         options.workers = config.workers();
         options.direct_reads = config.direct_io.applies_to(&config.source);
         options.direct_writes = config.direct_io.applies_to(repo.backend().staging_dir());
         options.allow_empty = ctx.request().force;
         options.origin = Some(origin(ctx.request()));
+        options.dictionary = dictionary;
         if let Some(level) = config.compression_level {
             options.compression_level = level;
         }

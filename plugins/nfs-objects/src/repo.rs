@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, SealedBackend};
 use crate::crypto::{self, Keys};
+use crate::dictionary::Dictionaries;
 use crate::error::{Error, Result};
 use crate::keyring::{self, KEYS_PREFIX, Kek};
 
@@ -21,6 +22,8 @@ pub const INDEX_PREFIX: &str = "index/";
 pub const MANIFEST_PREFIX: &str = "manifests/";
 /// Folder of snapshot headers; a snapshot exists exactly when its header does.
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
+/// Folder of compression dictionaries (see `dictionary`).
+pub const DICTIONARY_PREFIX: &str = "dictionaries/";
 
 /// Objects younger than this may belong to a backup still running: prune does not delete them
 /// when unreferenced, and verify does not judge a pack without an index before.
@@ -59,6 +62,11 @@ pub fn snapshot_object(id: &str) -> String {
     format!("{SNAPSHOT_PREFIX}{id}.json")
 }
 
+/// Object name of compression dictionary `id`.
+pub fn dictionary_object(id: u32) -> String {
+    format!("{DICTIONARY_PREFIX}{id:08x}.zdict")
+}
+
 /// The last path component of `object` without `suffix`, if it ends with it.
 pub fn object_stem<'a>(object: &'a str, suffix: &str) -> Option<&'a str> {
     object.rsplit('/').next()?.strip_suffix(suffix)
@@ -79,6 +87,11 @@ pub struct RepoConfig {
     /// Version 2: the construction every object is sealed with, `aes-256-gcm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
+    /// Blobs may be compressed with a dictionary of `dictionaries/` (see `dictionary`). Written
+    /// only when true, so a repository without dictionaries stays readable by binaries older
+    /// than them (they refuse a config with a field they do not know).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dictionaries: bool,
 }
 
 /// Whether the encrypted repository in `backend` is one whose creation was killed between its
@@ -90,6 +103,7 @@ fn unfinished_creation(backend: &dyn Backend) -> Result<bool> {
         INDEX_PREFIX,
         MANIFEST_PREFIX,
         SNAPSHOT_PREFIX,
+        DICTIONARY_PREFIX,
     ] {
         if !backend.list(prefix)?.is_empty() {
             return Ok(false);
@@ -178,6 +192,7 @@ impl Default for RepoConfig {
             // 32 MiB (restic: 82), in the same time; a pack costs a PUT and an index object.
             pack_size: 64 << 20,
             encryption: None,
+            dictionaries: true,
         }
     }
 }
@@ -191,6 +206,8 @@ pub struct Repository {
     keys: Keys,
     /// The key file that opened an encrypted repository.
     key_id: Option<String>,
+    /// Its compression dictionaries, loaded as blobs ask for them.
+    dictionaries: Arc<Dictionaries>,
 }
 
 impl Repository {
@@ -296,6 +313,7 @@ impl Repository {
     ) -> Self {
         match opened {
             None => Self {
+                dictionaries: Arc::new(Dictionaries::new(Arc::clone(&backend))),
                 backend,
                 config,
                 keys: Keys::plaintext(),
@@ -303,8 +321,10 @@ impl Repository {
             },
             Some(opened) => {
                 let keys = Keys::from_master(&opened.master);
+                let backend: Arc<dyn Backend> = Arc::new(SealedBackend::new(backend, keys.clone()));
                 Self {
-                    backend: Arc::new(SealedBackend::new(backend, keys.clone())),
+                    dictionaries: Arc::new(Dictionaries::new(Arc::clone(&backend))),
+                    backend,
                     config,
                     keys,
                     key_id: Some(opened.key_id),
@@ -321,6 +341,11 @@ impl Repository {
     /// What blobs are sealed and named with.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Its compression dictionaries.
+    pub fn dictionaries(&self) -> &Arc<Dictionaries> {
+        &self.dictionaries
     }
 
     /// The id of the key that opened an encrypted repository.

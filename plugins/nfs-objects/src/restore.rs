@@ -149,7 +149,11 @@ pub fn restore(
     let workers = (0..options.workers.max(1))
         .map(|_| {
             Ok(PieceWriter {
-                fetcher: Fetcher::new(backend.as_ref(), repo.keys().clone())?,
+                fetcher: Fetcher::new(
+                    backend.as_ref(),
+                    repo.keys().clone(),
+                    Arc::clone(repo.dictionaries()),
+                )?,
                 keys: repo.keys().clone(),
                 aligned: AlignedBuffer::with_capacity(0),
                 gathered: Gatherer::default(),

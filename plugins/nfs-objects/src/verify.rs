@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::backend::Backend;
@@ -129,7 +129,11 @@ pub fn verify(
     let checkers = (0..workers)
         .map(|_| {
             Ok(BlobChecker {
-                fetcher: Fetcher::new(backend, repo.keys().clone())?,
+                fetcher: Fetcher::new(
+                    backend,
+                    repo.keys().clone(),
+                    Arc::clone(repo.dictionaries()),
+                )?,
                 tracked,
                 indexes: &indexes,
             })

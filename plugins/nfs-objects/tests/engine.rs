@@ -1307,3 +1307,126 @@ fn an_unchanged_backup_over_a_corrupt_parent_manifest_does_not_copy_it() {
     );
     assert!(verify_now(&repo, second).is_sound());
 }
+
+/// `files` small logs of one made-up vocabulary (paths and hex ids, none alike), and one random
+/// file: a tree a dictionary is trained on.
+fn write_logs(root: &Path, files: usize) {
+    fs::create_dir_all(root.join("logs")).unwrap();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let words: Vec<String> = (0..3000)
+        .map(|i| format!("src/{}/{:x}.rs", i % 41, rng.u64(..)))
+        .collect();
+    for n in 0..files {
+        let text: Vec<&str> = (0..1200)
+            .map(|_| words[rng.usize(..words.len())].as_str())
+            .collect();
+        fs::write(root.join(format!("logs/{n:04}.log")), text.join("\n")).unwrap();
+    }
+    fs::write(root.join("noise.bin"), pseudo_random(200_000, 8)).unwrap();
+}
+
+fn dictionary_objects(repo_dir: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(repo_dir.join("dictionaries")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn similar_small_files_are_stored_with_one_dictionary_and_restored() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    write_logs(source.path(), 300);
+    let repo = open_repo(repo_dir.path());
+    let first = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_eq!(dictionary_objects(repo_dir.path()).len(), 1);
+
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = open_repo(plain_dir.path());
+    let options = BackupOptions {
+        dictionary: false,
+        ..BackupOptions::new(source.path())
+    };
+    let without = backup(&plain, &options, Control::silent())
+        .unwrap()
+        .snapshot;
+    assert!(dictionary_objects(plain_dir.path()).is_empty());
+    assert!(
+        first.stats.bytes_stored * 10 < without.stats.bytes_stored * 9,
+        "{} with a dictionary, {} without",
+        first.stats.bytes_stored,
+        without.stats.bytes_stored
+    );
+
+    // The next backup compresses with the same dictionary; both restore and verify.
+    write_logs(&source.path().join("more"), 50);
+    let second = run_backup(&repo, source.path()).unwrap().snapshot;
+    assert_eq!(dictionary_objects(repo_dir.path()).len(), 1);
+    restore_to(&repo, &second, target.path());
+    assert_eq!(describe(source.path()), describe(target.path()));
+    for snapshot in [&first, &second] {
+        let report = verify_now(&repo, snapshot);
+        assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+    }
+}
+
+#[test]
+fn a_repository_made_without_dictionaries_never_has_one() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_logs(source.path(), 300);
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(repo_dir.path()).unwrap());
+    let config = RepoConfig {
+        dictionaries: false,
+        ..small_config()
+    };
+    let repo = Repository::open_or_init(backend, config).unwrap();
+    run_backup(&repo, source.path()).unwrap();
+    assert!(dictionary_objects(repo_dir.path()).is_empty());
+    // Its config does not mention them, so binaries older than dictionaries still open it.
+    let config = fs::read_to_string(repo_dir.path().join("config.json")).unwrap();
+    assert!(!config.contains("dictionaries"), "{config}");
+}
+
+#[test]
+fn a_lost_dictionary_names_the_files_compressed_with_it_and_spares_the_rest() {
+    let (source, repo_dir, target) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    write_logs(source.path(), 100);
+    let repo = open_repo(repo_dir.path());
+    let snapshot = run_backup(&repo, source.path()).unwrap().snapshot;
+    let [dictionary] = &dictionary_objects(repo_dir.path())[..] else {
+        panic!("one dictionary expected");
+    };
+    fs::remove_file(dictionary).unwrap();
+
+    let repo = open_repo(repo_dir.path());
+    let report = verify_now(&repo, &snapshot);
+    assert_eq!(report.damaged.len(), 100, "{:?}", report.damaged);
+    assert!(
+        report
+            .damaged
+            .iter()
+            .all(|d| d.path.starts_with("logs/")
+                && d.reason.contains("dictionary that cannot be read")),
+        "{:?}",
+        report.damaged
+    );
+    let restored = restore(
+        &repo,
+        &snapshot,
+        &RestoreOptions::new(target.path()),
+        Control::silent(),
+    )
+    .unwrap();
+    assert_eq!(restored.failed.len(), 100);
+    assert_eq!(
+        fs::read(target.path().join("noise.bin")).unwrap(),
+        pseudo_random(200_000, 8)
+    );
+}

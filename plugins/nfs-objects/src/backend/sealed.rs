@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::{Backend, Leftovers, Lock, ObjectInfo, split_ranges};
 use crate::crypto::{Keys, OVERHEAD, ObjectKey, SEGMENT};
 use crate::error::{Error, IoContext, Result};
-use crate::repo::{INDEX_PREFIX, MANIFEST_PREFIX, SNAPSHOT_PREFIX};
+use crate::repo::{DICTIONARY_PREFIX, INDEX_PREFIX, MANIFEST_PREFIX, SNAPSHOT_PREFIX};
 
 /// `inner` with the objects it holds sealed under `keys`.
 #[derive(Debug)]
@@ -33,9 +33,14 @@ impl SealedBackend {
 
     /// The key of object `name`, if it is one that is sealed whole.
     fn key(&self, name: &str) -> Option<ObjectKey> {
-        let sealed = [INDEX_PREFIX, MANIFEST_PREFIX, SNAPSHOT_PREFIX]
-            .iter()
-            .any(|prefix| name.starts_with(prefix));
+        let sealed = [
+            INDEX_PREFIX,
+            MANIFEST_PREFIX,
+            SNAPSHOT_PREFIX,
+            DICTIONARY_PREFIX,
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix));
         sealed.then(|| self.keys.object_key(name)).flatten()
     }
 }
