@@ -149,10 +149,11 @@ fn load(backend: &dyn Backend, id: u32) -> Loaded {
 /// reports them).
 pub fn train(source: &Path, one_file_system: bool, level: i32) -> Result<Option<Vec<u8>>> {
     let samples = sample(source, one_file_system, level)?;
-    if samples.len() < SAMPLE_FILES_MIN {
+    if samples.sizes.len() < SAMPLE_FILES_MIN {
         return Ok(None);
     }
-    let Ok(mut dictionary) = zstd::dict::from_samples(&samples, DICTIONARY_SIZE) else {
+    let trained = zstd::dict::from_continuous(&samples.bytes, &samples.sizes, DICTIONARY_SIZE);
+    let Ok(mut dictionary) = trained else {
         return Ok(None);
     };
     if header_id(&dictionary).is_none() {
@@ -169,17 +170,38 @@ pub fn train(source: &Path, one_file_system: bool, level: i32) -> Result<Option<
     Ok((saved > dictionary.len()).then_some(dictionary))
 }
 
+/// Files sampled for training, back to back (zstd's trainer takes them so, without a copy).
+#[derive(Debug, Default)]
+struct Samples {
+    bytes: Vec<u8>,
+    sizes: Vec<usize>,
+}
+
+impl Samples {
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.sizes.iter().scan(0, |start, &size| {
+            let sample = &self.bytes[*start..*start + size];
+            *start += size;
+            Some(sample)
+        })
+    }
+}
+
 /// Bytes of `samples` compressed one by one at `level`, with `dictionary` if given.
-fn compressed_size(samples: &[Vec<u8>], level: i32, dictionary: Option<&[u8]>) -> Result<usize> {
+fn compressed_size(samples: &Samples, level: i32, dictionary: Option<&[u8]>) -> Result<usize> {
     let zstd_error = |err: std::io::Error| Error::Internal(format!("zstd: {err}"));
     let mut compressor = match dictionary {
         Some(dictionary) => zstd::bulk::Compressor::with_dictionary(level, dictionary),
         None => zstd::bulk::Compressor::new(level),
     }
     .map_err(zstd_error)?;
+    let mut output = Vec::with_capacity(zstd::zstd_safe::compress_bound(SAMPLE_FILE_MAX as usize));
     let mut total = 0;
-    for sample in samples {
-        total += compressor.compress(sample).map_err(zstd_error)?.len();
+    for sample in samples.iter() {
+        output.clear();
+        total += compressor
+            .compress_to_buffer(sample, &mut output)
+            .map_err(zstd_error)?;
     }
     Ok(total)
 }
@@ -187,7 +209,7 @@ fn compressed_size(samples: &[Vec<u8>], level: i32, dictionary: Option<&[u8]>) -
 /// The first small files below `source` (walk order) that compress by at least 1/16 at
 /// `level`, whole, up to [`SAMPLE_BYTES`] in all. Opened as a backup opens them: below the
 /// source, through no symlink, never waiting on a fifo.
-fn sample(source: &Path, one_file_system: bool, level: i32) -> Result<Vec<Vec<u8>>> {
+fn sample(source: &Path, one_file_system: bool, level: i32) -> Result<Samples> {
     let walk = Walk::new(source, one_file_system)?;
     let root: target::Folder = Arc::new(walk.root_folder().map_err(|err| Error::Io {
         path: source.to_owned(),
@@ -195,8 +217,9 @@ fn sample(source: &Path, one_file_system: bool, level: i32) -> Result<Vec<Vec<u8
     })?);
     let mut compressor = zstd::bulk::Compressor::new(level)
         .map_err(|err| Error::Invalid(format!("zstd level {level}: {err}")))?;
-    let mut samples = Vec::new();
-    let mut total = 0;
+    let mut samples = Samples::default();
+    let mut read = Vec::new();
+    let mut output = Vec::new();
     for step in walk.take(SAMPLE_ENTRIES_MAX) {
         let Step::Found(found) = step else { continue };
         let size = found.metadata.size;
@@ -205,16 +228,19 @@ fn sample(source: &Path, one_file_system: bool, level: i32) -> Result<Vec<Vec<u8
         {
             continue;
         }
-        let Some(bytes) = read_small(&root, &found.relative) else {
+        if read_small(&root, &found.relative, &mut read).is_none() {
             continue;
-        };
-        let worthwhile = compressor
-            .compress(&bytes)
-            .is_ok_and(|out| out.len() < bytes.len() - bytes.len() / 16);
-        if worthwhile {
-            total += bytes.len();
-            samples.push(bytes);
-            if total >= SAMPLE_BYTES {
+        }
+        // Worthwhile when compression saves 1/16 (as for blobs): zstd stops at the limit.
+        let limit = read.len() - read.len() / 16;
+        output.resize(limit, 0);
+        if compressor
+            .compress_to_buffer(&read, &mut output[..limit])
+            .is_ok()
+        {
+            samples.bytes.extend_from_slice(&read);
+            samples.sizes.push(read.len());
+            if samples.bytes.len() >= SAMPLE_BYTES {
                 break;
             }
         }
@@ -222,18 +248,18 @@ fn sample(source: &Path, one_file_system: bool, level: i32) -> Result<Vec<Vec<u8
     Ok(samples)
 }
 
-/// The bytes of the regular file at `relative` below `root`, at most [`SAMPLE_FILE_MAX`] of
-/// them; `None` if it cannot be read or is no longer a regular file.
-fn read_small(root: &target::Folder, relative: &[u8]) -> Option<Vec<u8>> {
+/// Reads into `bytes` the regular file at `relative` below `root`, at most
+/// [`SAMPLE_FILE_MAX`] bytes of it; `None` if it cannot be read or is no longer a regular file.
+fn read_small(root: &target::Folder, relative: &[u8], bytes: &mut Vec<u8>) -> Option<()> {
     let file = target::open_beneath(root, relative, false).ok()?;
     if target::look_open(&file).ok()?.kind != FileType::RegularFile {
         return None;
     }
-    let mut bytes = Vec::new();
+    bytes.clear();
     file.take(SAMPLE_FILE_MAX)
-        .read_to_end(&mut bytes)
+        .read_to_end(bytes)
         .ok()
-        .map(|_| bytes)
+        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -299,7 +325,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert!(sample(source.path(), true, 2).unwrap().is_empty());
+        assert!(sample(source.path(), true, 2).unwrap().sizes.is_empty());
     }
 
     #[test]
