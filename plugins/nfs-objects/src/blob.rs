@@ -45,8 +45,14 @@ pub struct BlobRef {
 /// Reusable compression state of one worker thread.
 pub struct Encoder {
     compressor: zstd::bulk::Compressor<'static>,
+    /// For blobs up to [`DICTIONARY_USE_MAX`] bytes, when the repository has a dictionary.
+    with_dictionary: Option<zstd::bulk::Compressor<'static>>,
     output: Vec<u8>,
 }
+
+/// Blobs up to this size are compressed with the dictionary, if there is one: the largest files
+/// it is trained on (see `dictionary`).
+pub const DICTIONARY_USE_MAX: usize = 128 << 10;
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,13 +64,13 @@ impl Encoder {
     /// An encoder at zstd `level` (1 is fast and already gets most of the gain on logs), with
     /// `dictionary` if given (each frame then names it in its header; see `dictionary`).
     pub fn new(level: i32, dictionary: Option<&[u8]>) -> Result<Self> {
-        let compressor = match dictionary {
-            Some(dictionary) => zstd::bulk::Compressor::with_dictionary(level, dictionary),
-            None => zstd::bulk::Compressor::new(level),
-        }
-        .map_err(|err| Error::Invalid(format!("zstd level {level}: {err}")))?;
+        let invalid = |err: std::io::Error| Error::Invalid(format!("zstd level {level}: {err}"));
         Ok(Self {
-            compressor,
+            compressor: zstd::bulk::Compressor::new(level).map_err(invalid)?,
+            with_dictionary: dictionary
+                .map(|dictionary| zstd::bulk::Compressor::with_dictionary(level, dictionary))
+                .transpose()
+                .map_err(invalid)?,
             output: Vec::new(),
         })
     }
@@ -81,10 +87,11 @@ impl Encoder {
         if self.output.len() < limit {
             self.output.resize(limit, 0);
         }
-        match self
-            .compressor
-            .compress_to_buffer(raw, &mut self.output[..limit])
-        {
+        let compressor = match &mut self.with_dictionary {
+            Some(compressor) if raw.len() <= DICTIONARY_USE_MAX => compressor,
+            _ => &mut self.compressor,
+        };
+        match compressor.compress_to_buffer(raw, &mut self.output[..limit]) {
             Ok(len) if len < limit => Some(&mut self.output[..len]),
             _ => None,
         }

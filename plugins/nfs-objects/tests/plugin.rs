@@ -410,3 +410,45 @@ fn a_repository_named_by_an_earlier_steps_output_cannot_be_rediscovered_and_says
     assert_eq!(err.kind, ErrorKind::Config);
     assert!(err.message.contains("earlier step"), "{}", err.message);
 }
+
+#[test]
+fn compression_dictionary_false_makes_a_repository_without_dictionaries() {
+    let (source, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = fastrand::Rng::with_seed(2);
+    let words: Vec<String> = (0..3000)
+        .map(|i| format!("crate-{i}-{:x}", rng.u64(..)))
+        .collect();
+    for n in 0..100 {
+        let text: Vec<&str> = (0..800)
+            .map(|_| words[rng.usize(..3000)].as_str())
+            .collect();
+        fs::write(source.path().join(format!("{n}.log")), text.join(" ")).unwrap();
+    }
+    let harness = Harness::new(plugin_descriptor());
+    for (setting, repo) in [(Some(false), "plain"), (None, "default")] {
+        let mut config = json!({"source": source.path(), "repository": dir.path().join(repo)});
+        if let Some(setting) = setting {
+            config["compression_dictionary"] = json!(setting);
+        }
+        harness.run(Action::Backup, config).unwrap();
+    }
+    let config =
+        |repo: &str| fs::read_to_string(dir.path().join(repo).join("config.json")).unwrap();
+    assert!(
+        !config("plain").contains("dictionaries"),
+        "{}",
+        config("plain")
+    );
+    assert!(!dir.path().join("plain/dictionaries").exists());
+    assert!(
+        config("default").contains("\"dictionaries\": true"),
+        "{}",
+        config("default")
+    );
+    assert_eq!(
+        fs::read_dir(dir.path().join("default/dictionaries"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
