@@ -178,7 +178,7 @@ pub fn backup(
         .into_iter()
         .rev()
         .find(|snapshot| snapshot.source == source);
-    let dictionary = dictionary(repo, options)?;
+    let dictionary = dictionary(repo, options, parent.is_none())?;
     let dictionary = dictionary.as_deref();
     let mut report = match attempt(repo, options, control, parent.as_ref(), dictionary, true) {
         Err(Error::MissingObject(name) | Error::Corrupt { name, .. })
@@ -203,14 +203,23 @@ pub fn backup(
 }
 
 /// The dictionary this backup compresses with, if the repository and `options` allow one: the
-/// repository's own, or else one trained from the source and published now (see `dictionary`).
-fn dictionary(repo: &Repository, options: &BackupOptions) -> Result<Option<Arc<[u8]>>> {
+/// repository's own, or else, on the `first` backup of the source, one trained from it and
+/// published now (see `dictionary`). Later backups of a source that gave none do not sample it
+/// again: each would walk and read it once more, every night, for the same answer.
+fn dictionary(
+    repo: &Repository,
+    options: &BackupOptions,
+    first: bool,
+) -> Result<Option<Arc<[u8]>>> {
     if !(options.dictionary && repo.config().dictionaries) {
         return Ok(None);
     }
     let dictionaries = repo.dictionaries();
     if let Some((_, bytes)) = dictionaries.for_backup()? {
         return Ok(Some(bytes));
+    }
+    if !first {
+        return Ok(None);
     }
     let trained = dictionary::train(
         &options.source,

@@ -5,13 +5,15 @@
 //! output is the first use of each identifier, path and word that the file shares with its
 //! neighbours. A dictionary trained on a sample of the source's own files gives zstd those
 //! before the first byte. On the bench tree the small files' text shrank a sixth more (level 2,
-//! 5,000 files: 59.6 → 50.5 MB) and large files' 512 KiB chunks 1 %.
+//! 5,000 files: 59.6 → 50.5 MB). Blobs up to [`crate::blob::DICTIONARY_USE_MAX`] use it: on
+//! larger chunks it gained less than it cost in restore time (BENCH.md).
 //!
 //! A repository whose config says `dictionaries: true` (every new one, unless the plan says
-//! `compression_dictionary = false`) may hold dictionaries under `dictionaries/`. A backup that
-//! finds none trains one before it stores anything: it reads up to [`SAMPLE_BYTES`] of the
-//! source's first compressible small files, trains a [`DICTIONARY_SIZE`] dictionary, and keeps
-//! it only if it makes that sample smaller by more than its own size. The dictionary is
+//! `compression_dictionary = false`) may hold dictionaries under `dictionaries/`. The first
+//! backup of a source that finds none trains one before it stores anything (later ones do not
+//! sample the source again): it reads up to [`SAMPLE_BYTES`] of the source's first compressible
+//! small files, trains a [`DICTIONARY_SIZE`] dictionary, and keeps it only if it makes that
+//! sample smaller by more than its own size. The dictionary is
 //! published before any blob compressed with it. A zstd frame names its dictionary in its
 //! header, so a reader needs nothing else: it loads each dictionary the first time a blob asks
 //! for it, and a blob whose dictionary cannot be read is reported as unreadable on its own.

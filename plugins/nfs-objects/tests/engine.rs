@@ -1430,3 +1430,28 @@ fn a_lost_dictionary_names_the_files_compressed_with_it_and_spares_the_rest() {
         pseudo_random(200_000, 8)
     );
 }
+
+/// Regression: a source that gave no dictionary was sampled again by every later backup (a walk
+/// and up to 4 MiB read, every night, for the same answer).
+#[test]
+fn a_source_that_gave_no_dictionary_is_not_sampled_again() {
+    let (source, repo_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for n in 0..50 {
+        fs::write(
+            source.path().join(format!("{n}.bin")),
+            pseudo_random(9000, n),
+        )
+        .unwrap();
+    }
+    let repo = open_repo(repo_dir.path());
+    run_backup(&repo, source.path()).unwrap();
+    assert!(dictionary_objects(repo_dir.path()).is_empty());
+    write_logs(source.path(), 100);
+    run_backup(&repo, source.path()).unwrap();
+    assert!(dictionary_objects(repo_dir.path()).is_empty());
+    // The first backup of another source into the repository trains one.
+    let other = tempfile::tempdir().unwrap();
+    write_logs(other.path(), 100);
+    run_backup(&repo, other.path()).unwrap();
+    assert_eq!(dictionary_objects(repo_dir.path()).len(), 1);
+}
