@@ -14,6 +14,7 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use zstd::zstd_safe::{CParameter, Strategy};
 
 use crate::crypto::{Keys, OVERHEAD, PackKey};
 use crate::dictionary::Dictionaries;
@@ -50,6 +51,13 @@ pub struct Encoder {
     output: Vec<u8>,
 }
 
+/// At this level (the default), inputs over 256 KiB are searched as zstd does at level 3
+/// (double-fast, matches from 5 bytes) instead of level 2's single-fast, 6 bytes, with level
+/// 2's tables (smaller blobs are so already). Measured on one full backup each (local): a
+/// `target/` folder 1,043.0 → 1,019.1 MB for +5 % CPU (level 3: 1,013.6 MB for +33 %), the
+/// bench tree 1,187.6 → 1,180.1 MB for +6 %.
+const DOUBLE_FAST_LEVEL: i32 = 2;
+
 /// Blobs up to this size are compressed with the dictionary, if there is one: the largest files
 /// it is trained on (see `dictionary`).
 pub const DICTIONARY_USE_MAX: usize = 128 << 10;
@@ -65,8 +73,15 @@ impl Encoder {
     /// `dictionary` if given (each frame then names it in its header; see `dictionary`).
     pub fn new(level: i32, dictionary: Option<&[u8]>) -> Result<Self> {
         let invalid = |err: std::io::Error| Error::Invalid(format!("zstd level {level}: {err}"));
+        let mut compressor = zstd::bulk::Compressor::new(level).map_err(invalid)?;
+        if level == DOUBLE_FAST_LEVEL {
+            compressor
+                .set_parameter(CParameter::Strategy(Strategy::ZSTD_dfast))
+                .and_then(|()| compressor.set_parameter(CParameter::MinMatch(5)))
+                .map_err(invalid)?;
+        }
         Ok(Self {
-            compressor: zstd::bulk::Compressor::new(level).map_err(invalid)?,
+            compressor,
             with_dictionary: dictionary
                 .map(|dictionary| zstd::bulk::Compressor::with_dictionary(level, dictionary))
                 .transpose()
