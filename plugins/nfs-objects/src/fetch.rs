@@ -170,6 +170,12 @@ mod tests {
     use crate::id::ContentId;
     use crate::pack::PackWriter;
 
+    /// A fetcher of the plaintext repository in `backend`.
+    fn plaintext_fetcher(backend: &Arc<dyn Backend>) -> Fetcher<'_> {
+        let dictionaries = Arc::new(Dictionaries::new(Arc::clone(backend)));
+        Fetcher::new(backend.as_ref(), Keys::plaintext(), dictionaries).unwrap()
+    }
+
     #[test]
     fn merged_reads_return_each_blob_and_name_damage() {
         let dir = tempfile::tempdir().unwrap();
@@ -202,13 +208,7 @@ mod tests {
             (3, missing),
         ];
         let mut seen = Vec::new();
-        Fetcher::new(
-            backend.as_ref(),
-            Keys::plaintext(),
-            Arc::new(Dictionaries::new(backend.clone())),
-        )
-        .unwrap()
-        .fetch_each(wanted, |tag, _, result| {
+        plaintext_fetcher(&backend).fetch_each(wanted, |tag, _, result| {
             seen.push((tag, result.map(<[u8]>::to_vec)))
         });
         assert_eq!(seen[0], (0, Ok(b"one".to_vec())));
@@ -247,13 +247,7 @@ mod tests {
             ("a2 again", a[2].clone()),
         ];
         let mut seen = Vec::new();
-        Fetcher::new(
-            backend.as_ref(),
-            Keys::plaintext(),
-            Arc::new(Dictionaries::new(backend.clone())),
-        )
-        .unwrap()
-        .fetch_each(wanted, |tag, _, result| {
+        plaintext_fetcher(&backend).fetch_each(wanted, |tag, _, result| {
             seen.push((tag, result.unwrap().to_vec()))
         });
         seen.sort();
