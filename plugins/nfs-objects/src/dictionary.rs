@@ -328,7 +328,20 @@ mod tests {
             0,
         )
         .unwrap();
-        assert!(sample(source.path(), true, 2).unwrap().sizes.is_empty());
+        // Sampled on a thread: a sample that opened the fifo would wait there for a writer, and
+        // the test fails (after letting it go by opening the fifo's other end) instead of hanging.
+        let (done, finished) = std::sync::mpsc::channel();
+        let root = source.path().to_owned();
+        std::thread::spawn(move || done.send(sample(&root, true, 2).unwrap().sizes.len()));
+        match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(sampled) => assert_eq!(sampled, 0, "a link was followed"),
+            Err(_) => {
+                let _writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(source.path().join("fifo"));
+                panic!("the sample opened the fifo and waited for a writer");
+            }
+        }
     }
 
     #[test]

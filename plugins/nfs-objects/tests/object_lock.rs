@@ -252,3 +252,43 @@ fn an_encrypted_repositorys_backup_asks_the_store_to_keep_what_its_snapshot_need
         "the packs it references: {protected:?}"
     );
 }
+
+#[test]
+fn a_later_backup_keeps_the_dictionary_locked_with_the_packs_compressed_with_it() {
+    let (source, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let backend = Arc::new(LockingBackend {
+        inner: LocalBackend::new(store.path()).unwrap(),
+        locks: Mutex::default(),
+        now: Mutex::new(Timestamp::now()),
+        protected: Mutex::default(),
+    });
+    let repo = Repository::open_or_init(backend.clone(), RepoConfig::default()).unwrap();
+    // Small logs alike: the first backup trains a dictionary on them and compresses with it.
+    std::fs::create_dir_all(source.path().join("logs")).unwrap();
+    let mut rng = fastrand::Rng::with_seed(9);
+    let words: Vec<String> = (0..2000)
+        .map(|i| format!("job-{:x}", rng.u64(..) >> (i % 40)))
+        .collect();
+    for n in 0..100 {
+        let text: Vec<&str> = (0..400)
+            .map(|_| words[rng.usize(..words.len())].as_str())
+            .collect();
+        let log = source.path().join(format!("logs/{n}.log"));
+        std::fs::write(log, text.join(" ")).unwrap();
+    }
+    backup(&repo, &BackupOptions::new(source.path()), Control::silent()).unwrap();
+    let dictionaries: Vec<String> = backend
+        .list("dictionaries/")
+        .unwrap()
+        .into_iter()
+        .map(|object| object.name)
+        .collect();
+    assert_eq!(dictionaries.len(), 1, "the first backup trained one");
+
+    // A later backup takes the old packs over: the dictionary must stay locked as long as they.
+    backend.protected.lock().unwrap().clear();
+    std::fs::write(source.path().join("logs/new.log"), "one more line").unwrap();
+    backup(&repo, &BackupOptions::new(source.path()), Control::silent()).unwrap();
+    let protected = backend.protected.lock().unwrap().clone();
+    assert!(protected.contains(&dictionaries[0]), "{protected:?}");
+}
