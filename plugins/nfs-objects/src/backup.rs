@@ -503,6 +503,10 @@ impl Worker for FileReader<'_> {
     }
 
     fn finish(self) -> Result<()> {
+        // Every worker seals its last pack at the same moment, each encoding an index: the read
+        // buffer and compression state go first, so the backup's peak is not all of them at once.
+        drop(self.buffer);
+        drop(self.encoder);
         let packs = self.packs.finish()?;
         self.shared
             .packs_written

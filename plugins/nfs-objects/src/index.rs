@@ -187,10 +187,16 @@ const INDEX_LEVEL: i32 = 1;
 /// ~200 bytes.
 const MAX_INDEX_LEN: u64 = 1 << 30;
 
-/// The index object of a pack holding `blobs`.
-pub fn encode_index(blobs: &[BlobRef]) -> Vec<u8> {
-    let json = serde_json::to_vec(blobs).expect("blob refs serialise");
-    zstd::bulk::compress(&json, INDEX_LEVEL).expect("zstd compresses into a growing buffer")
+/// The index object of a pack holding `blobs`: a sequence that serialises as `[BlobRef]` does
+/// (the pack writer's own compact entries, or blob references). The JSON goes straight into
+/// the compressor, so the whole of it is never held in memory.
+pub fn encode_index<T: serde::Serialize + ?Sized>(blobs: &T) -> Vec<u8> {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), INDEX_LEVEL)
+        .expect("zstd starts a frame in memory");
+    serde_json::to_writer(&mut encoder, blobs).expect("blob refs serialise into memory");
+    encoder
+        .finish()
+        .expect("zstd compresses into a growing buffer")
 }
 
 /// The entries of index object `name`.

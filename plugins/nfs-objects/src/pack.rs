@@ -19,6 +19,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::{Serialize, Serializer};
+
 use crate::backend::Backend;
 use crate::blob::BlobRef;
 use crate::crypto::{Keys, PackKey};
@@ -53,9 +55,51 @@ struct OpenPack {
     /// Bytes of the pack already written to `file` (a multiple of the buffer's size).
     written: u64,
     length: u64,
-    blobs: Vec<BlobRef>,
+    /// Its index: the blobs appended so far.
+    blobs: Vec<PackEntry>,
     /// What its blobs are sealed with, in an encrypted repository.
     key: Option<PackKey>,
+}
+
+/// A blob of the open pack: its [`BlobRef`] without the pack's name, which all share (a pack of
+/// small files holds thousands; at 1,000,000 files every worker's open pack does).
+#[derive(Debug)]
+struct PackEntry {
+    id: ContentId,
+    offset: u64,
+    length: u64,
+    raw_length: u64,
+    zstd: bool,
+}
+
+/// A pack's entries, serialised as the `[BlobRef]` of its index object.
+struct PackIndex<'a> {
+    pack: &'a str,
+    blobs: &'a [PackEntry],
+}
+
+impl Serialize for PackIndex<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        /// One entry, with the fields of [`BlobRef`] in its order.
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            id: &'a ContentId,
+            pack: &'a str,
+            offset: u64,
+            length: u64,
+            raw_length: u64,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            zstd: bool,
+        }
+        serializer.collect_seq(self.blobs.iter().map(|blob| Entry {
+            id: &blob.id,
+            pack: self.pack,
+            offset: blob.offset,
+            length: blob.length,
+            raw_length: blob.raw_length,
+            zstd: blob.zstd,
+        }))
+    }
 }
 
 impl OpenPack {
@@ -144,7 +188,13 @@ impl PackWriter {
             raw_length,
             zstd,
         };
-        pack.blobs.push(blob.clone());
+        pack.blobs.push(PackEntry {
+            id,
+            offset: start,
+            length: blob.length,
+            raw_length,
+            zstd,
+        });
         if pack.length >= self.target_size {
             self.seal()?;
         }
@@ -171,7 +221,10 @@ impl PackWriter {
         }
         self.backend
             .put_file(&pack_object(&pack.name), &pack.staged)?;
-        let index = crate::index::encode_index(&pack.blobs);
+        let index = crate::index::encode_index(&PackIndex {
+            pack: &pack.name,
+            blobs: &pack.blobs,
+        });
         self.backend.put_bytes(&index_object(&pack.name), &index)?;
         self.packs_written += 1;
         Ok(())
@@ -218,12 +271,7 @@ mod tests {
             )
             .unwrap();
         let b = writer
-            .add(
-                ContentId::of(b"bbbbbb"),
-                &mut b"bbbbbb".to_owned(),
-                6,
-                false,
-            )
+            .add(ContentId::of(b"bbbbbb"), &mut b"bbbbbb".to_owned(), 6, true)
             .unwrap();
         let c = writer
             .add(ContentId::of(b"c"), &mut b"c".to_owned(), 1, false)
@@ -235,7 +283,11 @@ mod tests {
 
         assert_eq!(backend.get(&pack_object(&a.pack)).unwrap(), b"aaaaaabbbbbb");
         let index = crate::index::read_index(backend.as_ref(), &index_object(&a.pack)).unwrap();
-        assert_eq!(index, [a, b]);
+        assert_eq!(index, [a.clone(), b.clone()]);
+        // The writer's compact entries serialise exactly as blob references do.
+        let stored = backend.get(&index_object(&a.pack)).unwrap();
+        let json = zstd::stream::decode_all(&stored[..]).unwrap();
+        assert_eq!(json, serde_json::to_vec(&[a, b]).unwrap());
         assert_eq!(fs::read_dir(backend.staging_dir()).unwrap().count(), 0);
     }
 
