@@ -312,7 +312,7 @@ fn attempt(
         slots: VecDeque::new(),
         first_slot: 0,
         batch: Batch::new(BATCH_FILES, BATCH_BYTES),
-        hardlinks: HashMap::new(),
+        hardlinks: Hardlinks::default(),
         stats: SnapshotStats::default(),
         skipped: Vec::new(),
         torn: Vec::new(),
@@ -743,8 +743,7 @@ struct Run<'env> {
     first_slot: u64,
     /// Small files waiting to be sent to a worker together.
     batch: Batch<ReadTask>,
-    /// First path seen of each multiply-linked inode, by (device, inode).
-    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    hardlinks: Hardlinks,
     stats: SnapshotStats,
     skipped: Vec<Skipped>,
     torn: Vec<String>,
@@ -836,12 +835,10 @@ impl<'env> Run<'env> {
         };
         let meta = &found.metadata;
         if entry.kind == Kind::File && meta.links > 1 {
-            let key = (meta.device, meta.inode);
-            if let Some(first) = self.hardlinks.get(&key) {
+            let inode = (meta.device, meta.inode);
+            if let Some(first) = self.hardlinks.see(inode, meta.links, &entry.path) {
                 entry.kind = Kind::Hardlink;
-                entry.target = Some(first.clone());
-            } else {
-                self.hardlinks.insert(key, entry.path.clone());
+                entry.target = Some(first);
             }
         }
         let same = self.next_is_same(&entry)?;
@@ -1206,9 +1203,50 @@ fn fill_metadata(entry: &mut Entry, meta: &target::Found) {
     entry.inode = meta.inode;
 }
 
+/// The first path seen of each multiply-linked inode, by (device, inode), until all its links
+/// were seen: a tree of hard-linked copies (`cp -al` snapshots, a pnpm store) would otherwise
+/// cost memory for every such file until the backup ends.
+#[derive(Debug, Default)]
+struct Hardlinks {
+    /// The first path, and how many of the inode's links are still to come.
+    first: HashMap<(u64, u64), (Vec<u8>, u64)>,
+}
+
+impl Hardlinks {
+    /// Takes a path of `inode`, which has `links` links: the first path seen of it, if this is
+    /// not the first. A link made after the others were all seen is backed up as a file.
+    fn see(&mut self, inode: (u64, u64), links: u64, path: &[u8]) -> Option<Vec<u8>> {
+        let Some((first, to_come)) = self.first.get_mut(&inode) else {
+            self.first
+                .insert(inode, (path.to_vec(), links.saturating_sub(1)));
+            return None;
+        };
+        let first = first.clone();
+        *to_come = to_come.saturating_sub(1);
+        if *to_come == 0 {
+            self.first.remove(&inode);
+        }
+        Some(first)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inode_is_forgotten_once_all_its_links_were_seen() {
+        let mut hardlinks = Hardlinks::default();
+        assert_eq!(hardlinks.see((1, 7), 3, b"a"), None);
+        assert_eq!(hardlinks.see((1, 8), 2, b"x"), None);
+        assert_eq!(hardlinks.see((1, 7), 3, b"b").as_deref(), Some(&b"a"[..]));
+        assert_eq!(hardlinks.first.len(), 2);
+        assert_eq!(hardlinks.see((1, 7), 3, b"c").as_deref(), Some(&b"a"[..]));
+        assert_eq!(hardlinks.see((1, 8), 2, b"y").as_deref(), Some(&b"x"[..]));
+        assert!(hardlinks.first.is_empty(), "every link was seen");
+        // A link made after the others were seen starts again as a file of its own.
+        assert_eq!(hardlinks.see((1, 7), 4, b"d"), None);
+    }
 
     /// Regression: workers opened the files the walk found by absolute path, so a folder of the
     /// source swapped for a link meanwhile made them read outside the source.
