@@ -312,6 +312,9 @@ mod tests {
 
     #[test]
     fn the_sample_reads_no_link_and_no_fifo() {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::mpsc::RecvTimeoutError;
+
         let source = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         write_logs(outside.path(), 40);
@@ -335,9 +338,12 @@ mod tests {
         std::thread::spawn(move || done.send(sample(&root, true, 2).unwrap().sizes.len()));
         match finished.recv_timeout(std::time::Duration::from_secs(60)) {
             Ok(sampled) => assert_eq!(sampled, 0, "a link was followed"),
-            Err(_) => {
+            Err(RecvTimeoutError::Disconnected) => panic!("the sample failed"),
+            Err(RecvTimeoutError::Timeout) => {
+                // Non-blocking, so this cannot wait in turn if the sample is stuck elsewhere.
                 let _writer = std::fs::OpenOptions::new()
                     .write(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
                     .open(source.path().join("fifo"));
                 panic!("the sample opened the fifo and waited for a writer");
             }

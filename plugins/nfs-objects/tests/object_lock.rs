@@ -31,6 +31,16 @@ struct LockingBackend {
 }
 
 impl LockingBackend {
+    /// A repository folder at `store`, its locks judged at `now`.
+    fn at(store: &Path, now: Timestamp) -> Arc<Self> {
+        Arc::new(Self {
+            inner: LocalBackend::new(store).unwrap(),
+            locks: Mutex::default(),
+            now: Mutex::new(now),
+            protected: Mutex::default(),
+        })
+    }
+
     fn lock_until(&self, name: &str, until: Timestamp) {
         self.locks.lock().unwrap().insert(
             name.to_owned(),
@@ -103,12 +113,7 @@ struct Fixture {
 fn two_snapshots(now: Timestamp) -> Fixture {
     let source = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
-    let backend = Arc::new(LockingBackend {
-        inner: LocalBackend::new(store.path()).unwrap(),
-        locks: Mutex::default(),
-        now: Mutex::new(now),
-        protected: Mutex::default(),
-    });
+    let backend = LockingBackend::at(store.path(), now);
     let config = RepoConfig {
         chunk_size: 64 << 10,
         pack_size: 1,
@@ -234,12 +239,7 @@ fn an_encrypted_repositorys_backup_asks_the_store_to_keep_what_its_snapshot_need
         from: "passphrase in $TEST".into(),
     };
     let (source, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let backend = Arc::new(LockingBackend {
-        inner: LocalBackend::new(store.path()).unwrap(),
-        locks: Mutex::default(),
-        now: Mutex::new(Timestamp::now()),
-        protected: Mutex::default(),
-    });
+    let backend = LockingBackend::at(store.path(), Timestamp::now());
     let repo =
         Repository::open_or_init_with(backend.clone(), RepoConfig::default(), Some(&kek)).unwrap();
     std::fs::write(source.path().join("file"), "sealed").unwrap();
@@ -256,12 +256,7 @@ fn an_encrypted_repositorys_backup_asks_the_store_to_keep_what_its_snapshot_need
 #[test]
 fn a_later_backup_keeps_the_dictionary_locked_with_the_packs_compressed_with_it() {
     let (source, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let backend = Arc::new(LockingBackend {
-        inner: LocalBackend::new(store.path()).unwrap(),
-        locks: Mutex::default(),
-        now: Mutex::new(Timestamp::now()),
-        protected: Mutex::default(),
-    });
+    let backend = LockingBackend::at(store.path(), Timestamp::now());
     let repo = Repository::open_or_init(backend.clone(), RepoConfig::default()).unwrap();
     // Small logs alike: the first backup trains a dictionary on them and compresses with it.
     std::fs::create_dir_all(source.path().join("logs")).unwrap();
