@@ -71,6 +71,11 @@ pub struct Config {
     pub endpoint_url: Option<String>,
     /// S3 repository: path-style addressing (default: on when an endpoint is configured).
     pub force_path_style: Option<bool>,
+    /// S3 repository: objects larger than this many bytes go up as multipart uploads of 8 MiB
+    /// parts, 4 in flight (default 104857600, 100 MiB: a pack of the default size goes in one
+    /// PutObject). From 5 MiB, S3's smallest part, to 5 GiB, its largest PutObject.
+    #[schemars(range(min = 5_242_880, max = 5_368_709_120_u64))]
+    pub multipart_threshold: Option<u64>,
     /// `nfs` or `local` (default).
     #[serde(default)]
     pub kind: Kind,
@@ -261,6 +266,7 @@ impl Config {
             endpoint_url: self.endpoint_url.clone(),
             force_path_style: self.force_path_style,
             object_lock: self.object_lock,
+            multipart_threshold: self.multipart_threshold,
         };
         S3Backend::connect(location, &options).map_err(to_plugin_error)
     }

@@ -45,7 +45,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Small text files, an executable, a symlink, an empty folder and 40 MiB of incompressible
-/// data (so at least one pack is large enough for a multipart upload).
+/// data (so at least one pack is above a 16 MiB multipart threshold).
 fn build_tree(root: &Path) {
     fs::create_dir_all(root.join("artifacts/job-1")).unwrap();
     fs::create_dir_all(root.join("artifacts/empty")).unwrap();
@@ -100,13 +100,13 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     let sandbox = Sandbox::new();
     let source = sandbox.path().join("data");
     build_tree(&source);
-    // One pack writer, so the 40 MiB file lands in one pack above the multipart size whatever
-    // the machine's core count; with several, each pack may stay under it.
+    // One pack writer, so the 40 MiB file lands in one pack above a 16 MiB multipart threshold
+    // whatever the machine's core count; with several, each pack may stay under it.
     let plan = plan_with(
         &sandbox,
         &source,
         "s3://backups/services/artifacts",
-        "workers = 1\n",
+        "workers = 1\nmultipart_threshold = 16777216\n",
     );
 
     let first = sandbox.run_on(&aws, &["--json", "run", &plan]);
@@ -158,7 +158,7 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
             .filter(|k| k.starts_with("services/artifacts/"))
             .count()
     );
-    // The packs above 16 MiB went up as multipart uploads (their ETag ends in -<parts>).
+    // The packs above the threshold went up as multipart uploads (their ETag ends in -<parts>).
     let multipart = aws.script(
         "print(sum('-' in o['ETag'] for o in s3.list_objects_v2(Bucket='backups')['Contents']))",
     );
@@ -175,6 +175,34 @@ fn an_s3_repository_backs_up_incrementally_verifies_and_restores_byte_identical(
     );
     restored.expect_code(0);
     assert_eq!(describe(&target), describe(&source));
+}
+
+/// A pack of the default size goes up in one PutObject (a multipart upload costs the server a
+/// second pass over the pack; BENCH.md): nothing in the bucket has a multipart ETag.
+#[test]
+fn a_pack_under_the_default_multipart_threshold_goes_up_in_one_put_object() {
+    let aws = LocalAws::start(&[]);
+    aws.script("s3.create_bucket(Bucket='backups')");
+    let sandbox = Sandbox::new();
+    let source = sandbox.path().join("data");
+    build_tree(&source);
+    let plan = plan_with(&sandbox, &source, "s3://backups/repo", "workers = 1\n");
+    sandbox
+        .run_on(&aws, &["--json", "run", &plan])
+        .expect_code(0);
+    let objects = aws.script(
+        "for o in s3.list_objects_v2(Bucket='backups')['Contents']: print(o['Size'], o['ETag'])",
+    );
+    let largest = objects
+        .lines()
+        .map(|line| line.split_once(' ').unwrap().0.parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        largest > 32 << 20,
+        "the 40 MiB file is in one pack: {objects}"
+    );
+    assert!(!objects.contains('-'), "no multipart ETag: {objects}");
 }
 
 #[test]
@@ -646,6 +674,12 @@ fn absurd_numbers_and_empty_values_are_plan_errors_at_their_line() {
         ("verify_fraction = 0.0", ":10:19:", "verify_fraction"),
         ("compression_level = 1000", ":10:21:", "compression_level"),
         ("region = \"\"", ":10:10:", "region"),
+        ("multipart_threshold = 0", ":10:23:", "multipart_threshold"),
+        (
+            "multipart_threshold = 6000000000",
+            ":10:23:",
+            "multipart_threshold",
+        ),
     ];
     for (line, at, key) in cases {
         let sandbox = Sandbox::new();

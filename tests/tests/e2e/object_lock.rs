@@ -16,14 +16,16 @@ const DAY: i64 = 86_400;
 /// The two S3 servers the helpers start: ministack (the default) and moto.
 const SERVERS: [&[&str]; 2] = [&[], &["--s3", "moto"]];
 
-/// A plan backing up `source` into `repository`, with `extra` lines in the step's config.
+/// A plan backing up `source` into `repository`, with `extra` lines in the step's config; objects
+/// over 16 MiB go up as multipart uploads, whose retention some stand-ins drop.
 fn plan(sandbox: &Sandbox, source: &Path, repository: &str, extra: &str) -> String {
     let path = sandbox.write(
         "plan.toml",
         &format!(
             "[plan]\nname = \"artifacts\"\n\n[[steps]]\nid = \"artifacts\"\n\
              plugin = \"nfs-objects\"\n[steps.config]\nsource = \"{}\"\n\
-             repository = \"{repository}\"\nworkers = 1\n{extra}\n",
+             repository = \"{repository}\"\nworkers = 1\nmultipart_threshold = 16777216\n\
+             {extra}\n",
             source.display()
         ),
     );

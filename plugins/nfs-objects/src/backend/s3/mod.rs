@@ -72,6 +72,9 @@ pub struct S3Options {
     pub force_path_style: Option<bool>,
     /// Object Lock: the retention every object written gets (see `lock`).
     pub object_lock: Option<ObjectLock>,
+    /// Objects larger than this go up as multipart uploads (default
+    /// `DEFAULT_MULTIPART_THRESHOLD`; see `upload`).
+    pub multipart_threshold: Option<u64>,
 }
 
 /// A repository under an S3 prefix.
@@ -88,6 +91,8 @@ struct Inner {
     client: Client,
     location: S3Location,
     object_lock: Option<ObjectLock>,
+    /// Objects larger than this go up as multipart uploads.
+    multipart_threshold: u64,
     /// Retain-until dates this process set or read (see `lock`).
     known: Mutex<lock::Known>,
 }
@@ -177,6 +182,9 @@ impl S3Backend {
             client,
             location,
             object_lock: options.object_lock,
+            multipart_threshold: options
+                .multipart_threshold
+                .unwrap_or(upload::DEFAULT_MULTIPART_THRESHOLD),
             known: Mutex::default(),
         });
         runtime.block_on(async {
