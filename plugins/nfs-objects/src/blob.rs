@@ -118,17 +118,23 @@ impl Encoder {
 /// place, a compressed one is decompressed into a buffer and with a zstd context that are both
 /// reused (a fresh context and 4 MiB buffer per blob cost 5 % of a restore). In an encrypted
 /// repository a blob is opened first under its pack's key (kept while the blobs come from the
-/// same pack): a compressed one into a second reused buffer, a raw one into the first. A frame compressed with a dictionary names it in
-/// its header; a context is made for each dictionary the first time a blob needs it.
+/// same pack): a raw one into the buffer a decompressed one fills, a compressed one into a
+/// second reused buffer. A frame compressed with a dictionary names it in its header; a context
+/// is made for each dictionary the first time a blob needs it.
 pub struct Decoder {
     contexts: Contexts,
     /// A raw blob's bytes once opened, or a compressed one's decompressed: aligned, so a
     /// restore can write them straight to disk (see `direct`).
     scratch: AlignedBuffer,
-    keys: Keys,
-    pack_key: Option<PackKey>,
+    sealing: Sealing,
     /// A compressed blob's stored form once opened (decrypted).
     opened: AlignedBuffer,
+}
+
+/// A decoder's keys: the repository's, and the pack key of the last sealed blob opened.
+struct Sealing {
+    keys: Keys,
+    pack_key: Option<PackKey>,
 }
 
 /// A decoder's zstd contexts.
@@ -157,8 +163,10 @@ impl Decoder {
                 with_dictionary: HashMap::new(),
             },
             scratch: AlignedBuffer::with_capacity(0),
-            keys,
-            pack_key: None,
+            sealing: Sealing {
+                keys,
+                pack_key: None,
+            },
             opened: AlignedBuffer::with_capacity(0),
         })
     }
@@ -176,7 +184,7 @@ impl Decoder {
                 blob.length
             )));
         }
-        let raw: &[u8] = match (self.keys.is_encrypted(), blob.zstd) {
+        let raw: &[u8] = match (self.sealing.keys.is_encrypted(), blob.zstd) {
             (false, false) => stored,
             (false, true) => {
                 (self.contexts)
@@ -187,11 +195,15 @@ impl Decoder {
             // A raw blob opens straight into `scratch`, the buffer a decompressed one fills:
             // one chunk-sized buffer per worker, not two.
             (true, false) => {
-                self.open(blob, stored, Into::Scratch).map_err(corrupt)?;
+                (self.sealing)
+                    .open(blob, stored, &mut self.scratch)
+                    .map_err(corrupt)?;
                 self.scratch.as_slice()
             }
             (true, true) => {
-                self.open(blob, stored, Into::Opened).map_err(corrupt)?;
+                (self.sealing)
+                    .open(blob, stored, &mut self.opened)
+                    .map_err(corrupt)?;
                 (self.contexts)
                     .decompress(blob, self.opened.as_slice(), &mut self.scratch)
                     .map_err(corrupt)?;
@@ -205,18 +217,20 @@ impl Decoder {
                 blob.raw_length
             )));
         }
-        if self.keys.id_of(raw) != blob.id {
+        if self.sealing.keys.id_of(raw) != blob.id {
             return Err(corrupt("content does not match its id".into()));
         }
         Ok(raw)
     }
+}
 
-    /// Opens sealed blob `stored` under its pack's key into `into`.
+impl Sealing {
+    /// Opens sealed blob `stored` under its pack's key into `buffer`.
     fn open(
         &mut self,
         blob: &BlobRef,
         stored: &[u8],
-        into: Into,
+        buffer: &mut AlignedBuffer,
     ) -> std::result::Result<(), String> {
         if self
             .pack_key
@@ -233,10 +247,6 @@ impl Decoder {
             .len()
             .checked_sub(OVERHEAD)
             .ok_or_else(|| format!("{} bytes cannot hold a sealed blob", stored.len()))?;
-        let buffer = match into {
-            Into::Opened => &mut self.opened,
-            Into::Scratch => &mut self.scratch,
-        };
         key.open(&blob.id, stored, &mut buffer.fill_area(length)[..length])?;
         buffer.truncate(length);
         Ok(())
@@ -273,14 +283,6 @@ impl Contexts {
         scratch.truncate(len);
         Ok(())
     }
-}
-
-/// Which of a decoder's buffers a sealed blob is opened into.
-enum Into {
-    /// `opened`, for a compressed blob, decompressed from there into `scratch`.
-    Opened,
-    /// `scratch`, for a raw blob, which is then the blob itself.
-    Scratch,
 }
 
 #[cfg(test)]
